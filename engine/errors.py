@@ -1,0 +1,43 @@
+"""Errors a user can act on.
+
+Every exception raised for bad input derives from ``ConvScopeError``; its message is
+written for a person (the CLI prints it on one line, the GUI shows it in a dialog), so
+it says what went wrong and what to do about it, never how the code got there.
+"""
+
+
+class ConvScopeError(Exception):
+    """Base of every user-facing error."""
+
+
+class ImageLoadError(ConvScopeError):
+    """The file is not an image we can read, or reading it would be unsafe."""
+
+
+class ModelLoadError(ConvScopeError):
+    """A model or its weights could not be loaded."""
+
+
+class WeightsMissingError(ModelLoadError):
+    """Pretrained weights are neither cached nor downloadable right now."""
+
+    def __init__(self, message: str, *, filename: str = "", expected_path: str = "", url: str = ""):
+        super().__init__(message)
+        self.filename = filename
+        self.expected_path = expected_path
+        self.url = url
+
+
+class UntrustedFileError(ModelLoadError):
+    """The file needs full unpickling, which can run arbitrary code."""
+
+
+class MethodInputError(ConvScopeError):
+    """A method's parameters do not fit the model or the image."""
+
+
+class JobCancelled(ConvScopeError):
+    """The user cancelled the job; no result is reported."""
+
+    def __init__(self, message: str = "Cancelled"):
+        super().__init__(message)
