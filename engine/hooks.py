@@ -1,0 +1,93 @@
+"""Forward hooks as context managers: they are always removed, even when a job fails."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+
+
+def first_tensor(output) -> torch.Tensor | None:
+    """A module's output, or the first tensor of a tuple/list output (e.g. GoogLeNet aux)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, torch.Tensor):
+                return item
+    return None
+
+
+@contextmanager
+def capture_outputs(model: nn.Module, paths: Iterable[str] | None = None, detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the output of each named module (all of them when ``paths`` is None).
+
+    A module called more than once per forward keeps its first output, so a path always
+    means one tensor. With ``detach=False`` the tensors stay in the autograd graph, which
+    is what gradient-based methods need.
+    """
+    wanted = None if paths is None else set(paths)
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(path: str):
+        def hook(_module, _inputs, output):
+            if path in captured:
+                return
+            tensor = first_tensor(output)
+            if tensor is not None:
+                captured[path] = tensor.detach() if detach else tensor
+
+        return hook
+
+    try:
+        for path, module in model.named_modules():
+            if wanted is None or path in wanted:
+                handles.append(module.register_forward_hook(make_hook(path)))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once the wanted layer has run."""
+
+
+@contextmanager
+def truncate_after(model: nn.Module, path: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Run a forward only as far as ``path``: its output is in the yielded dict.
+
+    Optimisation methods that only need one layer (DeepDream, inversion) save the rest of
+    the network's compute on every step. Use ``forward_to`` to run it.
+    """
+    from .layers import find_module
+
+    module = find_module(model, path)
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _inputs, output):
+        captured[path] = first_tensor(output)
+        raise StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def forward_to(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of layer ``path`` for input ``x``, computing nothing after it."""
+    with truncate_after(model, path) as captured:
+        try:
+            model(x)
+        except StopForward:
+            pass
+    if path not in captured or captured[path] is None:
+        from .errors import MethodInputError
+
+        raise MethodInputError(f"layer '{path}' did not run in the forward pass, so it has no output to use")
+    return captured[path]

