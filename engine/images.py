@@ -10,7 +10,8 @@ with a message that says which.
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import secrets
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,10 @@ class LoadedImage:
         return np.asarray(self.image, dtype=np.uint8)
 
 
-def load_image(path: str | os.PathLike, max_side: int = MAX_SIDE) -> LoadedImage:
+def load_image(path: str | os.PathLike, max_side: int | None = None) -> LoadedImage:
+    # MAX_SIDE is looked up per call, not frozen into the signature, so that settings
+    # (and tests) can change it.
+    max_side = MAX_SIDE if max_side is None else max_side
     path = Path(path)
     name = path.name
     if not path.exists():
@@ -66,11 +70,7 @@ def load_image(path: str | os.PathLike, max_side: int = MAX_SIDE) -> LoadedImage
             with Image.open(path) as img:
                 width, height = img.size
                 if width * height > MAX_PIXELS:
-                    raise ImageLoadError(
-                        f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} MP); "
-                        f"ConvScope opens images up to {MAX_PIXELS / 1e6:.0f} MP. "
-                        "Scale it down in an image editor first."
-                    )
+                    raise ImageLoadError(_too_large_message(name, width * height, f"{width}x{height} pixels"))
                 if getattr(img, "n_frames", 1) > 1:
                     notes.append(f"{name} has {img.n_frames} frames; showing the first")
                 if img.format == "JPEG" and max(width, height) > max_side:
@@ -78,30 +78,51 @@ def load_image(path: str | os.PathLike, max_side: int = MAX_SIDE) -> LoadedImage
                     scale = max(width, height) / max_side
                     img.draft("RGB", (int(width / scale), int(height / scale)))
                 img.load()
+                decoded_size = img.size  # smaller than width x height if draft() scaled
                 upright = ImageOps.exif_transpose(img)
+                turned = upright.size != decoded_size
+                original_size = (height, width) if turned else (width, height)
                 rgb = _to_rgb(upright)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
         raise ImageLoadError(f"{name} is not an image file that ConvScope can read") from None
-    except Image.DecompressionBombError:
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses images over twice its own limit inside Image.open, before our
+        # check sees the size; its message is the only place the pixel count is given.
+        counted = re.search(r"\((\d+) pixels\)", str(exc))
+        if counted:
+            raise ImageLoadError(_too_large_message(name, int(counted.group(1)))) from None
         raise ImageLoadError(
             f"{name} would decompress to an enormous image, so it was not opened (a "
             "'decompression bomb'). Scale it down in an image editor first."
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            # The operating system refused (permissions, I/O error), not the decoder.
+            raise ImageLoadError(f"{name} cannot be read: {exc.strerror or exc}") from None
         text = str(exc)
         if "truncated" in text or "broken data stream" in text or "unrecognized data stream" in text:
             raise ImageLoadError(f"{name} is truncated or damaged: the file ends before the image does") from None
         raise ImageLoadError(f"{name} could not be decoded: {text}") from None
 
-    original_size = rgb.size
     if max(rgb.size) > max_side:
         scale = max_side / max(rgb.size)
         new_size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
         rgb = rgb.resize(new_size, Image.Resampling.LANCZOS)
-        notes.append(f"scaled from {original_size[0]}x{original_size[1]} to {new_size[0]}x{new_size[1]}")
+    # Compared with the size on disk, not the decoded one: a JPEG draft may already have
+    # done all the scaling.
+    if rgb.size != original_size:
+        notes.append(f"scaled from {original_size[0]}x{original_size[1]} to {rgb.width}x{rgb.height}")
     return LoadedImage(image=rgb, path=str(path), original_size=original_size, notes=notes)
+
+
+def _too_large_message(name: str, pixels: int, dimensions: str = "") -> str:
+    size = f"{dimensions} ({pixels / 1e6:.0f} MP)" if dimensions else f"{pixels / 1e6:.0f} MP ({pixels} pixels)"
+    return (
+        f"{name} is {size}; ConvScope opens images up to {MAX_PIXELS / 1e6:.0f} MP. "
+        "Scale it down in an image editor first."
+    )
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -147,7 +168,7 @@ def write_atomically(path: str | os.PathLike, write, *, overwrite: bool = False)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = _create_temporary_sibling(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -161,6 +182,21 @@ def write_atomically(path: str | os.PathLike, write, *, overwrite: bool = False)
             pass
         raise
     return path
+
+
+def _create_temporary_sibling(path: Path) -> tuple[int, Path]:
+    """Open a new, uniquely named file next to ``path`` for writing.
+
+    Created with mode 0o666 so the umask applies and the final file gets the permissions
+    any new file of the user's would; tempfile.mkstemp would leave it private (0o600).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue  # another writer picked the same name; draw again
 
 
 def save_png(path: str | os.PathLike, rgb: np.ndarray, *, overwrite: bool = False) -> Path:

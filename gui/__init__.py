@@ -1,0 +1,1 @@
+"""ConvScope's window. Everything Qt lives here; the engine never imports it."""
