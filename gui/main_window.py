@@ -77,6 +77,7 @@ class MainWindow(QMainWindow):
         self.methods_dock.setMinimumWidth(300)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.methods_dock)
 
+        self.resizeDocks([self.layers_dock, self.methods_dock], [430, 320], Qt.Orientation.Horizontal)
         self._build_status_bar()
         self._build_menus()
 
@@ -241,10 +242,13 @@ class MainWindow(QMainWindow):
         if info.tree is not None and info.tree is not self.tree_root:
             self.tree_root = info.tree
             self.layer_tree.set_tree(info.tree)
-        self.show_image()
-        current = self.current_panel()
-        if current is not None and current.follows_layer and self.layer_tree.current_path():
-            current.request_run()
+        # Someone browsing activations keeps browsing them on the new image; otherwise
+        # the new photo itself is what they want to see.
+        browsing = self.last_result is not None and self.last_result[0] in self.panels and self.panels[self.last_result[0]].follows_layer
+        if browsing:
+            self.panels[self.last_result[0]].request_run()
+        else:
+            self.show_image()
 
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls() and any(url.isLocalFile() for url in event.mimeData().urls()):

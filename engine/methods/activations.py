@@ -17,7 +17,7 @@ from .base import LAYER, MethodSpec, Param
 MAX_TILES = 256
 
 
-def run(ctx, layer: str = "middle", channel: int | None = None, sort: str = "none", scale: str = "tile", page: int = 0):
+def run(ctx, layer: str = "middle", channel: int | None = None, sort: str = "none", scale: str = "tile", page: int = 1):
     features = ctx.image_features()
     path = ctx.resolve_layer(layer)
     if path not in features.activations:
@@ -49,7 +49,7 @@ def run(ctx, layer: str = "middle", channel: int | None = None, sort: str = "non
         return Result(display=display, array=single, layer=path, metrics=metrics, params=params)
 
     order = np.argsort(-output.reshape(channels, -1).mean(axis=1), kind="stable") if sort == "mean" else np.arange(channels)
-    first = page * MAX_TILES
+    first = (page - 1) * MAX_TILES
     if first >= channels:
         raise MethodInputError(f"page {page} is past the last of {(channels - 1) // MAX_TILES + 1} pages")
     shown = order[first:first + MAX_TILES]
@@ -63,7 +63,7 @@ def run(ctx, layer: str = "middle", channel: int | None = None, sort: str = "non
     note += ", sorted by mean activation" if sort == "mean" else ""
     note += ", each tile scaled to its own range" if per_tile else ", one scale for the layer"
     if channels > MAX_TILES:
-        note += f"; page {page + 1} of {(channels - 1) // MAX_TILES + 1}"
+        note += f"; page {page} of {(channels - 1) // MAX_TILES + 1}"
     display = Display(scalar=grid, levels=(0.0, 1.0), colormap="gray", legend=f"{path} activation", note=note,
                       tile_shape=(rows, columns), tile_size=output.shape[1:], tile_gap=1)
     metrics["channel_order"] = [int(c) for c in shown]
@@ -80,7 +80,7 @@ SPEC = MethodSpec(
         Param("channel", "channel", None, "show one channel upsampled over the image"),
         Param("sort", "choice", "none", "order the tiles", ("none", "mean")),
         Param("scale", "choice", "tile", "tile: each tile min-max scaled; layer: one range for all", ("tile", "layer")),
-        Param("page", "int", 0, f"which block of {MAX_TILES} channels to show", minimum=0),
+        Param("page", "int", 1, f"which block of {MAX_TILES} channels to show, from 1", minimum=1),
     ),
     run=run,
 )

@@ -19,7 +19,7 @@ MAX_ROWS = 64
 MAX_COLUMNS = 64
 
 
-def run(ctx, layer: str = "first", scale: str = "auto", page: int = 0):
+def run(ctx, layer: str = "first", scale: str = "auto", page: int = 1):
     model = ctx.model.module
     if layer in (None, "", "first"):
         convs = conv_layers(model)
@@ -52,7 +52,7 @@ def run(ctx, layer: str = "first", scale: str = "auto", page: int = 0):
         display = _gray_display(tile_grid(tiles, rows, columns, gap=gap), per_tile, weight,
                                 f"{out_channels} depthwise {kh}x{kw} kernels, one per channel", rows, columns, (kh, kw), gap)
     else:
-        first_row = page * MAX_ROWS
+        first_row = (page - 1) * MAX_ROWS
         if first_row >= out_channels:
             raise MethodInputError(f"page {page} is past the last of {(out_channels - 1) // MAX_ROWS + 1} pages")
         shown = weight[first_row:first_row + MAX_ROWS, :MAX_COLUMNS]
@@ -64,7 +64,7 @@ def run(ctx, layer: str = "first", scale: str = "auto", page: int = 0):
         if in_per_group > MAX_COLUMNS:
             note += f" 0-{MAX_COLUMNS - 1} of {in_per_group}"
         if out_channels > MAX_ROWS:
-            note += f"; page {page + 1} of {(out_channels - 1) // MAX_ROWS + 1}"
+            note += f"; page {page} of {(out_channels - 1) // MAX_ROWS + 1}"
         display = _gray_display(tile_grid(tiles, rows, columns, gap=gap), per_tile, weight, note, rows, columns, (kh, kw), gap)
     yield Progress(1.0, path)
     return Result(display=display, array=weight, layer=path,
@@ -88,7 +88,7 @@ SPEC = MethodSpec(
     params=(
         Param("layer", "layer", "first", "a conv layer (or a layer whose nearest preceding conv is shown); 'first' for the first"),
         Param("scale", "choice", "auto", "tile: each tile min-max scaled; layer: one signed scale; auto: tile unless 1x1", ("auto", "tile", "layer")),
-        Param("page", "int", 0, f"which block of {MAX_ROWS} output channels to show", minimum=0),
+        Param("page", "int", 1, f"which block of {MAX_ROWS} output channels to show, from 1", minimum=1),
     ),
     run=run,
     needs_image=False,

@@ -7,6 +7,8 @@ whole image, so it lies exactly over the picture.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..gradients import class_score_gradient
 from ..jobs import Display, Progress, Result
 from .base import TARGET, MethodSpec
@@ -20,7 +22,10 @@ def run(ctx, target=None):
     gradient, logits = class_score_gradient(ctx.model, unit, resolved["index"])
     saliency = gradient.abs().amax(dim=1)[0].cpu().numpy()
     peak = float(saliency.max())
-    display = Display(rgb=image.to_array(), scalar=saliency, overlay=True, colormap="inferno", levels=(0.0, peak or 1.0),
+    # Gradients are heavy-tailed: scaling to the maximum would leave all but a few pixels
+    # black, so the colour scale tops out at the 99th percentile (as Captum's does).
+    top = float(np.percentile(saliency, 99)) or peak or 1.0
+    display = Display(rgb=image.to_array(), scalar=saliency, overlay=True, colormap="inferno", levels=(0.0, top),
                       legend=f"|d score({resolved['label']}) / d pixel|",
                       note=f"saliency of '{resolved['label']}' at {saliency.shape[1]}x{saliency.shape[0]}")
     yield Progress(1.0, "done")

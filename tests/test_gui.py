@@ -1,0 +1,187 @@
+"""The real window, driven as a person would: open, click, run, cancel, export."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
+from PySide6.QtGui import QDropEvent
+from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+from engine.jobs import Display, Frame, Progress, Result
+from gui.main_window import MainWindow
+
+TIMEOUT = 60_000
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    win = MainWindow(settings=settings)
+    qtbot.addWidget(win)
+    win.show()
+    win.start_engine()
+    qtbot.waitUntil(lambda: win.image_info is not None, timeout=TIMEOUT)
+    yield win
+    win.worker.stop()
+
+
+def click_layer(qtbot, window, path):
+    index = window.layer_tree.index_of(path)
+    parent = index.parent()
+    while parent.isValid():
+        window.layer_tree.view.expand(parent)
+        parent = parent.parent()
+    window.layer_tree.view.scrollTo(index)
+    rect = window.layer_tree.view.visualRect(index)
+    qtbot.mouseClick(window.layer_tree.view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+
+
+def test_starts_with_the_bundled_model_and_a_sample_photo(window):
+    assert window.model_info.name == "efficientnet_lite0"
+    assert Path(window.image_info.path).name == "chelsea.png"
+    assert "cat" in window.prediction.text()
+    assert window.canvas.display.rgb.shape == (300, 451, 3)
+    assert "stages.3.2.expand_relu6" in window.layer_tree.paths()
+    # Receptive fields are shown for convolutions in the tree.
+    item = window.layer_tree._items["stem.conv"]
+    field = item.parent().child(item.row(), 4).text() if item.parent() else ""
+    assert field.startswith("3")
+
+
+def test_clicking_layers_changes_the_activation_grid(qtbot, window):
+    window.select_method("activations")
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        click_layer(qtbot, window, "stages.1.1.expand_relu6")
+    first = window.canvas.display
+    assert window.last_result[1].layer == "stages.1.1.expand_relu6"
+    assert first.tile_shape is not None and window.canvas.note.text().startswith("144 channels")
+
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        click_layer(qtbot, window, "head.relu6")
+    second = window.canvas.display
+    assert window.last_result[1].layer == "head.relu6"
+    assert second.scalar.shape != first.scalar.shape
+
+
+def test_clicking_a_tile_shows_that_channel_over_the_image(qtbot, window):
+    window.select_method("activations")
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        click_layer(qtbot, window, "head.relu6")
+    display = window.canvas.display
+    tile_h, tile_w = display.tile_size
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        window._on_canvas_click(1 * (tile_w + 1) + 2, 0 + 2)  # row 0, column 1
+    assert window.canvas.display.overlay
+    assert window.last_result[1].params["channel"] == 1  # unsorted tiles: tile 1 is channel 1
+
+
+def test_dream_streams_frames_then_shows_the_result(qtbot, window):
+    panel = window.select_method("dream")
+    panel.set_value("steps", 4)
+    panel.set_value("octaves", 2)
+    panel.set_value("size", 128)
+    before = window.canvas.frames_shown
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT) as blocker:
+        panel.run_button.click()
+    assert blocker.args[1] == "method:dream"
+    assert window.canvas.frames_shown - before >= 3
+    assert window.last_result[0] == "dream"
+    assert window.last_result[1].metrics["norm_last"] > window.last_result[1].metrics["norm_first"]
+    assert "norm" in panel.status.text()
+
+
+def test_escape_cancels_a_running_dream(qtbot, window):
+    panel = window.select_method("dream")
+    panel.set_value("steps", 500)
+    panel.set_value("size", 128)
+    with qtbot.waitSignal(window.worker.frame_ready, timeout=TIMEOUT):
+        panel.run_button.click()
+    assert window.cancel_button.isEnabled() and panel.cancel_button.isEnabled()
+    with qtbot.waitSignal(window.worker.job_cancelled, timeout=2_000):
+        qtbot.keyClick(window, Qt.Key.Key_Escape)
+    qtbot.waitUntil(lambda: not window.worker.is_busy(), timeout=2_000)
+    assert window.last_result is None or window.last_result[0] != "dream"
+    assert panel.status.text() == "cancelled" and not window.cancel_button.isEnabled()
+
+
+def test_asking_again_supersedes_the_running_job(qtbot, window):
+    panel = window.select_method("dream")
+    panel.set_value("steps", 500)
+    panel.set_value("size", 96)
+    with qtbot.waitSignal(window.worker.frame_ready, timeout=TIMEOUT):
+        panel.run_button.click()
+    panel.set_value("steps", 2)
+    panel.set_value("octaves", 1)
+    with qtbot.waitSignals([window.worker.job_cancelled, window.worker.job_finished], timeout=TIMEOUT):
+        panel.run_button.click()
+    assert window.last_result[0] == "dream" and window.last_result[1].metrics["steps"] == 2
+
+
+def test_export_writes_png_and_sidecar_and_asks_before_replacing(qtbot, window, tmp_path, monkeypatch):
+    window.select_method("activations")
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        click_layer(qtbot, window, "stages.2.0.expand_relu6")
+    target = tmp_path / "out" / "grid.png"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target.with_suffix("")), "PNG image (*.png)"))
+    window.export_action.trigger()
+    sidecar = json.loads(target.with_suffix(".json").read_text())
+    assert sidecar["method"] == "activations" and sidecar["layer"] == "stages.2.0.expand_relu6"
+    assert sidecar["model"] == "efficientnet_lite0" and sidecar["params"]["sort"] == "none"
+    assert "torch" in sidecar["versions"] and sidecar["image_path"].endswith("chelsea.png")
+    from PIL import Image
+
+    exported = np.asarray(Image.open(target))
+    assert exported.shape[:2] == window.canvas.display.scalar.shape
+    before = target.read_bytes()
+
+    window.show_image()
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.No)
+    window.export_action.trigger()
+    assert target.read_bytes() == before
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    window.export_action.trigger()
+    assert target.read_bytes() != before
+    assert json.loads(target.with_suffix(".json").read_text())["method"] == "image"
+
+
+def test_a_bad_file_gives_a_message_and_keeps_the_current_image(qtbot, window, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a picture")
+    with qtbot.waitSignal(window.worker.job_failed, timeout=TIMEOUT):
+        window.open_image(str(bad))
+    assert "notes.jpg is not an image" in window.last_error
+    assert "Traceback" not in window.last_error
+    assert Path(window.image_info.path).name == "chelsea.png"
+
+
+def test_drop_and_recent_files(qtbot, window, chelsea_path):
+    from engine.samples import sample_path
+
+    coffee = str(sample_path("coffee"))
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(coffee)])
+    event = QDropEvent(QPointF(100, 100), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier)
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        window.dropEvent(event)
+    assert Path(window.image_info.path).name == "coffee.png"
+    assert window.recent_files()[:2] == [coffee, chelsea_path]
+    assert [a.text() for a in window.recent_menu.actions()][:2] == [coffee, chelsea_path]
+
+
+def test_the_worker_keeps_only_the_newest_frame(qtbot, window):
+    """A canvas that falls behind gets the latest frame, never a backlog."""
+    emitted = []
+    window.worker.frame_ready.disconnect(window._on_frame_ready)
+    window.worker.frame_ready.connect(emitted.append)
+
+    def burst(bench, cancel):
+        for step in range(200):
+            yield Frame(Display(rgb=np.full((4, 4, 3), step, np.uint8)), step=step)
+        return Result(display=Display(rgb=np.zeros((4, 4, 3), np.uint8)), array=None)
+
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        job_id = window.worker.submit(burst, owner="burst")
+    # Nobody took a frame, so after the first notification no other was sent.
+    assert emitted == [job_id]
