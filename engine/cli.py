@@ -111,13 +111,9 @@ def _dispatch(args) -> int:
         for spec in available_models():
             print(f"{spec.name:20s} {spec.description}")
         return 0
-    model = _load_model(args)
     if args.command == "layers":
-        from .layer_tree import build_layer_tree, format_layers
-
-        width, height = model.preprocessing.input_size(1, 1, size=args.size)
-        print(format_layers(build_layer_tree(model.module, (height, width), device=model.device)))
-        return 0
+        return _print_layers(args)
+    model = _load_model(args)
     from .images import load_image
 
     if args.command == "classify":
@@ -128,6 +124,26 @@ def _dispatch(args) -> int:
         print(json.dumps({"model": model.name, "image": args.image, "top5": top5}))
         return 0
     return _run_method(args, model)
+
+
+def _print_layers(args) -> int:
+    from .errors import WeightsMissingError
+    from .layer_tree import build_layer_tree, format_layers
+
+    try:
+        model = _load_model(args)
+        module, preprocessing, device = model.module, model.preprocessing, model.device
+    except WeightsMissingError as exc:
+        # Shapes and receptive fields come from the architecture alone: list it anyway.
+        from .device import resolve_device
+        from .models.registry import model_spec
+        from .models.zoo import build_architecture
+
+        print(f"note: {exc.filename} is not on this machine; listing the architecture without weights", file=sys.stderr)
+        module, preprocessing, device = build_architecture(args.model).eval(), model_spec(args.model).preprocessing, resolve_device(args.device)
+    width, height = preprocessing.input_size(1, 1, size=args.size)
+    print(format_layers(build_layer_tree(module, (height, width), device=device)))
+    return 0
 
 
 def _load_model(args):

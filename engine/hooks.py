@@ -20,6 +20,11 @@ def first_tensor(output) -> torch.Tensor | None:
     return None
 
 
+def is_hookable(module: nn.Module) -> bool:
+    """TorchScript modules run compiled code that forward hooks cannot see into."""
+    return not isinstance(module, torch.jit.ScriptModule)
+
+
 @contextmanager
 def capture_outputs(model: nn.Module, paths: Iterable[str] | None = None, detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
     """Record the output of each named module (all of them when ``paths`` is None).
@@ -44,7 +49,7 @@ def capture_outputs(model: nn.Module, paths: Iterable[str] | None = None, detach
 
     try:
         for path, module in model.named_modules():
-            if wanted is None or path in wanted:
+            if (wanted is None or path in wanted) and is_hookable(module):
                 handles.append(module.register_forward_hook(make_hook(path)))
         yield captured
     finally:
@@ -66,6 +71,11 @@ def truncate_after(model: nn.Module, path: str) -> Iterator[dict[str, torch.Tens
     from .layers import find_module
 
     module = find_module(model, path)
+    if not is_hookable(module):
+        from .errors import MethodInputError
+
+        raise MethodInputError(f"'{path}' is compiled TorchScript: ConvScope cannot read its layers' outputs. "
+                               "Load the model as an architecture plus a state-dict file instead")
     captured: dict[str, torch.Tensor] = {}
 
     def hook(_module, _inputs, output):

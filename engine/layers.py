@@ -38,6 +38,11 @@ def resolve_layer(model: nn.Module, spec: str | None, presets: dict[str, str], o
         if spec in presets:
             return presets[spec]
         candidates = spatial_layers(model, output_shapes or {})
+        from .hooks import is_hookable
+
+        if not candidates and not is_hookable(model):
+            raise MethodInputError("this is a compiled TorchScript model: ConvScope cannot read its layers' outputs. "
+                                   "Load it as an architecture plus a state-dict file to look inside")
         if not candidates:
             raise MethodInputError(f"cannot tell which layer is '{spec}' in this model; give a layer path")
         index = round(_DEPTH_FRACTIONS[spec] * (len(candidates) - 1))

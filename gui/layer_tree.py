@@ -78,7 +78,7 @@ class LayerTree(QWidget):
             QStandardItem(node.type_name),
             QStandardItem(_format_shape(node.output_shape)),
             QStandardItem(_format_count(node.total_params)),
-            QStandardItem(str(rf) if rf is not None and _shows_field(node.type_name) else ""),
+            QStandardItem(str(rf) if rf is not None and node.is_conv_or_pool else ""),
         ]
         cells[0].setData(node.path, PATH_ROLE)
         cells[0].setToolTip(node.path)
@@ -124,8 +124,3 @@ class LayerTree(QWidget):
         self.proxy.setFilterFixedString(text)
         if text:
             self.view.expandAll()
-
-
-def _shows_field(type_name: str) -> bool:
-    lowered = type_name.lower()
-    return "conv" in lowered or "pool" in lowered

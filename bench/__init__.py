@@ -1,0 +1,1 @@
+"""ConvScope's benchmarks: `make bench` (python -m bench) prints one table."""

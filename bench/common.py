@@ -1,0 +1,45 @@
+"""Timing helpers: this machine is noisy, so every figure is a median of several runs."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Row:
+    name: str
+    value: float
+    unit: str
+    target: str = ""
+    reference: float | None = None  # the same work done by the reference implementation
+    note: str = ""
+
+    @property
+    def ratio(self) -> str:
+        return f"{self.reference / self.value:.2f}x" if self.reference and self.value else ""
+
+
+def median_time(fn, repeats: int = 7, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ("benchmark", "ours", "reference", "speed-up", "target", "note")
+    table = [header] + [
+        (r.name, f"{r.value:.4g} {r.unit}", f"{r.reference:.4g} {r.unit}" if r.reference else "", r.ratio, r.target, r.note)
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for index, row in enumerate(table):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        if index == 0:
+            print("  ".join("-" * width for width in widths))

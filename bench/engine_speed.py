@@ -1,0 +1,74 @@
+"""Engine figures: layer switch from the feature cache, saliency beside Captum, dream steps."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.features import compute_features
+from engine.images import load_image
+from engine.jobs import drive
+from engine.methods import METHODS, MethodContext
+from engine.models.registry import load_model
+from engine.samples import sample_path
+
+from .common import Row, median_time
+
+
+def _square_photo(size: int = 224):
+    image = load_image(sample_path("chelsea"))
+    image.image = image.image.resize((size, size))
+    return image
+
+
+def run() -> list[Row]:
+    torch.set_num_threads(2)
+    model = load_model()
+    image = _square_photo()
+    ctx = MethodContext(model=model, image=image)
+    rows = []
+
+    first_forward = median_time(lambda: compute_features(model, image), repeats=5)
+    rows.append(Row("forward + cache every layer, 224 px", first_forward * 1000, "ms", note="once per image"))
+
+    ctx.image_features()
+    layers = ["stem.relu6", "stages.1.1.expand_relu6", "stages.3.2.expand_relu6", "stages.5.3.expand_relu6", "head.relu6"]
+    spec = METHODS["activations"]
+
+    def switch_layers():
+        for layer in layers:
+            drive(spec.run(ctx, **spec.bind({"layer": layer})))
+
+    per_click = median_time(switch_layers, repeats=7) / len(layers)
+    rows.append(Row("activation grid on layer click (engine)", per_click * 1000, "ms", "< 150 ms", note="cached forward"))
+
+    saliency = METHODS["saliency"]
+    ours = median_time(lambda: drive(saliency.run(ctx, **saliency.bind({"target": 281}))), repeats=7)
+    reference = _captum_saliency_seconds(model, image)
+    rows.append(Row("saliency, 224 px", ours * 1000, "ms", ">= 1x Captum",
+                    reference=reference * 1000 if reference else None,
+                    note="reference: captum.attr.Saliency" if reference else "captum not installed (make bench installs it)"))
+
+    dream = METHODS["dream"]
+    steps = 10
+    seconds = median_time(lambda: drive(dream.run(ctx, **dream.bind({"steps": steps, "octaves": 1, "size": 224}))), repeats=3)
+    rows.append(Row("dream step, 224 px, middle layer", seconds / steps * 1000, "ms", "< 500 ms (cancel latency)"))
+    return rows
+
+
+def _captum_saliency_seconds(model, image) -> float | None:
+    try:
+        from captum.attr import Saliency
+    except ImportError:
+        return None
+    unit = model.preprocessing.to_unit_tensor(image.image)
+
+    class Normalised(torch.nn.Module):
+        def forward(self, x):
+            return model.module(model.preprocessing.normalise(x))
+
+    explainer = Saliency(Normalised())
+
+    def captum_saliency():
+        explainer.attribute(unit.clone().requires_grad_(True), target=281, abs=True).amax(dim=1)
+
+    return median_time(captum_saliency, repeats=7)

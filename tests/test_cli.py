@@ -1,0 +1,126 @@
+"""The command line: METHODS.md's contract, one JSON line, exit status 2 on bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_lists_the_bundled_model_and_the_zoo(capsys):
+    code, out, _ = cli(capsys, "models")
+    names = [line.split()[0] for line in out.splitlines()]
+    assert code == 0 and names[0] == "efficientnet_lite0"
+    assert {"alexnet", "vgg16", "vgg19", "resnet18", "resnet50", "googlenet", "squeezenet1_1",
+            "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny"} <= set(names)
+
+
+def test_layers_prints_shapes_and_receptive_fields(capsys):
+    code, out, _ = cli(capsys, "layers")
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.strip().startswith("stem.conv"))
+    assert "32" in line and "112" in line and "3" in line
+
+
+def test_classify_prints_top5_json(capsys, chelsea_path):
+    code, out, _ = cli(capsys, "classify", "--image", chelsea_path)
+    result = json.loads(out)
+    assert code == 0 and len(result["top5"]) == 5
+    assert result["top5"][0]["label"] in {"Egyptian cat", "tabby", "tiger cat"}
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("filters", []),
+    ("activations", ["--layer", "early"]),
+    ("saliency", ["--target", "tabby"]),
+    ("dream", ["--steps", "2", "--octaves", "2", "--size", "96", "--seed", "1"]),
+])
+def test_run_prints_one_json_line_and_writes_outputs(capsys, tmp_path, chelsea_path, method, extra):
+    out_png, array = tmp_path / f"{method}.png", tmp_path / f"{method}.npy"
+    code, out, err = cli(capsys, "run", method, "--image", chelsea_path, "--out", out_png, "--save-array", array, *extra)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    for key in ("method", "model", "layer", "target", "seconds", "top5", "out", "metrics"):
+        assert key in result
+    assert result["method"] == method and result["model"] == "efficientnet_lite0"
+    assert result["top5"][0][0] in {"Egyptian cat", "tabby", "tiger cat"}
+    assert Path(result["out"]) == out_png and out_png.exists()
+    assert json.loads(out_png.with_suffix(".json").read_text())["method"] == method
+    saved = np.load(array)
+    assert saved.dtype == np.float32 and np.isfinite(saved).all()
+    if method == "saliency":
+        assert result["target"] == {"index": 281, "label": "tabby"}
+        # Raw map at the model input's resolution: 224 on the short side, no crop.
+        assert saved.shape == (224, 337)
+    if method == "dream":
+        assert {"loss_first", "loss_last", "norm_first", "norm_last"} <= set(result["metrics"])
+    if method == "activations":
+        assert result["layer"] == "stages.1.1.expand_relu6" and saved.shape[0] == 144
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "saliency", "--image", "{missing}"], "no such file"),
+    (["run", "saliency", "--image", "{text}"], "not an image"),
+    (["run", "saliency", "--image", "{photo}", "--target", "nonsense-class"], "no class is called"),
+    (["run", "activations", "--image", "{photo}", "--layer", "no.such.layer"], "has no layer"),
+    (["run", "dream", "--image", "{photo}", "--steps", "0"], "at least 1"),
+    (["run", "saliency"], "needs an image"),
+    (["classify", "--image", "{photo}", "--model", "resnet9000"], "unknown model"),
+    (["run", "nosuchmethod"], "invalid choice"),
+    (["run", "saliency", "--image", "{photo}", "--device", "cuda:7"], "cuda"),
+])
+def test_bad_input_exits_2_with_one_line(capsys, tmp_path, chelsea_path, args, message):
+    text = tmp_path / "notes.jpg"
+    text.write_text("hello")
+    paths = {"missing": tmp_path / "nope.png", "text": text, "photo": chelsea_path}
+    code, out, err = cli(capsys, *[a.format(**paths) for a in args])
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err.lower()
+
+
+def test_missing_zoo_weights_say_which_file_and_how_to_supply_it(capsys, tmp_path, monkeypatch, chelsea_path):
+    import urllib.request
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    code, _out, err = cli(capsys, "classify", "--image", chelsea_path, "--model", "squeezenet1_1")
+    assert code == 2
+    assert "squeezenet1_1-b8a52dc0.pth" in err and str(tmp_path) in err and "--weights" in err
+
+
+def test_cli_and_engine_never_import_qt():
+    code = ("import sys, engine.cli, engine.workbench, engine.methods, engine.export; "
+            "assert not [m for m in sys.modules if m.startswith(('PySide6', 'pyqtgraph'))]")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_main_py_runs_the_cli_as_a_subprocess(tmp_path, chelsea_path):
+    out = tmp_path / "f.png"
+    completed = subprocess.run([sys.executable, "main.py", "run", "filters", "--out", str(out)],
+                               cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["layer"] == "stem.conv"
+    assert Image.open(out).size[0] > 20
+    bad = subprocess.run([sys.executable, "main.py", "run", "saliency", "--image", str(tmp_path / "none.png")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
