@@ -45,6 +45,7 @@ class MainWindow(QMainWindow):
         self.last_result = None  # (method id, Result) of what the canvas shows
         self.last_error = ""
         self._job_owner: dict[int, str] = {}
+        self._loading_model: str | None = model_name
 
         self.canvas = Canvas()
         self.setCentralWidget(self.canvas)
@@ -100,12 +101,12 @@ class MainWindow(QMainWindow):
         self.workbench = workbench
         model = self.initial_model
 
-        def startup(bench, cancel):
+        def startup(bench, job):
             return {
                 "methods": bench.methods(),
                 "models": bench.model_names(),
                 "devices": bench.devices(),
-                "model": bench.load_model(model) if model else bench.load_model(),
+                "model": bench.load_model(*([model] if model else []), progress=job.report, cancel=job.cancel),
             }
 
         self.worker.submit(startup, owner="startup", description="Loading the model")
@@ -145,7 +146,7 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.export_action)
         file_menu.addSeparator()
         file_menu.addAction(QAction("Open &model file…", self, triggered=self.open_model_file_dialog))
-        file_menu.addAction(QAction("Open &weights file…", self, triggered=self.open_weights_file_dialog))
+        file_menu.addAction(QAction("Open &weights file…", self, triggered=lambda: self.open_weights_file_dialog()))
         file_menu.addSeparator()
         file_menu.addAction(QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit, triggered=self.close))
         self.model_menu = self.menuBar().addMenu("&Model")
@@ -219,7 +220,7 @@ class MainWindow(QMainWindow):
         if self.workbench is None:
             self.initial_image = path
             return
-        self.worker.submit(lambda bench, cancel: bench.open_image(path), owner="image", description=f"Opening {Path(path).name}")
+        self.worker.submit(lambda bench, job: bench.open_image(path), owner="image", description=f"Opening {Path(path).name}")
 
     def show_image(self) -> None:
         if self.image_info is not None:
@@ -264,12 +265,14 @@ class MainWindow(QMainWindow):
     def load_model(self, name: str, weights_path: str | None = None, trust: bool = False) -> None:
         self.model_label.setText(f"model: loading {Path(name).name}…")
 
-        def job(bench, cancel):
-            info = bench.load_model(name, weights_path=weights_path, trust=trust, progress=None, cancel=cancel)
+        self._loading_model = name
+
+        def load(bench, job):
+            info = bench.load_model(name, weights_path=weights_path, trust=trust, progress=job.report, cancel=job.cancel)
             image = bench.image_info() if bench.image is not None else None
             return info, image
 
-        self.worker.submit(job, owner="model", description=f"Loading {Path(name).name}")
+        self.worker.submit(load, owner="model", description=f"Loading {Path(name).name}")
 
     def open_model_file_dialog(self) -> None:
         path, _filter = QFileDialog.getOpenFileName(self, "Open model file (TorchScript or pickled model)", str(Path.home()),
@@ -277,13 +280,14 @@ class MainWindow(QMainWindow):
         if path:
             self.load_model(path)
 
-    def open_weights_file_dialog(self) -> None:
-        if self.model_info is None:
+    def open_weights_file_dialog(self, name: str | None = None) -> None:
+        name = name or (self.model_info.name if self.model_info else None)
+        if not name:
             return
-        path, _filter = QFileDialog.getOpenFileName(self, f"Open weights for {self.model_info.name}", str(Path.home()),
+        path, _filter = QFileDialog.getOpenFileName(self, f"Open weights for {name}", str(Path.home()),
                                                     "State dicts (*.pt *.pth *.bin);;All files (*)")
         if path:
-            self.load_model(self.model_info.name, weights_path=path)
+            self.load_model(name, weights_path=path)
 
     def _confirm_trust(self, path: str, message: str) -> None:
         answer = QMessageBox.question(
@@ -296,7 +300,7 @@ class MainWindow(QMainWindow):
     def set_device(self, device: str) -> None:
         if self.workbench is None or not device:
             return
-        self.worker.submit(lambda bench, cancel: bench.set_device(device), owner="device", description=f"Moving to {device}")
+        self.worker.submit(lambda bench, job: bench.set_device(device), owner="device", description=f"Moving to {device}")
 
     def _apply_model_info(self, info) -> None:
         self.model_info = info
@@ -342,7 +346,7 @@ class MainWindow(QMainWindow):
             return -1
         self.panels[method_id].set_running(True)
         self.panels[method_id].show_status("running…")
-        return self.worker.submit(lambda bench, cancel: bench.run(method_id, params, cancel),
+        return self.worker.submit(lambda bench, job: bench.run(method_id, params, job.cancel),
                                   owner=f"method:{method_id}", description=spec.title)
 
     def cancel_jobs(self) -> None:
@@ -412,20 +416,30 @@ class MainWindow(QMainWindow):
                 panel.set_running(False)
                 panel.show_status(_summarise(result))
 
-    def _on_job_failed(self, job_id: int, owner: str, message: str) -> None:
+    def _on_job_failed(self, job_id: int, owner: str, message: str, kind: str) -> None:
         self._job_done(job_id)
         self._stop_panel(owner, "failed")
-        if owner == "model":
+        if owner in ("model", "startup"):
             self.model_label.setText(f"model: {self.model_info.name if self.model_info else 'none'}")
-            from engine.errors import UntrustedFileError  # noqa: F401 - only the message crosses threads
-
-            if "pickled Python object" in message:
-                path = message.split(" is a pickled", 1)[0]
-                self._confirm_trust(path, message)
+            if owner == "startup":
+                self.canvas.show_message("The model could not be loaded")
+            if kind == "UntrustedFileError":
+                self._confirm_trust(self._loading_model, message)
                 return
-        if owner == "startup":
-            self.canvas.show_message("The model could not be loaded")
+            if kind == "WeightsMissingError":
+                self._offer_weights_file(self._loading_model, message)
+                return
         self.show_error(_TITLES.get(owner.split(":")[0], "Something went wrong"), message)
+
+    def _offer_weights_file(self, name: str, message: str) -> None:
+        """Missing pretrained weights: say which file, and offer to pick it from disk."""
+        self.last_error = message
+        box = QMessageBox(QMessageBox.Icon.Warning, "Weights not found", message, QMessageBox.StandardButton.Close, self)
+        pick = box.addButton("Open weights file…", QMessageBox.ButtonRole.AcceptRole)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.buttonClicked.connect(lambda button: button is pick and self.open_weights_file_dialog(name))
+        self.weights_dialog = box
+        box.open()
 
     def _on_job_cancelled(self, job_id: int, owner: str) -> None:
         self._job_done(job_id)

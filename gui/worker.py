@@ -1,6 +1,8 @@
 """The engine thread: one QThread runs jobs one at a time and reports through signals.
 
-Jobs are callables ``job(workbench, cancel)`` submitted from the UI thread. One that
+Jobs are callables ``job(workbench, handle)`` submitted from the UI thread; the
+``JobHandle`` carries the cancel token and a ``report(fraction, message)`` callback for
+work that is not a generator (a weights download). A job that
 returns a generator is driven event by event (a method: progress, frames, result); one
 that returns a value is finished at once (open an image, load a model). The engine, and
 with it torch, is imported on this thread when it starts, so the window is on screen
@@ -41,6 +43,19 @@ class _Request:
     description: str = ""
 
 
+class JobHandle:
+    """What a job gets besides the workbench: its cancel token and a progress reporter."""
+
+    def __init__(self, worker: "EngineWorker", job_id: int, cancel: CancelToken) -> None:
+        self._worker = worker
+        self.job_id = job_id
+        self.cancel = cancel
+
+    def report(self, fraction: float, message: str = "") -> None:
+        self.cancel.check()
+        self._worker.progress.emit(self.job_id, fraction, message)
+
+
 @dataclass
 class _Running:
     request: _Request
@@ -56,7 +71,7 @@ class EngineWorker(QThread):
     progress = Signal(int, float, str)
     frame_ready = Signal(int)
     job_finished = Signal(int, str, object)  # id, owner, result
-    job_failed = Signal(int, str, str)  # id, owner, message
+    job_failed = Signal(int, str, str, str)  # id, owner, message, error kind (exception class name)
     job_cancelled = Signal(int, str)
 
     def __init__(self, parent=None) -> None:
@@ -136,7 +151,7 @@ class EngineWorker(QThread):
             if request.cancel.cancelled:
                 raise JobCancelled()
             self.job_started.emit(job_id, owner, request.description)
-            outcome = request.fn(self.workbench, request.cancel)
+            outcome = request.fn(self.workbench, JobHandle(self, job_id, request.cancel))
             if isinstance(outcome, types.GeneratorType):
                 while True:
                     request.cancel.check()
@@ -159,13 +174,14 @@ class EngineWorker(QThread):
         except JobCancelled:
             self.job_cancelled.emit(job_id, owner)
         except ConvScopeError as exc:
-            self.job_failed.emit(job_id, owner, str(exc))
+            self.job_failed.emit(job_id, owner, str(exc), type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - the window must survive any engine failure
             if is_out_of_memory(exc):
-                self.job_failed.emit(job_id, owner, OUT_OF_MEMORY_MESSAGE)
+                self.job_failed.emit(job_id, owner, OUT_OF_MEMORY_MESSAGE, "OutOfMemory")
             else:
                 log.error("job %s (%s) failed:\n%s", job_id, owner, traceback.format_exc())
-                self.job_failed.emit(job_id, owner, f"{request.description or owner} failed: {type(exc).__name__}: {exc}")
+                self.job_failed.emit(job_id, owner, f"{request.description or owner} failed: {type(exc).__name__}: {exc}",
+                                     type(exc).__name__)
         finally:
             with self._lock:
                 self._pending.pop(job_id, None)

@@ -176,7 +176,7 @@ def test_the_worker_keeps_only_the_newest_frame(qtbot, window):
     window.worker.frame_ready.disconnect(window._on_frame_ready)
     window.worker.frame_ready.connect(emitted.append)
 
-    def burst(bench, cancel):
+    def burst(bench, job):
         for step in range(200):
             yield Frame(Display(rgb=np.full((4, 4, 3), step, np.uint8)), step=step)
         return Result(display=Display(rgb=np.zeros((4, 4, 3), np.uint8)), array=None)
@@ -185,3 +185,70 @@ def test_the_worker_keeps_only_the_newest_frame(qtbot, window):
         job_id = window.worker.submit(burst, owner="burst")
     # Nobody took a frame, so after the first notification no other was sent.
     assert emitted == [job_id]
+
+
+def test_missing_weights_offer_to_open_the_file(qtbot, window, tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    import torch
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    with qtbot.waitSignal(window.worker.job_failed, timeout=TIMEOUT) as failed:
+        window.load_model("squeezenet1_1")
+    assert failed.args[3] == "WeightsMissingError"
+    assert "squeezenet1_1-b8a52dc0.pth" in window.last_error and "Open weights file" in window.last_error
+    assert window.model_info.name == "efficientnet_lite0"  # nothing lost
+
+    weights = tmp_path / "my-squeezenet.pth"
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), weights)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(weights), ""))
+    pick = next(b for b in window.weights_dialog.buttons() if "Open weights" in b.text())
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        pick.click()
+    qtbot.waitUntil(lambda: window.model_info.name == "squeezenet1_1", timeout=TIMEOUT)
+    assert window.model_info.weights == str(weights)
+    assert "features.12" in window.layer_tree.paths()
+
+
+def test_a_pickled_model_loads_only_after_the_user_trusts_it(qtbot, window, tmp_path, monkeypatch):
+    import torch
+
+    from tests.conftest import TinyNet
+
+    path = tmp_path / "whole-model.pt"
+    torch.save(TinyNet(classes=1000), path)
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a[2]) or QMessageBox.StandardButton.No)
+    with qtbot.waitSignal(window.worker.job_failed, timeout=TIMEOUT):
+        window.load_model(str(path))
+    assert asked and "pickled" in asked[0]
+    assert window.model_info.name == "efficientnet_lite0"
+
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    with qtbot.waitSignal(window.worker.job_failed, timeout=TIMEOUT):
+        window.load_model(str(path))
+    qtbot.waitUntil(lambda: window.model_info.name == "whole-model", timeout=TIMEOUT)
+
+
+def test_a_zoo_download_shows_its_progress(qtbot, window, tmp_path, monkeypatch):
+    import torchvision
+
+    from engine.models import zoo
+    from tests.test_zoo import save_with_hash_name
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    served = save_with_hash_name(torchvision.models.squeezenet1_1(weights=None).state_dict(), tmp_path / "server", "squeezenet1_1")
+    monkeypatch.setattr(zoo.default_weights("squeezenet1_1").value, "url", served.as_uri())
+    monkeypatch.setattr(zoo, "DOWNLOAD_CHUNK_SIZE", 256 * 1024)
+    monkeypatch.setattr(zoo, "PROGRESS_INTERVAL_S", 0.0)
+    reports = []
+    window.worker.progress.connect(lambda _job, fraction, message: reports.append((fraction, message)))
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        window.load_model("squeezenet1_1")
+    downloads = [r for r in reports if served.name in r[1]]
+    assert len(downloads) > 3 and downloads[-1][0] == 1.0
+    assert window.model_info.name == "squeezenet1_1"
+    assert (tmp_path / "hub" / "hub" / "checkpoints" / served.name).exists()  # $TORCH_HOME/hub
