@@ -6,7 +6,7 @@ from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLineEdit, QTreeView, QVBoxLayout, QWidget
 
-COLUMNS = ("Layer", "Type", "Output", "Params", "Receptive field")
+COLUMNS = ("Layer", "Output", "Receptive field", "Type", "Params")
 PATH_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
@@ -75,11 +75,12 @@ class LayerTree(QWidget):
         rf = node.receptive_field
         cells = [
             QStandardItem(node.name),
-            QStandardItem(node.type_name),
             QStandardItem(_format_shape(node.output_shape)),
-            QStandardItem(_format_count(node.total_params)),
             QStandardItem(str(rf) if rf is not None and node.is_conv_or_pool else ""),
+            QStandardItem(node.type_name),
+            QStandardItem(_format_count(node.total_params)),
         ]
+        cells[2].setToolTip("Receptive field: size in input pixels, jump (stride) between units, centre of the first unit")
         cells[0].setData(node.path, PATH_ROLE)
         cells[0].setToolTip(node.path)
         parent.appendRow(cells)

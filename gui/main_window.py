@@ -78,7 +78,7 @@ class MainWindow(QMainWindow):
         self.methods_dock.setMinimumWidth(300)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.methods_dock)
 
-        self.resizeDocks([self.layers_dock, self.methods_dock], [430, 320], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.layers_dock, self.methods_dock], [500, 320], Qt.Orientation.Horizontal)
         self._build_status_bar()
         self._build_menus()
 

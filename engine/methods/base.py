@@ -30,6 +30,7 @@ class Param:
     choices: tuple = ()
     minimum: float | None = None
     maximum: float | None = None
+    special: str = ""  # what the minimum value means when it is a sentinel ("model size" for 0)
 
     @property
     def flag(self) -> str:

@@ -101,6 +101,7 @@ class MethodPanel(QWidget):
             spin.setRange(int(param.minimum if param.minimum is not None else -1_000_000),
                           int(param.maximum if param.maximum is not None else 1_000_000))
             spin.setValue(int(param.default))
+            spin.setSpecialValueText(param.special)
             return spin
         if kind == "float":
             spin = QDoubleSpinBox()

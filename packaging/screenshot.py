@@ -1,0 +1,47 @@
+"""Take the README's screenshot: the real window on an X display (e.g. Xvfb), captured
+with ImageMagick's `import`, after opening a photo and clicking a layer.
+
+    Xvfb :99 -screen 0 1500x900x24 &  DISPLAY=:99 .venv/bin/python packaging/screenshot.py resources/screenshot.png
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from PySide6.QtCore import QEventLoop, QSettings  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+
+def main(out: str, method: str = "activations", layer: str = "stages.2.1.expand_relu6") -> None:
+    app = QApplication([])
+    from gui.main_window import MainWindow
+
+    window = MainWindow(settings=QSettings("/tmp/convscope-screenshot.ini", QSettings.Format.IniFormat))
+    window.setGeometry(0, 0, 1500, 900)
+    window.show()
+    window.start_engine()
+    loop = QEventLoop()
+
+    def wait(condition, seconds=120.0):
+        deadline = time.time() + seconds
+        while not condition() and time.time() < deadline:
+            loop.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+
+    wait(lambda: window.image_info is not None)
+    panel = window.select_method(method)
+    window.layer_tree.select(layer)
+    if not panel.follows_layer:
+        panel.request_run()
+    wait(lambda: window.last_result is not None and window.last_result[0] == method)
+    wait(lambda: False, seconds=1.0)  # let the window paint
+    subprocess.run(["import", "-window", "root", "-crop", "1500x900+0+0", out], check=True)
+    window.close()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
