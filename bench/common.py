@@ -32,6 +32,20 @@ def median_time(fn, repeats: int = 7, warmup: int = 1) -> float:
     return statistics.median(samples)
 
 
+def median_times_interleaved(functions: list, repeats: int = 9, warmup: int = 1) -> list[float]:
+    """Medians for several functions timed in turn, so a noisy spell hits them all alike."""
+    for fn in functions:
+        for _ in range(warmup):
+            fn()
+    samples: list[list[float]] = [[] for _ in functions]
+    for _ in range(repeats):
+        for fn, bucket in zip(functions, samples):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(bucket) for bucket in samples]
+
+
 def print_table(rows: list[Row]) -> None:
     header = ("benchmark", "ours", "reference", "speed-up", "target", "note")
     table = [header] + [
