@@ -8,11 +8,12 @@ image object and the input size, so a new image or model starts a fresh forward.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 
-from .hooks import capture_outputs
+from .hooks import capture_outputs, first_tensor
 from .images import LoadedImage
 from .models.registry import LoadedModel
 
@@ -51,13 +52,22 @@ class FeatureCache:
         return self._features
 
 
+# Per model: the module paths whose outputs the model later overwrites in place, learnt
+# on the first forward so later images need only one pass.
+_COPY_PATHS: "weakref.WeakKeyDictionary[torch.nn.Module, set[str]]" = weakref.WeakKeyDictionary()
+
+
 @torch.no_grad()
 def compute_features(model: LoadedModel, image: LoadedImage, size: int | None = None) -> ImageFeatures:
     x = model.preprocessing.to_tensor(image.image, size).to(model.device)
-    with capture_outputs(model.module) as captured:
+    copy = _COPY_PATHS.get(model.module, set())
+    with capture_outputs(model.module, copy=copy) as captured:
         logits = model.module(x)
-    from .hooks import first_tensor
-
+    overwritten = captured.modified_in_place()
+    if overwritten:
+        _COPY_PATHS[model.module] = copy | overwritten
+        with capture_outputs(model.module, copy=copy | overwritten) as captured:
+            logits = model.module(x)
     logits = first_tensor(logits)
     activations = {path: tensor.float().cpu() for path, tensor in captured.items()}
     shapes = {path: tuple(tensor.shape) for path, tensor in captured.items()}

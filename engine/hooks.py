@@ -25,16 +25,35 @@ def is_hookable(module: nn.Module) -> bool:
     return not isinstance(module, torch.jit.ScriptModule)
 
 
+class CapturedOutputs(dict):
+    """Module path -> output tensor, remembering each tensor's version counter.
+
+    A later in-place operation (ResNet's ``out += identity``) overwrites a tensor that
+    was already captured; its version counter then differs, which ``modified_in_place``
+    reports so the caller can capture those paths again as copies.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.versions: dict[str, int] = {}
+
+    def modified_in_place(self) -> set[str]:
+        return {path for path, version in self.versions.items() if self[path]._version != version}
+
+
 @contextmanager
-def capture_outputs(model: nn.Module, paths: Iterable[str] | None = None, detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+def capture_outputs(model: nn.Module, paths: Iterable[str] | None = None, detach: bool = True,
+                    copy: Iterable[str] = ()) -> Iterator[CapturedOutputs]:
     """Record the output of each named module (all of them when ``paths`` is None).
 
     A module called more than once per forward keeps its first output, so a path always
     means one tensor. With ``detach=False`` the tensors stay in the autograd graph, which
-    is what gradient-based methods need.
+    is what gradient-based methods need. Paths in ``copy`` are cloned when captured,
+    because the model modifies them in place afterwards.
     """
     wanted = None if paths is None else set(paths)
-    captured: dict[str, torch.Tensor] = {}
+    copied = set(copy)
+    captured = CapturedOutputs()
     handles = []
 
     def make_hook(path: str):
@@ -42,8 +61,13 @@ def capture_outputs(model: nn.Module, paths: Iterable[str] | None = None, detach
             if path in captured:
                 return
             tensor = first_tensor(output)
-            if tensor is not None:
-                captured[path] = tensor.detach() if detach else tensor
+            if tensor is None:
+                return
+            tensor = tensor.detach() if detach else tensor
+            if path in copied:
+                tensor = tensor.clone()
+            captured[path] = tensor
+            captured.versions[path] = tensor._version
 
         return hook
 

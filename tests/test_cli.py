@@ -76,6 +76,8 @@ def test_run_prints_one_json_line_and_writes_outputs(capsys, tmp_path, chelsea_p
 @pytest.mark.parametrize("args, message", [
     (["run", "saliency", "--image", "{missing}"], "no such file"),
     (["run", "saliency", "--image", "{text}"], "not an image"),
+    (["run", "saliency", "--image", "{empty}"], "empty (0 bytes)"),
+    (["classify", "--image", "{truncated}"], "truncated"),
     (["run", "saliency", "--image", "{photo}", "--target", "nonsense-class"], "no class is called"),
     (["run", "activations", "--image", "{photo}", "--layer", "no.such.layer"], "has no layer"),
     (["run", "dream", "--image", "{photo}", "--steps", "0"], "at least 1"),
@@ -87,7 +89,12 @@ def test_run_prints_one_json_line_and_writes_outputs(capsys, tmp_path, chelsea_p
 def test_bad_input_exits_2_with_one_line(capsys, tmp_path, chelsea_path, args, message):
     text = tmp_path / "notes.jpg"
     text.write_text("hello")
-    paths = {"missing": tmp_path / "nope.png", "text": text, "photo": chelsea_path}
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "cut.jpg"
+    Image.open(chelsea_path).save(truncated, quality=90)
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    paths = {"missing": tmp_path / "nope.png", "text": text, "photo": chelsea_path, "empty": empty, "truncated": truncated}
     code, out, err = cli(capsys, *[a.format(**paths) for a in args])
     assert code == 2
     assert out == ""
@@ -124,3 +131,17 @@ def test_main_py_runs_the_cli_as_a_subprocess(tmp_path, chelsea_path):
     bad = subprocess.run([sys.executable, "main.py", "run", "saliency", "--image", str(tmp_path / "none.png")],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_out_of_memory_exits_3_with_one_line(capsys, monkeypatch, chelsea_path):
+    from engine import methods
+
+    def greedy(ctx, **params):
+        raise MemoryError()
+        yield  # a generator, like every method
+
+    monkeypatch.setitem(methods.METHODS, "saliency", methods.METHODS["saliency"].__class__(
+        **{**methods.METHODS["saliency"].__dict__, "run": greedy}))
+    code, out, err = cli(capsys, "run", "saliency", "--image", chelsea_path)
+    assert code == 3 and out == ""
+    assert err.strip().splitlines() == ["error: ran out of memory: try a smaller image size or fewer steps, close other programs, or switch to the CPU"]

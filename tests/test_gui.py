@@ -252,3 +252,26 @@ def test_a_zoo_download_shows_its_progress(qtbot, window, tmp_path, monkeypatch)
     assert len(downloads) > 3 and downloads[-1][0] == 1.0
     assert window.model_info.name == "squeezenet1_1"
     assert (tmp_path / "hub" / "hub" / "checkpoints" / served.name).exists()  # $TORCH_HOME/hub
+
+
+def test_out_of_memory_is_a_message_and_the_window_carries_on(qtbot, window):
+    import torch
+
+    def greedy(bench, job):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    with qtbot.waitSignal(window.worker.job_failed, timeout=TIMEOUT) as failed:
+        window.worker.submit(greedy, owner="method:dream")
+    assert failed.args[3] == "OutOfMemory" and "ran out of memory" in window.last_error
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        window.select_method("saliency").request_run()
+    assert window.last_result[0] == "saliency"
+
+
+def test_an_unexpected_engine_error_is_reported_without_a_traceback(qtbot, window):
+    def broken(bench, job):
+        raise ValueError("something inside went wrong")
+
+    with qtbot.waitSignal(window.worker.job_failed, timeout=TIMEOUT):
+        window.worker.submit(broken, owner="method:saliency", description="Saliency")
+    assert window.last_error == "Saliency failed: ValueError: something inside went wrong"

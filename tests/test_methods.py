@@ -208,3 +208,24 @@ def test_bad_parameters_are_clear(bundled):
         METHODS["activations"].bind({"sort": "median"})
     with pytest.raises(MethodInputError, match="expects a number"):
         METHODS["dream"].bind({"lr": "fast"})
+
+
+def test_activations_are_not_overwritten_by_later_in_place_operations(chelsea):
+    """ResNet adds the shortcut in place (``out += identity``) onto bn2's output."""
+    import torchvision
+
+    from engine.models.preprocessing import Preprocessing
+    from engine.models.registry import LoadedModel
+
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None).eval()
+    model = LoadedModel(name="resnet18", module=resnet, preprocessing=Preprocessing(size=64), labels=[str(i) for i in range(1000)],
+                        weights="random")
+    block = resnet.layer1[0]
+    x = model.preprocessing.to_tensor(chelsea.image)
+    with torch.no_grad():
+        stem = resnet.maxpool(resnet.relu(resnet.bn1(resnet.conv1(x))))
+        expected = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(stem)))))
+    for _ in range(2):  # the first image learns which outputs need copying, the second reuses it
+        features = compute_features(model, chelsea, size=64)
+        torch.testing.assert_close(features.activations["layer1.0.bn2"], expected)
