@@ -37,6 +37,8 @@ class ImageFeatures:
 
 class FeatureCache:
     def __init__(self) -> None:
+        # The key holds the model and image objects themselves, compared by identity: an
+        # id() alone could be reused by a new image once the old one is freed.
         self._key: tuple | None = None
         self._features: ImageFeatures | None = None
 
@@ -45,11 +47,15 @@ class FeatureCache:
         self._features = None
 
     def get(self, model: LoadedModel, image: LoadedImage, size: int | None = None) -> ImageFeatures:
-        key = (id(model.module), id(image), size, str(model.device))
-        if self._key != key or self._features is None:
+        key = (model.module, image, size, str(model.device))
+        if self._features is None or not _same_key(self._key, key):
             self._features = compute_features(model, image, size)
             self._key = key
         return self._features
+
+
+def _same_key(old: tuple | None, new: tuple) -> bool:
+    return old is not None and old[0] is new[0] and old[1] is new[1] and old[2:] == new[2:]
 
 
 # Per model: the module paths whose outputs the model later overwrites in place, learnt

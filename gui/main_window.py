@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QProgressBar,
                                QPushButton, QStackedWidget, QVBoxLayout, QWidget)
@@ -46,6 +46,7 @@ class MainWindow(QMainWindow):
         self.last_error = ""
         self._job_owner: dict[int, str] = {}
         self._loading_model: str | None = model_name
+        self.weights_dialog: QMessageBox | None = None
 
         self.canvas = Canvas()
         self.setCentralWidget(self.canvas)
@@ -557,7 +558,3 @@ def _summarise(result) -> str:
         elif isinstance(value, int) and not isinstance(value, bool):
             parts.append(f"{key} {value}")
     return "; ".join(parts)
-
-
-def start_timer_once(callback) -> None:
-    QTimer.singleShot(0, callback)

@@ -229,3 +229,13 @@ def test_activations_are_not_overwritten_by_later_in_place_operations(chelsea):
     for _ in range(2):  # the first image learns which outputs need copying, the second reuses it
         features = compute_features(model, chelsea, size=64)
         torch.testing.assert_close(features.activations["layer1.0.bn2"], expected)
+
+
+def test_a_new_image_never_reuses_the_old_images_activations(bundled, chelsea):
+    from engine.features import FeatureCache
+    from engine.images import LoadedImage
+
+    cache = FeatureCache()
+    first = cache.get(bundled, LoadedImage(chelsea.image.copy(), path="a"))
+    second = cache.get(bundled, LoadedImage(chelsea.image.transpose(Image.Transpose.FLIP_TOP_BOTTOM), path="b"))
+    assert not torch.equal(first.logits, second.logits)
