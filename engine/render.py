@@ -93,6 +93,14 @@ def resize_map(values: np.ndarray, size: tuple[int, int], smooth: bool = True) -
     return np.asarray(image.resize(size, resample), dtype=np.float32)
 
 
+def overlay_map(display: Display) -> np.ndarray:
+    """The scalar map of an overlay at the picture's size (the canvas draws exactly this)."""
+    height, width = display.rgb.shape[:2]
+    if display.scalar.shape == (height, width):
+        return display.scalar
+    return resize_map(display.scalar, (width, height))
+
+
 def compose(display: Display, opacity: float = 0.6, colormap: str | None = None) -> np.ndarray:
     """The RGB picture the canvas shows for a Display (bars are drawn by the GUI)."""
     colormap = colormap or display.colormap
@@ -102,10 +110,6 @@ def compose(display: Display, opacity: float = 0.6, colormap: str | None = None)
         return display.rgb
     if display.rgb is None or not display.overlay:
         return apply_colormap(display.scalar, display.levels, colormap)
-    height, width = display.rgb.shape[:2]
-    scalar = display.scalar
-    if scalar.shape != (height, width):
-        scalar = resize_map(scalar, (width, height))
-    coloured = apply_colormap(scalar, display.levels, colormap).astype(np.float32)
+    coloured = apply_colormap(overlay_map(display), display.levels, colormap).astype(np.float32)
     mixed = (1 - opacity) * display.rgb.astype(np.float32) + opacity * coloured
     return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)

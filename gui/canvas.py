@@ -14,7 +14,7 @@ from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QSlider, QStackedWidget, QToolButton, QVBoxLayout, QWidget
 
 from engine.jobs import Display
-from engine.render import COLORMAPS, apply_colormap, colormap_lut
+from engine.render import COLORMAPS, apply_colormap, colormap_lut, overlay_map
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
@@ -177,9 +177,10 @@ class Canvas(QWidget):
         self.overlay_item.setVisible(show_overlay)
         if show_overlay:
             levels = display.levels or (float(np.nanmin(display.scalar)), float(np.nanmax(display.scalar)))
-            self.overlay_item.setImage(display.scalar.astype(np.float32), autoLevels=False, levels=levels)
+            # The map may have the model's input resolution: resample it to the picture's
+            # size exactly as the exported PNG does, so the two look the same.
+            self.overlay_item.setImage(overlay_map(display), autoLevels=False, levels=levels)
             self.overlay_item.setLookupTable(colormap_lut(colormap))
-            # The map may have the model's input resolution: stretch it over the picture.
             self.overlay_item.setRect(QRectF(0, 0, width, height))
             self._apply_opacity()
         self.colorbar.setVisible(display.scalar is not None)

@@ -311,11 +311,12 @@ class MainWindow(QMainWindow):
         if info.tree is not None:
             self.tree_root = info.tree
             self.layer_tree.set_tree(info.tree)
+            # A new model has other layer names: start every panel at its "middle" layer.
             middle = info.presets.get("middle")
             if middle:
                 self.layer_tree.select(middle, emit=False)
-                for panel in self.panels.values():
-                    panel.layer_clicked(middle)
+            for panel in self.panels.values():
+                panel.reset_layer(middle)
 
     # -- methods ----------------------------------------------------------------------------
     def current_panel(self) -> MethodPanel | None:

@@ -275,3 +275,33 @@ def test_an_unexpected_engine_error_is_reported_without_a_traceback(qtbot, windo
     with qtbot.waitSignal(window.worker.job_failed, timeout=TIMEOUT):
         window.worker.submit(broken, owner="method:saliency", description="Saliency")
     assert window.last_error == "Saliency failed: ValueError: something inside went wrong"
+
+
+def test_open_dialog_and_shortcuts(qtbot, window, monkeypatch, tmp_path):
+    from engine.samples import sample_path
+
+    rocket = str(sample_path("rocket"))
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (rocket, ""))
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        qtbot.keyClick(window, Qt.Key.Key_O, Qt.KeyboardModifier.ControlModifier)
+    assert Path(window.image_info.path).name == "rocket.jpg"
+    target = tmp_path / "rocket-view.png"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
+    qtbot.keyClick(window, Qt.Key.Key_E, Qt.KeyboardModifier.ControlModifier)
+    assert target.exists() and target.with_suffix(".json").exists()
+
+
+def test_exported_overlay_is_what_the_canvas_draws(qtbot, window):
+    from engine.render import apply_colormap
+
+    panel = window.select_method("activations")
+    panel.set_value("layer", "head.relu6")
+    panel.set_value("channel", 5)
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        panel.request_run()
+    display = window.canvas.display
+    drawn = window.canvas.overlay_item.image
+    assert drawn.shape == display.rgb.shape[:2]  # the 7x11 channel resampled to the photo
+    opacity = window.canvas.current_opacity()
+    expected = (1 - opacity) * display.rgb + opacity * apply_colormap(drawn, display.levels, window.canvas.current_colormap())
+    assert np.abs(window.canvas.rendered_image().astype(float) - expected).max() <= 1.0

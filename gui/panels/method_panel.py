@@ -167,6 +167,12 @@ class MethodPanel(QWidget):
             self.set_value("layer", path)
         return self.follows_layer
 
+    def reset_layer(self, preset: str | None) -> None:
+        """After a model change: the model's preset, or the method's own default keyword."""
+        for param in self.spec.params:
+            if param.kind == "layer":
+                self.set_value(param.name, preset if preset and param.default == "middle" else param.default)
+
     def request_run(self) -> None:
         self.run_requested.emit(self.method_id, self.values())
 
