@@ -103,13 +103,15 @@ def overlay_map(display: Display) -> np.ndarray:
 
 def compose(display: Display, opacity: float = 0.6, colormap: str | None = None) -> np.ndarray:
     """The RGB picture the canvas shows for a Display (bars are drawn by the GUI)."""
+    from .gallery import draw_boxes
+
     colormap = colormap or display.colormap
     if display.scalar is None:
         if display.rgb is None:
             raise ValueError("nothing to draw")
-        return display.rgb
+        return draw_boxes(display.rgb, display.boxes)
     if display.rgb is None or not display.overlay:
         return apply_colormap(display.scalar, display.levels, colormap)
     coloured = apply_colormap(overlay_map(display), display.levels, colormap).astype(np.float32)
     mixed = (1 - opacity) * display.rgb.astype(np.float32) + opacity * coloured
-    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+    return draw_boxes(np.clip(mixed + 0.5, 0, 255).astype(np.uint8), display.boxes)

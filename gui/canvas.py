@@ -14,7 +14,10 @@ from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QSlider, QStackedWidget, QToolButton, QVBoxLayout, QWidget
 
 from engine.jobs import Display
+from engine.gallery import draw_boxes
 from engine.render import COLORMAPS, apply_colormap, colormap_lut, overlay_map
+
+from .scatter import ScatterView
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
@@ -27,6 +30,7 @@ def _pg_colormap(name: str) -> pg.ColorMap:
 class Canvas(QWidget):
     display_changed = Signal()  # a new picture is on screen (a result or a frame)
     clicked = Signal(float, float)  # image coordinates (x, y) of a left click
+    path_clicked = Signal(str, object)  # a dataset image was clicked: its path, and a box to draw on it or None
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -56,9 +60,13 @@ class Canvas(QWidget):
         self.bars = pg.BarGraphItem(x=[], height=[], width=0.9, brush="#e0a040")
         self.plot.addItem(self.bars)
 
+        self.scatter = ScatterView()
+        self.scatter.point_clicked.connect(lambda path: self.path_clicked.emit(path, None))
+
         self.stack = QStackedWidget()
         self.stack.addWidget(self.graphics)
         self.stack.addWidget(self.plot)
+        self.stack.addWidget(self.scatter)
 
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
@@ -106,7 +114,7 @@ class Canvas(QWidget):
 
     def show_display(self, display: Display, *, frame: bool = False) -> None:
         first = self.display is None
-        previous_shape = None if first or self.display.rgb is None and self.display.scalar is None else self._extent()
+        previous_shape = None if first else self._extent()
         self.display = display
         self.message.setText("")
         self._redraw()
@@ -120,6 +128,9 @@ class Canvas(QWidget):
     def fit(self) -> None:
         if self.display is not None and self.display.bars is not None:
             self.plot.autoRange()
+            return
+        if self.display is not None and self.display.points is not None:
+            self.scatter.plot.autoRange()
             return
         if self.base_item.image is not None:
             self.view.autoRange(items=[self.base_item], padding=0.02)
@@ -137,10 +148,11 @@ class Canvas(QWidget):
 
         if self.display is None:
             raise ValueError("nothing to export yet")
-        if self.display.bars is not None:
+        if self.display.bars is not None or self.display.points is not None:
             from pyqtgraph.exporters import ImageExporter
 
-            image = ImageExporter(self.plot.plotItem).export(toBytes=True)
+            plot = self.plot if self.display.bars is not None else self.scatter.plot
+            image = ImageExporter(plot.plotItem).export(toBytes=True)
             image = image.convertToFormat(image.Format.Format_RGB888)
             buffer = np.frombuffer(image.constBits(), dtype=np.uint8)
             return buffer.reshape(image.height(), image.bytesPerLine())[:, : image.width() * 3].reshape(image.height(), image.width(), 3).copy()
@@ -149,6 +161,8 @@ class Canvas(QWidget):
     # -- drawing ----------------------------------------------------------------------
     def _extent(self) -> tuple[int, int] | None:
         display = self.display
+        if display is None:
+            return None
         source = display.rgb if display.rgb is not None else display.scalar
         return None if source is None else source.shape[:2]
 
@@ -163,10 +177,14 @@ class Canvas(QWidget):
             self.stack.setCurrentWidget(self.plot)
             self.plot.autoRange()
             return
+        if display.points is not None:
+            self.scatter.show_points(display.points)
+            self.stack.setCurrentWidget(self.scatter)
+            return
         self.stack.setCurrentWidget(self.graphics)
         colormap = self.current_colormap()
         if display.rgb is not None:
-            self.base_item.setImage(display.rgb, autoLevels=False, levels=(0, 255))
+            self.base_item.setImage(draw_boxes(display.rgb, display.boxes), autoLevels=False, levels=(0, 255))
         elif display.scalar is not None:
             # A grid or a map on its own: colour it here so gaps (NaN) show as background.
             self.base_item.setImage(apply_colormap(display.scalar, display.levels, colormap), autoLevels=False, levels=(0, 255))
@@ -197,4 +215,13 @@ class Canvas(QWidget):
         if event.button() != Qt.MouseButton.LeftButton or self.base_item.image is None:
             return
         point = self.view.mapSceneToView(event.scenePos())
+        region = self.region_at(point.x(), point.y())
+        if region is not None:
+            self.path_clicked.emit(region.path, region.box)
         self.clicked.emit(point.x(), point.y())
+
+    def region_at(self, x: float, y: float):
+        """The gallery tile under a point of the picture, if any."""
+        if self.display is None:
+            return None
+        return next((region for region in self.display.regions if region.contains(x, y)), None)

@@ -47,11 +47,13 @@ class MainWindow(QMainWindow):
         self._job_owner: dict[int, str] = {}
         self._loading_model: str | None = model_name
         self.weights_dialog: QMessageBox | None = None
+        self._box_to_show: tuple | None = None
 
         self.canvas = Canvas()
         self.setCentralWidget(self.canvas)
         self.canvas.show_message("Loading the model…")
         self.canvas.clicked.connect(self._on_canvas_click)
+        self.canvas.path_clicked.connect(lambda path, box: self.open_image(path, box=box))
 
         self.layer_tree = LayerTree()
         self.layer_tree.layer_selected.connect(self._on_layer_selected)
@@ -217,10 +219,12 @@ class MainWindow(QMainWindow):
         if path:
             self.open_image(path)
 
-    def open_image(self, path: str) -> None:
+    def open_image(self, path: str, box: tuple | None = None) -> None:
+        """Open a photo; ``box`` (top, left, bottom, right) is drawn on it, e.g. a patch's field."""
         if self.workbench is None:
             self.initial_image = path
             return
+        self._box_to_show = box
         self.worker.submit(lambda bench, job: bench.open_image(path), owner="image", description=f"Opening {Path(path).name}")
 
     def show_image(self) -> None:
@@ -228,7 +232,8 @@ class MainWindow(QMainWindow):
             from engine.jobs import Display
 
             self.last_result = None
-            self.canvas.show_display(Display(rgb=self.image_info.rgb, note=self._image_note()))
+            boxes = [self._box_to_show] if self._box_to_show else []
+            self.canvas.show_display(Display(rgb=self.image_info.rgb, boxes=boxes, note=self._image_note()))
 
     def _image_note(self) -> str:
         info = self.image_info
@@ -247,7 +252,7 @@ class MainWindow(QMainWindow):
         # Someone browsing activations keeps browsing them on the new image; otherwise
         # the new photo itself is what they want to see.
         browsing = self.last_result is not None and self.last_result[0] in self.panels and self.panels[self.last_result[0]].follows_layer
-        if browsing:
+        if browsing and not self._box_to_show:
             self.panels[self.last_result[0]].request_run()
         else:
             self.show_image()

@@ -88,6 +88,7 @@ class MethodSpec:
 LAYER = Param("layer", "layer", "middle", "module path, or early / middle / late")
 TARGET = Param("target", "target", None, "class index or label (default: the top-1 class)")
 SEED = Param("seed", "int", 0, "random seed; the same seed gives the same result on the CPU")
+DATASET = Param("dataset", "dataset", "samples", "a folder of images (subfolders become labels), or 'samples' / 'digits'")
 
 
 @dataclass

@@ -72,6 +72,8 @@ class MethodPanel(QWidget):
             box.addItems(([param.default] if param.default not in LAYER_KEYWORDS else []) + list(LAYER_KEYWORDS))
             box.setCurrentText(str(param.default))
             return box
+        if kind == "dataset":
+            return DatasetPicker(str(param.default or ""))
         if kind == "target":
             box = QComboBox()
             box.setEditable(True)
@@ -119,7 +121,7 @@ class MethodPanel(QWidget):
         values = {}
         for param in self.spec.params:
             editor = self.editors[param.name]
-            if param.kind == "layer":
+            if param.kind in ("layer", "dataset"):
                 values[param.name] = editor.currentText().strip() or None
             elif param.kind == "target":
                 text = editor.currentText().strip()
@@ -138,7 +140,9 @@ class MethodPanel(QWidget):
 
     def set_value(self, name: str, value) -> None:
         editor = self.editors[name]
-        if isinstance(editor, QComboBox):
+        if isinstance(editor, DatasetPicker):
+            editor.setCurrentText(str(value))
+        elif isinstance(editor, QComboBox):
             if editor.isEditable():
                 editor.setCurrentText(str(value))
             else:
@@ -182,6 +186,40 @@ class MethodPanel(QWidget):
 
     def show_status(self, text: str) -> None:
         self.status.setText(text)
+
+
+class DatasetPicker(QWidget):
+    """A dataset: a built-in name, a folder typed or pasted, or one chosen with Browse."""
+
+    BUILT_IN = ("samples", "digits")
+
+    def __init__(self, default: str) -> None:
+        super().__init__()
+        self.box = QComboBox()
+        self.box.setEditable(True)
+        self.box.addItems(self.BUILT_IN)
+        self.box.setCurrentText(default)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self.browse)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.box, 1)
+        layout.addWidget(browse)
+
+    def browse(self) -> None:
+        from PySide6.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self, "Open a folder of images")
+        if folder:
+            self.setCurrentText(folder)
+
+    def currentText(self) -> str:  # noqa: N802 - the QComboBox-like interface the panel reads
+        return self.box.currentText()
+
+    def setCurrentText(self, text: str) -> None:  # noqa: N802
+        if self.box.findText(text) < 0:
+            self.box.addItem(text)
+        self.box.setCurrentText(text)
 
 
 class ActivationsPanel(MethodPanel):

@@ -1,0 +1,101 @@
+"""The embedding view: a scatter of dataset images, coloured by group, with thumbnails.
+
+One ``ScatterPlotItem`` holds every point; brushes are made once per group and shared,
+which keeps tens of thousands of points smooth. Hovering shows the image under the
+pointer in the corner; clicking a point asks the window to open that image.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pyqtgraph as pg
+from PIL import Image
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+# Qualitative colours (Okabe-Ito, then Tableau): distinguishable, also for colour-blind eyes.
+PALETTE = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999",
+           "#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#BCBD22", "#17BECF"]
+THUMBNAIL = 128
+
+
+class ScatterView(QWidget):
+    point_clicked = Signal(str)  # the image's path
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.plot = pg.PlotWidget(background="#282828")
+        self.plot.setAspectLocked(False)
+        self.legend = self.plot.addLegend(offset=(-10, 10), labelTextColor="#dddddd")
+        self.scatter = pg.ScatterPlotItem(size=7, pen=None, hoverable=True, hoverSize=12,
+                                          hoverPen=pg.mkPen("w", width=1.5), tip=None)
+        self.plot.addItem(self.scatter)
+        self.scatter.sigClicked.connect(self._on_clicked)
+        self.scatter.sigHovered.connect(self._on_hovered)
+        self.preview = QLabel(self.plot)
+        self.preview.setStyleSheet("background: #202020; color: #ddd; border: 1px solid #555; padding: 3px;")
+        self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.preview.hide()
+        self.paths: list[str] = []
+        self._thumbnails: OrderedDict[str, QPixmap] = OrderedDict()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.plot)
+
+    def show_points(self, points) -> None:
+        self.paths = list(points.paths)
+        groups = list(points.groups)
+        names = sorted(set(groups), key=_natural_key)
+        index = {name: i for i, name in enumerate(names)}
+        brushes = [pg.mkBrush(PALETTE[i % len(PALETTE)]) for i in range(len(names))]
+        self.legend.clear()
+        self.scatter.setData(pos=np.asarray(points.xy, dtype=float), brush=[brushes[index[g]] for g in groups],
+                             data=np.arange(len(groups)))
+        if len(names) <= len(PALETTE):
+            for name, brush in zip(names, brushes):
+                self.legend.addItem(pg.ScatterPlotItem(size=8, pen=None, brush=brush), name)
+        self.plot.setTitle(points.title, color="#dddddd")
+        self.plot.autoRange()
+
+    def _on_clicked(self, _item, spots, _event) -> None:
+        if len(spots):
+            self.point_clicked.emit(self.paths[int(spots[0].data())])
+
+    def _on_hovered(self, _item, spots, _event) -> None:
+        if not len(spots):
+            self.preview.hide()
+            return
+        path = self.paths[int(spots[0].data())]
+        self.preview.setPixmap(self._thumbnail(path))
+        self.preview.adjustSize()
+        self.preview.move(self.plot.width() - self.preview.width() - 12, 12)
+        self.preview.show()
+
+    def _thumbnail(self, path: str) -> QPixmap:
+        if path in self._thumbnails:
+            self._thumbnails.move_to_end(path)
+            return self._thumbnails[path]
+        try:
+            with Image.open(path) as image:
+                image.draft("RGB", (THUMBNAIL, THUMBNAIL))  # JPEGs decode at reduced size: fast
+                image = image.convert("RGB")
+                image.thumbnail((THUMBNAIL, THUMBNAIL))
+                if max(image.size) < THUMBNAIL // 2:  # digits: enlarge, crisply
+                    scale = THUMBNAIL // max(image.size)
+                    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+                data = np.ascontiguousarray(np.asarray(image))
+            qimage = QImage(data.data, data.shape[1], data.shape[0], data.strides[0], QImage.Format.Format_RGB888).copy()
+            pixmap = QPixmap.fromImage(qimage)
+        except OSError:
+            pixmap = QPixmap()
+        self._thumbnails[path] = pixmap
+        if len(self._thumbnails) > 512:
+            self._thumbnails.popitem(last=False)
+        return pixmap
+
+
+def _natural_key(text: str):
+    return (0, int(text)) if text.isdigit() else (1, text)
