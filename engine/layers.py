@@ -8,7 +8,9 @@ from torch import nn
 
 from .errors import MethodInputError
 
-DEPTH_KEYWORDS = ("early", "middle", "late")
+DEPTH_KEYWORDS = ("early", "middle", "late", "penultimate")
+# Modules that only pass a vector along: the "penultimate" layer is what feeds them.
+_PASS_THROUGH = (nn.Dropout, nn.Flatten, nn.Identity)
 # Where the keywords fall, as a fraction of a model's spatial layers, when a model does not
 # name its own presets: early layers see edges and colours, late ones object parts.
 _DEPTH_FRACTIONS = {"early": 0.2, "middle": 0.5, "late": 1.0}
@@ -34,6 +36,13 @@ def resolve_layer(model: nn.Module, spec: str | None, presets: dict[str, str], o
                   default: str = "middle") -> str:
     """A module path from a path or a depth keyword."""
     spec = (spec or default).strip()
+    if spec == "penultimate":
+        try:
+            return penultimate_layer(model, output_shapes or {})
+        except MethodInputError:
+            if "late" in presets:  # all-convolutional classifiers (SqueezeNet): the last feature layer
+                return presets["late"]
+            raise
     if spec in DEPTH_KEYWORDS:
         if spec in presets:
             return presets[spec]
@@ -49,6 +58,24 @@ def resolve_layer(model: nn.Module, spec: str | None, presets: dict[str, str], o
         return candidates[index]
     find_module(model, spec)
     return spec
+
+
+def penultimate_layer(model: nn.Module, output_shapes: dict[str, tuple]) -> str:
+    """The layer whose output feeds the final classifier: fc7 of VGG, the pooled features of
+    ResNet or EfficientNet. The lecture's nearest neighbours and t-SNE use this space.
+
+    Found in execution order (``output_shapes``): the leaf run just before the last
+    Linear layer, passing over dropout, flatten and identity modules.
+    """
+    modules = dict(model.named_modules())
+    leaves = [path for path in output_shapes if path in modules and not list(modules[path].children())]
+    linear = [i for i, path in enumerate(leaves) if isinstance(modules[path], nn.Linear)]
+    if not linear:
+        raise MethodInputError("this model has no final Linear layer, so it has no penultimate layer; give a layer path")
+    for path in reversed(leaves[:linear[-1]]):
+        if not isinstance(modules[path], _PASS_THROUGH):
+            return path
+    raise MethodInputError("nothing runs before this model's classifier; give a layer path")
 
 
 def conv_layers(model: nn.Module) -> list[str]:

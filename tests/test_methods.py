@@ -239,3 +239,22 @@ def test_a_new_image_never_reuses_the_old_images_activations(bundled, chelsea):
     first = cache.get(bundled, LoadedImage(chelsea.image.copy(), path="a"))
     second = cache.get(bundled, LoadedImage(chelsea.image.transpose(Image.Transpose.FLIP_TOP_BOTTOM), path="b"))
     assert not torch.equal(first.logits, second.logits)
+
+
+@pytest.mark.parametrize("name, expected", [("vgg16", "classifier.4"), ("resnet18", "avgpool"), ("mobilenet_v3_large", "classifier.1")])
+def test_penultimate_is_what_feeds_the_classifier(name, expected):
+    import torchvision
+
+    from engine.hooks import capture_outputs
+    from engine.layers import resolve_layer
+
+    model = torchvision.models.get_model(name, weights=None).eval()
+    with torch.no_grad(), capture_outputs(model) as captured:
+        model(torch.zeros(1, 3, 64, 64))
+    shapes = {path: tuple(t.shape) for path, t in captured.items()}
+    assert resolve_layer(model, "penultimate", {}, shapes) == expected
+
+
+def test_penultimate_of_the_bundled_model_is_the_pooled_head(bundled, chelsea):
+    ctx = MethodContext(model=bundled, image=chelsea)
+    assert ctx.resolve_layer("penultimate") == "pool"
