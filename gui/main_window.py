@@ -153,6 +153,10 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit, triggered=self.close))
         self.model_menu = self.menuBar().addMenu("&Model")
+        dataset_menu = self.menuBar().addMenu("&Dataset")
+        dataset_menu.addAction(QAction("Open dataset &folder…", self, triggered=self.open_dataset_dialog))
+        dataset_menu.addAction(QAction("scikit-image &sample photos", self, triggered=lambda: self.use_dataset("samples")))
+        dataset_menu.addAction(QAction("scikit-learn &digits (1,797 labelled)", self, triggered=lambda: self.use_dataset("digits")))
         view_menu = self.menuBar().addMenu("&View")
         view_menu.addAction(QAction("Show the &image", self, shortcut=QKeySequence("Ctrl+0"), triggered=self.show_image))
         view_menu.addAction(QAction("&Fit to window", self, shortcut=QKeySequence("Ctrl+F"), triggered=self.canvas.fit))
@@ -266,6 +270,21 @@ class MainWindow(QMainWindow):
         if files:
             event.acceptProposedAction()
             self.open_image(files[0])
+
+    # -- datasets -------------------------------------------------------------------------------
+    def open_dataset_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a folder of images (subfolders become labels)", str(Path.home()))
+        if folder:
+            self.use_dataset(folder)
+
+    def use_dataset(self, spec: str) -> None:
+        """Point every dataset method at ``spec`` and say what it holds."""
+        for panel in self.panels.values():
+            if "dataset" in panel.editors:
+                panel.set_value("dataset", spec)
+        if self.workbench is not None:
+            self.worker.submit(lambda bench, job: bench.describe_dataset(spec), owner="dataset",
+                               description=f"Listing {Path(spec).name or spec}")
 
     # -- models and devices -----------------------------------------------------------------
     def load_model(self, name: str, weights_path: str | None = None, trust: bool = False) -> None:
@@ -414,6 +433,8 @@ class MainWindow(QMainWindow):
                 self._apply_image_info(image)
         elif owner == "device":
             self.status_text.setText(f"Running on {result}")
+        elif owner == "dataset":
+            self.status_text.setText(result)
         elif owner.startswith("method:"):
             method_id = owner.removeprefix("method:")
             self.last_result = (method_id, result)
@@ -548,7 +569,7 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
 
-_TITLES = {"image": "Cannot open the image", "model": "Cannot load the model", "startup": "Cannot load the model",
+_TITLES = {"image": "Cannot open the image", "dataset": "Cannot open the dataset", "model": "Cannot load the model", "startup": "Cannot load the model",
            "method": "The method failed", "device": "Cannot change the device"}
 
 

@@ -1,0 +1,367 @@
+"""Datasets: a folder of the user's images (or a built-in set), listed lazily, decoded in the background.
+
+``open_dataset`` lists image files and their sizes and modification times, never their
+pixels, so a folder of tens of thousands of photos opens in about a second and costs a
+few megabytes. Pixels are read later, batch by batch, by ``iter_batches``: a small
+thread pool decodes and resizes the next batches while the model works on the current
+one (Pillow releases the GIL while it decodes and resamples). A large JPEG is decoded
+at reduced scale (a 12 MP photo in about a seventh of the time of a full decode).
+
+Every dataset image reaches the model as a ``size x size`` square: the whole picture,
+stretched (no crop, no padding), so images of any shape batch together. A point or box
+in that square maps back to the original picture by scaling each axis on its own,
+x by ``width / size`` and y by ``height / size`` (``square_box_to_image``).
+
+Labels come from folder names: when images sit in subfolders of the root, the first
+subfolder's name is their label (``root/cat/x.jpg`` and ``root/cat/2020/y.jpg`` are both
+"cat"); images directly in the root have no label (None).
+
+Built-in sets, usable offline: ``"samples"`` (scikit-image's sample photos, the ones
+``engine.samples`` lists) and ``"digits"`` (scikit-learn's 1,797 labelled 8x8 digits,
+rendered once to 64x64 PNGs in the cache, labels "0" to "9").
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import MethodInputError
+from .images import IMAGE_SUFFIXES, load_image
+
+BUILTIN_DATASETS = ("samples", "digits")
+# Bump when the way pixels are decoded or resized changes: it is part of every feature
+# store's key, so stale features are never reused.
+LOADER_VERSION = 1
+DIGITS_SIDE = 64  # each 8x8 digit is drawn as a 64x64 picture (8x8 blocks, no smoothing)
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetItem:
+    """One image file: where it is and what it looked like when listed (no pixels).
+
+    ``size`` (bytes) and ``mtime_ns`` identify this version of the file: a feature cached
+    for (path, size, mtime_ns) is reused only while both are unchanged.
+    """
+
+    path: str  # absolute
+    label: str | None
+    size: int
+    mtime_ns: int
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
+@dataclass
+class Dataset:
+    """A listed set of image files, sorted by path so every listing has the same order.
+
+    ``failures`` holds (path, message) for what the listing itself could not read
+    (a folder without permission, a file that vanished); decoding failures are found
+    later, by ``iter_batches``.
+    """
+
+    root: Path
+    name: str
+    items: list[DatasetItem]
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> DatasetItem:
+        return self.items[index]
+
+    def __iter__(self) -> Iterator[DatasetItem]:
+        return iter(self.items)
+
+    @property
+    def labels(self) -> list[str | None]:
+        """Each item's label, aligned with ``items`` (None for images in the root)."""
+        return [item.label for item in self.items]
+
+    @property
+    def classes(self) -> list[str]:
+        """The distinct labels, sorted; empty when the folder has no subfolders."""
+        return sorted({item.label for item in self.items if item.label is not None})
+
+    @property
+    def paths(self) -> list[str]:
+        return [item.path for item in self.items]
+
+
+def open_dataset(spec: str | os.PathLike) -> Dataset:
+    """List a dataset: a folder (searched recursively) or a built-in name.
+
+    A plain string equal to a built-in name ("samples", "digits") opens that set; write
+    "./digits" for a folder of that name. Raises ``MethodInputError`` for a missing
+    folder, a file, or a folder without any image.
+    """
+    if isinstance(spec, str) and spec in BUILTIN_DATASETS:
+        return _open_samples() if spec == "samples" else _open_digits()
+    root = Path(spec).expanduser()
+    if not root.exists():
+        raise MethodInputError(f"no such folder: {root}")
+    if not root.is_dir():
+        raise MethodInputError(f"{root} is a file; a dataset is a folder of images (subfolder names become labels)")
+    root = root.resolve()
+    items, failures = _scan(root)
+    if not items and failures and failures[0][0] == str(root):
+        raise MethodInputError(failures[0][1])
+    if not items:
+        suffixes = " ".join(IMAGE_SUFFIXES)
+        raise MethodInputError(f"{root} holds no images (looked for {suffixes} in it and its subfolders)")
+    return Dataset(root=root, name=root.name or str(root), items=items, failures=failures)
+
+
+def _scan(root: Path) -> tuple[list[DatasetItem], list[tuple[str, str]]]:
+    """Every image file under ``root`` with its stat; hidden files and folders are skipped."""
+    found: list[tuple[tuple[str, ...], DatasetItem]] = []
+    failures: list[tuple[str, str]] = []
+    seen: set[tuple[int, int]] = set()  # folders already listed: symlinks may loop
+    stack: list[tuple[str, tuple[str, ...]]] = [(str(root), ())]
+    while stack:
+        folder, parts = stack.pop()
+        try:
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            failures.append((folder, f"{os.path.basename(folder)} cannot be read: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # .git, .DS_Store, AppleDouble files, our own .part files
+            try:
+                if entry.is_dir():
+                    stack.append((entry.path, parts + (entry.name,)))
+                elif entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
+                    stat = entry.stat()
+                    label = parts[0] if parts else None
+                    item = DatasetItem(entry.path, label, stat.st_size, stat.st_mtime_ns)
+                    found.append((parts + (entry.name,), item))
+            except OSError as exc:
+                failures.append((entry.path, f"{entry.name} cannot be read: {exc.strerror or exc}"))
+    found.sort(key=lambda pair: pair[0])
+    return [item for _, item in found], failures
+
+
+def _item(path: Path, label: str | None) -> DatasetItem:
+    stat = path.stat()
+    return DatasetItem(str(path), label, stat.st_size, stat.st_mtime_ns)
+
+
+def _open_samples() -> Dataset:
+    from .samples import sample_dir, sample_paths
+
+    paths = sample_paths()
+    if not paths:
+        raise MethodInputError("the sample photos come with scikit-image, which is not installed")
+    items = [_item(path.resolve(), None) for path in paths.values()]
+    return Dataset(root=Path(sample_dir()).resolve(), name="samples", items=items)
+
+
+def digits_dir() -> Path:
+    """Where the digits are rendered: ``<cache>/datasets/digits/<label>/<index>.png``."""
+    from .cache import cache_dir
+
+    return cache_dir() / "datasets" / "digits"
+
+
+def _open_digits() -> Dataset:
+    folder = digits_dir()
+    if not folder.is_dir():
+        render_digits(folder)
+    items, failures = _scan(folder.resolve())
+    return Dataset(root=folder.resolve(), name="digits", items=items, failures=failures)
+
+
+def render_digits(folder: Path) -> None:
+    """Draw scikit-learn's digits as PNGs, once; the folder appears complete or not at all.
+
+    Each 8x8 image (values 0..16, ink high) becomes a 64x64 grayscale PNG, pixel value
+    ``round(v * 255 / 16)``, every digit pixel an 8x8 block. The files are written into a
+    hidden sibling folder that is renamed into place when all 1,797 are there, so an
+    interrupted render is never mistaken for the dataset.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise MethodInputError("the digits dataset comes with scikit-learn, which is not installed") from None
+    digits = load_digits()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = folder.with_name(f".{folder.name}-{secrets.token_hex(4)}.part")
+    try:
+        block = DIGITS_SIDE // digits.images.shape[1]
+        pixels = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+        for index, (image, target) in enumerate(zip(pixels, digits.target)):
+            big = np.kron(image, np.ones((block, block), dtype=np.uint8))
+            path = scratch / str(int(target)) / f"{index:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(big, "L").save(path, format="PNG")
+        try:
+            os.rename(scratch, folder)
+        except OSError:
+            if not folder.is_dir():  # not "another process finished first"
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------ pixels
+
+
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+def decode_side(size: int) -> int:
+    """The longest side a JPEG is decoded at before the final resize to ``size``.
+
+    Handing it to ``load_image`` lets libjpeg decode a large photo at 1/2, 1/4 or 1/8
+    scale, several times faster than a full decode; the final resize then still works
+    from at least twice the target size, so quality is unaffected. Other formats cannot
+    decode at reduced scale, so they are decoded whole and resized once.
+    """
+    return max(2 * size, 256)
+
+
+def square_pixels(image: Image.Image, size: int) -> np.ndarray:
+    """An RGB picture as the ``size x size x 3`` uint8 square a dataset image becomes.
+
+    Stretched to the square (no crop), bicubic (after a box reduction for large factors,
+    Pillow's ``reducing_gap``). Use it for a query image, so it is prepared like the
+    dataset it is compared with.
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return np.array(image, dtype=np.uint8)  # a writable copy, so torch.from_numpy takes it quietly
+
+
+def load_square(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Read one image file as a ``size x size x 3`` uint8 square; raises ``ImageLoadError``.
+
+    Exactly what ``iter_batches`` produces for that file.
+    """
+    jpeg = str(path).lower().endswith(JPEG_SUFFIXES)
+    return square_pixels(load_image(path, max_side=decode_side(size) if jpeg else None).image, size)
+
+
+def square_box_to_image(box: tuple[float, float, float, float], size: int,
+                        image_size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """A box (x0, y0, x1, y1) in the ``size x size`` model input, in the picture's pixels.
+
+    ``image_size`` is the (width, height) of the picture the box should land on.
+    """
+    sx, sy = image_size[0] / size, image_size[1] / size
+    x0, y0, x1, y1 = box
+    return x0 * sx, y0 * sy, x1 * sx, y1 * sy
+
+
+class Batch(NamedTuple):
+    """One decoded batch; unpacks as ``indices, pixels, failures``.
+
+    ``pixels[j]`` is the image ``items[indices[j]]``; files that could not be read are
+    left out of both and listed in ``failures`` as (path, message).
+    """
+
+    indices: list[int]
+    pixels: "torch.Tensor"  # N x 3 x size x size, uint8 RGB, contiguous, on the CPU
+    failures: list[tuple[str, str]]
+
+
+def iter_batches(items: Sequence[DatasetItem] | Dataset, indices: Sequence[int], size: int, *,
+                 batch_size: int = 32, cancel=None, workers: int | None = None,
+                 prefetch: int = 2) -> Iterator[Batch]:
+    """Decode ``items[i]`` for each i in ``indices``, in that order, ``batch_size`` at a time.
+
+    A pool of ``workers`` threads (default: one per core, at most 8) decodes up to
+    ``prefetch`` batches ahead of the one being consumed, so the consumer rarely waits.
+    An unreadable file never stops the scan: it is skipped and reported in the batch's
+    ``failures`` with ``load_image``'s message. A batch may therefore hold fewer images
+    than ``batch_size``, or none. ``cancel`` (a ``CancelToken``) is checked before each
+    batch is handed out; closing the generator stops the pool.
+    """
+    import torch
+
+    indices = [int(i) for i in indices]
+    batch_size = max(1, int(batch_size))
+    chunks = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
+    if not chunks:
+        return
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convscope-decode")
+    try:
+        pending: deque = deque()
+
+        def submit(chunk: list[int]) -> None:
+            pending.append((chunk, [pool.submit(_decode, items[i].path, size) for i in chunk]))
+
+        upcoming = iter(chunks)
+        for chunk in upcoming:
+            submit(chunk)
+            if len(pending) > prefetch:
+                break
+        while pending:
+            if cancel is not None:
+                cancel.check()
+            chunk, futures = pending.popleft()
+            good: list[int] = []
+            arrays: list[np.ndarray] = []
+            failures: list[tuple[str, str]] = []
+            for index, future in zip(chunk, futures):
+                array, message = future.result()
+                if array is None:
+                    failures.append((items[index].path, message))
+                else:
+                    good.append(index)
+                    arrays.append(array)
+            next_chunk = next(upcoming, None)
+            if next_chunk is not None:
+                submit(next_chunk)
+            if arrays:
+                pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+            else:
+                pixels = torch.empty((0, 3, size, size), dtype=torch.uint8)
+            yield Batch(good, pixels, failures)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _decode(path: str, size: int) -> tuple[np.ndarray | None, str]:
+    from .errors import ConvScopeError
+
+    try:
+        return load_square(path, size), ""
+    except ConvScopeError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a damaged file can make a decoder fail in any way; never stop the scan
+        return None, f"{os.path.basename(path)} could not be read: {exc}"
+
+
+def batch_to_input(pixels: "torch.Tensor", preprocessing, device=None, dtype=None) -> "torch.Tensor":
+    """uint8 N x 3 x H x W pixels to the model's normalised float input on ``device``.
+
+    The uint8 batch crosses to the device (a quarter of the bytes of floats) and is
+    converted there.
+    """
+    import torch
+
+    x = pixels.to(device, non_blocking=True) if device is not None else pixels
+    x = x.to(dtype or torch.float32).div_(255.0)
+    return preprocessing.normalise(x)

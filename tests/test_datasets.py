@@ -1,0 +1,233 @@
+"""Listing folders of images, the built-in datasets, and decoding batches in the background."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from engine.datasets import (
+    Dataset,
+    DatasetItem,
+    batch_to_input,
+    digits_dir,
+    iter_batches,
+    load_square,
+    open_dataset,
+    square_box_to_image,
+    square_pixels,
+)
+from engine.errors import JobCancelled, MethodInputError
+from engine.jobs import CancelToken
+from engine.models.preprocessing import Preprocessing
+from engine.samples import sample_paths
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path / "cache"))
+
+
+def save(path: Path, array: np.ndarray, size: tuple[int, int] | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(array)
+    if size:
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    image.save(path)
+    return path
+
+
+@pytest.fixture
+def photo_folder(tmp_path) -> Path:
+    """cat/ and dog/ subfolders of real photos, one nested deeper, plus things to ignore."""
+    root = tmp_path / "photos"
+    save(root / "cat" / "chelsea.png", data.chelsea(), (90, 60))
+    save(root / "cat" / "older" / "chelsea2.jpg", data.chelsea(), (60, 40))
+    save(root / "dog" / "coffee.png", data.coffee(), (60, 40))
+    save(root / "astronaut.png", data.astronaut(), (64, 64))
+    save(root / ".hidden" / "secret.png", data.astronaut(), (16, 16))
+    save(root / "cat" / ".thumb.png", data.astronaut(), (16, 16))
+    (root / "dog" / "notes.txt").write_text("not an image")
+    return root
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def test_folder_lists_images_recursively_with_labels_from_first_level_subfolders(photo_folder):
+    dataset = open_dataset(photo_folder)
+    relative = [os.path.relpath(item.path, photo_folder).replace(os.sep, "/") for item in dataset.items]
+    assert relative == ["astronaut.png", "cat/chelsea.png", "cat/older/chelsea2.jpg", "dog/coffee.png"]
+    assert dataset.labels == [None, "cat", "cat", "dog"]
+    assert dataset.classes == ["cat", "dog"]
+    assert dataset.name == "photos" and dataset.root == photo_folder.resolve()
+    assert len(dataset) == 4 and dataset[1] is dataset.items[1]
+    for item in dataset.items:
+        assert os.path.isabs(item.path)
+        stat = os.stat(item.path)
+        assert (item.size, item.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    assert dataset.failures == []
+
+
+def test_listing_is_lazy_and_frozen(photo_folder):
+    item = open_dataset(photo_folder).items[0]
+    assert isinstance(item, DatasetItem) and not hasattr(item, "__dict__")  # paths and stat only
+    with pytest.raises(AttributeError):
+        item.path = "elsewhere"
+
+
+def test_flat_folder_has_no_labels(tmp_path):
+    for name in ("b.png", "a.png"):
+        save(tmp_path / "flat" / name, data.camera(), (32, 32))
+    dataset = open_dataset(str(tmp_path / "flat"))
+    assert [Path(p).name for p in dataset.paths] == ["a.png", "b.png"]
+    assert dataset.labels == [None, None] and dataset.classes == []
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda root: root / "nowhere", "no such folder"),
+    (lambda root: (root / "empty").mkdir() or root / "empty", "holds no images"),
+    (lambda root: save(root / "one.png", data.camera(), (8, 8)), "is a file"),
+])
+def test_unusable_folders_are_refused_clearly(tmp_path, make, words):
+    target = make(tmp_path)
+    with pytest.raises(MethodInputError, match=words) as caught:
+        open_dataset(target)
+    assert str(target.name) in str(caught.value)
+
+
+def test_a_folder_of_non_images_is_empty(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("hello")
+    with pytest.raises(MethodInputError, match="holds no images"):
+        open_dataset(tmp_path / "docs")
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_symlink_loops_do_not_hang(tmp_path):
+    save(tmp_path / "set" / "a" / "x.png", data.camera(), (8, 8))
+    os.symlink(tmp_path / "set", tmp_path / "set" / "a" / "loop")
+    dataset = open_dataset(tmp_path / "set")
+    assert [Path(p).name for p in dataset.paths] == ["x.png"]
+
+
+# --------------------------------------------------------------------------- built-ins
+
+
+def test_digits_dataset_has_the_1797_labelled_digits_drawn_faithfully():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    dataset = open_dataset("digits")
+    assert len(dataset) == 1797 and dataset.name == "digits"
+    assert dataset.classes == [str(d) for d in range(10)]
+    counts = {label: dataset.labels.count(label) for label in dataset.classes}
+    assert counts == {str(d): int((digits.target == d).sum()) for d in range(10)}
+    for item in dataset.items[::97]:
+        index = int(Path(item.path).stem)
+        assert item.label == str(digits.target[index])
+        pixels = np.asarray(Image.open(item.path))
+        assert pixels.shape == (64, 64) and pixels.dtype == np.uint8
+        expected = np.rint(digits.images[index] * 255 / 16)
+        assert np.array_equal(pixels[::8, ::8], expected)  # each digit pixel is an 8x8 block
+        assert np.array_equal(pixels, np.kron(expected, np.ones((8, 8))))
+    assert Path(dataset.root) == digits_dir().resolve()
+
+
+def test_digits_are_rendered_once():
+    first = open_dataset("digits")
+    stamp = os.stat(first.items[0].path).st_mtime_ns
+    second = open_dataset("digits")
+    assert second.items == first.items and os.stat(second.items[0].path).st_mtime_ns == stamp
+    leftovers = [p for p in digits_dir().parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_samples_dataset_lists_the_scikit_image_photos():
+    dataset = open_dataset("samples")
+    expected = sorted(str(p.resolve()) for p in sample_paths().values())
+    assert sorted(dataset.paths) == expected and len(dataset) >= 5
+    assert all(label is None for label in dataset.labels)
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def test_images_are_stretched_to_the_square_without_cropping():
+    left_red_right_blue = np.zeros((20, 80, 3), np.uint8)
+    left_red_right_blue[:, :40, 0] = 255
+    left_red_right_blue[:, 40:, 2] = 255
+    square = square_pixels(Image.fromarray(left_red_right_blue), 16)
+    assert square.shape == (16, 16, 3)
+    assert (square[:, :7, 0] > 250).all() and (square[:, :7, 2] < 5).all()
+    assert (square[:, 9:, 2] > 250).all() and (square[:, 9:, 0] < 5).all()
+    # a box in the square lands on the picture by scaling each axis on its own
+    assert square_box_to_image((4, 2, 8, 16), 16, (80, 20)) == (20.0, 2.5, 40.0, 20.0)
+
+
+def test_batches_come_in_order_and_skip_corrupt_files_with_a_reason(photo_folder):
+    (photo_folder / "dog" / "broken.jpg").write_bytes((photo_folder / "dog" / "coffee.png").read_bytes()[:300])
+    (photo_folder / "dog" / "empty.png").write_bytes(b"")
+    dataset = open_dataset(photo_folder)
+    names = [Path(p).name for p in dataset.paths]
+    assert names == ["astronaut.png", "chelsea.png", "chelsea2.jpg", "broken.jpg", "coffee.png", "empty.png"]
+    wanted = [5, 4, 3, 2, 1, 0]
+    batches = list(iter_batches(dataset, wanted, 24, batch_size=2, workers=2))
+    assert [b.indices for b in batches] == [[4], [2], [1, 0]]
+    assert [len(b.failures) for b in batches] == [1, 1, 0]
+    failures = dict(f for b in batches for f in b.failures)
+    assert set(failures) == {dataset[5].path, dataset[3].path}
+    assert "empty" in failures[dataset[5].path] and "broken.jpg" in failures[dataset[3].path]
+    for batch in batches:
+        assert batch.pixels.dtype.is_floating_point is False and tuple(batch.pixels.shape[1:]) == (3, 24, 24)
+        for j, index in enumerate(batch.indices):
+            expected = load_square(dataset[index].path, 24)
+            assert np.array_equal(batch.pixels[j].permute(1, 2, 0).numpy(), expected)
+
+
+def test_a_batch_of_only_bad_files_is_empty_not_an_error(tmp_path):
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"not a png at all")
+    dataset = open_dataset(tmp_path)
+    (batch,) = list(iter_batches(dataset, [0, 1], 8, batch_size=4))
+    assert batch.indices == [] and tuple(batch.pixels.shape) == (0, 3, 8, 8) and len(batch.failures) == 2
+    assert all("not an image file" in message for _, message in batch.failures)
+
+
+def test_cancel_stops_the_loader(photo_folder):
+    dataset = open_dataset(photo_folder)
+    cancel = CancelToken()
+    batches = iter_batches(dataset, range(len(dataset)), 16, batch_size=1, cancel=cancel)
+    next(batches)
+    cancel.cancel()
+    with pytest.raises(JobCancelled):
+        next(batches)
+
+
+def test_batch_to_input_normalises_like_the_model_preprocessing(photo_folder):
+    dataset = open_dataset(photo_folder)
+    (batch,) = list(iter_batches(dataset, [1], 32))
+    preprocessing = Preprocessing(size=32)
+    x = batch_to_input(batch.pixels, preprocessing)
+    square = Image.fromarray(load_square(dataset[1].path, 32))
+    reference = preprocessing.to_tensor(square)  # same size already: no resize happens
+    assert x.dtype.is_floating_point and np.allclose(x.numpy(), reference.numpy(), atol=1e-6)
+
+
+def test_dataset_is_a_plain_container():
+    items = [DatasetItem("/a.png", "x", 1, 2), DatasetItem("/b.png", None, 3, 4)]
+    dataset = Dataset(root=Path("/"), name="two", items=items)
+    assert list(dataset) == items and dataset.labels == ["x", None] and dataset.classes == ["x"]
+
+
+def test_a_large_jpeg_decodes_at_reduced_scale_with_the_same_result(tmp_path):
+    path = tmp_path / "big.jpg"
+    Image.fromarray(data.astronaut()).resize((2048, 1536), Image.Resampling.BICUBIC).save(path, quality=95)
+    fast = load_square(path, 64).astype(np.float64)
+    full = np.asarray(Image.open(path).convert("RGB").resize((64, 64), Image.Resampling.LANCZOS), dtype=np.float64)
+    assert fast.shape == (64, 64, 3)
+    assert np.abs(fast - full).mean() < 3  # gray levels: the same picture, not merely a similar one
