@@ -45,6 +45,7 @@ from .models.registry import LoadedModel
 
 KINDS = {"avgpool": np.float16, "channel-max": np.float32}
 _READ_ROWS = 8192  # rows read from the store at a time where only some columns are wanted
+PIXEL_SIDE = 32  # pixel-space vectors: 32 x 32 x 3 = 3,072 values, as CIFAR-sized thumbnails
 
 
 @dataclass
@@ -161,7 +162,39 @@ def extract(model: LoadedModel, dataset: Dataset, layer: str, *, kind: str = "av
         raise MethodInputError(f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
     find_module(model.module, layer)  # a clear message for a wrong layer, before any work
     cancel = cancel or CancelToken()
+    dtype = _input_dtype(model.module)
+
+    def rows_of(pixels: torch.Tensor) -> np.ndarray:
+        x = batch_to_input(pixels, model.preprocessing, model.device, dtype)
+        with torch.inference_mode(), _cancellable(model.module, cancel):
+            return summarise(forward_to(model.module, layer, x), kind, layer)
+
     store = FeatureStore.open(store_root, feature_key(model, layer, kind), dtype=KINDS[kind])
+    return (yield from _fill_store(store, dataset, layer, kind, model.preprocessing.size, rows_of, batch_size, cancel, workers))
+
+
+def extract_pixels(dataset: Dataset, *, side: int = PIXEL_SIDE, batch_size: int = 256, cancel: CancelToken | None = None,
+                   store_root: str | os.PathLike | None = None, workers: int | None = None
+                   ) -> Generator[Progress, None, Extracted]:
+    """Each image as raw pixels: a ``side x side`` RGB square, flattened, scaled to 0..1.
+
+    The lecture's comparison space: neighbours by pixels match colour and layout, where
+    neighbours by features match meaning. Cached like model features, under its own key.
+    """
+    store = FeatureStore.open(store_root, {"kind": "pixels", "side": side, "loader": LOADER_VERSION}, dtype=np.float16)
+
+    def rows_of(pixels: torch.Tensor) -> np.ndarray:
+        return pixels.reshape(len(pixels), -1).float().div_(255).numpy()
+
+    return (yield from _fill_store(store, dataset, "pixels", "pixels", side, rows_of, batch_size,
+                                   cancel or CancelToken(), workers))
+
+
+def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, size: int, rows_of, batch_size: int,
+                cancel: CancelToken, workers: int | None) -> Generator[Progress, None, Extracted]:
+    """The one extraction loop: look every file up, compute rows for the missing ones a
+    batch at a time (``rows_of`` turns N x 3 x size x size uint8 pixels into N rows), and
+    append each batch to ``store`` before the next, so a cancel keeps finished work."""
     try:
         items = dataset.items
         rows = store.lookup(items)
@@ -174,17 +207,12 @@ def extract(model: LoadedModel, dataset: Dataset, layer: str, *, kind: str = "av
             yield Progress(1.0, f"{len(items)} images, all cached")
         else:
             yield Progress(0.0, f"0 of {total} images" + (f" ({cached} cached)" if cached else ""))
-            size = model.preprocessing.size
-            dtype = _input_dtype(model.module)
             started = time.perf_counter()
             done = 0
             for batch in iter_batches(items, missing, size, batch_size=batch_size, cancel=cancel, workers=workers):
                 failures.extend(batch.failures)
                 if batch.indices:
-                    x = batch_to_input(batch.pixels, model.preprocessing, model.device, dtype)
-                    with torch.inference_mode(), _cancellable(model.module, cancel):
-                        vectors = summarise(forward_to(model.module, layer, x), kind, layer)
-                    rows[batch.indices] = store.append([items[i] for i in batch.indices], vectors)
+                    rows[batch.indices] = store.append([items[i] for i in batch.indices], rows_of(batch.pixels))
                     computed += len(batch.indices)
                 done += len(batch.indices) + len(batch.failures)
                 cancel.check()  # after the append: a cancelled run keeps this batch

@@ -143,6 +143,21 @@ def drive(
                 on_frame(event)
 
 
+def within(job: Job, start: float, end: float) -> Job:
+    """Run a sub-job inside a larger one, mapping its progress to [start, end].
+
+    Use as ``value = yield from within(sub_job, 0.0, 0.5)``; frames pass through.
+    """
+    try:
+        while True:
+            event = next(job)
+            if isinstance(event, Progress) and event.fraction >= 0:
+                event = Progress(start + (end - start) * event.fraction, event.message)
+            yield event
+    except StopIteration as stop:
+        return stop.value
+
+
 class Stopwatch:
     def __init__(self) -> None:
         self.start = time.perf_counter()

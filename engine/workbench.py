@@ -95,6 +95,17 @@ class Workbench:
         return ImageInfo(path=image.path, rgb=image.to_array(), notes=list(image.notes), top5=top5,
                          tree=self.layer_tree() if self.model else None)
 
+    @staticmethod
+    def describe_dataset(spec: str) -> str:
+        """One line on what a dataset holds (the listing only: nothing is decoded)."""
+        from .datasets import open_dataset
+
+        dataset = open_dataset(spec)
+        classes = dataset.classes
+        labelled = f" in {len(classes)} labels" if classes else " (no subfolders, so no labels)"
+        skipped = f"; {len(dataset.failures)} could not be listed" if dataset.failures else ""
+        return f"{dataset.name}: {len(dataset):,} images{labelled}{skipped}"
+
     def layer_tree(self) -> LayerNode:
         model = self._require_model()
         if self.image is not None:

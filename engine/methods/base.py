@@ -7,6 +7,7 @@ panel's form, so both always offer the same options with the same defaults.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -14,6 +15,7 @@ import torch
 
 from ..errors import MethodInputError
 from ..features import FeatureCache, ImageFeatures
+from ..hooks import capture_outputs
 from ..images import LoadedImage
 from ..jobs import CancelToken, Job
 from ..layers import resolve_layer
@@ -91,6 +93,18 @@ SEED = Param("seed", "int", 0, "random seed; the same seed gives the same result
 DATASET = Param("dataset", "dataset", "samples", "a folder of images (subfolders become labels), or 'samples' / 'digits'")
 
 
+_BLANK_SHAPES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, tuple]]" = weakref.WeakKeyDictionary()
+
+
+def blank_output_shapes(model: LoadedModel) -> dict[str, tuple]:
+    if model.module not in _BLANK_SHAPES:
+        size = model.preprocessing.size
+        with torch.no_grad(), capture_outputs(model.module) as captured:
+            model.module(torch.zeros(1, 3, size, size, device=model.device))
+        _BLANK_SHAPES[model.module] = {path: tuple(t.shape) for path, t in captured.items()}
+    return _BLANK_SHAPES[model.module]
+
+
 @dataclass
 class MethodContext:
     model: LoadedModel
@@ -110,9 +124,15 @@ class MethodContext:
     def image_features(self) -> ImageFeatures:
         return self.features.get(self.model, self.require_image())
 
+    def output_shapes(self) -> dict[str, tuple]:
+        """Every module's output shape in execution order: from the image's forward when
+        there is an image, else from one forward of a blank input at the model's size."""
+        if self.image is not None:
+            return self.image_features().shapes
+        return blank_output_shapes(self.model)
+
     def resolve_layer(self, spec: str | None, default: str = "middle") -> str:
-        shapes = self.image_features().shapes if self.image is not None else None
-        return resolve_layer(self.model.module, spec, self.model.layer_presets, shapes, default=default)
+        return resolve_layer(self.model.module, spec, self.model.layer_presets, self.output_shapes(), default=default)
 
     def resolve_target(self, spec: str | int | None) -> dict:
         """{"index", "label"} of the requested class, or of the image's top-1."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import MethodInputError
 from ..jobs import Display, Progress, Result
-from ..layers import conv_layers, find_module, nearest_conv, resolve_layer
+from ..layers import conv_layers, find_module, nearest_conv
 from ..render import grid_shape, normalise_tiles, tile_grid
 from .base import MethodSpec, Param
 
@@ -27,8 +27,7 @@ def run(ctx, layer: str = "first", scale: str = "auto", page: int = 1):
             raise MethodInputError("this model has no convolution layers, so it has no filters to show")
         path = convs[0]
     else:
-        shapes = ctx.image_features().shapes if ctx.image is not None else None
-        path = nearest_conv(model, resolve_layer(model, layer, ctx.model.layer_presets, shapes))
+        path = nearest_conv(model, ctx.resolve_layer(layer))
     conv = find_module(model, path)
     weight = conv.weight.detach().float().cpu().numpy()  # out x in/groups x kh x kw
     out_channels, in_per_group, kh, kw = weight.shape

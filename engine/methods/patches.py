@@ -1,0 +1,132 @@
+"""``patches``: maximally activating patches, one row per channel, as in the lecture.
+
+One scan of the dataset records, for every channel of the layer, each image's maximum
+and where it is (``extract(kind="channel-max")``). For each channel asked for, the top-k
+images are taken and cropped to the unit's receptive field around that maximum: the
+part of the picture the unit actually saw. A click on a patch opens its image with the
+field drawn as a box.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from ..datasets import open_dataset
+from ..errors import MethodInputError
+from ..extraction import extract
+from ..gallery import BACKGROUND, Tile, render_gallery
+from ..images import load_image
+from ..jobs import Display, Progress, Result, within
+from ..layer_tree import cached_layer_tree
+from .base import DATASET, MethodSpec, Param
+
+MAX_CHANNELS = 64
+
+
+def parse_channels(text: str, count: int) -> list[int]:
+    """'0-7', '3,17,42' or '0-3,10' -> channel indices, each checked against ``count``."""
+    channels: list[int] = []
+    try:
+        for part in str(text).replace(" ", "").split(","):
+            if not part:
+                continue
+            if "-" in part:
+                first, last = (int(v) for v in part.split("-", 1))
+                channels.extend(range(first, last + 1))
+            else:
+                channels.append(int(part))
+    except ValueError:
+        raise MethodInputError(f"--channels takes indices and ranges such as 0-7 or 3,17,42, not '{text}'") from None
+    if not channels:
+        raise MethodInputError("--channels is empty")
+    bad = [c for c in channels if not 0 <= c < count]
+    if bad:
+        raise MethodInputError(f"channel {bad[0]} does not exist: this layer has channels 0-{count - 1}")
+    if len(channels) > MAX_CHANNELS:
+        raise MethodInputError(f"at most {MAX_CHANNELS} channels at a time ({len(channels)} asked for)")
+    return list(dict.fromkeys(channels))
+
+
+def run(ctx, dataset="samples", layer="middle", channels="0-7", top=8):
+    data = open_dataset(dataset)
+    path = ctx.resolve_layer(layer)
+    size = ctx.model.preprocessing.size
+    node = cached_layer_tree(ctx.model.module, (size, size), ctx.device).find(path)
+    field = node.receptive_field if node else None
+    if field is None or node.output_shape is None or len(node.output_shape) != 4:
+        raise MethodInputError(f"'{path}' has no spatial map with a receptive field; pick a convolution-stage layer")
+    picked = parse_channels(channels, node.output_shape[1])
+
+    scan = yield from within(extract(ctx.model, data, path, kind="channel-max", cancel=ctx.cancel), 0.0, 0.9)
+    try:
+        maxima = scan.channel_maxima(picked)
+        paths = scan.paths
+    finally:
+        scan.close()
+    if not paths:
+        raise MethodInputError("no image of the dataset could be read")
+    yield Progress(0.9, "cropping the patches")
+
+    top = min(top, len(paths))
+    rows, found, values = [], {}, np.zeros((len(picked), top), np.float32)
+    cache: dict[str, Image.Image] = {}
+    for column, channel in enumerate(picked):
+        ctx.cancel.check()
+        order = np.argsort(-maxima.values[:, column], kind="stable")[:top]
+        tiles, entries = [], []
+        for rank, index in enumerate(order):
+            image = cache.get(paths[index]) or cache.setdefault(paths[index], load_image(paths[index]).image)
+            y, x = int(maxima.y[index, column]), int(maxima.x[index, column])
+            box = _in_picture(field.box(y, x), size, image.size)
+            value = float(maxima.values[index, column])
+            tiles.append(Tile(crop_with_padding(image, box), path=paths[index], caption=f"{value:.3g}", box=_clipped(box, image.size)))
+            entries.append({"path": paths[index], "value": value, "box": [round(v, 2) for v in _clipped(box, image.size)]})
+            values[column, rank] = value
+        rows.append((f"ch {channel}", tiles))
+        found[str(channel)] = entries
+    mosaic, regions = render_gallery(rows, tile=72)
+    note = (f"top {top} of {len(paths)} images per channel of {path}; each patch is the {field} receptive field "
+            f"around the channel's maximum; click a patch to open its image")
+    return Result(display=Display(rgb=mosaic, regions=regions, note=note), array=values, layer=path,
+                  metrics={"patches": found, "receptive_field": str(field), "images": len(paths), "dataset": data.name},
+                  params={"dataset": dataset, "layer": path, "channels": picked, "top": top})
+
+
+def _in_picture(box, size: int, image_size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """A (top, left, bottom, right) box of the size x size model input, in the picture's pixels.
+
+    Dataset images are stretched to the square input, so each axis scales on its own.
+    """
+    top, left, bottom, right = box
+    sx, sy = image_size[0] / size, image_size[1] / size
+    return top * sy, left * sx, bottom * sy, right * sx
+
+
+def _clipped(box, image_size):
+    top, left, bottom, right = box
+    return max(0.0, top), max(0.0, left), min(float(image_size[1]), bottom), min(float(image_size[0]), right)
+
+
+def crop_with_padding(image: Image.Image, box) -> Image.Image:
+    """The box's pixels; parts outside the picture (fields reach into the padding) are background."""
+    top, left, bottom, right = (int(round(v)) for v in box)
+    patch = Image.new("RGB", (max(1, right - left), max(1, bottom - top)), BACKGROUND)
+    inside = image.crop((max(0, left), max(0, top), min(image.width, right), min(image.height, bottom)))
+    patch.paste(inside, (max(0, -left), max(0, -top)))
+    return patch
+
+
+SPEC = MethodSpec(
+    id="patches",
+    title="Maximally activating patches",
+    summary="For each channel, the dataset patches (receptive fields) that excite it most, one row per channel.",
+    params=(
+        DATASET,
+        Param("layer", "layer", "middle", "a layer with a spatial map (convolution stages)"),
+        Param("channels", "str", "0-7", "channels to show: ranges and lists, e.g. 0-7 or 3,17,42"),
+        Param("top", "int", 8, "patches per channel", minimum=1, maximum=64),
+    ),
+    run=run,
+    needs_image=False,
+)

@@ -1,0 +1,82 @@
+"""Nearest neighbours: exact distances, the query left out, pixel space on digits."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from engine.datasets import open_dataset
+from engine.extraction import extract, image_vector
+from engine.jobs import drive
+from engine.methods import METHODS, MethodContext
+from engine.samples import sample_paths
+from tests.conftest import make_tiny_model
+
+
+@pytest.fixture
+def photo_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "photos"
+    for name, path in sample_paths().items():
+        label = "texture" if name in ("brick", "grass", "gravel") else "photo"
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / label / path.name)
+    shutil.copy(sample_paths()["coffee"], folder / "photo" / "coffee-copy.png")
+    return folder
+
+
+def run(ctx, **params):
+    spec = METHODS["neighbors"]
+    return drive(spec.run(ctx, **spec.bind(params)))
+
+
+def test_a_duplicate_comes_first_and_the_query_itself_is_left_out(photo_folder):
+    model = make_tiny_model(size=32)
+    query = photo_folder / "photo" / "coffee.png"
+    result = run(MethodContext(model=model, image=None), dataset=str(photo_folder), layer="features.4", k=3,
+                 query=str(query))
+    for space in ("neighbors", "pixel_neighbors"):
+        found = result.metrics[space]
+        assert str(query) not in [n["path"] for n in found]
+        assert found[0]["path"].endswith("coffee-copy.png") and found[0]["distance"] == pytest.approx(0, abs=1e-3)
+        assert [n["distance"] for n in found] == sorted(n["distance"] for n in found)
+    # Each tile of the gallery opens its image: query, then the feature row, then the pixel row.
+    assert [r.path for r in result.display.regions][1:4] == [n["path"] for n in result.metrics["neighbors"]]
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_distances_are_the_exact_ones(photo_folder, metric):
+    model = make_tiny_model(size=32)
+    query = photo_folder / "photo" / "rocket.jpg"
+    result = run(MethodContext(model=model, image=None), dataset=str(photo_folder), layer="features.4", k=4,
+                 metric=metric, space="feature", query=str(query))
+    features = drive(extract(model, open_dataset(str(photo_folder)), "features.4"))
+    vectors = features.matrix(np.float64)
+    q = image_vector(model, str(query), "features.4").astype(np.float64)
+    if metric == "l2":
+        expected = np.linalg.norm(vectors - q, axis=1)
+    else:
+        expected = 1 - vectors @ q / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(q))
+    by_path = dict(zip(features.paths, expected))
+    features.close()
+    for neighbour in result.metrics["neighbors"]:
+        assert neighbour["distance"] == pytest.approx(by_path[neighbour["path"]], rel=1e-3, abs=1e-4)
+
+
+def test_pixel_neighbours_of_a_digit_are_mostly_the_same_digit(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path))
+    model = make_tiny_model(size=32)
+    digits = open_dataset("digits")
+    agree = 0
+    queries = [digits.items[i] for i in range(0, 1797, 181)]
+    for item in queries:
+        result = run(MethodContext(model=model, image=None), dataset="digits", space="pixel", k=5, query=item.path)
+        agree += sum(n["label"] == item.label for n in result.metrics["neighbors"])
+    assert agree >= 0.85 * 5 * len(queries)  # raw-pixel kNN on these digits is known to be ~98% right
+
+
+def test_no_query_and_no_image_is_a_clear_error(photo_folder):
+    from engine.errors import MethodInputError
+
+    with pytest.raises(MethodInputError, match="needs an image"):
+        run(MethodContext(model=make_tiny_model(size=32), image=None), dataset=str(photo_folder), layer="features.4")
