@@ -8,12 +8,16 @@ which makes the neighbour search for the affinities far cheaper.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+from pathlib import Path
 from typing import Generator
 
 import numpy as np
 
 from .errors import MethodInputError
+from .images import write_atomically
 
 ALGORITHMS = ("pca", "tsne", "umap")
 PCA_DIMENSIONS = 50
@@ -102,3 +106,13 @@ def snap_to_grid(layout: np.ndarray, columns: int, rows: int, seed: int = 0) -> 
     cost = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
     point_index, cell_index = linear_sum_assignment(cost)
     return chosen[point_index], np.stack([cell_index % columns, cell_index // columns], axis=1)
+
+
+def write_csv(path: str | os.PathLike, paths: list[str], groups: list[str], layout: np.ndarray) -> Path:
+    """The layout as CSV: one row per image with its path, group and coordinates."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "group", "x", "y"])
+    for image, group, (x, y) in zip(paths, groups, layout):
+        writer.writerow([image, group, f"{x:.6g}", f"{y:.6g}"])
+    return write_atomically(path, lambda handle: handle.write(buffer.getvalue().encode()), overwrite=True)

@@ -215,10 +215,13 @@ class Canvas(QWidget):
         if event.button() != Qt.MouseButton.LeftButton or self.base_item.image is None:
             return
         point = self.view.mapSceneToView(event.scenePos())
-        region = self.region_at(point.x(), point.y())
+        self._on_scene_click_at(point.x(), point.y())
+
+    def _on_scene_click_at(self, x: float, y: float) -> None:
+        region = self.region_at(x, y)
         if region is not None:
             self.path_clicked.emit(region.path, region.box)
-        self.clicked.emit(point.x(), point.y())
+        self.clicked.emit(x, y)
 
     def region_at(self, x: float, y: float):
         """The gallery tile under a point of the picture, if any."""

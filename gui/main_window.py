@@ -534,12 +534,18 @@ class MainWindow(QMainWindow):
             target=result.target if result else None,
         )
         sidecar["view"] = {"colormap": self.canvas.current_colormap(), "overlay_opacity": self.canvas.current_opacity()}
+        points = self.canvas.display.points
         try:
             written = export_png(png, self.canvas.rendered_image(), sidecar, overwrite=bool(overwrite))
+            if points is not None:  # an embedding: its coordinates too, beside the picture
+                from engine.embedding import write_csv
+
+                write_csv(png.with_suffix(".csv"), points.paths, points.groups, points.xy)
         except (OSError, ValueError) as exc:
             self.show_error("Export failed", f"Could not write {png.name}: {exc}")
             return None
-        self.status_text.setText(f"Exported {written[0]} and {written[1].name}")
+        extra = " and the coordinates as CSV" if points is not None else ""
+        self.status_text.setText(f"Exported {written[0]} and {written[1].name}{extra}")
         return written
 
     def _suggested_export_name(self) -> str:

@@ -8,18 +8,16 @@ with its image: the well-known t-SNE grid picture. t-SNE streams its layout as i
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
 
 from ..datasets import open_dataset
-from ..embedding import ALGORITHMS, parse_grid, pca_2d, snap_to_grid, tsne_2d, umap_2d
+from ..embedding import ALGORITHMS, parse_grid, pca_2d, snap_to_grid, tsne_2d, umap_2d, write_csv
 from ..errors import MethodInputError
 from ..extraction import extract
 from ..gallery import Tile, render_gallery
-from ..images import load_image, write_atomically
+from ..images import load_image
 from ..jobs import Display, Frame, Points, Progress, Result, within
 from .base import DATASET, SEED, MethodSpec, Param
 
@@ -97,15 +95,6 @@ def grid_picture(layout: np.ndarray, paths: list[str], columns: int, rows: int, 
         grid_rows.append(("", tiles))
     mosaic, regions = render_gallery(grid_rows, tile=GRID_TILE, gap=1)
     return mosaic, [region for region in regions if region.path]
-
-
-def write_csv(path: str, paths: list[str], groups: list[str], layout: np.ndarray) -> Path:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "group", "x", "y"])
-    for image, group, (x, y) in zip(paths, groups, layout):
-        writer.writerow([image, group, f"{x:.6g}", f"{y:.6g}"])
-    return write_atomically(path, lambda handle: handle.write(buffer.getvalue().encode()), overwrite=True)
 
 
 def _blank():

@@ -1,0 +1,86 @@
+"""Dataset methods in the window: galleries and scatters that open what is clicked."""
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QSettings
+from PySide6.QtWidgets import QFileDialog
+
+TIMEOUT = 120_000
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path / "cache"))
+    from gui.main_window import MainWindow
+
+    win = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(win)
+    win.show()
+    win.start_engine()
+    qtbot.waitUntil(lambda: win.image_info is not None, timeout=TIMEOUT)
+    yield win
+    win.worker.stop()
+
+
+def run_panel(qtbot, window, method, **values):
+    panel = window.select_method(method)
+    for name, value in values.items():
+        panel.set_value(name, value)
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT) as finished:
+        panel.run_button.click()
+    assert finished.args[1] == f"method:{method}", window.last_error
+    return window.last_result[1]
+
+
+def test_neighbours_gallery_opens_the_clicked_image(qtbot, window):
+    result = run_panel(qtbot, window, "neighbors", dataset="samples", k=3)
+    assert len(result.metrics["neighbors"]) == 3
+    assert window.canvas.display.regions  # the gallery is on the canvas
+    neighbour = result.display.regions[1]  # first feature-space neighbour
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        window.canvas.path_clicked.emit(neighbour.path, neighbour.box)
+    assert window.image_info.path == neighbour.path
+
+
+def test_a_patch_opens_its_image_with_the_field_drawn(qtbot, window):
+    result = run_panel(qtbot, window, "patches", dataset="samples", layer="stages.1.1.expand_relu6", channels="0-1", top=3)
+    region = result.display.regions[0]
+    x, y = (region.left + region.right) / 2, (region.top + region.bottom) / 2
+    assert window.canvas.region_at(x, y) == region
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        window.canvas._on_scene_click_at(x, y)
+    assert window.image_info.path == region.path
+    assert window.canvas.display.boxes == [region.box]
+
+
+def test_embedding_scatter_streams_and_exports_csv(qtbot, window, tmp_path, monkeypatch):
+    frames_before = window.canvas.frames_shown
+    result = run_panel(qtbot, window, "embed", dataset="samples", algo="tsne", perplexity=2.0)
+    assert window.canvas.frames_shown > frames_before  # the layout settled live
+    assert window.canvas.stack.currentWidget() is window.canvas.scatter
+    assert len(window.canvas.scatter.paths) == 9
+    target = tmp_path / "embedding.png"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
+    window.export_action.trigger()
+    assert target.exists() and target.with_suffix(".json").exists()
+    lines = target.with_suffix(".csv").read_text().splitlines()
+    assert lines[0] == "path,group,x,y" and len(lines) == 10
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        window.canvas.scatter.point_clicked.emit(result.metrics["paths"][3])
+    assert window.image_info.path == result.metrics["paths"][3]
+
+
+def test_the_dataset_menu_points_panels_at_a_dataset(qtbot, window):
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        window.use_dataset("digits")
+    assert window.status_text.text() == "digits: 1,797 images in 10 labels"
+    assert window.panels["embed"].values()["dataset"] == "digits"
+
+
+def test_an_empty_folder_is_a_message(qtbot, window, tmp_path):
+    empty = tmp_path / "nothing-here"
+    empty.mkdir()
+    with qtbot.waitSignal(window.worker.job_failed, timeout=TIMEOUT):
+        window.use_dataset(str(empty))
+    assert "nothing-here" in window.last_error and "Traceback" not in window.last_error
