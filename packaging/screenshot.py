@@ -2,6 +2,7 @@
 with ImageMagick's `import`, after opening a photo and clicking a layer.
 
     Xvfb :99 -screen 0 1500x900x24 &  DISPLAY=:99 .venv/bin/python packaging/screenshot.py resources/screenshot.png
+    DISPLAY=:99 .venv/bin/python packaging/screenshot.py out.png embed - dataset=digits algo=tsne
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from PySide6.QtCore import QEventLoop, QSettings  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 
-def main(out: str, method: str = "activations", layer: str = "stages.2.1.expand_relu6") -> None:
+def main(out: str, method: str = "activations", layer: str = "stages.2.1.expand_relu6", **params: str) -> None:
     app = QApplication([])
     from gui.main_window import MainWindow
 
@@ -34,14 +35,18 @@ def main(out: str, method: str = "activations", layer: str = "stages.2.1.expand_
 
     wait(lambda: window.image_info is not None)
     panel = window.select_method(method)
-    window.layer_tree.select(layer)
+    if layer != "-":
+        window.layer_tree.select(layer)
+    for name, value in params.items():
+        panel.set_value(name, value)
     if not panel.follows_layer:
         panel.request_run()
-    wait(lambda: window.last_result is not None and window.last_result[0] == method)
+    wait(lambda: window.last_result is not None and window.last_result[0] == method, seconds=900)
     wait(lambda: False, seconds=1.0)  # let the window paint
     subprocess.run(["import", "-window", "root", "-crop", "1500x900+0+0", out], check=True)
     window.close()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    positional = [a for a in sys.argv[1:] if "=" not in a]
+    main(*positional, **dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a))
