@@ -63,3 +63,36 @@ def make_tiny_model(size: int = 16, seed: int = 0, dtype=torch.float32) -> Loade
 @pytest.fixture
 def tiny_model():
     return make_tiny_model()
+
+
+@pytest.fixture
+def labelled_folder(tmp_path, monkeypatch):
+    """The sample photos as a dataset folder with two labels, and a private feature cache."""
+    import shutil
+
+    from engine.samples import sample_paths
+
+    monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "photos"
+    for name, path in sample_paths().items():
+        label = "texture" if name in ("brick", "grass", "gravel") else "photo"
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / label / path.name)
+    return folder
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, monkeypatch):
+    """The real main window, started, with the bundled model and the sample photo loaded."""
+    from PySide6.QtCore import QSettings
+
+    from gui.main_window import MainWindow
+
+    monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path / "cache"))
+    win = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(win)
+    win.show()
+    win.start_engine()
+    qtbot.waitUntil(lambda: win.image_info is not None, timeout=120_000)
+    yield win
+    win.worker.stop()

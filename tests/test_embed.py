@@ -16,17 +16,6 @@ from engine.samples import sample_paths
 from tests.conftest import make_tiny_model
 
 
-@pytest.fixture
-def labelled_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "photos"
-    for name, path in sample_paths().items():
-        label = "texture" if name in ("brick", "grass", "gravel") else "photo"
-        (folder / label).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, folder / label / path.name)
-    return folder
-
-
 def run(ctx, **params):
     spec = METHODS["embed"]
     frames = []

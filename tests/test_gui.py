@@ -4,27 +4,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
-from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
-from engine.jobs import Display, Frame, Progress, Result
-from gui.main_window import MainWindow
+from engine.jobs import Display, Frame, Result
 
-TIMEOUT = 60_000
-
-
-@pytest.fixture
-def window(qtbot, tmp_path):
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    win = MainWindow(settings=settings)
-    qtbot.addWidget(win)
-    win.show()
-    win.start_engine()
-    qtbot.waitUntil(lambda: win.image_info is not None, timeout=TIMEOUT)
-    yield win
-    win.worker.stop()
+TIMEOUT = 60_000  # the window fixture is in conftest.py
 
 
 def click_layer(qtbot, window, path):

@@ -1,26 +1,8 @@
 """Dataset methods in the window: galleries and scatters that open what is clicked."""
 
-from pathlib import Path
-
-import pytest
-from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QFileDialog
 
 TIMEOUT = 120_000
-
-
-@pytest.fixture
-def window(qtbot, tmp_path, monkeypatch):
-    monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path / "cache"))
-    from gui.main_window import MainWindow
-
-    win = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
-    qtbot.addWidget(win)
-    win.show()
-    win.start_engine()
-    qtbot.waitUntil(lambda: win.image_info is not None, timeout=TIMEOUT)
-    yield win
-    win.worker.stop()
 
 
 def run_panel(qtbot, window, method, **values):

@@ -14,15 +14,9 @@ from tests.conftest import make_tiny_model
 
 
 @pytest.fixture
-def photo_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "photos"
-    for name, path in sample_paths().items():
-        label = "texture" if name in ("brick", "grass", "gravel") else "photo"
-        (folder / label).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, folder / label / path.name)
-    shutil.copy(sample_paths()["coffee"], folder / "photo" / "coffee-copy.png")
-    return folder
+def photo_folder(labelled_folder):
+    shutil.copy(sample_paths()["coffee"], labelled_folder / "photo" / "coffee-copy.png")
+    return labelled_folder
 
 
 def run(ctx, **params):
