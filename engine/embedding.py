@@ -49,7 +49,11 @@ def tsne_2d(vectors: np.ndarray, perplexity: float = 30.0, seed: int = 0
     threads = os.cpu_count() or 1
     affinities = affinity.PerplexityBasedNN(reduced, perplexity=perplexity, n_jobs=threads, random_state=seed)
     start = initialization.pca(reduced, random_state=seed)
-    embedding = TSNEEmbedding(start, affinities, n_jobs=threads, random_state=seed)
+    # FFT-interpolated gradients on one thread: measured on 5,000 points (2 cores), 100
+    # iterations take 0.9 s, against 1.9 s with Barnes-Hut (openTSNE's choice below
+    # 10,000 points) and 2.4-3.2 s with two threads, whose synchronisation costs more
+    # than it saves at this size.
+    embedding = TSNEEmbedding(start, affinities, n_jobs=1, random_state=seed, negative_gradient_method="fft")
     total = EXAGGERATION_ITERATIONS + ITERATIONS
     done = 0
     for iterations, exaggeration, momentum in ((EXAGGERATION_ITERATIONS, 12, 0.5), (ITERATIONS, 1, 0.8)):
