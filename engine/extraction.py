@@ -226,6 +226,19 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, si
         raise
 
 
+def skipped_note(failures: list[tuple[str, str]]) -> str:
+    """What a result says about files it had to leave out ('' when there were none)."""
+    if not failures:
+        return ""
+    names = ", ".join(Path(path).name for path, _message in failures[:3])
+    more = f" and {len(failures) - 3} more" if len(failures) > 3 else ""
+    return f"; skipped {len(failures)} unreadable file(s): {names}{more}"
+
+
+def skipped_list(failures: list[tuple[str, str]]) -> list[dict]:
+    return [{"path": path, "reason": message} for path, message in failures]
+
+
 @contextmanager
 def _cancellable(module: torch.nn.Module, cancel: CancelToken):
     """Check ``cancel`` as the forward pass enters each block (modules two levels deep).

@@ -145,3 +145,21 @@ def test_out_of_memory_exits_3_with_one_line(capsys, monkeypatch, chelsea_path):
     code, out, err = cli(capsys, "run", "saliency", "--image", chelsea_path)
     assert code == 3 and out == ""
     assert err.strip().splitlines() == ["error: ran out of memory: try a smaller image size or fewer steps, close other programs, or switch to the CPU"]
+
+
+def test_dataset_methods_report_and_skip_a_corrupt_file(capsys, tmp_path, monkeypatch, labelled_folder):
+    """neighbors, embed and patches on a folder with one damaged file: it is listed, the rest works."""
+    (labelled_folder / "photo" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    chelsea = labelled_folder / "photo" / "chelsea.png"
+    runs = {
+        "neighbors": ["--image", chelsea, "--k", "3"],
+        "embed": ["--algo", "pca", "--save-array", tmp_path / "xy.npy"],
+        "patches": ["--layer", "stages.1.1.expand_relu6", "--channels", "0-2", "--top", "2"],
+    }
+    for method, extra in runs.items():
+        code, out, err = cli(capsys, "run", method, "--dataset", labelled_folder, *extra)
+        assert code == 0, err
+        result = json.loads(out)
+        assert [s["path"].rsplit("/", 1)[1] for s in result["metrics"]["skipped"]] == ["broken.jpg"], method
+    xy = np.load(tmp_path / "xy.npy")
+    assert xy.shape == (9, 2) and len(result["metrics"]["patches"]["0"]) == 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import activations, dream, embed, filters, neighbors, patches, saliency
+from . import activations, dream, embed, filters, neighbors, occlusion, patches, saliency
 from .base import MethodContext, MethodSpec, Param
 
 METHODS: dict[str, MethodSpec] = {spec.id: spec for spec in (
@@ -10,6 +10,7 @@ METHODS: dict[str, MethodSpec] = {spec.id: spec for spec in (
     activations.SPEC,
     saliency.SPEC,
     dream.SPEC,
+    occlusion.SPEC,
     neighbors.SPEC,
     embed.SPEC,
     patches.SPEC,

@@ -15,7 +15,7 @@ import numpy as np
 from ..datasets import open_dataset
 from ..embedding import ALGORITHMS, parse_grid, pca_2d, snap_to_grid, tsne_2d, umap_2d, write_csv
 from ..errors import MethodInputError
-from ..extraction import extract
+from ..extraction import extract, skipped_list, skipped_note
 from ..gallery import Tile, render_gallery
 from ..images import load_image
 from ..jobs import Display, Frame, Points, Progress, Result, within
@@ -69,15 +69,17 @@ def run(ctx, dataset="samples", layer="penultimate", algo="tsne", color="auto", 
             layout = stop.value
 
     metrics = {"paths": paths, "labels": groups if color == "label" else labels, "colour": color,
-               "images": len(paths), "skipped": [p for p, _m in failures]}
+               "images": len(paths), "skipped": skipped_list(failures)}
     if csv:
         write_csv(csv, paths, groups, layout)
         metrics["csv"] = str(Path(csv).resolve())
     if cells:
         mosaic, regions = grid_picture(layout, paths, *cells, seed=seed)
-        display = Display(rgb=mosaic, regions=regions, note=f"{title}, snapped to a {cells[0]}x{cells[1]} grid; click an image to open it")
+        display = Display(rgb=mosaic, regions=regions,
+                          note=f"{title}, snapped to a {cells[0]}x{cells[1]} grid; click an image to open it{skipped_note(failures)}")
     else:
-        display = Display(points=Points(layout, paths, groups, title), note=f"{title}; hover for the image, click to open it")
+        display = Display(points=Points(layout, paths, groups, title),
+                          note=f"{title}; hover for the image, click to open it{skipped_note(failures)}")
     params = {"dataset": dataset, "layer": path, "algo": algo, "color": color, "grid": grid, "perplexity": perplexity, "seed": seed}
     return Result(display=display, array=layout, layer=path, metrics=metrics, params=params)
 

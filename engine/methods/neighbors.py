@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..datasets import open_dataset
 from ..errors import MethodInputError
-from ..extraction import PIXEL_SIDE, extract, extract_pixels, image_vector
+from ..extraction import PIXEL_SIDE, extract, extract_pixels, image_vector, skipped_list, skipped_note
 from ..gallery import Tile, render_gallery
 from ..images import load_image
 from ..jobs import Display, Progress, Result, within
@@ -44,6 +44,7 @@ def run(ctx, dataset="samples", layer="penultimate", k=8, metric="l2", space="bo
             vector = _pixel_vector(query_source, query_image)
         try:
             found[which] = _nearest(features, vector, k, metric, exclude=query_path)
+            failures = features.failures
         finally:
             features.close()
     yield Progress(1.0, "laying out the neighbours")
@@ -54,11 +55,12 @@ def run(ctx, dataset="samples", layer="penultimate", k=8, metric="l2", space="bo
         rows.append((title, [Tile(load_image(n["path"]).image, path=n["path"], caption=_caption(n)) for n in found[which]]))
     mosaic, regions = render_gallery(rows)
     main = found[spaces[0]]
-    metrics = {"neighbors": main, "dataset": data.name, "images": len(data), "space": spaces[0]}
+    metrics = {"neighbors": main, "dataset": data.name, "images": len(data), "space": spaces[0],
+               "skipped": skipped_list(failures)}
     if space == "both":
         metrics["pixel_neighbors"] = found["pixel"]
     note = (f"{len(main)} nearest of {len(data)} images in {data.name}; features: {path} "
-            f"(averaged over space), pixels: {PIXEL_SIDE}x{PIXEL_SIDE} RGB; click an image to open it")
+            f"(averaged over space), pixels: {PIXEL_SIDE}x{PIXEL_SIDE} RGB; click an image to open it{skipped_note(failures)}")
     return Result(display=Display(rgb=mosaic, regions=regions, note=note),
                   array=np.array([n["distance"] for n in main], dtype=np.float32), layer=path, metrics=metrics,
                   params={"dataset": dataset, "layer": path, "k": k, "metric": metric, "space": space, "query": query_path})

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..datasets import open_dataset
 from ..errors import MethodInputError
-from ..extraction import extract
+from ..extraction import extract, skipped_list, skipped_note
 from ..gallery import BACKGROUND, Tile, render_gallery
 from ..images import load_image
 from ..jobs import Display, Progress, Result, within
@@ -61,7 +61,7 @@ def run(ctx, dataset="samples", layer="middle", channels="0-7", top=8):
     scan = yield from within(extract(ctx.model, data, path, kind="channel-max", cancel=ctx.cancel), 0.0, 0.9)
     try:
         maxima = scan.channel_maxima(picked)
-        paths = scan.paths
+        paths, failures = scan.paths, scan.failures
     finally:
         scan.close()
     if not paths:
@@ -87,9 +87,10 @@ def run(ctx, dataset="samples", layer="middle", channels="0-7", top=8):
         found[str(channel)] = entries
     mosaic, regions = render_gallery(rows, tile=72)
     note = (f"top {top} of {len(paths)} images per channel of {path}; each patch is the {field} receptive field "
-            f"around the channel's maximum; click a patch to open its image")
+            f"around the channel's maximum; click a patch to open its image{skipped_note(failures)}")
     return Result(display=Display(rgb=mosaic, regions=regions, note=note), array=values, layer=path,
-                  metrics={"patches": found, "receptive_field": str(field), "images": len(paths), "dataset": data.name},
+                  metrics={"patches": found, "receptive_field": str(field), "images": len(paths), "dataset": data.name,
+                           "skipped": skipped_list(failures)},
                   params={"dataset": dataset, "layer": path, "channels": picked, "top": top})
 
 
