@@ -68,10 +68,41 @@ def run(clicks: int = 12) -> list[Row]:
         spin_until(lambda: bool(cancelled))
         window.worker.job_cancelled.disconnect()
         cancel_latencies.append(cancelled[0] - start)
+    scatter_ms, hover_ms = _scatter_speed(app)
     window.close()
     return [
+        Row("scatter of 20,000 points: draw", scatter_ms, "ms", "smooth", note="set data + render one frame"),
+        Row("scatter of 20,000 points: hover lookup", hover_ms, "ms", "< 16 ms", note="the point under the pointer, median"),
         Row("layer click to grid on screen (GUI)", statistics.median(latencies) * 1000, "ms", "< 150 ms", note=f"median of {clicks}"),
         Row("UI thread longest stall during dream", max(gaps) * 1000, "ms", "responsive",
             note=f"{frames} frames shown for {steps} steps"),
         Row("cancel to job stopped", statistics.median(cancel_latencies) * 1000, "ms", "< 500 ms", note="median of 3"),
     ]
+
+
+def _scatter_speed(app, count: int = 20_000) -> tuple[float, float]:
+    """Median times to show 20,000 points (data + one rendered frame) and to find a hovered one."""
+    import numpy as np
+    from PySide6.QtCore import QPointF
+
+    from engine.jobs import Points
+    from gui.scatter import ScatterView
+
+    rng = np.random.default_rng(0)
+    points = Points(xy=rng.normal(size=(count, 2)).astype(np.float32), paths=[f"{i}.png" for i in range(count)],
+                    groups=[str(g) for g in rng.integers(0, 10, count)])
+    view = ScatterView()
+    view.resize(900, 700)
+    view.show()
+    draws, hovers = [], []
+    for _ in range(5):
+        start = time.perf_counter()
+        view.show_points(points)
+        view.plot.grab()  # renders the scene once, as a repaint would
+        draws.append(time.perf_counter() - start)
+    for x, y in rng.normal(size=(20, 2)):
+        start = time.perf_counter()
+        view.scatter.pointsAt(QPointF(float(x), float(y)))
+        hovers.append(time.perf_counter() - start)
+    view.close()
+    return statistics.median(draws) * 1000, statistics.median(hovers) * 1000
