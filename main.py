@@ -4,6 +4,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.runtime import configure_process
+
+    configure_process()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("models", "layers", "classify", "run"):
         from engine.cli import main as cli_main

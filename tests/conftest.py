@@ -6,6 +6,10 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from engine.runtime import configure_process  # noqa: E402 - before numpy and torch load
+
+configure_process()
+
 import pytest
 import torch
 from torch import nn
