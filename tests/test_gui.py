@@ -291,3 +291,18 @@ def test_exported_overlay_is_what_the_canvas_draws(qtbot, window):
     opacity = window.canvas.current_opacity()
     expected = (1 - opacity) * display.rgb + opacity * apply_colormap(drawn, display.levels, window.canvas.current_colormap())
     assert np.abs(window.canvas.rendered_image().astype(float) - expected).max() <= 1.0
+
+
+def test_occlusion_fills_in_live_and_ends_with_the_drop_map(qtbot, window):
+    panel = window.select_method("occlusion")
+    panel.set_value("window", 56)
+    panel.set_value("stride", 28)
+    panel.set_value("batch", 4)
+    before = window.canvas.frames_shown
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        panel.run_button.click()
+    assert window.canvas.frames_shown - before >= 2  # partial maps arrived before the result
+    result = window.last_result[1]
+    assert window.last_result[0] == "occlusion" and window.canvas.display.overlay
+    assert result.array.shape == tuple(result.metrics["grid"]) and not np.isnan(result.array).any()
+    assert window.canvas.overlay_item.image.shape == window.canvas.display.rgb.shape[:2]

@@ -324,3 +324,16 @@ def test_a_model_that_cannot_take_channels_last_input_still_works():
     occluded[:, :, 8:14, 12:18] = 0.5  # row 2, column 3
     assert result.array[2, 3] == pytest.approx(float(probability(model, occluded, 1)), abs=1e-6)
     assert not np.isnan(result.array).any()
+
+
+def test_the_probability_view_is_the_mean_probability_of_the_covering_windows():
+    from engine.methods.occlusion import covering, drop_map
+    from tests.test_methods import random_image
+
+    model = make_tiny_model(size=16)
+    ctx = MethodContext(model=model, image=random_image((16, 16)))
+    spec = METHODS["occlusion"]
+    result = drive(spec.run(ctx, **spec.bind({"window": 4, "stride": 2, "target": 1, "show": "probability"})))
+    expected = drop_map(result.array.astype(np.float64), covering(16, 4, 2), covering(16, 4, 2))
+    np.testing.assert_allclose(result.display.scalar, expected, rtol=1e-6)
+    assert result.display.levels == (0.0, pytest.approx(result.metrics["base_prob"]))

@@ -171,7 +171,7 @@ def _probabilities(module, batch: torch.Tensor, index: int) -> np.ndarray:
         return torch.softmax(logits.float(), dim=1)[:, index].cpu().numpy()
 
 
-def run(ctx, target=None, window=16, stride=8, fill="gray", batch=0):
+def run(ctx, target=None, window=16, stride=8, fill="gray", batch=0, show="drop"):
     image = ctx.require_image()
     window, stride, batch = int(window), int(stride), int(batch)
     if fill not in FILLS:
@@ -231,7 +231,7 @@ def run(ctx, target=None, window=16, stride=8, fill="gray", batch=0):
             continue
         probabilities.reshape(-1)[done:done + count] = scores
         done += count
-        display = _display(rgb, probabilities, base_prob, row_cover, col_cover, label, f"{done} of {total} positions")
+        display = _display(rgb, probabilities, base_prob, row_cover, col_cover, label, f"{done} of {total} positions", show)
         yield Frame(display, step=done, metrics={"positions_done": done, "base_prob": base_prob})
         yield Progress(done / total, f"{done} of {total} positions")
 
@@ -242,7 +242,7 @@ def run(ctx, target=None, window=16, stride=8, fill="gray", batch=0):
     box = [x * sx, y * sy, min(x + window, width) * sx, min(y + window, height) * sy]
     note = (f"occlusion of '{label}': {rows}x{cols} windows of {window} px, stride {stride}, {fill} fill; "
             f"each pixel the mean drop over the windows covering it")
-    display = _display(rgb, probabilities, base_prob, row_cover, col_cover, label, note)
+    display = _display(rgb, probabilities, base_prob, row_cover, col_cover, label, note, show)
     metrics = {
         "base_prob": base_prob,
         "max_drop": float(drops.max()),
@@ -254,11 +254,15 @@ def run(ctx, target=None, window=16, stride=8, fill="gray", batch=0):
         "input_size": [int(width), int(height)],
         "batch": batch,
     }
-    params = {"target": index, "window": window, "stride": stride, "fill": fill, "batch": batch}
+    params = {"target": index, "window": window, "stride": stride, "fill": fill, "batch": batch, "show": show}
     return Result(display=display, array=probabilities, target=resolved, metrics=metrics, params=params)
 
 
-def _display(rgb, probabilities, base_prob, row_cover, col_cover, label, note) -> Display:
+def _display(rgb, probabilities, base_prob, row_cover, col_cover, label, note, show="drop") -> Display:
+    if show == "probability":
+        pixels = drop_map(probabilities.astype(np.float64), row_cover, col_cover)  # the mean over covering windows
+        return Display(rgb=rgb, scalar=pixels, overlay=True, colormap="inferno", levels=(0.0, max(base_prob, 1e-6)),
+                       legend=f"p({label}) with the patch there", note=note)
     drops = base_prob - probabilities.astype(np.float64)
     pixels = drop_map(drops, row_cover, col_cover)
     finite = drops[np.isfinite(drops)]
@@ -281,6 +285,8 @@ SPEC = MethodSpec(
               choices=FILLS),
         Param("batch", "int", 0, "occluded images per forward pass (0: automatic)", minimum=0, maximum=MAX_BATCH,
               special="automatic"),
+        Param("show", "choice", "drop", "the map drawn: the drop in probability, or the probability itself",
+              ("drop", "probability")),
     ),
     run=run,
     streams_frames=True,
