@@ -24,6 +24,7 @@ PCA_DIMENSIONS = 50
 EXAGGERATION_ITERATIONS = 250  # openTSNE's (and van der Maaten's) early exaggeration phase
 ITERATIONS = 500
 CHUNK = 25
+EXACT_NEIGHBOURS = 10_000
 
 
 def pca_2d(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -47,13 +48,17 @@ def tsne_2d(vectors: np.ndarray, perplexity: float = 30.0, seed: int = 0
     dimensions = min(PCA_DIMENSIONS, vectors.shape[1], count)
     reduced = PCA(n_components=dimensions, random_state=seed).fit_transform(vectors).astype(np.float64)
     threads = os.cpu_count() or 1
-    affinities = affinity.PerplexityBasedNN(reduced, perplexity=perplexity, n_jobs=threads, random_state=seed)
+    # Exact neighbours up to 10,000 points: on 50 PCA dimensions a brute-force search is
+    # 7x faster than building an Annoy index (0.24 s against 1.8 s for 5,000 points).
+    method = "exact" if count <= EXACT_NEIGHBOURS else "auto"
+    affinities = affinity.PerplexityBasedNN(reduced, perplexity=perplexity, n_jobs=threads, random_state=seed, method=method)
     start = initialization.pca(reduced, random_state=seed)
-    # FFT-interpolated gradients on one thread: measured on 5,000 points (2 cores), 100
-    # iterations take 0.9 s, against 1.9 s with Barnes-Hut (openTSNE's choice below
-    # 10,000 points) and 2.4-3.2 s with two threads, whose synchronisation costs more
-    # than it saves at this size.
-    embedding = TSNEEmbedding(start, affinities, n_jobs=1, random_state=seed, negative_gradient_method="fft")
+    # FFT-interpolated gradients (Linderman et al. 2019). Once early exaggeration ends the
+    # layout spreads and the interpolation grid grows with it; a grid of 2 units per box
+    # (openTSNE's default is 1) with at least 20 boxes cuts the 750 iterations on 5,000
+    # points from 12.5 s to 2.9 s with the same trustworthiness (0.982; measured in bench/).
+    embedding = TSNEEmbedding(start, affinities, n_jobs=threads, random_state=seed, negative_gradient_method="fft",
+                              ints_in_interval=2, min_num_intervals=20)
     total = EXAGGERATION_ITERATIONS + ITERATIONS
     done = 0
     for iterations, exaggeration, momentum in ((EXAGGERATION_ITERATIONS, 12, 0.5), (ITERATIONS, 1, 0.8)):
