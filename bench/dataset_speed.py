@@ -43,7 +43,9 @@ def run() -> list[Row]:
         digits = open_dataset("digits")
         subset = Dataset(root=digits.root, name="digits", items=digits.items[::28][:64])
         rows.append(_extraction_row(model, subset, scratch, "digits (64 px PNG)"))
-        rows.append(_extraction_row(model, _photo_folder(scratch / "photos", 64), scratch, "photos (300-600 px)"))
+        rows.append(_extraction_row(model, _photo_folder(scratch / "photos", 64), scratch, "photos (300-600 px PNG)"))
+        rows.append(_extraction_row(model, _photo_folder(scratch / "jpegs", 64, as_jpeg=True), scratch,
+                                    "photos (300-600 px JPEG)"))
         rows.extend(_nearest_rows(scratch))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -109,13 +111,19 @@ class _ForwardClock:
             handle.remove()
 
 
-def _photo_folder(folder: Path, count: int) -> Dataset:
-    """``count`` real photos: scikit-image's samples, copied under different names."""
+def _photo_folder(folder: Path, count: int, as_jpeg: bool = False) -> Dataset:
+    """``count`` real photos: scikit-image's samples (mostly PNG) copied under different
+    names, or re-encoded as JPEG (quality 90), what a camera or phone folder holds."""
+    from PIL import Image
+
     photos = list(sample_paths().values())
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
         source = photos[index % len(photos)]
-        shutil.copyfile(source, folder / f"{index:03d}-{source.name}")
+        if as_jpeg:
+            Image.open(source).convert("RGB").save(folder / f"{index:03d}-{source.stem}.jpg", quality=90)
+        else:
+            shutil.copyfile(source, folder / f"{index:03d}-{source.name}")
     return open_dataset(folder)
 
 
