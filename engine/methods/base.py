@@ -90,6 +90,8 @@ class MethodSpec:
 LAYER = Param("layer", "layer", "middle", "module path, or early / middle / late")
 TARGET = Param("target", "target", None, "class index or label (default: the top-1 class)")
 SEED = Param("seed", "int", 0, "random seed; the same seed gives the same result on the CPU")
+FEATURE_LAYER = Param("layer", "layer", "penultimate",
+                      "the feature layer, averaged over space; penultimate is what feeds the classifier")
 DATASET = Param("dataset", "dataset", "samples", "a folder of images (subfolders become labels), or 'samples' / 'digits'")
 
 

@@ -19,7 +19,7 @@ from ..extraction import extract, skipped_list, skipped_note
 from ..gallery import Tile, render_gallery
 from ..images import load_image
 from ..jobs import Display, Frame, Points, Progress, Result, within
-from .base import DATASET, SEED, MethodSpec, Param
+from .base import DATASET, FEATURE_LAYER, SEED, MethodSpec, Param
 
 GRID_TILE = 48
 
@@ -111,7 +111,7 @@ SPEC = MethodSpec(
     summary="The dataset's features in 2-D: similar images land together. Hover to see, click to open.",
     params=(
         DATASET,
-        Param("layer", "layer", "penultimate", "the feature layer (averaged over space)"),
+        FEATURE_LAYER,
         Param("algo", "choice", "tsne", "the reduction", ALGORITHMS),
         Param("color", "choice", "auto", "colour points by the dataset's labels or the model's prediction",
               ("auto", "label", "prediction")),

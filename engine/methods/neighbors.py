@@ -18,7 +18,7 @@ from ..extraction import PIXEL_SIDE, extract, extract_pixels, image_vector, skip
 from ..gallery import Tile, render_gallery
 from ..images import load_image
 from ..jobs import Display, Progress, Result, within
-from .base import DATASET, MethodSpec, Param
+from .base import DATASET, FEATURE_LAYER, MethodSpec, Param
 
 
 def run(ctx, dataset="samples", layer="penultimate", k=8, metric="l2", space="both", query=""):
@@ -100,7 +100,7 @@ SPEC = MethodSpec(
     summary="The dataset images closest to the current image, by a layer's features and by raw pixels.",
     params=(
         DATASET,
-        Param("layer", "layer", "penultimate", "the feature layer (averaged over space); penultimate feeds the classifier"),
+        FEATURE_LAYER,
         Param("k", "int", 8, "how many neighbours", minimum=1, maximum=100),
         Param("metric", "choice", "l2", "distance", ("l2", "cosine")),
         Param("space", "choice", "both", "feature space, pixel space, or both side by side", ("both", "feature", "pixel")),
