@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt, Signal
-from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QSlider, QStackedWidget, QToolButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QSizePolicy, QSlider, QStackedWidget, QToolButton,
+                               QVBoxLayout, QWidget)
 
 from engine.jobs import Display
 from engine.gallery import draw_boxes
@@ -87,6 +88,9 @@ class Canvas(QWidget):
         zoom_out.clicked.connect(lambda: self.view.scaleBy((1.25, 1.25)))
         self.note = QLabel("")
         self.note.setStyleSheet("color: #555;")
+        # A long note wraps instead of widening the canvas and squeezing the docks.
+        self.note.setWordWrap(True)
+        self.note.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
         tools = QHBoxLayout()
         for widget in (fit, zoom_in, zoom_out):
