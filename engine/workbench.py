@@ -16,7 +16,7 @@ from .errors import MethodInputError
 from .features import FeatureCache
 from .images import LoadedImage, load_image
 from .jobs import CancelToken, Job
-from .layer_tree import LayerNode, LayerTreeCache
+from .layer_tree import LayerNode, cached_layer_tree
 from .methods import METHODS, MethodContext, MethodSpec
 from .models.registry import BUNDLED_MODEL, LoadedModel, available_models, load_model
 
@@ -46,7 +46,6 @@ class Workbench:
         self.model: LoadedModel | None = None
         self.image: LoadedImage | None = None
         self.features = FeatureCache()
-        self.trees = LayerTreeCache()
         self.device = resolve_device("cpu")
 
     # -- what the window asks for -------------------------------------------------
@@ -85,10 +84,6 @@ class Workbench:
         self.image = load_image(path)
         return self.image_info()
 
-    def set_image(self, image: LoadedImage) -> ImageInfo:
-        self.image = image
-        return self.image_info()
-
     def image_info(self) -> ImageInfo:
         image = self._require_image()
         top5 = self.features.get(self.model, image).top_k(self.model.labels) if self.model else []
@@ -112,7 +107,7 @@ class Workbench:
             width, height = model.preprocessing.input_size(*self.image.size)
         else:
             height = width = model.preprocessing.size
-        return self.trees.get(model.module, (height, width), device=model.device)
+        return cached_layer_tree(model.module, (height, width), device=model.device)
 
     def run(self, method_id: str, params: dict, cancel: CancelToken) -> Job:
         spec = METHODS.get(method_id)
