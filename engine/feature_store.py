@@ -145,19 +145,21 @@ class FeatureStore:
     def dim(self) -> int | None:
         """Features per row; None until the first append of a store opened without ``dim``."""
         if self._dim is None:
-            with self._lock:
-                row = self._db.execute("SELECT value FROM info WHERE name = 'dim'").fetchone()
-            self._dim = int(row[0]) if row else None
+            self._dim = self._info_int("dim")
         return self._dim
 
     @property
     def shard_rows(self) -> int | None:
         """Rows per shard file; None until the first append of a store opened without ``dim``."""
         if self._shard_rows is None:
-            with self._lock:
-                row = self._db.execute("SELECT value FROM info WHERE name = 'shard_rows'").fetchone()
-            self._shard_rows = int(row[0]) if row else None
+            self._shard_rows = self._info_int("shard_rows")
         return self._shard_rows
+
+    def _info_int(self, name: str) -> int | None:
+        """An integer fact from the index's info table, or None if it is not recorded yet."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM info WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else None
 
     def __len__(self) -> int:
         """Rows committed so far, including rows of files that have since changed."""
