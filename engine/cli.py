@@ -210,17 +210,7 @@ def _run_method(args, model) -> int:
         "params": result.params or params,
         "metrics": result.metrics,
     }
-    print(json.dumps(line, default=_json_default))
+    from .export import to_jsonable
+
+    print(json.dumps(to_jsonable(line)))
     return 0
-
-
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (Path, tuple)):
-        return str(value) if isinstance(value, Path) else list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
