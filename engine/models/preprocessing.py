@@ -44,14 +44,19 @@ class Preprocessing:
         return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
     def normalise(self, unit: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, dtype=unit.dtype, device=unit.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=unit.dtype, device=unit.device).view(1, 3, 1, 1)
+        mean, std = self._statistics_like(unit)
         return (unit - mean) / std
 
     def denormalise(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        mean, std = self._statistics_like(x)
         return x * std + mean
+
+    def _statistics_like(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std as 1x3x1x1 tensors of x's dtype and device, ready to broadcast."""
+        def shaped(values):
+            return torch.tensor(values, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+
+        return shaped(self.mean), shaped(self.std)
 
     def to_tensor(self, image: Image.Image, size: int | None = None) -> torch.Tensor:
         return self.normalise(self.to_unit_tensor(image, size))
