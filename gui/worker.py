@@ -142,11 +142,24 @@ class EngineWorker(QThread):
             self._execute(request)
 
     def _execute(self, request: _Request) -> None:
-        from engine.device import OUT_OF_MEMORY_MESSAGE, is_out_of_memory
-
         job_id, owner = request.job_id, request.owner
         running = _Running(request)
         self._running = running
+        try:
+            signal, args = self._outcome(request, running)
+        finally:
+            # Leave the pending set before the last signal goes out, so a slot that asks
+            # is_busy() on receiving it already sees this job as over.
+            with self._lock:
+                self._pending.pop(job_id, None)
+            self._running = None
+        signal.emit(job_id, owner, *args)
+
+    def _outcome(self, request: _Request, running: _Running) -> tuple[Any, tuple]:
+        """Run one job; return the terminal signal and its arguments after (id, owner)."""
+        from engine.device import OUT_OF_MEMORY_MESSAGE, is_out_of_memory
+
+        job_id, owner = request.job_id, request.owner
         try:
             if request.cancel.cancelled:
                 raise JobCancelled()
@@ -170,19 +183,14 @@ class EngineWorker(QThread):
                     elif isinstance(event, Progress):
                         self.progress.emit(job_id, event.fraction, event.message)
             request.cancel.check()
-            self.job_finished.emit(job_id, owner, outcome)
+            return self.job_finished, (outcome,)
         except JobCancelled:
-            self.job_cancelled.emit(job_id, owner)
+            return self.job_cancelled, ()
         except ConvScopeError as exc:
-            self.job_failed.emit(job_id, owner, str(exc), type(exc).__name__)
+            return self.job_failed, (str(exc), type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - the window must survive any engine failure
             if is_out_of_memory(exc):
-                self.job_failed.emit(job_id, owner, OUT_OF_MEMORY_MESSAGE, "OutOfMemory")
-            else:
-                log.error("job %s (%s) failed:\n%s", job_id, owner, traceback.format_exc())
-                self.job_failed.emit(job_id, owner, f"{request.description or owner} failed: {type(exc).__name__}: {exc}",
+                return self.job_failed, (OUT_OF_MEMORY_MESSAGE, "OutOfMemory")
+            log.error("job %s (%s) failed:\n%s", job_id, owner, traceback.format_exc())
+            return self.job_failed, (f"{request.description or owner} failed: {type(exc).__name__}: {exc}",
                                      type(exc).__name__)
-        finally:
-            with self._lock:
-                self._pending.pop(job_id, None)
-            self._running = None
