@@ -1,8 +1,15 @@
-"""`python -m bench`: every benchmark, one table, with the versions measured."""
+"""`python -m bench [NAME ...]`: every benchmark (or the named ones), one table, with versions.
+
+A benchmark is any module here with a ``run() -> list[Row]``; first_paint goes first
+because it measures a cold start.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import platform
+import sys
 
 from engine.runtime import configure_process
 
@@ -11,13 +18,24 @@ configure_process()
 import numpy  # noqa: E402 - after the process settings
 import torch  # noqa: E402
 
-from . import dataset_speed, embed_speed, engine_speed, first_paint, gui_speed, occlusion_speed  # noqa: E402
 from .common import print_table  # noqa: E402
 
+NOT_BENCHMARKS = {"common", "__main__"}
 
-def main() -> None:
-    rows = (first_paint.run() + engine_speed.run() + dataset_speed.run() + embed_speed.run() + gui_speed.run()
-            + occlusion_speed.run())
+
+def benchmark_names() -> list[str]:
+    names = [info.name for info in pkgutil.iter_modules(__path__) if info.name not in NOT_BENCHMARKS]
+    return sorted(names, key=lambda name: (name != "first_paint", name))
+
+
+def main(argv: list[str]) -> None:
+    names = argv or benchmark_names()
+    unknown = set(names) - set(benchmark_names())
+    if unknown:
+        sys.exit(f"no benchmark {', '.join(sorted(unknown))}; there are: {', '.join(benchmark_names())}")
+    rows = []
+    for name in names:
+        rows += importlib.import_module(f"{__package__}.{name}").run()
     print(f"ConvScope benchmarks — python {platform.python_version()}, torch {torch.__version__}, "
           f"numpy {numpy.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
     try:
@@ -30,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

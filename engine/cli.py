@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs = {"dest": param.name, "default": None, "help": f"{param.help} (default: {param.default})"}
             if param.kind == "bool":
                 kwargs["action"] = argparse.BooleanOptionalAction
+            elif param.kind == "images":
+                kwargs["action"] = "append"
+                kwargs["help"] += "; repeat the flag for several"
             elif param.choices:
                 kwargs["choices"] = param.choices
             method.add_argument(param.flag, **kwargs)

@@ -17,7 +17,7 @@ from .features import FeatureCache
 from .images import LoadedImage, load_image
 from .jobs import CancelToken, Job
 from .layer_tree import LayerNode, cached_layer_tree
-from .methods import METHODS, MethodContext, MethodSpec
+from .methods import METHODS, MethodContext, MethodSpec, family_of
 from .models.registry import BUNDLED_MODEL, LoadedModel, available_models, load_model
 
 
@@ -52,6 +52,11 @@ class Workbench:
     @staticmethod
     def methods() -> dict[str, MethodSpec]:
         return dict(METHODS)
+
+    @staticmethod
+    def method_families() -> dict[str, str]:
+        """Each method's family, for grouping them in menus."""
+        return {method_id: family_of(method_id) for method_id in METHODS}
 
     @staticmethod
     def model_names() -> list[tuple[str, str]]:

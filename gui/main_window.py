@@ -107,6 +107,7 @@ class MainWindow(QMainWindow):
         def startup(bench, job):
             return {
                 "methods": bench.methods(),
+                "families": bench.method_families(),
                 "models": bench.model_names(),
                 "devices": bench.devices(),
                 "model": bench.load_model(*([model] if model else []), progress=job.report, cancel=job.cancel),
@@ -115,7 +116,11 @@ class MainWindow(QMainWindow):
         self.worker.submit(startup, owner="startup", description="Loading the model")
 
     def _after_startup(self, info: dict) -> None:
+        family = None
         for spec in info["methods"].values():
+            if family is not None and info["families"][spec.id] != family:
+                self.method_selector.insertSeparator(self.method_selector.count())
+            family = info["families"][spec.id]
             panel = panel_for(spec, info["model"].labels)
             panel.run_requested.connect(self.run_method)
             panel.cancel_requested.connect(lambda method_id: self.worker.cancel_owner(f"method:{method_id}"))

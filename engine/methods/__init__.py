@@ -1,19 +1,46 @@
-"""The method registry: ``METHODS[id]`` is a ``MethodSpec``; one module per method."""
+"""The method registry: ``METHODS[id]`` is a ``MethodSpec``; one module per method.
+
+Every module in this package that defines ``SPEC`` is a method, so adding a method is
+adding a file. ``FAMILIES`` orders them the way the lecture does, for menus and ``--help``;
+a method missing from it is listed last rather than left out.
+"""
 
 from __future__ import annotations
 
-from . import activations, dream, embed, filters, neighbors, occlusion, patches, saliency
+import importlib
+import pkgutil
+
 from .base import MethodContext, MethodSpec, Param
 
-METHODS: dict[str, MethodSpec] = {spec.id: spec for spec in (
-    filters.SPEC,
-    activations.SPEC,
-    saliency.SPEC,
-    dream.SPEC,
-    occlusion.SPEC,
-    neighbors.SPEC,
-    embed.SPEC,
-    patches.SPEC,
-)}
+FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Weights and activations", ("filters", "activations")),
+    ("Over a dataset", ("neighbors", "embed", "patches", "occlusion")),
+    ("Gradients", ("saliency", "smoothgrad", "integrated-gradients", "gradcam", "guided-backprop", "guided-gradcam",
+                   "segment", "sanity-check")),
+    ("Optimising the input", ("class-viz", "adversarial", "inversion", "dream")),
+    ("Texture and style", ("texture", "style", "fast-style-train", "fast-style")),
+)
 
-__all__ = ["METHODS", "MethodContext", "MethodSpec", "Param"]
+
+def _discover() -> dict[str, MethodSpec]:
+    found: dict[str, MethodSpec] = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_") or info.name == "base":
+            continue
+        spec = getattr(importlib.import_module(f"{__name__}.{info.name}"), "SPEC", None)
+        if isinstance(spec, MethodSpec):
+            if spec.id in found:
+                raise RuntimeError(f"two modules define the method '{spec.id}'")
+            found[spec.id] = spec
+    order = [method_id for _, ids in FAMILIES for method_id in ids]
+    rank = {method_id: i for i, method_id in enumerate(order)}
+    return dict(sorted(found.items(), key=lambda item: (rank.get(item[0], len(order)), item[0])))
+
+
+def family_of(method_id: str) -> str:
+    return next((name for name, ids in FAMILIES if method_id in ids), "Other")
+
+
+METHODS: dict[str, MethodSpec] = _discover()
+
+__all__ = ["FAMILIES", "METHODS", "MethodContext", "MethodSpec", "Param", "family_of"]

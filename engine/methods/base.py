@@ -26,7 +26,10 @@ from ..models.registry import LoadedModel
 @dataclass(frozen=True)
 class Param:
     name: str  # python name; the CLI flag is --name-with-dashes
-    kind: str  # "int", "float", "str", "bool", "choice", "layer", "target", "channel"
+    # "int", "float", "str", "bool", "choice", "layer", "target", "channel", "dataset",
+    # "image" (a path to a picture), "images" (several, in order), "file" (any file to read),
+    # "save_file" (a file to write)
+    kind: str
     default: Any = None
     help: str = ""
     choices: tuple = ()
@@ -41,6 +44,9 @@ class Param:
     def coerce(self, value: Any) -> Any:
         if value is None:
             return None
+        if self.kind == "images":
+            paths = [str(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if str(v).strip()]
+            return paths or None
         try:
             if self.kind in ("int", "channel"):
                 value = int(value)

@@ -74,6 +74,8 @@ class MethodPanel(QWidget):
             return box
         if kind == "dataset":
             return DatasetPicker(str(param.default or ""))
+        if kind in FilePicker.KINDS:
+            return FilePicker(kind, param.default)
         if kind == "target":
             box = QComboBox()
             box.setEditable(True)
@@ -123,6 +125,8 @@ class MethodPanel(QWidget):
             editor = self.editors[param.name]
             if param.kind in ("layer", "dataset"):
                 values[param.name] = editor.currentText().strip() or None
+            elif isinstance(editor, FilePicker):
+                values[param.name] = editor.value()
             elif param.kind == "target":
                 text = editor.currentText().strip()
                 values[param.name] = None if not text or text == TOP1 else text.split(":", 1)[0].strip()
@@ -140,7 +144,9 @@ class MethodPanel(QWidget):
 
     def set_value(self, name: str, value) -> None:
         editor = self.editors[name]
-        if isinstance(editor, DatasetPicker):
+        if isinstance(editor, FilePicker):
+            editor.set_value(value)
+        elif isinstance(editor, DatasetPicker):
             editor.setCurrentText(str(value))
         elif isinstance(editor, QComboBox):
             if editor.isEditable():
@@ -220,6 +226,60 @@ class DatasetPicker(QWidget):
         if self.box.findText(text) < 0:
             self.box.addItem(text)
         self.box.setCurrentText(text)
+
+
+class FilePicker(QWidget):
+    """A path typed or chosen with Browse; for the "images" kind, several paths in order.
+
+    Several paths are shown one per line-separator ';' in the line edit and handed to the
+    method as a list, the same shape the CLI's repeated flag gives.
+    """
+
+    KINDS = ("image", "images", "file", "save_file")
+    IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.tif *.tiff *.webp);;All files (*)"
+    SEPARATOR = ";"
+
+    def __init__(self, kind: str, default) -> None:
+        super().__init__()
+        self.kind = kind
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText({"image": "an image file", "images": "one or more image files",
+                                      "file": "a file", "save_file": "where to save"}[kind])
+        self.set_value(default)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self.browse)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.edit, 1)
+        layout.addWidget(browse)
+
+    def browse(self) -> None:
+        from PySide6.QtWidgets import QFileDialog
+
+        if self.kind == "images":
+            paths, _ = QFileDialog.getOpenFileNames(self, "Choose images", "", self.IMAGE_FILTER)
+            if paths:
+                self.set_value(paths)
+        elif self.kind == "save_file":
+            path, _ = QFileDialog.getSaveFileName(self, "Save as", self.edit.text())
+            if path:
+                self.set_value(path)
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, "Choose a file", "",
+                                                  self.IMAGE_FILTER if self.kind == "image" else "All files (*)")
+            if path:
+                self.set_value(path)
+
+    def value(self):
+        text = self.edit.text().strip()
+        if self.kind == "images":
+            return [part.strip() for part in text.split(self.SEPARATOR) if part.strip()] or None
+        return text or None
+
+    def set_value(self, value) -> None:
+        if isinstance(value, (list, tuple)):
+            value = f"{self.SEPARATOR} ".join(map(str, value))
+        self.edit.setText("" if value is None else str(value))
 
 
 class ActivationsPanel(MethodPanel):
