@@ -10,6 +10,7 @@ import importlib
 import pkgutil
 import platform
 import sys
+from pathlib import Path
 
 from engine.runtime import configure_process
 
@@ -24,7 +25,7 @@ NOT_BENCHMARKS = {"common", "__main__"}
 
 
 def benchmark_names() -> list[str]:
-    names = [info.name for info in pkgutil.iter_modules(__path__) if info.name not in NOT_BENCHMARKS]
+    names = [info.name for info in pkgutil.iter_modules([str(Path(__file__).parent)]) if info.name not in NOT_BENCHMARKS]
     return sorted(names, key=lambda name: (name != "first_paint", name))
 
 
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> None:
         sys.exit(f"no benchmark {', '.join(sorted(unknown))}; there are: {', '.join(benchmark_names())}")
     rows = []
     for name in names:
-        rows += importlib.import_module(f"{__package__}.{name}").run()
+        rows += importlib.import_module(f"bench.{name}").run()
     print(f"ConvScope benchmarks — python {platform.python_version()}, torch {torch.__version__}, "
           f"numpy {numpy.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
     try:
