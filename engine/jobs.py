@@ -101,6 +101,8 @@ class Result:
     layer: Optional[str] = None
     target: Optional[dict] = None  # {"index": int, "label": str}
     params: dict = field(default_factory=dict)
+    # An optimisation's evolution (HxWx3 uint8 each, oldest first), for an animated export.
+    frames: list[np.ndarray] = field(default_factory=list)
 
 
 class CancelToken:
