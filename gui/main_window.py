@@ -45,6 +45,7 @@ class MainWindow(QMainWindow):
         self.last_result = None  # (method id, Result) of what the canvas shows
         self.last_error = ""
         self._job_owner: dict[int, str] = {}
+        self._panel_job: dict[str, int] = {}  # the newest run of each method panel
         self._loading_model: str | None = model_name
         self.weights_dialog: QMessageBox | None = None
         self._box_to_show: tuple | None = None
@@ -377,8 +378,10 @@ class MainWindow(QMainWindow):
             return -1
         self.panels[method_id].set_running(True)
         self.panels[method_id].show_status("running…")
-        return self.worker.submit(lambda bench, job: bench.run(method_id, params, job.cancel),
-                                  owner=f"method:{method_id}", description=spec.title)
+        job_id = self.worker.submit(lambda bench, job: bench.run(method_id, params, job.cancel),
+                                    owner=f"method:{method_id}", description=spec.title)
+        self._panel_job[method_id] = job_id
+        return job_id
 
     def cancel_jobs(self) -> None:
         self.worker.cancel_all()
@@ -418,12 +421,14 @@ class MainWindow(QMainWindow):
         frame = self.worker.take_frame(job_id)
         if frame is None:
             return
-        self.canvas.show_display(frame.display, frame=True)
         owner = self._job_owner.get(job_id, "")
-        panel = self.panels.get(owner.removeprefix("method:"))
+        method_id = owner.removeprefix("method:")
+        if method_id in self._panel_job and self._panel_job[method_id] != job_id:
+            return  # a superseded run's last frame: the new run owns the canvas and the plot
+        self.canvas.show_display(frame.display, frame=True)
+        panel = self.panels.get(method_id)
         if panel is not None:
-            metrics = ", ".join(f"{k} {v:.4g}" for k, v in frame.metrics.items() if isinstance(v, (int, float)))
-            panel.show_status(f"step {frame.step}: {metrics}")
+            panel.show_frame_metrics(frame.step, frame.metrics)
 
     def _on_job_finished(self, job_id: int, owner: str, result) -> None:
         self._job_done(job_id)

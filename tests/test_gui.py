@@ -76,6 +76,13 @@ def test_dream_streams_frames_then_shows_the_result(qtbot, window):
     assert window.last_result[0] == "dream"
     assert window.last_result[1].metrics["norm_last"] > window.last_result[1].metrics["norm_first"]
     assert "norm" in panel.status.text()
+    # The loss plot follows the run and starts afresh with the next one.
+    steps, losses = panel.loss_plot.series["loss"]
+    assert panel.loss_plot.isVisible() and len(steps) >= 3 and steps == sorted(steps)
+    assert losses[-1] > losses[0]  # DeepDream ascends its objective
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        panel.run_button.click()
+    assert len(panel.loss_plot.series["loss"][0]) <= 8
 
 
 def test_escape_cancels_a_running_dream(qtbot, window):
@@ -85,9 +92,9 @@ def test_escape_cancels_a_running_dream(qtbot, window):
     with qtbot.waitSignal(window.worker.frame_ready, timeout=TIMEOUT):
         panel.run_button.click()
     assert window.cancel_button.isEnabled() and panel.cancel_button.isEnabled()
-    with qtbot.waitSignal(window.worker.job_cancelled, timeout=2_000):
+    with qtbot.waitSignal(window.worker.job_cancelled, timeout=10_000):
         qtbot.keyClick(window, Qt.Key.Key_Escape)
-    qtbot.waitUntil(lambda: not window.worker.is_busy(), timeout=2_000)
+    qtbot.waitUntil(lambda: not window.worker.is_busy(), timeout=10_000)
     assert window.last_result is None or window.last_result[0] != "dream"
     assert panel.status.text() == "cancelled" and not window.cancel_button.isEnabled()
 
@@ -306,3 +313,15 @@ def test_occlusion_fills_in_live_and_ends_with_the_drop_map(qtbot, window):
     assert window.last_result[0] == "occlusion" and window.canvas.display.overlay
     assert result.array.shape == tuple(result.metrics["grid"]) and not np.isnan(result.array).any()
     assert window.canvas.overlay_item.image.shape == window.canvas.display.rgb.shape[:2]
+
+
+def test_a_superseded_runs_late_frame_never_reaches_the_canvas(qtbot, window):
+    panel = window.select_method("dream")
+    window._job_owner[901] = "method:dream"
+    window._panel_job["dream"] = 902  # a newer run owns the panel
+    window.worker._running = type("R", (), {})()
+    stale = Frame(Display(rgb=np.zeros((8, 8, 3), np.uint8)), step=1, metrics={"loss": 1.0})
+    window.worker.take_frame = lambda job_id: stale
+    before = window.canvas.frames_shown
+    window._on_frame_ready(901)
+    assert window.canvas.frames_shown == before and "loss" not in panel.loss_plot.series

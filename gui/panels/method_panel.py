@@ -61,6 +61,13 @@ class MethodPanel(QWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
+        self.loss_plot = None
+        if spec.streams_frames:
+            from ..loss_plot import LossPlot
+
+            self.loss_plot = LossPlot()
+            self.loss_plot.hide()  # until a frame brings a loss
+            layout.addWidget(self.loss_plot)
         layout.addStretch(1)
 
     # -- editors --------------------------------------------------------------------
@@ -187,8 +194,18 @@ class MethodPanel(QWidget):
         self.run_requested.emit(self.method_id, self.values())
 
     def set_running(self, running: bool) -> None:
+        if running and self.loss_plot is not None:  # a new run: a new curve
+            self.loss_plot.reset()
+            self.loss_plot.hide()
         self.running = running
         self.cancel_button.setEnabled(running)
+
+    def show_frame_metrics(self, step: int, metrics: dict) -> None:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool))
+        self.show_status(f"step {step}: {shown}")
+        if self.loss_plot is not None and self.loss_plot.add(step, metrics):
+            self.loss_plot.show()
 
     def show_status(self, text: str) -> None:
         self.status.setText(text)
