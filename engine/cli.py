@@ -11,7 +11,6 @@ Bad input exits with status 2 and one line on stderr; nothing here imports Qt.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from pathlib import Path
@@ -60,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         method.add_argument("--image", default=None, help="input image")
         method.add_argument("--out", default=None, help="write the picture as PNG (plus a JSON sidecar)")
         method.add_argument("--save-array", default=None, help="write the raw float result as .npy")
+        if spec.streams_frames:
+            method.add_argument("--animation", default=None,
+                                help="also write the run's frames as an animation (.gif or .mp4)")
+            method.add_argument("--fps", type=float, default=12.0, help="frames per second of --animation (default: 12)")
         names = {p.name for p in spec.params}
         for common in ("layer", "target", "seed"):
             if common not in names:
@@ -163,10 +166,9 @@ def _print_download_progress(fraction: float, message: str) -> None:
 
 
 def _run_method(args, model) -> int:
-    import numpy as np
     import torch
 
-    from .images import load_image, write_atomically
+    from .images import load_image
     from .jobs import Stopwatch, drive
     from .methods import METHODS, MethodContext
     from .render import compose
@@ -198,9 +200,16 @@ def _run_method(args, model) -> int:
     if args.save_array:
         if result.array is None:
             raise ConvScopeError(f"{spec.id} has no array to save")
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(result.array, dtype=np.float32))
-        write_atomically(Path(args.save_array), lambda fh: fh.write(buffer.getvalue()), overwrite=True)
+        from .export import save_array
+
+        save_array(args.save_array, result.array)
+    animation = getattr(args, "animation", None)
+    if animation:
+        from .animation import write_animation
+
+        if not result.frames:
+            raise ConvScopeError(f"{spec.id} recorded no frames to animate")
+        write_animation(result.frames, Path(animation), fps=args.fps)
     line = {
         "method": spec.id,
         "model": model.name,
@@ -210,6 +219,7 @@ def _run_method(args, model) -> int:
         "top5": top5,
         "out": out,
         "save_array": args.save_array,
+        "animation": animation,
         "params": result.params or params,
         "metrics": result.metrics,
     }

@@ -171,3 +171,12 @@ def _encode_png(rgb: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     image_from_array(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def save_array(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """A method's raw result as float32 ``.npy``, written atomically (replacing any old file)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, dtype=np.float32))
+    target = Path(path)
+    write_atomically(target, lambda handle: handle.write(buffer.getvalue()), overwrite=True)
+    return target

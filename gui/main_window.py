@@ -153,6 +153,12 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         self.export_action = QAction("&Export…", self, shortcut=QKeySequence("Ctrl+E"), triggered=self.export_dialog)
         file_menu.addAction(self.export_action)
+        self.export_array_action = QAction("Export raw &array (.npy)…", self, triggered=self.export_array_dialog)
+        file_menu.addAction(self.export_array_action)
+        self.export_animation_action = QAction("Export a&nimation (GIF, MP4)…", self,
+                                               triggered=self.export_animation_dialog)
+        file_menu.addAction(self.export_animation_action)
+        file_menu.aboutToShow.connect(self._update_export_actions)
         file_menu.addSeparator()
         file_menu.addAction(QAction("Open &model file…", self, triggered=self.open_model_file_dialog))
         file_menu.addAction(QAction("Open &weights file…", self, triggered=lambda: self.open_weights_file_dialog()))
@@ -556,6 +562,57 @@ class MainWindow(QMainWindow):
             return None
         extra = " and the coordinates as CSV" if points is not None else ""
         self.status_text.setText(f"Exported {written[0]} and {written[1].name}{extra}")
+        return written
+
+    def _update_export_actions(self) -> None:
+        result = self.last_result[1] if self.last_result else None
+        self.export_array_action.setEnabled(result is not None and result.array is not None)
+        self.export_animation_action.setEnabled(result is not None and bool(result.frames))
+
+    def export_array_dialog(self) -> None:
+        suggested = str(Path(self._suggested_export_name()).with_suffix(".npy"))
+        path, _filter = QFileDialog.getSaveFileName(self, "Export the raw result", suggested, "NumPy array (*.npy)")
+        if path:
+            self.export_array_to(path if path.lower().endswith(".npy") else path + ".npy")
+
+    def export_array_to(self, path: str) -> Path | None:
+        """The method's raw float result (no colormap, no resizing), as the CLI's --save-array."""
+        result = self.last_result[1] if self.last_result else None
+        if result is None or result.array is None:
+            self.show_error("Export", "The last result has no raw array to export.")
+            return None
+        from engine.export import save_array
+
+        try:
+            written = save_array(Path(path), result.array)
+        except (OSError, ValueError) as exc:
+            self.show_error("Export failed", f"Could not write {Path(path).name}: {exc}")
+            return None
+        self.status_text.setText(f"Exported the raw array {tuple(result.array.shape)} to {written}")
+        return written
+
+    def export_animation_dialog(self) -> None:
+        suggested = str(Path(self._suggested_export_name()).with_suffix(".gif"))
+        path, _filter = QFileDialog.getSaveFileName(self, "Export the run as an animation", suggested,
+                                                    "Animated GIF (*.gif);;MP4 video (*.mp4)")
+        if path:
+            self.export_animation_to(path if Path(path).suffix.lower() in (".gif", ".mp4") else path + ".gif")
+
+    def export_animation_to(self, path: str, fps: float = 12.0) -> Path | None:
+        result = self.last_result[1] if self.last_result else None
+        if result is None or not result.frames:
+            self.show_error("Export", "Only an optimisation run (DeepDream, class visualisation, style…) "
+                                      "has frames to animate; run one first.")
+            return None
+        from engine.animation import write_animation
+        from engine.errors import ConvScopeError
+
+        try:
+            written = write_animation(result.frames, Path(path), fps=fps)
+        except (OSError, ValueError, ConvScopeError) as exc:
+            self.show_error("Export failed", f"Could not write {Path(path).name}: {exc}")
+            return None
+        self.status_text.setText(f"Exported {len(result.frames)} frames to {written}")
         return written
 
     def _suggested_export_name(self) -> str:

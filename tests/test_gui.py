@@ -325,3 +325,24 @@ def test_a_superseded_runs_late_frame_never_reaches_the_canvas(qtbot, window):
     before = window.canvas.frames_shown
     window._on_frame_ready(901)
     assert window.canvas.frames_shown == before and "loss" not in panel.loss_plot.series
+
+
+def test_raw_array_and_animation_export(qtbot, window, tmp_path, monkeypatch):
+    errors = []
+    monkeypatch.setattr(window, "show_error", lambda title, message: errors.append(message))
+    frames = [np.full((12, 16, 3), value, np.uint8) for value in (0, 120, 240)]
+    array = np.linspace(0, 1, 20, dtype=np.float64).reshape(4, 5)
+    window.last_result = ("dream", Result(display=Display(rgb=frames[-1]), array=array, frames=frames))
+    written = window.export_array_to(str(tmp_path / "map.npy"))
+    saved = np.load(written)
+    assert saved.dtype == np.float32 and np.allclose(saved, array)
+    gif = window.export_animation_to(str(tmp_path / "run.gif"))
+    from PIL import Image
+
+    with Image.open(gif) as animation:
+        assert animation.n_frames == 3 and animation.size == (16, 12)
+    window.last_result = ("saliency", Result(display=Display(rgb=frames[0]), array=None))
+    assert window.export_array_to(str(tmp_path / "none.npy")) is None
+    assert window.export_animation_to(str(tmp_path / "none.gif")) is None
+    assert "no raw array" in errors[0] and "frames to animate" in errors[1]
+    assert not (tmp_path / "none.npy").exists() and not (tmp_path / "none.gif").exists()
