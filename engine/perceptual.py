@@ -2,15 +2,25 @@
 
 Texture synthesis, Gatys style transfer and fast style training all compare an image's
 features with targets taken once from the content and style images; these are the
-comparisons, written once.
+comparisons, written once. Also here: which layers to compare on each backbone, the
+forward that stops at the deepest of them, and the loop that minimises a perceptual loss
+over an image's pixels with L-BFGS (as Gatys et al. did) or Adam.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
 import torch
+from torch import nn
 from torch.nn import functional as F
 
+from .errors import MethodInputError
+from .feature_transforms import FeatureTransform
 from .gram import gram_matrix
+from .jobs import CancelToken
+from .models.registry import BUNDLED_MODEL, LoadedModel
 
 
 def gram_targets(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -34,12 +44,225 @@ def style_loss(features: dict[str, torch.Tensor], targets: dict[str, torch.Tenso
     return total
 
 
-def content_loss(features: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum over layers of the mean squared difference between features and their targets."""
+def content_loss(features: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+                 weights: dict[str, float] | None = None) -> torch.Tensor:
+    """Sum over layers of weight * mean squared difference between features and their targets."""
     total = None
     for layer, target in targets.items():
-        term = F.mse_loss(features[layer], target.expand_as(features[layer]))
+        term = F.mse_loss(features[layer], target.expand_as(features[layer])) * (1.0 if weights is None else weights.get(layer, 1.0))
         total = term if total is None else total + term
     if total is None:
         raise ValueError("content_loss needs at least one content layer")
     return total
+
+
+def blend_grams(grams: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """sum_s w_s * G_s per layer, the weights scaled to sum to 1.
+
+    Several style images guide one picture through this blend (``--style-weights 0.7,0.3``);
+    scaling the weights means 7,3 blends like 0.7,0.3 and the loss keeps its size.
+    """
+    if len(grams) != len(weights) or not grams:
+        raise ValueError("blend_grams needs one weight per set of Grams")
+    total = float(sum(weights))
+    if total <= 0 or any(w < 0 for w in weights):
+        raise ValueError("blend weights must be non-negative and not all zero")
+    return {layer: sum(gram[layer] * (w / total) for gram, w in zip(grams, weights)) for layer in grams[0]}
+
+
+def relative_weights(targets: dict[str, torch.Tensor]) -> dict[str, float]:
+    """1 / mean(target^2) per layer: a loss weighted so is relative to its target's size.
+
+    Layers (and networks) differ in their activations' scale by orders of magnitude, and
+    a softmax transform changes it again; relative losses let one set of default weights
+    work on every backbone, and make each layer pull about as hard as the others.
+    """
+    return {layer: 1.0 / max(float(target.pow(2).mean()), 1e-30) for layer, target in targets.items()}
+
+
+# -- which layers -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PerceptualLayers:
+    texture: tuple[str, ...]  # Gram layers for texture synthesis, shallow to deep
+    style: tuple[str, ...]  # Gram layers for style transfer
+    content: tuple[str, ...]  # feature layers for the content
+    plain_gram: bool  # whether plain Grams already work (VGG); otherwise the softmax transform helps
+
+
+# VGG paths are torchvision's ``features.N``. Gatys et al. name conv layers, but in Caffe
+# their ReLU runs in place, so "conv1_1" holds the rectified output: relu1_1 here.
+# VGG-19: relu1_1 1, pool1 4, relu2_1 6, pool2 9, relu3_1 11, pool3 18, relu4_1 20, relu4_2 22,
+# pool4 27, relu5_1 29. VGG-16: relu1_1 1, pool1 4, relu2_1 6, pool2 9, relu3_1 11, pool3 16,
+# relu4_1 18, relu4_2 20, pool4 23, relu5_1 25.
+_KNOWN_LAYERS = {
+    # Texture: Gatys 2015's conv1_1, pool1..pool4. Style: Gatys 2016's conv1_1..conv5_1, content conv4_2.
+    "vgg19": PerceptualLayers(
+        texture=("features.1", "features.4", "features.9", "features.18", "features.27"),
+        style=("features.1", "features.6", "features.11", "features.20", "features.29"),
+        content=("features.22",), plain_gram=True),
+    "vgg16": PerceptualLayers(
+        texture=("features.1", "features.4", "features.9", "features.16", "features.23"),
+        style=("features.1", "features.6", "features.11", "features.18", "features.25"),
+        content=("features.20",), plain_gram=True),
+    # EfficientNet-Lite0's blocks end in a linear projection, so its layers are ReLU6
+    # activations: the stem's, then the expansion inside the last block at 1/4, 1/8 and 1/16
+    # of the input (receptive fields 3, 11, 35 and 115 px), like VGG's one layer per scale.
+    # Content at 1/8 (the expansion of the first 1/16 block, field 67 px), as conv4_2 is.
+    BUNDLED_MODEL: PerceptualLayers(
+        texture=("stem.relu6", "stages.1.1.expand_relu6", "stages.2.1.expand_relu6", "stages.3.2.expand_relu6"),
+        style=("stem.relu6", "stages.1.1.expand_relu6", "stages.2.1.expand_relu6", "stages.3.2.expand_relu6"),
+        content=("stages.3.0.expand_relu6",), plain_gram=False),
+}
+_GENERIC_LEVELS = 4  # spatial resolutions a model without an entry contributes Gram layers from
+
+
+def _vgg_name(module: nn.Module) -> str | None:
+    """'vgg16' or 'vgg19' for torchvision's VGG with that many convolutions, else None."""
+    from torchvision.models import VGG
+
+    if not isinstance(module, VGG):
+        return None
+    convs = sum(isinstance(m, nn.Conv2d) for m in module.features)
+    return {13: "vgg16", 16: "vgg19"}.get(convs)
+
+
+def perceptual_layers(model: LoadedModel, output_shapes: dict[str, tuple]) -> PerceptualLayers:
+    """Default layers for ``model``: the table above, or a recipe from its output shapes.
+
+    Known by architecture, not by name, so a VGG-19 loaded from a file gets Gatys's layers.
+    Other models use the last module at each of their first four spatial resolutions (one
+    layer per scale, as the VGG recipes) and content at the third.
+    """
+    name = _vgg_name(model.module) or (BUNDLED_MODEL if model.name == BUNDLED_MODEL else None)
+    if name in _KNOWN_LAYERS:
+        return _KNOWN_LAYERS[name]
+    last_at: dict[tuple, str] = {}
+    for path, shape in output_shapes.items():
+        if shape is not None and len(shape) == 4 and shape[-1] * shape[-2] > 1:
+            last_at[tuple(shape[-2:])] = path
+    levels = [path for _size, path in sorted(last_at.items(), key=lambda item: -item[0][0] * item[0][1])][:_GENERIC_LEVELS]
+    if not levels:
+        raise MethodInputError("this model has no layer with a spatial output, so it cannot measure texture or style; "
+                               "pick another model")
+    return PerceptualLayers(texture=tuple(levels), style=tuple(levels), content=(levels[min(2, len(levels) - 1)],),
+                            plain_gram=False)
+
+
+# -- features -----------------------------------------------------------------------------------
+class Features:
+    """A model's (optionally transformed) outputs at some layers for a 0..1 picture.
+
+    The forward stops once the deepest of the layers has run, so Gram layers in the first
+    half of a network cost half a forward and half a backward per step.
+    """
+
+    def __init__(self, model: LoadedModel, layers: Sequence[str], transform: FeatureTransform | None = None) -> None:
+        self.model = model
+        self.layers = tuple(dict.fromkeys(layers))
+        self.transform = transform
+
+    def __call__(self, unit: torch.Tensor) -> dict[str, torch.Tensor]:
+        from .optimise import probe_model
+
+        probe = probe_model(self.model, unit, self.layers)
+        if self.transform is None:
+            return {layer: probe[layer] for layer in self.layers}
+        return {layer: self.transform(probe[layer]) for layer in self.layers}
+
+    def targets(self, unit: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The features of a fixed picture (content or style), computed without a graph.
+
+        ``no_grad`` rather than ``inference_mode``: the losses save their targets for the
+        backward pass, which autograd refuses to do with inference tensors."""
+        with torch.no_grad():
+            return {layer: value.detach() for layer, value in self(unit).items()}
+
+
+# -- the loss -----------------------------------------------------------------------------------
+class PerceptualLoss:
+    """content_weight * L_content + style_weight * L_style + tv_weight * L_tv for a 0..1 picture.
+
+    L_content and L_style are the sums over their layers of the relative mean squared error
+    (``relative_weights``); L_tv is the squared total variation per pixel. Either target
+    set may be empty (texture synthesis has no content). ``__call__`` returns the total and
+    each weighted part by name, so a frame can show which part moves.
+    """
+
+    def __init__(self, features: Features, *, content: dict[str, torch.Tensor] | None = None,
+                 style: dict[str, torch.Tensor] | None = None, content_weight: float = 1.0,
+                 style_weight: float = 1.0, tv_weight: float = 0.0) -> None:
+        self.features = features
+        self.content = content or {}
+        self.style = style or {}
+        if not self.content and not self.style:
+            raise ValueError("a perceptual loss needs content or style targets")
+        self.content_weights = relative_weights(self.content)
+        self.style_weights = relative_weights(self.style)
+        self.content_weight = content_weight
+        self.style_weight = style_weight
+        self.tv_weight = tv_weight
+
+    def __call__(self, unit: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        features = self.features(unit)
+        terms: dict[str, torch.Tensor] = {}
+        if self.content:
+            terms["content"] = self.content_weight * content_loss(features, self.content, self.content_weights)
+        if self.style:
+            terms["style"] = self.style_weight * style_loss(features, self.style, self.style_weights)
+        if self.tv_weight:
+            from .regularisers import total_variation
+
+            terms["tv"] = self.tv_weight * total_variation(unit) / unit[0, 0].numel()
+        total = sum(terms.values())
+        return total, {name: float(value.detach()) for name, value in terms.items()}
+
+
+# -- the loop -----------------------------------------------------------------------------------
+OPTIMIZERS = ("lbfgs", "adam")
+DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
+LBFGS_HISTORY = 50
+
+
+def minimise(pixels: torch.Tensor, loss: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]], steps: int,
+             optimizer: str = "lbfgs", lr: float | None = None,
+             cancel: CancelToken | None = None) -> Iterator[tuple[int, dict[str, float]]]:
+    """Minimise ``loss`` over ``pixels`` (a 1 x 3 x H x W leaf in 0..1, updated in place).
+
+    Yields ``(step, parts)`` after each step, ``parts`` holding the loss's terms and
+    "loss", the total, of the picture the step started from. Pixels are clamped to 0..1
+    after every step (projected descent, as the PyTorch tutorial does for L-BFGS).
+
+    Kept apart from ``engine.optimise.optimise`` because L-BFGS needs a closure it may
+    call again; here one L-BFGS step is one iteration with exactly one evaluation of the
+    loss (``max_iter=1``, no line search), so a step costs one forward and one backward
+    whichever optimiser runs, and the curvature history carries over between steps.
+    The tolerances are zero: the step count, not L-BFGS, decides when to stop.
+    """
+    cancel = cancel or CancelToken()
+    if optimizer not in OPTIMIZERS:
+        raise MethodInputError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not '{optimizer}'")
+    lr = DEFAULT_LR[optimizer] if not lr else lr
+    if optimizer == "lbfgs":
+        opt = torch.optim.LBFGS([pixels], lr=lr, max_iter=1, history_size=LBFGS_HISTORY,
+                                tolerance_grad=0.0, tolerance_change=0.0)
+    else:
+        opt = torch.optim.Adam([pixels], lr=lr)
+    for step in range(1, steps + 1):
+        cancel.check()
+        record: dict[str, float] = {}
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            total, parts = loss(pixels)
+            if not torch.isfinite(total):
+                raise MethodInputError(f"the loss became {float(total)} at step {step}; try lower weights or --lr")
+            total.backward()
+            record.clear()
+            record.update(parts)
+            record["loss"] = float(total.detach())
+            return total
+
+        opt.step(closure)
+        with torch.no_grad():
+            pixels.clamp_(0, 1)
+        yield step, record

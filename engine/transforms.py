@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import torch
 from torch.nn import functional as F
 
@@ -23,3 +26,53 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def random_scale_rotate(x: torch.Tensor, generator: torch.Generator, max_scale: float, max_degrees: float) -> torch.Tensor:
+    """Zoom by a factor drawn from [1 - max_scale, 1 + max_scale] and rotate by an angle drawn
+    from [-max_degrees, max_degrees] about the centre; one draw for the whole batch.
+
+    Bilinear and differentiable in ``x``; the size is kept and edges are mirrored, so no
+    black corners appear for the network to react to.
+    """
+    if max_scale <= 0 and max_degrees <= 0:
+        return x
+    draws = torch.rand(2, generator=generator, dtype=torch.float64) * 2 - 1
+    scale = 1.0 + max_scale * float(draws[0])
+    angle = math.radians(max_degrees * float(draws[1]))
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    # affine_grid maps output coordinates to input ones in -1..1 units of each axis; the
+    # aspect ratio converts the rotation so non-square pictures turn without shearing.
+    height, width = x.shape[-2:]
+    aspect = width / height
+    theta = torch.tensor([[cos, -sin / aspect, 0.0], [sin * aspect, cos, 0.0]], dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+# Transforms as small closures (image, generator) -> image, joined with ``compose``: the
+# optimisation loop applies them before every forward so the picture must work under
+# small shifts, zooms and turns, which suppresses the pixel-exact patterns a CNN also
+# responds to (Olah et al. 2017, "Transformation robustness").
+Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def jitter(max_shift: int) -> Transform:
+    """A random circular shift of up to ``max_shift`` pixels in each direction."""
+    def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return roll(x, random_shift(generator, max_shift))
+    return apply
+
+
+def scale_rotate(max_scale: float, max_degrees: float) -> Transform:
+    def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return random_scale_rotate(x, generator, max_scale, max_degrees)
+    return apply
+
+
+def compose(*transforms: Transform) -> Transform:
+    def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        for transform in transforms:
+            x = transform(x, generator)
+        return x
+    return apply

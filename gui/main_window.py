@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QProgressBar,
+from PySide6.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QProgressBar,
                                QPushButton, QStackedWidget, QVBoxLayout, QWidget)
 
 from engine.samples import DEFAULT_SAMPLE, sample_path, sample_paths
@@ -20,6 +20,7 @@ from engine.samples import DEFAULT_SAMPLE, sample_path, sample_paths
 from .canvas import Canvas
 from .layer_tree import LayerTree
 from .panels import MethodPanel, panel_for
+from .panels.method_panel import TOP1
 from .worker import EngineWorker
 
 log = logging.getLogger("convscope")
@@ -393,21 +394,49 @@ class MainWindow(QMainWindow):
         self.worker.cancel_all()
 
     def _on_canvas_click(self, x: float, y: float) -> None:
-        """A click on an activation tile shows that channel over the image."""
+        """On the activation grid a click shows that channel over the image, and Shift+click
+        runs guided backprop for the neuron under the pointer; over the image, a click runs
+        guided backprop for the shown channel's neuron at that place."""
         if self.last_result is None or self.last_result[0] != "activations":
             return
-        display = self.last_result[1].display
-        if display.tile_shape is None or display.tile_size is None:
-            return
-        rows, columns = display.tile_shape
-        tile_h, tile_w = display.tile_size
-        row, column = int(y // (tile_h + display.tile_gap)), int(x // (tile_w + display.tile_gap))
-        order = self.last_result[1].metrics.get("channel_order", [])
-        index = row * columns + column
-        if 0 <= row < rows and 0 <= column < columns and index < len(order):
+        result = self.last_result[1]
+        display = result.display
+        if display.tile_shape is not None and display.tile_size is not None:
+            rows, columns = display.tile_shape
+            tile_h, tile_w = display.tile_size
+            row, column = int(y // (tile_h + display.tile_gap)), int(x // (tile_w + display.tile_gap))
+            order = result.metrics.get("channel_order", [])
+            index = row * columns + column
+            if not (0 <= row < rows and 0 <= column < columns and index < len(order)):
+                return
+            if QApplication.keyboardModifiers() & Qt.KeyboardModifier.ShiftModifier:
+                at_y, at_x = int(y - row * (tile_h + display.tile_gap)), int(x - column * (tile_w + display.tile_gap))
+                if at_y < tile_h and at_x < tile_w:  # not on the gap between tiles
+                    self.guided_backprop_of_neuron(result.layer, order[index], at_y, at_x)
+                return
             panel = self.panels["activations"]
             panel.set_value("channel", order[index])
             panel.request_run()
+        elif display.overlay and display.scalar is not None and display.rgb is not None:
+            channel = result.params.get("channel")
+            image_h, image_w = display.rgb.shape[:2]
+            grid_h, grid_w = display.scalar.shape
+            if channel is None or not (0 <= x < image_w and 0 <= y < image_h):
+                return
+            self.guided_backprop_of_neuron(result.layer, channel, int(y * grid_h / image_h), int(x * grid_w / image_w))
+
+    def guided_backprop_of_neuron(self, layer: str, channel: int, y: int, x: int) -> int:
+        """What does this one unit respond to in the image? Guided backprop of the neuron."""
+        panel = self.panels.get("guided-backprop")
+        if panel is None:
+            return -1
+        panel.set_value("layer", layer)
+        panel.set_value("channel", channel)
+        panel.set_value("at", f"{y},{x}")
+        if "target" in panel.editors:
+            panel.set_value("target", TOP1)
+        self.select_method("guided-backprop")
+        return self.run_method("guided-backprop", panel.values())
 
     # -- worker signals -----------------------------------------------------------------------
     def _on_job_started(self, job_id: int, owner: str, description: str) -> None:
@@ -459,6 +488,11 @@ class MainWindow(QMainWindow):
             if panel is not None:
                 panel.set_running(False)
                 panel.show_status(_summarise(result))
+            if method_id == "activations" and result.display.tile_shape is not None:
+                self.status_text.setText("Click a tile to see its channel over the image; "
+                                         "Shift+click a place on it for guided backprop of that neuron")
+            elif method_id == "activations" and result.params.get("channel") is not None:
+                self.status_text.setText("Click the image for guided backprop of this channel's neuron there")
 
     def _on_job_failed(self, job_id: int, owner: str, message: str, kind: str) -> None:
         self._job_done(job_id)

@@ -5,26 +5,198 @@ At each step the layer's gradient is set equal to its activation (the image asce
 back after, and the step is normalised by the gradient's mean magnitude so one learning
 rate suits every layer. Octaves run from small to large; the detail dreamt at one octave
 is carried up to the next, which is what gives the picture structure at several scales.
+
+Several layers dream at once with ``--layers "early:1,late:0.5"``: the objective is the
+weighted sum of each layer's 0.5 * ||a||^2 divided by the layer's size, so a weight means
+the same on a small deep map as on a large shallow one. ``--guide IMG`` replaces each
+layer's term by the guided objective of the Google DeepDream notebook: every position of
+the dream is pulled towards the guide's feature vector that matches it best (largest dot
+product), so the dream grows what the guide image contains. Large images are processed
+in tiles (``engine.tiling``) whose grid moves at every step.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..hooks import forward_to
+from ..animation import FrameRecorder
+from ..errors import ImageLoadError, MethodInputError
+from ..hooks import capture_outputs, forward_to
+from ..images import load_image
 from ..jobs import Display, Frame, Progress, Result
 from ..models.preprocessing import unit_tensor_to_rgb
+from ..tiling import Window, output_shapes, tile_windows, tiled_gradient, tiled_statistics, tiling_geometry
 from ..transforms import random_shift, resize, roll
 from .base import LAYER, SEED, MethodSpec, Param
 
+# Guide matching compares every dream position with every guide position; the comparison
+# is done in chunks of at most this many dot products, so an early layer of a large tile
+# never builds a gigabyte matrix.
+_MATCH_CHUNK = 1 << 23
 
-def _layer_output(ctx, layer: str, unit: torch.Tensor) -> torch.Tensor:
-    return forward_to(ctx.model.module, layer, ctx.model.preprocessing.normalise(unit))
+
+def parse_layer_weights(text: str) -> list[tuple[str, float]]:
+    """``"early:1, stages.3.2.expand_relu6:0.5, late"`` -> [(name, weight), ...] (weight 1 if left out)."""
+    pairs = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, weight = item, "1"
+        if ":" in item:
+            name, _, weight = item.rpartition(":")
+        name = name.strip()
+        try:
+            value = float(weight)
+        except ValueError:
+            value = math.nan
+        if not name or not math.isfinite(value):
+            raise MethodInputError(f"--layers: cannot read '{item}'; write layer:weight pairs separated by commas, "
+                                   "e.g. 'early:1,late:0.5'")
+        pairs.append((name, value))
+    return pairs
 
 
-def run(ctx, layer="middle", steps=10, lr=0.01, octaves=3, octave_scale=1.4, jitter=16, size=0, seed=0):
+class DreamObjective:
+    """The weighted sum over layers that the dream ascends, for a whole image or one tile.
+
+    Called with the 0..1 pixels of an image (or of a tile's window), it returns the loss
+    and, per layer, the sum of squared activations it counted (for the norms reported).
+    With a tile, only the units the tile owns are counted and each layer is normalised by
+    the whole image's map size (``numel``), so the tiles' losses add up to the image's.
+    """
+
+    def __init__(self, model, weights: dict[str, float], last: str, guides: dict[str, torch.Tensor] | None = None):
+        self.model = model
+        self.weights = weights
+        self.last = last  # the layer that runs last: the forward stops there
+        self.guides = guides
+        self.jumps: dict[str, int] = {}
+        self._copy: set[str] = set()
+
+    def features(self, unit: torch.Tensor) -> dict[str, torch.Tensor]:
+        module = self.model.module
+        x = self.model.preprocessing.normalise(unit)
+        with capture_outputs(module, self.weights, detach=False, copy=self._copy) as captured:
+            forward_to(module, self.last, x)
+        overwritten = captured.modified_in_place()
+        if overwritten:  # a later in-place operation changed a captured map: capture copies instead
+            self._copy |= overwritten
+            return self.features(unit)
+        return dict(captured)
+
+    def __call__(self, unit: torch.Tensor, window: Window | None = None,
+                 numel: dict[str, int] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        features = self.features(unit)
+        loss = unit.new_zeros(())
+        squares: dict[str, float] = {}
+        for path, weight in self.weights.items():
+            activation = features[path]
+            size = activation.numel() if numel is None else numel[path]
+            if window is not None:
+                rows, cols = window.units(self.jumps[path])
+                activation = activation[:, :, rows, cols]
+            squares[path] = float(activation.detach().pow(2).sum())
+            if self.guides is None:
+                term = 0.5 * activation.pow(2).sum()
+            else:
+                term = guided_term(activation, self.guides[path])
+            loss = loss + weight * term / size
+        return loss, squares
+
+
+def guided_term(activation: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+    """sum over positions p of max_m <a_p, g_m>: the Google notebook's guided objective.
+
+    ``guide`` is the guide's features as C x M (one column per guide position). The
+    gradient at each position is the best-matching guide vector, exactly the notebook's
+    ``dst.diff = y[:, A.argmax(1)]``.
+    """
+    flat = activation.reshape(activation.shape[1], -1)  # C x P
+    with torch.no_grad():
+        chunk = max(1, _MATCH_CHUNK // max(1, guide.shape[1]))
+        best = torch.cat([(flat[:, start:start + chunk].T @ guide).argmax(dim=1)
+                          for start in range(0, flat.shape[1], chunk)])
+    return (flat * guide[:, best]).sum()
+
+
+def _layer_weights(ctx, layer: str, layers: str) -> dict[str, float]:
+    pairs = parse_layer_weights(layers) if layers and layers.strip() else [(layer, 1.0)]
+    weights: dict[str, float] = {}
+    for name, weight in pairs:
+        path = ctx.resolve_layer(name)
+        if path in weights:
+            raise MethodInputError(f"--layers names {path} twice" + (f" ('{name}' is {path})" if name != path else "")
+                                   + "; give each layer once with its weight")
+        weights[path] = weight
+    if not any(weights.values()):
+        raise MethodInputError("--layers: every weight is 0, so there is nothing to dream; give at least one layer a weight")
+    return weights
+
+
+def _guide_features(ctx, guide: str, objective: DreamObjective) -> dict[str, torch.Tensor]:
+    try:
+        picture = load_image(guide)
+    except ImageLoadError as exc:
+        raise MethodInputError(f"--guide: {exc}") from None
+    with torch.no_grad():
+        unit = ctx.model.preprocessing.to_unit_tensor(picture.image).to(ctx.device)
+        features = objective.features(unit)
+    guides = {}
+    for path in objective.weights:
+        values = features[path].detach()
+        guides[path] = values.reshape(values.shape[1], -1)
+        if not guides[path].abs().max() > 0:
+            raise MethodInputError(f"the guide image does not activate {path} at all, so it cannot guide the dream there; "
+                                   "choose another layer or another guide image")
+    return guides
+
+
+class _Tiles:
+    """Where the tile grid falls at one image size, and what the whole image's maps measure."""
+
+    def __init__(self, ctx, objective: DreamObjective, tile: int, height: int, width: int):
+        try:
+            geometry = tiling_geometry(ctx.model.module, list(objective.weights), ctx.model.preprocessing.size)
+        except ValueError as exc:
+            raise MethodInputError(f"{exc}; dream on it without tiles (--tile 0) or choose a convolutional layer") from None
+        objective.jumps = geometry.jumps
+        self.tile, self.height, self.width = tile, height, width
+        self.align = geometry.align
+        # Half the receptive field makes tiling exact; a deep layer's field is larger than the
+        # image, so the margin is capped at a quarter tile (the moving grid hides the rest).
+        self.margin = min(geometry.reach, max(tile // 4, geometry.align))
+        shapes = output_shapes(ctx.model.module, list(objective.weights), objective.last, height, width)
+        if shapes is None:  # the meta device could not follow the model: count units from the jumps
+            channels = {path: ctx.output_shapes()[path][1] for path in objective.weights}
+            self.numel = {path: channels[path] * math.ceil(height / jump) * math.ceil(width / jump)
+                          for path, jump in geometry.jumps.items()}
+        else:
+            self.numel = {path: math.prod(shape) for path, shape in shapes.items()}
+
+    def windows(self, offset: tuple[int, int] = (0, 0)) -> list[Window]:
+        return tile_windows(self.height, self.width, self.tile, self.margin, self.align, offset)
+
+
+def _statistics(objective: DreamObjective, unit: torch.Tensor, tiles: _Tiles | None) -> tuple[float, dict[str, float]]:
+    if tiles is None:
+        with torch.no_grad():
+            loss, squares = objective(unit)
+        return float(loss), squares
+    return tiled_statistics(lambda crop, window: objective(crop, window, tiles.numel), unit, tiles.windows())
+
+
+def run(ctx, layer="middle", layers="", guide=None, steps=10, lr=0.01, octaves=3, octave_scale=1.4, jitter=16, tile=512,
+        size=0, seed=0):
     image = ctx.require_image()
-    path = ctx.resolve_layer(layer)
+    weights = _layer_weights(ctx, layer, layers)
+    order = {path: index for index, path in enumerate(ctx.output_shapes())}
+    last = max(weights, key=lambda path: order.get(path, -1))
+    objective = DreamObjective(ctx.model, weights, last)
+    if guide:
+        objective.guides = _guide_features(ctx, guide, objective)
+    shown = next(iter(weights))  # the layer whose norm the frames and metrics report
     generator = ctx.generator(seed)
     base = ctx.model.preprocessing.to_unit_tensor(image.image, size or None).to(ctx.device)
     full_size = tuple(base.shape[-2:])
@@ -34,42 +206,65 @@ def run(ctx, layer="middle", steps=10, lr=0.01, octaves=3, octave_scale=1.4, jit
         pyramid.append(resize(base, (max(1, round(full_size[0] / factor)), max(1, round(full_size[1] / factor)))))
     pyramid.reverse()  # smallest first
 
-    with torch.no_grad():
-        norm_first = float(_layer_output(ctx, path, base).norm())
+    def tiles_for(shape: tuple[int, int]) -> _Tiles | None:
+        return _Tiles(ctx, objective, tile, *shape) if tile and max(shape) > tile else None
+
+    full_tiles = tiles_for(full_size)
+    _, squares_first = _statistics(objective, base, full_tiles)
     total = octaves * steps
     done = 0
     losses: list[float] = []
+    recorder = FrameRecorder()
     detail = torch.zeros_like(pyramid[0])
     dreamt = base
+    windows = 1
     for octave, octave_base in enumerate(pyramid):
         detail = resize(detail, tuple(octave_base.shape[-2:]))
         dreamt = (octave_base + detail).clamp(0, 1)
+        tiles = full_tiles if tuple(octave_base.shape[-2:]) == full_size else tiles_for(tuple(octave_base.shape[-2:]))
         for step in range(steps):
             ctx.cancel.check()
             shift = random_shift(generator, jitter)
-            pixels = roll(dreamt, shift).requires_grad_(True)
-            activation = _layer_output(ctx, path, pixels)
-            loss = 0.5 * activation.pow(2).sum()
-            gradient, = torch.autograd.grad(loss, pixels)
+            pixels = roll(dreamt, shift)
+            if tiles is None:
+                pixels.requires_grad_(True)
+                loss, squares = objective(pixels)
+                gradient, = torch.autograd.grad(loss, pixels)
+                loss = float(loss.detach())
+            else:
+                # The grid moves at every step so no tile edge stays in one place.
+                offset = tuple(torch.randint(0, tile, (2,), generator=generator).tolist())
+                step_windows = tiles.windows(offset)
+                windows = len(step_windows)
+                gradient, loss, squares = tiled_gradient(lambda crop, window: objective(crop, window, tiles.numel),
+                                                         pixels, step_windows, check=ctx.cancel.check)
             gradient = roll(gradient, (-shift[0], -shift[1]))
             with torch.no_grad():
                 dreamt = (dreamt + lr * gradient / (gradient.abs().mean() + 1e-12)).clamp(0, 1)
-            losses.append(loss.item())
+            losses.append(loss)
             done += 1
-            metrics = {"loss": losses[-1], "octave": octave + 1, "norm": float(activation.detach().norm())}
-            yield Frame(Display(rgb=unit_tensor_to_rgb(resize(dreamt, full_size))), step=done, metrics=metrics)
+            rgb = unit_tensor_to_rgb(resize(dreamt, full_size))
+            recorder.add(rgb)
+            metrics = {"loss": loss, "octave": octave + 1, "norm": math.sqrt(squares[shown])}
+            yield Frame(Display(rgb=rgb), step=done, metrics=metrics)
             yield Progress(done / total, f"octave {octave + 1}/{octaves}, step {step + 1}/{steps}")
         detail = dreamt - octave_base
 
-    with torch.no_grad():
-        norm_last = float(_layer_output(ctx, path, dreamt).norm())
+    _, squares_last = _statistics(objective, dreamt, full_tiles)
     result = dreamt[0].permute(1, 2, 0).cpu().numpy()
+    final_rgb = unit_tensor_to_rgb(dreamt)
     metrics = {"loss_first": losses[0] if losses else 0.0, "loss_last": losses[-1] if losses else 0.0,
-               "norm_first": norm_first, "norm_last": norm_last, "steps": done, "size": [full_size[1], full_size[0]]}
-    params = {"layer": path, "steps": steps, "lr": lr, "octaves": octaves, "octave_scale": octave_scale,
-              "jitter": jitter, "size": size, "seed": seed}
-    return Result(display=Display(rgb=unit_tensor_to_rgb(dreamt), note=f"DeepDream on {path}"), array=result,
-                  layer=path, metrics=metrics, params=params)
+               "norm_first": math.sqrt(squares_first[shown]), "norm_last": math.sqrt(squares_last[shown]),
+               "steps": done, "size": [full_size[1], full_size[0]], "tiles": windows}
+    if len(weights) > 1:
+        metrics["layer_norms_first"] = {path: math.sqrt(value) for path, value in squares_first.items()}
+        metrics["layer_norms_last"] = {path: math.sqrt(value) for path, value in squares_last.items()}
+    params = {"layer": shown, "layers": dict(weights), "guide": guide, "steps": steps, "lr": lr, "octaves": octaves,
+              "octave_scale": octave_scale, "jitter": jitter, "tile": tile, "size": size, "seed": seed}
+    what = ", ".join(f"{path} x{weight:g}" for path, weight in weights.items()) if len(weights) > 1 else shown
+    note = f"DeepDream on {what}" + (" guided by " + guide.replace("\\", "/").rsplit("/", 1)[-1] if guide else "")
+    return Result(display=Display(rgb=final_rgb, note=note), array=result, layer=shown, metrics=metrics, params=params,
+                  frames=recorder.finish(final_rgb))
 
 
 SPEC = MethodSpec(
@@ -78,11 +273,15 @@ SPEC = MethodSpec(
     summary="Amplify what a layer sees: ascend 0.5*||activation||^2 with jitter and octaves.",
     params=(
         LAYER,
+        Param("layers", "str", "", "several layers with weights, e.g. 'early:1,late:0.5' (replaces --layer)"),
+        Param("guide", "image", None, "grow what this image contains: pull each position towards the guide's best-matching feature"),
         Param("steps", "int", 10, "gradient steps per octave", minimum=1, maximum=1000),
         Param("lr", "float", 0.01, "step size in 0..1 pixel units, after normalising the gradient", minimum=0.0),
         Param("octaves", "int", 3, "number of scales, smallest first", minimum=1, maximum=8),
         Param("octave_scale", "float", 1.4, "size ratio between octaves", minimum=1.0, maximum=3.0),
         Param("jitter", "int", 16, "random shift in pixels before each step", minimum=0),
+        Param("tile", "int", 512, "compute the gradient in tiles of this many pixels, so large images fit in memory",
+              minimum=0, maximum=4096, special="whole image at once"),
         Param("size", "int", 0, "shorter side of the dreamt image in pixels (0: the model's input size)", minimum=0, maximum=2048,
               special="model's size"),
         SEED,
