@@ -4,9 +4,10 @@
 ``Progress`` and returns an ``Extracted``. It looks every file up in the feature store
 first and runs only the missing ones through the model, as far as the layer and no
 further, a batch at a time while the next batches decode in the background. Each batch
-is appended to the store before the next begins, so a cancel (or a crash) keeps every
-finished batch, and running again computes only the rest. Cancel is also checked inside
-the forward pass, block by block, so it never waits for a whole batch.
+is appended to the store (on a writer thread, while the next batch runs), so a cancel
+keeps every finished batch, a crash all but the last, and running again computes only
+the rest. Cancel is also checked inside the forward pass, block by block, so it never
+waits for a whole batch.
 
 What is stored per image (``kind``):
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,7 +196,16 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, si
                 cancel: CancelToken, workers: int | None) -> Generator[Progress, None, Extracted]:
     """The one extraction loop: look every file up, compute rows for the missing ones a
     batch at a time (``rows_of`` turns N x 3 x size x size uint8 pixels into N rows), and
-    append each batch to ``store`` before the next, so a cancel keeps finished work."""
+    append each batch to ``store``, so a cancel keeps finished work.
+
+    Appends run on a writer thread while the model works on the next batch: each one
+    waits for its file writes to reach the disk (fsync), 10-20 ms a batch that would
+    otherwise stall the forward passes (3-5% of an extraction). One append is in flight
+    at a time, in batch order, and the loop never ends (finished, failed or cancelled)
+    before it has landed, so "every batch finished before a cancel is in the store" holds.
+    """
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convscope-store")
+    landing: list = []  # [(indices, future)] of the append in flight, at most one
     try:
         items = dataset.items
         rows = store.lookup(items)
@@ -203,6 +214,13 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, si
         cached = len(items) - len(missing)
         total = len(missing)
         computed = 0
+
+        def land() -> None:
+            """Wait for the append in flight and record its rows (its error, if any, is raised)."""
+            while landing:
+                indices, future = landing.pop()
+                rows[indices] = future.result()
+
         if total == 0:
             yield Progress(1.0, f"{len(items)} images, all cached")
         else:
@@ -212,18 +230,25 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, si
             for batch in iter_batches(items, missing, size, batch_size=batch_size, cancel=cancel, workers=workers):
                 failures.extend(batch.failures)
                 if batch.indices:
-                    rows[batch.indices] = store.append([items[i] for i in batch.indices], rows_of(batch.pixels))
+                    vectors = rows_of(batch.pixels)
+                    land()
+                    landing.append((batch.indices, writer.submit(store.append, [items[i] for i in batch.indices],
+                                                                 vectors)))
                     computed += len(batch.indices)
                 done += len(batch.indices) + len(batch.failures)
-                cancel.check()  # after the append: a cancelled run keeps this batch
+                cancel.check()  # a cancelled run still keeps this batch: its append lands below
                 yield Progress(done / total, _progress_message(done, total, cached, computed,
                                                                time.perf_counter() - started))
+            land()
         kept = np.flatnonzero(rows >= 0)
         return Extracted(dataset=dataset, layer=layer, kind=kind, indices=kept, rows=rows[kept], store=store,
                          failures=failures, computed=computed)
     except BaseException:
+        wait([future for _, future in landing])  # lands (or fails) before the store closes; the first error wins
         store.close()
         raise
+    finally:
+        writer.shutdown(wait=True)
 
 
 def skipped_note(failures: list[tuple[str, str]]) -> str:
@@ -282,7 +307,8 @@ def image_vector(model: LoadedModel, image, layer: str, kind: str = "avgpool") -
     ``image`` is a file path (read exactly as a dataset file is, so a file that is in the
     dataset gets exactly its cached row), a ``LoadedImage`` or a PIL image (prepared by
     ``square_pixels``; the same row too, except for a large JPEG, which the dataset loader
-    decodes at reduced scale). float32 values rounded through the store's dtype.
+    decodes at reduced scale, and up to rounding for a photo turned by its EXIF
+    orientation). float32 values rounded through the store's dtype.
     """
     size = model.preprocessing.size
     if isinstance(image, (str, os.PathLike)):

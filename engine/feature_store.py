@@ -340,17 +340,22 @@ def _connect(folder: Path, defaults: dict[str, str]) -> tuple[sqlite3.Connection
     except sqlite3.DatabaseError as exc:
         raise _Damaged(str(exc)) from None
     try:
+        # Creating the index (switching a new file to WAL, the first commit) without fsync
+        # takes 1 ms instead of 25-35: a crash meanwhile leaves an empty or damaged index
+        # holding no rows yet, which opens as empty or is rebuilt (_Damaged). Appends are
+        # then made with synchronous=NORMAL, after their vectors have been fsync'ed.
+        connection.execute("PRAGMA synchronous=OFF")
         try:
             connection.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
         except sqlite3.OperationalError:
             pass  # some network file systems refuse WAL; the default journal still works
-        connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("BEGIN IMMEDIATE")
         connection.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, "
                            "mtime_ns INTEGER NOT NULL, row INTEGER NOT NULL) WITHOUT ROWID")
         connection.execute("CREATE TABLE IF NOT EXISTS info (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
         connection.executemany("INSERT OR IGNORE INTO info VALUES (?, ?)", defaults.items())
         connection.execute("COMMIT")
+        connection.execute("PRAGMA synchronous=NORMAL")
         info = dict(connection.execute("SELECT name, value FROM info"))
         rows = int(info["rows"])
         if rows:

@@ -224,10 +224,92 @@ def test_dataset_is_a_plain_container():
     assert list(dataset) == items and dataset.labels == ["x", None] and dataset.classes == ["x"]
 
 
-def test_a_large_jpeg_decodes_at_reduced_scale_with_the_same_result(tmp_path):
+def test_a_large_jpeg_decodes_at_reduced_scale_with_the_same_result(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    from engine.datasets import JPEG_MARGIN
+
     path = tmp_path / "big.jpg"
     Image.fromarray(data.astronaut()).resize((2048, 1536), Image.Resampling.BICUBIC).save(path, quality=95)
+    decoded = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(image, mode, size):
+        result = draft(image, mode, size)
+        decoded.append(image.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
     fast = load_square(path, 64).astype(np.float64)
+    # 1/8 scale: the largest libjpeg offers that keeps JPEG_MARGIN x 64 px on the short side
+    assert decoded == [(256, 192)] and 192 >= JPEG_MARGIN * 64 > 192 // 2
     full = np.asarray(Image.open(path).convert("RGB").resize((64, 64), Image.Resampling.LANCZOS), dtype=np.float64)
     assert fast.shape == (64, 64, 3)
     assert np.abs(fast - full).mean() < 3  # gray levels: the same picture, not merely a similar one
+
+
+def test_resize_square_is_pillows_bicubic_within_a_grey_level_or_two():
+    from engine.datasets import resize_square
+
+    photo = data.astronaut()  # 512 x 512 RGB
+    for size in (224, 37):  # down by 2.3x and by 14x
+        ours = resize_square(photo, size).astype(int)
+        pillow = np.asarray(Image.fromarray(photo).resize((size, size), Image.Resampling.BICUBIC), dtype=int)
+        assert ours.shape == (size, size, 3)
+        assert np.abs(ours - pillow).max() <= 2 and np.abs(ours - pillow).mean() < 0.05
+    digit = np.kron(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4, np.ones((8, 8), np.uint8))  # 64 px grey, blocky
+    ours = resize_square(digit, 224)
+    pillow = np.asarray(Image.fromarray(digit).resize((224, 224), Image.Resampling.BICUBIC), dtype=int)
+    assert ours.shape == (224, 224, 1) and np.abs(ours[:, :, 0].astype(int) - pillow).max() <= 2
+    # a grey picture resized as one channel gives exactly the pixels of its RGB copy
+    assert np.array_equal(ours[:, :, 0], resize_square(np.repeat(digit[:, :, None], 3, axis=2), 224)[:, :, 1])
+
+
+def _exif_orientation(value: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif
+
+
+def test_the_quick_loader_agrees_with_the_safe_one(tmp_path, monkeypatch):
+    """Common files skip load_image; they must come out as load_image + square_pixels makes them."""
+    import engine.datasets
+    from engine.images import load_image
+
+    def not_for_common_files(path, *args, **kwargs):
+        raise AssertionError(f"{path} should have taken the quick path")
+
+    photo = Image.fromarray(data.chelsea()).resize((150, 100), Image.Resampling.BICUBIC)  # not square, not symmetric
+    files = {"rgb.png": photo, "grey.png": photo.convert("L"), "photo.jpg": photo}
+    for name, image in files.items():
+        image.save(tmp_path / name)
+    for value in range(1, 9):  # every EXIF orientation a camera writes
+        photo.save(tmp_path / f"turned-{value}.jpg", exif=_exif_orientation(value), quality=95)
+    for path in sorted(tmp_path.iterdir()):
+        safe = square_pixels(load_image(path).image, 48).astype(int)
+        with monkeypatch.context() as patch:
+            patch.setattr(engine.datasets, "load_image", not_for_common_files)
+            quick = load_square(path, 48).astype(int)
+        assert quick.shape == (48, 48, 3) and np.abs(quick - safe).max() <= 2, path.name
+    # the orientation really was applied: a quarter turn is not the upright picture
+    upright, turned = load_square(tmp_path / "turned-1.jpg", 48), load_square(tmp_path / "turned-6.jpg", 48)
+    assert np.abs(upright.astype(int) - turned).mean() > 10
+    grey = load_square(tmp_path / "grey.png", 48)
+    assert np.array_equal(grey[:, :, 0], grey[:, :, 1]) and np.array_equal(grey[:, :, 0], grey[:, :, 2])
+
+
+def test_unusual_files_still_go_through_the_safe_loader(tmp_path):
+    """Transparency, 16-bit grey and palette files are converted by load_image's rules."""
+    half = np.zeros((40, 40, 4), np.uint8)
+    half[:, :20] = (255, 0, 0, 255)  # opaque red left, fully transparent right: white on loading
+    Image.fromarray(half, "RGBA").save(tmp_path / "alpha.png")
+    deep = (np.linspace(0, 65535, 40 * 40).reshape(40, 40)).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")  # I;16: rescaled to 8 bits, not clipped at 255
+    Image.fromarray(data.chelsea()).convert("P").save(tmp_path / "palette.png")
+    alpha = load_square(tmp_path / "alpha.png", 16)
+    assert (alpha[:, :6] == (255, 0, 0)).all() and (alpha[:, 10:] == 255).all()
+    ramp = load_square(tmp_path / "deep.png", 16)[:, :, 0]
+    assert ramp[0, 0] < 20 and ramp[-1, -1] > 235
+    palette = load_square(tmp_path / "palette.png", 16).astype(int)
+    reference = square_pixels(Image.fromarray(data.chelsea()), 16).astype(int)
+    assert np.abs(palette - reference).mean() < 8  # the same cat, through a 256-colour palette

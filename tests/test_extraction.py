@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data
 
 from tests.conftest import make_tiny_model
-from engine.datasets import open_dataset
+from engine.datasets import load_square, open_dataset
 from engine.errors import JobCancelled, MethodInputError
 from engine.extraction import extract, image_vector
 from engine.jobs import CancelToken, Progress, drive
@@ -65,9 +65,10 @@ class ForwardCounter:
 
 
 def direct_features(model, path: str, layer_output) -> torch.Tensor:
-    """The layer output for one file, computed without the dataset machinery."""
-    picture = Image.open(path).convert("RGB").resize((SIZE, SIZE), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    x = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    """The layer output for one file, computed without the dataset machinery (threads,
+    batches, the store): one square as the loader reads it (how close that is to Pillow's
+    resize is tested in test_datasets), normalised by hand."""
+    x = torch.from_numpy(load_square(path, SIZE).astype(np.float32) / 255).permute(2, 0, 1)[None]
     x = model.preprocessing.normalise(x)
     with torch.no_grad():
         return layer_output(x)
@@ -159,6 +160,29 @@ def test_a_cancelled_extraction_keeps_its_finished_batches(model, folder):
     assert counter.images == len(PHOTOS) and result.computed == len(PHOTOS) - 2
     fresh, _ = run(model, dataset, store_root=folder.parent / "elsewhere")
     assert np.array_equal(result.vectors, fresh.vectors)
+
+
+def test_a_failing_store_write_stops_the_run_and_keeps_the_batches_before_it(model, folder, monkeypatch):
+    """Appends run on a writer thread: a failure there must still reach the caller."""
+    from engine.feature_store import FeatureStore
+
+    dataset = open_dataset(folder)
+    real_append = FeatureStore.append
+    appended = []
+
+    def append(store, items, vectors):
+        appended.append(len(items))
+        if len(appended) == 2:
+            raise OSError(28, "No space left on device")
+        return real_append(store, items, vectors)
+
+    monkeypatch.setattr(FeatureStore, "append", append)
+    with pytest.raises(OSError, match="No space left"):
+        run(model, dataset, batch_size=3)
+    monkeypatch.setattr(FeatureStore, "append", real_append)
+    counter = ForwardCounter(model.module)
+    result, _ = run(model, dataset, batch_size=3)
+    assert result.computed == counter.images == len(PHOTOS) - 3  # only the first batch had landed
 
 
 def test_cancel_interrupts_a_running_batch_and_keeps_the_finished_ones(model, folder):
