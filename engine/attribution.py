@@ -1,0 +1,236 @@
+"""What the attribution methods share: batched gradients, maps, Grad-CAM, and one way to show a map.
+
+Every attribution map here is a float array at the model input's resolution covering
+the whole image (row 0 is the image's top edge), so the canvas lays it exactly over the
+picture, as ``saliency`` does. A method's 3-channel attribution becomes a map in one of
+two ways:
+
+- ``magnitude_map``: max over the colour channels of |attribution| (Simonyan et al.
+  2014), for gradients, whose sign says little on its own (saliency, SmoothGrad, guided
+  backprop, guided Grad-CAM);
+- ``signed_map``: the sum over the colour channels, for integrated gradients, whose
+  values add up to the change in the class score (completeness): summing keeps that.
+
+``map_display`` is the one place a map becomes a ``Display``, so every method colours
+alike. Gradients are heavy-tailed (a few pixels are far larger than the rest), so the
+colour scale tops out at the 99th percentile of |map| (as Captum's visualiser does); a
+signed map gets a symmetric diverging scale (-top..top, white at zero, red positive,
+blue negative), a magnitude map 0..top. Passing ``top`` instead shares one scale between
+several maps, so that equal colours mean equal values across them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .errors import MethodInputError
+from .gradients import Score, run_score, score_gradient
+from .guided import GuidedReLUs
+from .hooks import capture_outputs
+from .images import LoadedImage
+from .jobs import Display, Progress
+from .layers import conv_layers
+
+# Automatic batch: this many 224x224 images' worth of pixels per forward + backward pass.
+# On the CPU a batch of 8 already runs at the per-image speed of larger ones, and small
+# batches mean frequent progress and cancel checks.
+CPU_BATCH_PIXELS = 8 * 224 * 224
+CUDA_BATCH_PIXELS = 32 * 224 * 224
+PERCENTILE = 99.0
+SHOW_CHOICES = ("map", "rgb")
+
+
+def __getattr__(name: str):
+    """The parameters attribution methods share: ``OVERLAY``, ``BATCH``, ``CAM_LAYER``, ``SHOW``.
+
+    Made on first use (PEP 562) rather than at import: ``Param`` lives in the methods
+    package, whose import discovers the method modules, which import this module; a
+    module-level import of it here would make ``import engine.attribution`` circular.
+    """
+    from .methods.base import Param
+
+    params = {
+        "OVERLAY": Param("overlay", "bool", True, "draw the map over the photo; off: the map on its own"),
+        "BATCH": Param("batch", "int", 0, "images per forward/backward pass (0: automatic)", minimum=0, special="auto"),
+        "CAM_LAYER": Param("layer", "layer", "late", "the convolutional layer whose channels Grad-CAM weights "
+                                                     "(late: the last conv layer's activated output)"),
+        "SHOW": Param("show", "choice", "map", "map: |gradient| as a heat map; rgb: the gradient itself as a picture",
+                      choices=SHOW_CHOICES),
+    }
+    if name not in params:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals().update(params)  # made once: later lookups find them as ordinary globals
+    return params[name]
+
+
+def automatic_batch(device: torch.device, height: int, width: int) -> int:
+    budget = CUDA_BATCH_PIXELS if device.type == "cuda" else CPU_BATCH_PIXELS
+    return max(1, budget // (height * width))
+
+
+def accumulate_gradients(model, module, inputs, weights: torch.Tensor, score: Score, batch: int, cancel, noun: str):
+    """Job: sum_i weights[i] * d score / d pixels at ``inputs(i)``, at most ``batch`` inputs per pass.
+
+    Gradients are taken through ``module`` (``gradient_network(model, ...)``, or the model's own).
+
+    ``inputs(start, count)`` builds inputs start..start+count-1 (0..1 pixels, count x 3 x H x W)
+    only when their batch runs, so memory holds one batch, however many inputs there are.
+    The passes are equally full (25 inputs at most 8 a pass: 6, 6, 7, 6, not 8, 8, 8, 1, whose
+    last pass would cost nearly as much as a full one). Yields a ``Progress`` per pass and
+    checks ``cancel`` before each; returns (the weighted sum, 1 x 3 x H x W; the score at
+    every input, in order).
+    """
+    total = len(weights)
+    weights = weights.to(model.device)
+    passes = -(-total // batch)
+    bounds = [round(total * k / passes) for k in range(passes + 1)]
+    summed, values = None, []
+    for start, end in zip(bounds, bounds[1:]):
+        cancel.check()
+        count = end - start
+        gradient, scores = score_gradient(model, inputs(start, count), score, module)
+        part = torch.einsum("n,nchw->chw", weights[start:start + count].to(gradient.dtype), gradient).unsqueeze(0)
+        summed = part if summed is None else summed + part
+        values.append(scores)
+        yield Progress((start + count) / total, f"{start + count} of {total} {noun}")
+    return summed, torch.cat(values)
+
+
+def magnitude_map(attribution: torch.Tensor) -> np.ndarray:
+    """1 x 3 x H x W -> H x W: max over colour channels of |attribution|."""
+    return attribution.abs().amax(dim=1)[0].float().cpu().numpy()
+
+
+def signed_map(attribution: torch.Tensor) -> np.ndarray:
+    """1 x 3 x H x W -> H x W: the sum over colour channels (keeps completeness)."""
+    return attribution.sum(dim=1)[0].float().cpu().numpy()
+
+
+def colour_top(values: np.ndarray) -> float:
+    """The top of a map's colour scale: the 99th percentile of |values|, else their maximum, else 1."""
+    magnitude = np.abs(values)
+    return float(np.percentile(magnitude, PERCENTILE)) or float(magnitude.max()) or 1.0
+
+
+def map_display(image: LoadedImage, values: np.ndarray, *, signed: bool, legend: str, note: str,
+                overlay: bool = True, top: float | None = None, boxes=()) -> Display:
+    """The picture of an attribution map, over the photo (``overlay``) or on its own.
+
+    Signed maps: diverging colours between -top and top; magnitude maps: 0..top.
+    ``top`` defaults to ``colour_top(values)``; give one value to several maps to share
+    their scale. ``boxes`` are (top, left, bottom, right) in the photo's pixels.
+    """
+    top = colour_top(values) if top is None else float(top)
+    levels = (-top, top) if signed else (0.0, top)
+    return Display(rgb=image.to_array() if overlay else None, scalar=values.astype(np.float32, copy=False),
+                   overlay=overlay, colormap="coolwarm" if signed else "inferno", levels=levels,
+                   legend=legend, note=note, boxes=list(boxes))
+
+
+def gradient_picture(gradient: torch.Tensor, top: float | None = None) -> np.ndarray:
+    """A 1 x 3 x H x W gradient as an H x W x 3 picture: zero is mid-gray, +-top (default: the
+    99th percentile of |gradient|) black and white, each colour channel on its own. This is
+    how guided backprop's results are usually shown (Springenberg et al. 2015)."""
+    values = gradient[0].permute(1, 2, 0).float().cpu().numpy()
+    top = colour_top(values) if top is None else float(top)
+    return (np.clip(0.5 + values / (2 * top), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def picture_display(picture: np.ndarray, *, legend: str, note: str, boxes=()) -> Display:
+    """A gradient picture (``gradient_picture``) on its own; ``boxes`` in its pixels."""
+    return Display(rgb=picture, legend=legend, note=note, boxes=list(boxes))
+
+
+def map_metrics(values: np.ndarray) -> dict:
+    return {"max": float(values.max()), "min": float(values.min()), "mean": float(values.mean()),
+            "colour_top": colour_top(values)}
+
+
+def refuse_blank(values: np.ndarray, why: str) -> None:
+    """Raise instead of returning a map that shows nothing (zero or NaN everywhere)."""
+    if not np.isfinite(values).all():
+        raise MethodInputError("the map holds NaN or infinite values: the model's gradients overflowed for this image")
+    if not np.any(values):
+        raise MethodInputError(why)
+
+
+def input_to_image_box(box: tuple[float, float, float, float], input_hw: tuple[int, int],
+                       image: LoadedImage) -> tuple[float, float, float, float]:
+    """(top, left, bottom, right) in model-input pixels -> the same box in the photo's pixels."""
+    sy, sx = image.size[1] / input_hw[0], image.size[0] / input_hw[1]
+    top, left, bottom, right = box
+    return top * sy, left * sx, bottom * sy, right * sx
+
+
+# -- Grad-CAM ----------------------------------------------------------------------------------
+
+def cam_layer(ctx, spec: str | None) -> str:
+    """The layer Grad-CAM weights: ``late`` is the model's preset for its last convolutional
+    stage (the activated output of the last conv layer), or, for a model without presets, the
+    last convolution to run. Refuses layers without a spatial map."""
+    model = ctx.model.module
+    if not conv_layers(model):
+        raise MethodInputError("this model has no convolution layers, so it has no feature maps for Grad-CAM to weight; "
+                               "use saliency or integrated-gradients instead")
+    spec = (spec or "late").strip()
+    shapes = ctx.output_shapes()
+    if spec == "late" and "late" not in ctx.model.layer_presets:
+        convs = set(conv_layers(model))
+        ran = [path for path in shapes if path in convs]
+        if not ran:
+            raise MethodInputError("none of this model's convolution layers ran in the forward pass; give a layer path")
+        path = ran[-1]
+    else:
+        path = ctx.resolve_layer(spec)
+    shape = shapes.get(path)
+    if shape is None:
+        raise MethodInputError(f"layer '{path}' did not run in the forward pass, so Grad-CAM has nothing to weight")
+    if len(shape) != 4:
+        raise MethodInputError(f"layer '{path}' outputs a {len(shape)}-D tensor, not a C x H x W map: Grad-CAM weights the "
+                               f"channels of a convolutional layer's map; pick one (default: the last)")
+    if shape[2] * shape[3] == 1:
+        raise MethodInputError(f"layer '{path}' has a 1x1 map, so its Grad-CAM would be one value everywhere; "
+                               f"pick an earlier convolutional layer")
+    return path
+
+
+def layer_pass(model, pixels: torch.Tensor, path: str, score: Score, guide: GuidedReLUs | None = None):
+    """One forward pass; the layer's output A and d score / d A (ordinary gradients).
+
+    With ``guide`` (the model inside ``guided_relus``) the same graph also gives the guided
+    gradient with respect to the pixels, so guided Grad-CAM needs one forward, not two.
+    Returns (A, dA, guided input gradient or None, score values).
+    """
+    pixels = pixels.detach().to(model.device).requires_grad_(True)
+    with capture_outputs(model.module, [path], detach=False) as captured:
+        scores = run_score(model, pixels, score)
+    if path not in captured:
+        raise MethodInputError(f"layer '{path}' did not run in the forward pass")
+    activation = captured[path]
+    if guide is not None:
+        guide.active = False
+    try:
+        layer_gradient, = torch.autograd.grad(scores.sum(), activation, retain_graph=guide is not None)
+        input_gradient = None
+        if guide is not None:
+            guide.active = True
+            input_gradient, = torch.autograd.grad(scores.sum(), pixels)
+    finally:
+        if guide is not None:
+            guide.active = True
+    return activation.detach(), layer_gradient, input_gradient, scores.detach()
+
+
+def grad_cam(activation: torch.Tensor, gradient: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM (Selvaraju et al. 2017): ReLU(sum_k alpha_k A_k), alpha_k the mean of dy/dA_k.
+
+    Returns the map at the layer's resolution (N x h x w) and bilinearly upsampled to
+    ``size`` (N x H x W), as Captum's ``LayerGradCam(relu_attributions=True)`` followed by
+    ``LayerAttribution.interpolate(..., "bilinear")``.
+    """
+    alpha = gradient.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((alpha * activation).sum(dim=1, keepdim=True))
+    upsampled = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+    return cam[:, 0], upsampled[:, 0]

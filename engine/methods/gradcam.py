@@ -1,0 +1,53 @@
+"""``gradcam``: Grad-CAM, which channels of a convolutional layer raise the class score, and where (Selvaraju et al. 2017).
+
+    alpha_k = mean over (i, j) of d score_c / d A_k[i, j]          L = ReLU(sum_k alpha_k A_k)
+
+A is the layer's output for the image, score_c the class's logit. L has the layer's
+resolution (7x7 at the end of most ImageNet networks); it is bilinearly upsampled to the
+model input's size, which covers the whole image, so the map lies over the picture
+(Captum: ``LayerGradCam(...).attribute(relu_attributions=True)`` then
+``LayerAttribution.interpolate(..., "bilinear")``). One forward pass and a backward pass
+as far as the layer.
+
+``--layer late`` (the default) is the model's preset for its last convolutional stage,
+the activated output of the last conv layer (the paper's choice: the deepest map that
+still has a layout); a model without presets uses its last convolution's output.
+"""
+
+from __future__ import annotations
+
+from ..attribution import CAM_LAYER, OVERLAY, cam_layer, grad_cam, layer_pass, map_display, map_metrics, refuse_blank
+from ..gradients import class_score
+from ..jobs import Progress, Result
+from .base import TARGET, MethodSpec
+
+
+def run(ctx, target=None, layer="late", overlay=True):
+    image = ctx.require_image()
+    resolved = ctx.resolve_target(target)
+    label = resolved["label"]
+    path = cam_layer(ctx, layer)
+    yield Progress(0.1, f"Grad-CAM of '{label}' at {path}")
+    unit = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
+    activation, gradient, _, scores = layer_pass(ctx.model, unit, path, class_score(resolved["index"]))
+    cam, upsampled = grad_cam(activation, gradient, tuple(unit.shape[-2:]))
+    values = upsampled[0].float().cpu().numpy()
+    refuse_blank(values, f"Grad-CAM of '{label}' at {path} is zero everywhere: no part of that layer's map raises the "
+                         f"score of '{label}'. Try the top class or an earlier layer")
+    grid = f"{cam.shape[1]}x{cam.shape[2]}"
+    display = map_display(image, values, signed=False, overlay=overlay, legend=f"Grad-CAM of '{label}'",
+                          note=f"Grad-CAM of '{label}' at {path} ({grid}, upsampled to {values.shape[1]}x{values.shape[0]})")
+    metrics = {**map_metrics(values), "score": float(scores[0]), "layer_grid": [int(cam.shape[1]), int(cam.shape[2])],
+               "channels": int(activation.shape[1])}
+    yield Progress(1.0, "done")
+    return Result(display=display, array=values, target=resolved, layer=path, metrics=metrics,
+                  params={"target": resolved["index"], "layer": path, "overlay": overlay})
+
+SPEC = MethodSpec(
+    id="gradcam",
+    title="Grad-CAM",
+    summary="Where a convolutional layer's channels raise the class score: their maps weighted by the mean gradient "
+            "(Selvaraju et al. 2017).",
+    params=(TARGET, CAM_LAYER, OVERLAY),
+    run=run,
+)

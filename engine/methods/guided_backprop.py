@@ -1,0 +1,170 @@
+"""``guided-backprop``: the gradient with every ReLU passing back only positive signal (Springenberg et al. 2015).
+
+The gradient of a class score, or of one intermediate neuron, with respect to the
+pixels, where every ReLU-like unit (ReLU, ReLU6, LeakyReLU) passes back only positive
+gradient and only where its input was positive (``engine/guided.py``). The lecture uses
+it to see "the part of an image a neuron responds to": pick a layer, a channel and a
+position in that layer's map, and the map lights up the pixels that drive that unit,
+all inside the unit's receptive field (drawn as a box).
+
+- class score (``--layer`` empty): d score_c / d pixels, score_c the class's logit;
+- one neuron: ``--layer L --channel K [--at Y,X]``, the unit at row Y, column X of
+  channel K of L's output (L's own grid coordinates: a tile pixel of the activation
+  grid). Without ``--at``: where channel K is largest for this image; without
+  ``--channel``: the channel with the largest value. A vector layer (fully connected)
+  takes ``--channel`` alone.
+
+``--show map`` (default) draws max over colour channels of |gradient|, as ``saliency``
+does; ``--show rgb`` shows the gradient itself as a picture, as the paper does. The
+saved array is the map either way. Models that apply ReLU as a function (GoogLeNet,
+Inception) or have no ReLU-like activation are refused with a message saying why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..attribution import OVERLAY, SHOW, gradient_picture, input_to_image_box, magnitude_map, map_display, \
+    map_metrics, picture_display, refuse_blank
+from ..errors import MethodInputError
+from ..gradients import class_score, gradient_network, network_input, score_gradient, unit_score
+from ..guided import guided_relus
+from ..jobs import Progress, Result
+from ..layer_tree import cached_layer_tree
+from .base import TARGET, MethodSpec, Param
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One neuron: ``channel`` at ``position`` (y, x) of layer ``path``'s map, or of its vector."""
+
+    path: str
+    channel: int
+    position: tuple[int, int] | None
+    value: float
+
+    @property
+    def name(self) -> str:
+        where = f" at ({self.position[0]}, {self.position[1]})" if self.position is not None else ""
+        return f"{self.path} channel {self.channel}{where}"
+
+
+def parse_position(text: str) -> tuple[int, int]:
+    """'Y,X' (row, column) -> (y, x)."""
+    parts = [part.strip() for part in str(text).replace(";", ",").split(",")]
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return int(parts[0]), int(parts[1])
+    except ValueError:
+        raise MethodInputError(f"--at takes a row and a column of the layer's map, such as 3,5; not '{text}'") from None
+
+
+def pick_unit(ctx, layer: str | None, channel: int | None, at: str | None) -> Unit | None:
+    """The neuron the user asked for, with the defaults filled in; None for the class score."""
+    at = (at or "").strip() or None
+    if not (layer or "").strip():
+        if channel is not None or at is not None:
+            raise MethodInputError("--channel and --at pick a unit of a layer: give --layer too "
+                                   "(or leave all three empty for the class score)")
+        return None
+    if at is not None and channel is None:
+        raise MethodInputError("--at picks a position in one channel's map: give --channel too")
+    path = ctx.resolve_layer(layer)
+    activations = ctx.image_features().activations
+    if path not in activations:
+        raise MethodInputError(f"layer '{path}' did not run in the forward pass, so it has no units to explain")
+    output = activations[path][0]
+    if output.dim() not in (1, 3):
+        raise MethodInputError(f"layer '{path}' outputs a {output.dim()}-D tensor; guided backprop explains a unit of "
+                               f"a C x H x W map or of a vector")
+    channels = output.shape[0]
+    if channel is None:  # the channel with the strongest response anywhere
+        channel = int(output.reshape(channels, -1).amax(dim=1).argmax())
+    if not 0 <= channel < channels:
+        raise MethodInputError(f"--channel must be between 0 and {channels - 1} for {path}, not {channel}")
+    if output.dim() == 1:
+        if at is not None:
+            raise MethodInputError(f"layer '{path}' is a vector of {channels} units with no map: leave --at empty")
+        return Unit(path, channel, None, float(output[channel]))
+    height, width = output.shape[1:]
+    if at is None:
+        y, x = divmod(int(output[channel].argmax()), width)
+    else:
+        y, x = parse_position(at)
+        if not (0 <= y < height and 0 <= x < width):
+            raise MethodInputError(f"--at {y},{x} is outside {path}'s {height}x{width} map: rows 0-{height - 1}, "
+                                   f"columns 0-{width - 1}")
+    return Unit(path, channel, (y, x), float(output[channel, y, x]))
+
+
+def run(ctx, target=None, layer="", channel=None, at=None, show="map", overlay=True):
+    image = ctx.require_image()
+    unit = pick_unit(ctx, layer, channel, at)
+    pixels = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
+    input_hw = tuple(pixels.shape[-2:])
+    if unit is None:
+        resolved = ctx.resolve_target(target)
+        score, what = class_score(resolved["index"]), f"'{resolved['label']}'"
+    else:
+        resolved = None
+        score, what = unit_score(unit.path, unit.channel, unit.position), unit.name
+    yield Progress(0.1, f"guided backprop of {what}")
+    network = gradient_network(ctx.model, pixels)
+    with guided_relus(network, network_input(ctx.model, pixels)) as guide:
+        gradient, scores = score_gradient(ctx.model, pixels, score, network)
+    ctx.cancel.check()
+    values = magnitude_map(gradient)
+    if unit is None:
+        refuse_blank(values, f"the guided gradient of {what} is zero everywhere: no path of active ReLUs raises it")
+    else:
+        refuse_blank(values, f"{what} passes no gradient back (its value is {unit.value:.3g}): the unit is not active "
+                             f"for this image, so nothing in the image drives it. Pick a position where the channel is "
+                             f"active (leave --at empty for the channel's maximum)")
+
+    metrics = {**map_metrics(values), "score": float(scores[0]), "guided_units": guide.units}
+    boxes_input = []
+    if unit is not None:
+        metrics.update(unit={"layer": unit.path, "channel": unit.channel,
+                             "at": list(unit.position) if unit.position is not None else None, "value": unit.value})
+        node = cached_layer_tree(ctx.model.module, input_hw, ctx.device).find(unit.path)
+        field = node.receptive_field if node is not None else None
+        if field is not None and unit.position is not None:
+            box = field.box(*unit.position)
+            metrics["receptive_field"] = [round(v, 2) for v in box]  # top, left, bottom, right in model-input pixels
+            boxes_input.append(box)
+    note = f"guided backprop of {what}; {guide.note}"
+    legend = f"|guided d {what} / d pixel|"
+    if show == "rgb":
+        display = picture_display(gradient_picture(gradient), legend=f"guided d {what} / d pixel (gray: 0)", note=note,
+                                  boxes=boxes_input)
+    else:
+        display = map_display(image, values, signed=False, overlay=overlay, legend=legend, note=note,
+                              boxes=[input_to_image_box(box, input_hw, image) for box in boxes_input] if overlay else
+                              boxes_input)
+    yield Progress(1.0, "done")
+    params = {"target": resolved["index"] if resolved else None, "layer": unit.path if unit else "",
+              "channel": unit.channel if unit else None,
+              "at": f"{unit.position[0]},{unit.position[1]}" if unit and unit.position else None,
+              "show": show, "overlay": overlay}
+    return Result(display=display, array=values.astype(np.float32), target=resolved, layer=unit.path if unit else None,
+                  metrics=metrics, params=params)
+
+
+SPEC = MethodSpec(
+    id="guided-backprop",
+    title="Guided backprop",
+    summary="The gradient of a class score or of one neuron, with every ReLU passing back only positive signal: "
+            "the image parts that drive it (Springenberg et al. 2015).",
+    params=(
+        TARGET,
+        Param("layer", "layer", "", "a layer, to explain one of its neurons (empty: the class score)"),
+        Param("channel", "channel", None, "the neuron's channel in --layer (empty: the strongest)"),
+        Param("at", "str", None, "the neuron's position Y,X in --layer's map (empty: where the channel is largest)"),
+        SHOW,
+        OVERLAY,
+    ),
+    run=run,
+)

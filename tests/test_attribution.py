@@ -1,0 +1,274 @@
+"""Saliency, SmoothGrad, integrated gradients and Grad-CAM against their definitions and Captum."""
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Saliency
+from PIL import Image
+from torch import nn
+from torch.nn import functional as F
+
+from engine.attribution import colour_top, map_display
+from engine.errors import JobCancelled, MethodInputError
+from engine.gradients import score_gradient, unit_score
+from engine.images import LoadedImage
+from engine.jobs import CancelToken, Progress, drive
+from engine.methods import METHODS, MethodContext
+from engine.methods.integrated_gradients import baseline_image
+from engine.models.registry import LoadedModel
+from engine.render import overlay_map
+from tests.conftest import make_tiny_model
+from tests.test_methods import random_image
+
+SIZE = 16
+
+
+def run(method, ctx, **params):
+    spec = METHODS[method]
+    progress = []
+    result = drive(spec.run(ctx, **spec.bind(params)), on_progress=progress.append)
+    return result, progress
+
+
+def tiny(**kwargs):
+    model = make_tiny_model(size=SIZE, **kwargs)
+    return model, random_image((SIZE, SIZE))
+
+
+def unit_input(model, image):
+    return model.preprocessing.to_unit_tensor(image.image)
+
+
+class Normalised(nn.Module):
+    """The model on 0..1 pixels, as our methods see it: what Captum is given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.net = model.module  # a submodule, so Captum's hooks reach its ReLUs
+        self.preprocessing = model.preprocessing
+
+    def forward(self, x):
+        return self.net(self.preprocessing.normalise(x))
+
+
+# -- gradients --------------------------------------------------------------------------------
+def test_a_units_gradient_matches_finite_differences():
+    model = make_tiny_model(size=SIZE, dtype=torch.float64)
+    x = unit_input(model, random_image((SIZE, SIZE))).double()
+    gradient, value = score_gradient(model, x, unit_score("features.3", 5, (3, 4)))
+    eps = 1e-6
+    rng = np.random.default_rng(2)
+    for _ in range(8):
+        c, y, xx = int(rng.integers(3)), *map(int, rng.integers(0, SIZE, 2))
+        plus, minus = x.clone(), x.clone()
+        plus[0, c, y, xx] += eps
+        minus[0, c, y, xx] -= eps
+        with torch.no_grad():
+            numeric = (model.module.features[:4](plus)[0, 5, 3, 4] - model.module.features[:4](minus)[0, 5, 3, 4]) / (2 * eps)
+        assert float(gradient[0, c, y, xx]) == pytest.approx(float(numeric), rel=1e-4, abs=1e-8)
+    # A unit of the 8x8 map at (3, 4) after a 2x2 pool sees only rows/columns 4..9 of the input.
+    outside = torch.ones(SIZE, SIZE, dtype=torch.bool)
+    outside[2:12, 4:14] = False
+    assert float(gradient[0][:, outside].abs().max()) == 0.0 and float(value[0]) != 0.0
+
+
+def test_saliency_agrees_with_captum():
+    model, image = tiny()
+    result, _ = run("saliency", MethodContext(model=model, image=image), target=3)
+    expected = Saliency(Normalised(model)).attribute(unit_input(model, image).requires_grad_(), target=3, abs=True)
+    np.testing.assert_allclose(result.array, expected.amax(dim=1)[0].numpy(), rtol=1e-5, atol=1e-7)
+
+
+# -- SmoothGrad -----------------------------------------------------------------------------
+def test_smoothgrad_is_the_mean_gradient_over_the_seeds_noise_at_any_batch():
+    model, image = tiny()
+    ctx = MethodContext(model=model, image=image)
+    result, _ = run("smoothgrad", ctx, target=2, samples=6, noise=0.2, seed=5, batch=4)
+    x = unit_input(model, image)
+    generator = torch.Generator().manual_seed(5)
+    gradients = []
+    for _ in range(6):
+        noisy = (x + 0.2 * torch.randn(x.shape[1:], generator=generator)).requires_grad_()
+        gradients.append(torch.autograd.grad(model.module(noisy)[0, 2], noisy)[0])
+    expected = torch.cat(gradients).mean(dim=0).abs().amax(dim=0)
+    np.testing.assert_allclose(result.array, expected.numpy(), rtol=1e-5, atol=1e-7)
+    again, _ = run("smoothgrad", ctx, target=2, samples=6, noise=0.2, seed=5, batch=1)
+    np.testing.assert_allclose(again.array, result.array, rtol=1e-5, atol=1e-7)
+    other, _ = run("smoothgrad", ctx, target=2, samples=6, noise=0.2, seed=6, batch=4)
+    assert np.abs(other.array - result.array).max() > 0.1 * result.array.max()
+
+
+def test_smoothgrad_agrees_with_captums_noise_tunnel_within_sampling_error():
+    model, image = tiny()
+    samples, noise = 400, 0.15
+    result, _ = run("smoothgrad", MethodContext(model=model, image=image), target=1, samples=samples, noise=noise)
+    x = unit_input(model, image)
+    torch.manual_seed(0)
+    captum = NoiseTunnel(Saliency(Normalised(model))).attribute(x.clone().requires_grad_(), nt_type="smoothgrad",
+                                                              nt_samples=samples, stdevs=noise, target=1, abs=False)
+    # The per-sample spread of the gradient, for the standard error of two independent means.
+    noisy = (x + noise * torch.randn(samples, *x.shape[1:])).requires_grad_()
+    spread = torch.autograd.grad(model.module(noisy)[:, 1].sum(), noisy)[0].std(dim=0).amax(dim=0).numpy()
+    standard_error = spread * np.sqrt(2 / samples)
+    difference = np.abs(result.array - captum.abs().amax(dim=1)[0].detach().numpy())
+    # |max|a| - max|b|| <= max|a - b|: within 4 standard errors nearly everywhere.
+    assert (difference <= 4 * standard_error + 1e-7).mean() > 0.99
+    assert np.corrcoef(result.array.ravel(), captum.abs().amax(dim=1)[0].detach().numpy().ravel())[0, 1] > 0.95
+
+
+def test_smoothgrad_reports_progress_per_batch_and_can_be_cancelled():
+    model, image = tiny()
+    result, progress = run("smoothgrad", MethodContext(model=model, image=image), samples=10, batch=4)
+    batches = [p for p in progress if "noisy samples" in p.message]
+    assert [p.fraction for p in batches] == [0.3, 0.7, 1.0]  # three equally full passes of at most 4
+    assert [p.message for p in batches] == ["3 of 10 noisy samples", "7 of 10 noisy samples", "10 of 10 noisy samples"]
+    assert result.metrics["batch"] == 4 and result.metrics["samples"] == 10
+
+    cancel = CancelToken()
+    job = METHODS["smoothgrad"].run(MethodContext(model=model, image=image, cancel=cancel), samples=10, batch=4)
+    seen = 0
+    with pytest.raises(JobCancelled):
+        for event in job:
+            if isinstance(event, Progress) and "noisy samples" in event.message:
+                seen += 1
+                cancel.cancel()
+    assert seen == 1
+
+
+# -- integrated gradients ---------------------------------------------------------------------
+@pytest.mark.parametrize("baseline", ["black", "white", "blur"])
+def test_integrated_gradients_agree_with_captum(baseline):
+    model, image = tiny()
+    result, _ = run("integrated-gradients", MethodContext(model=model, image=image), target=4, steps=20,
+                    baseline=baseline, batch=6)
+    x = unit_input(model, image)
+    expected = IntegratedGradients(Normalised(model)).attribute(x, baselines=baseline_image(x, baseline), target=4,
+                                                                 n_steps=20, method="gausslegendre")
+    np.testing.assert_allclose(result.array, expected.sum(dim=1)[0].numpy(), rtol=1e-4, atol=1e-6)
+    assert result.display.colormap == "coolwarm" and result.display.levels[0] == -result.display.levels[1]
+
+
+def test_integrated_gradients_are_complete():
+    # sum of attributions = score(x) - score(baseline), up to the quadrature's error.
+    model, image = tiny()
+    result, progress = run("integrated-gradients", MethodContext(model=model, image=image), target=2, steps=256,
+                           batch=64)
+    with torch.no_grad():
+        x = unit_input(model, image)
+        change = float(model.module(x)[0, 2] - model.module(torch.zeros_like(x))[0, 2])
+    metrics = result.metrics
+    assert metrics["score"] - metrics["baseline_score"] == pytest.approx(change, rel=1e-4)
+    assert metrics["attribution_sum"] == pytest.approx(float(result.array.astype(np.float64).sum()), rel=1e-4)
+    assert metrics["completeness_gap"] == pytest.approx(metrics["attribution_sum"] - change, abs=1e-6)
+    assert metrics["relative_gap"] < 0.01
+    assert [p.message for p in progress if "steps" in p.message and " of " in p.message] == \
+        [f"{n} of 256 steps" for n in (64, 128, 192, 256)]
+
+
+# -- Grad-CAM ---------------------------------------------------------------------------------
+def test_gradcam_is_relu_of_the_gradient_weighted_channels():
+    model, image = tiny()
+    result, _ = run("gradcam", MethodContext(model=model, image=image), target=1)
+    assert result.layer == "features.4"  # the tiny model's "late" preset: the last conv's ReLU
+    x = unit_input(model, image).requires_grad_()
+    captured = {}
+    handle = model.module.features[4].register_forward_hook(lambda m, i, o: captured.setdefault("A", o))
+    score = model.module(x)[0, 1]
+    handle.remove()
+    maps = captured["A"][0]  # 16 x 8 x 8
+    gradient = torch.autograd.grad(score, captured["A"])[0][0]
+    cam = torch.zeros(8, 8)
+    for k in range(16):  # ReLU(sum_k alpha_k A_k), alpha_k = the mean of d score / d A_k
+        cam += gradient[k].mean() * maps[k].detach()
+    cam = cam.clamp(min=0)
+    expected = F.interpolate(cam[None, None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0, 0]
+    np.testing.assert_allclose(result.array, expected.numpy(), rtol=1e-5, atol=1e-7)
+
+    captum = LayerGradCam(Normalised(model), model.module.features[4]).attribute(unit_input(model, image), target=1,
+                                                                                relu_attributions=True)
+    upsampled = LayerAttribution.interpolate(captum, (SIZE, SIZE), interpolate_mode="bilinear")
+    np.testing.assert_allclose(result.array, upsampled[0, 0].detach().numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_gradcam_without_presets_uses_the_last_convolution():
+    model, image = tiny()
+    model.layer_presets = {}
+    result, _ = run("gradcam", MethodContext(model=model, image=image), target=1)
+    assert result.layer == "features.3"
+
+
+def test_gradcam_refuses_layers_without_a_map_and_models_without_convolutions():
+    model, image = tiny()
+    ctx = MethodContext(model=model, image=image)
+    with pytest.raises(MethodInputError, match="'classifier' outputs a 2-D tensor, not a C x H x W map"):
+        run("gradcam", ctx, layer="classifier")
+    with pytest.raises(MethodInputError, match="'pool' has a 1x1 map"):
+        run("gradcam", ctx, layer="pool")
+    mlp = LoadedModel(name="mlp", module=nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, 5)).eval(),
+                      preprocessing=model.preprocessing, labels=model.labels, weights="random")
+    for method in ("gradcam", "guided-gradcam"):
+        with pytest.raises(MethodInputError, match="no convolution layers, so it has no feature maps for Grad-CAM"):
+            run(method, MethodContext(model=mlp, image=image))
+
+
+def test_maps_that_would_be_blank_are_refused():
+    model, image = tiny()
+    with torch.no_grad():
+        model.module.classifier.weight[0] = 0  # class 0's score no longer depends on the image
+    ctx = MethodContext(model=model, image=image)
+    with pytest.raises(MethodInputError, match="zero everywhere"):
+        run("saliency", ctx, target=0)
+    with pytest.raises(MethodInputError, match="Grad-CAM of 'class 0' at features.4 is zero everywhere"):
+        run("gradcam", ctx, target=0)
+
+
+# -- the shared display -------------------------------------------------------------------------
+def test_signed_maps_get_a_symmetric_scale_and_magnitude_maps_start_at_zero():
+    image = random_image((20, 10))
+    values = np.linspace(-1, 3, 200, dtype=np.float32).reshape(10, 20)
+    signed = map_display(image, values, signed=True, legend="", note="")
+    top = float(np.percentile(np.abs(values), 99))
+    assert signed.levels == (-top, top) and signed.colormap == "coolwarm" and signed.overlay
+    magnitude = map_display(image, np.abs(values), signed=False, legend="", note="", overlay=False)
+    assert magnitude.levels == (0.0, top) and magnitude.rgb is None and not magnitude.overlay
+    shared = map_display(image, values / 10, signed=True, legend="", note="", top=top)
+    assert shared.levels == signed.levels  # one scale for several maps: equal colours, equal values
+    assert colour_top(np.zeros((3, 3))) == 1.0
+
+
+# -- on the photo -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("method, params, at_least", [
+    ("smoothgrad", {"samples": 8}, 1.3),  # measured 1.56
+    ("gradcam", {}, 1.4),  # measured 1.65
+])
+def test_maps_lie_on_the_cats_face(bundled, chelsea, method, params, at_least):
+    result, _ = run(method, MethodContext(model=bundled, image=chelsea), **params)
+    assert "cat" in result.target["label"] and result.array.shape == (224, 337)
+    assert face_density_ratio(result.display) > at_least
+
+
+def test_integrated_gradients_lie_on_the_cat(bundled, chelsea):
+    # Integrated gradients from black spread over the whole cat (fur included), which fills
+    # the photo; so, as saliency's test does, the cat is shrunk into a corner of a gray canvas.
+    canvas = Image.new("RGB", (448, 448), (128, 128, 128))
+    canvas.paste(chelsea.image.resize((200, 133)), (20, 30))
+    result, _ = run("integrated-gradients", MethodContext(model=bundled, image=LoadedImage(canvas, path="corner.png")),
+                    steps=8)
+    assert "cat" in result.target["label"]
+    weight = np.abs(overlay_map(result.display))
+    inside = weight[30:163, 20:220].sum() / weight.sum()
+    assert inside > 3 * (133 * 200) / (448 * 448)  # measured: 0.51 of the mass in 0.13 of the area
+
+
+def face_density_ratio(display) -> float:
+    """How much denser the map is on the cat's face (eyes, nose, cheeks) than elsewhere.
+
+    The map as drawn over the photo (451 x 300); the face box covers x 100..360, y 50..300,
+    48% of the photo: the cat fills most of the frame, so a map that ignored it would score
+    about 1.
+    """
+    weight = np.abs(overlay_map(display)).astype(np.float64)
+    assert weight.shape == (300, 451)
+    inside = weight[50:300, 100:360].sum() / weight.sum()
+    area = 250 * 260 / (300 * 451)
+    return (inside / area) / ((1 - inside) / (1 - area))
