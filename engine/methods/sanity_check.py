@@ -1,0 +1,234 @@
+"""``sanity-check``: does an explanation depend on what the model learned? (Adebayo et al. 2018)
+
+Cascading randomisation: the weights of a *copy* of the model are re-initialised block by
+block from the classifier down to the first convolution (``engine.randomise``), and after
+each step every chosen attribution method is run again, through its own ``SPEC.run``, on
+the same image for the same class (the original model's top-1, or ``--target``). A map
+that stays the same while the network under it turns into noise explains the image, not
+the model.
+
+Each map is compared with the original model's map of the same method by
+
+- ``spearman``: the Spearman rank correlation of the absolute values (as in the paper);
+- ``ssim``: the structural similarity of the absolute maps, each scaled to 0..1 by its
+  own minimum and maximum (``skimage.metrics.structural_similarity``, data range 1).
+
+A map that becomes constant (a dead network has no gradient) has no rank correlation:
+its Spearman value is NaN (None in the JSON), shown as "n/a". A method that refuses to
+give a map for a randomised network (saliency refuses a gradient that is zero
+everywhere) counts as an all-zero map, and ``metrics["blank"]`` says where and why; on the
+trained model its refusal ends the check.
+
+What comes out: a grid, one row per method and one column per step after the original,
+each tile captioned with the lowest block randomised so far and its similarity (the one
+``--metric`` picks); ``Result.array`` is that methods x steps matrix, and the metrics hold
+both similarities per method and step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from .. import randomise
+from ..errors import MethodInputError
+from ..gallery import Tile, render_gallery
+from ..jobs import Display, Frame, Progress, Result
+from ..render import apply_colormap
+from .base import SEED, TARGET, MethodContext, MethodSpec, Param
+
+# The attribution methods compared by default, those of them that exist when it runs.
+ATTRIBUTION_METHODS = ("saliency", "guided-backprop", "integrated-gradients", "gradcam", "smoothgrad")
+METRICS = ("spearman", "ssim")
+TILE = 160  # a map tile, in pixels: captions of about 25 characters fit under it
+
+
+def choose_methods(spec: str | None, available: dict) -> list[str]:
+    """The method ids to check: the list given, or every attribution method that exists."""
+    if spec is None or not str(spec).strip():
+        chosen = [method_id for method_id in ATTRIBUTION_METHODS if method_id in available]
+        if not chosen:
+            raise MethodInputError("no attribution method is available to check")
+        return chosen
+    chosen = []
+    for method_id in (part.strip() for part in str(spec).split(",")):
+        if not method_id or method_id in chosen:
+            continue
+        if method_id not in available or method_id == SPEC.id:
+            known = ", ".join(m for m in ATTRIBUTION_METHODS if m in available)
+            raise MethodInputError(f"--methods: there is no attribution method '{method_id}'; "
+                                   f"give a comma-separated list of method ids such as {known}")
+        chosen.append(method_id)
+    if not chosen:
+        raise MethodInputError("--methods names no method: give a comma-separated list such as saliency,gradcam")
+    return chosen
+
+
+def as_map(array, method_id: str) -> np.ndarray:
+    """A method's result as one HxW map; a per-colour map (3xHxW or HxWx3) keeps its largest |value|."""
+    values = np.squeeze(np.asarray(array, dtype=np.float64)) if array is not None else np.zeros(0)
+    if values.ndim == 3 and 3 in (values.shape[0], values.shape[-1]):
+        axis = 0 if values.shape[0] == 3 else -1
+        values = np.abs(values).max(axis=axis)
+    if values.ndim != 2:
+        raise MethodInputError(f"{method_id} does not give a map over the image (its result has shape "
+                               f"{tuple(np.shape(array)) if array is not None else 'none'}), so it cannot be sanity-checked")
+    return values
+
+
+def spearman_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation of |a| and |b|; NaN when either is constant."""
+    from scipy.stats import spearmanr  # on first use: slow to import, and listing methods needs none of it
+    x, y = np.abs(a).ravel(), np.abs(b).ravel()
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def _unit_range(values: np.ndarray) -> np.ndarray:
+    values = np.abs(values)
+    span = float(values.max() - values.min())
+    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+
+
+def ssim_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of |a| and |b|, each scaled to 0..1 on its own."""
+    from skimage.metrics import structural_similarity
+    x, y = _unit_range(a), _unit_range(b)
+    window = min(7, *x.shape)
+    window -= 1 - window % 2  # odd, and no larger than the map
+    return float(structural_similarity(x, y, data_range=1.0, win_size=max(window, 3)))
+
+
+def _run_method(spec, ctx, target: int, seed: int) -> np.ndarray:
+    """One attribution method run to its result; returns its map. Progress stays inside."""
+    names = {param.name for param in spec.params}
+    values = {key: value for key, value in (("target", target), ("seed", seed)) if key in names}
+    job = spec.run(ctx, **spec.bind(values))
+    while True:
+        try:
+            next(job)  # its own frames and progress are not this job's
+        except StopIteration as stop:
+            return as_map(stop.value.array, spec.id)
+
+
+def _tile(values: np.ndarray) -> Image.Image:
+    magnitude = np.abs(values)
+    top = float(np.percentile(magnitude, 99)) or float(magnitude.max()) or 1.0
+    return Image.fromarray(apply_colormap(magnitude, (0.0, top), "inferno"))
+
+
+def _caption(label: str, value: float) -> str:
+    return f"{label} {value:.2f}" if np.isfinite(value) else f"{label} n/a"
+
+
+def _grid(method_ids, originals, maps, labels, scores) -> np.ndarray:
+    rows = []
+    for i, method_id in enumerate(method_ids):
+        tiles = [Tile(_tile(originals[i]), caption="original")]
+        tiles += [Tile(_tile(step_maps[i]), caption=_caption(labels[k], scores[i][k])) for k, step_maps in enumerate(maps)]
+        rows.append((method_id, tiles))
+    rgb, _regions = render_gallery(rows, tile=TILE)
+    return rgb
+
+
+def run(ctx, methods="", steps=0, target=None, metric="spearman", seed=0):
+    from . import METHODS  # at run time: methods written later are found too
+
+    image = ctx.require_image()
+    if metric not in METRICS:
+        raise MethodInputError(f"--metric must be one of {', '.join(METRICS)}, not '{metric}'")
+    steps, seed = int(steps), int(seed)
+    if steps < 0:
+        raise MethodInputError(f"--steps must be at least 0 (0: one step per block), not {steps}")
+    method_ids = choose_methods(methods, METHODS)
+    specs = [METHODS[method_id] for method_id in method_ids]
+    resolved = ctx.resolve_target(target)
+    index = resolved["index"]
+
+    blocks = randomise.parameter_blocks(ctx.model.module, list(ctx.output_shapes()))
+    if not blocks:
+        raise MethodInputError(f"{ctx.model.name} has no parameters to randomise")
+    groups = randomise.cascade_groups(blocks, steps)
+    labels = [group[-1].name or "(model)" for group in groups]  # how far down the randomisation has reached
+    total = (len(groups) + 1) * len(specs)
+    done = 0
+    yield Progress(0.0, f"maps of the trained model for '{resolved['label']}'")
+    originals = []
+    for spec in specs:
+        ctx.cancel.check()
+        originals.append(_run_method(spec, ctx, index, seed))
+        done += 1
+        yield Progress(done / total, f"{spec.id} on the trained model")
+
+    twin = randomise.model_copy(ctx.model)
+    maps: list[list[np.ndarray]] = []
+    spearman = [[] for _ in specs]
+    ssim = [[] for _ in specs]
+    chosen = spearman if metric == "spearman" else ssim
+    blank: dict[str, list[dict]] = {}  # method -> the steps where it gave no map
+    for step, group in enumerate(groups):
+        ctx.cancel.check()
+        for block in group:
+            randomise.reinitialise(twin.module, block, seed)
+        # A fresh context: its feature cache must not hold the previous weights' activations.
+        step_ctx = MethodContext(model=twin, image=image, cancel=ctx.cancel)
+        step_maps = []
+        for i, spec in enumerate(specs):
+            ctx.cancel.check()
+            try:
+                values = _run_method(spec, step_ctx, index, seed)
+            except MethodInputError as exc:
+                # A method refusing a randomised network (a gradient zero or NaN everywhere)
+                # is an answer, not a failure: its map has changed beyond recognition.
+                values = np.zeros_like(originals[i])
+                blank.setdefault(spec.id, []).append({"step": labels[step], "reason": str(exc)})
+            if values.shape != originals[i].shape:
+                raise MethodInputError(f"{spec.id} gave a {values.shape} map after randomisation, "
+                                       f"{originals[i].shape} before: the maps cannot be compared")
+            step_maps.append(values)
+            spearman[i].append(spearman_similarity(originals[i], values))
+            ssim[i].append(ssim_similarity(originals[i], values))
+            done += 1
+            yield Progress(done / total, f"randomised down to {labels[step]}: {spec.id}")
+        maps.append(step_maps)
+        grid = _grid(method_ids, originals, maps, labels, chosen)
+        yield Frame(Display(rgb=grid, note=f"randomised down to {labels[step]} ({step + 1} of {len(groups)} steps)"),
+                    step=step + 1, metrics={f"{m} {metric}": chosen[i][-1] for i, m in enumerate(method_ids)})
+
+    matrix = np.array(chosen, dtype=np.float32)
+    metrics = {
+        "methods": method_ids,
+        "layers": labels,
+        "groups": [[path for block in group for path in block.paths] for group in groups],
+        "metric": metric,
+        "similarity": {m: chosen[i] for i, m in enumerate(method_ids)},
+        "spearman": {m: spearman[i] for i, m in enumerate(method_ids)},
+        "ssim": {m: ssim[i] for i, m in enumerate(method_ids)},
+        "blank": blank,
+    }
+    note = (f"cascading randomisation of a copy of {ctx.model.name}, from {labels[0]} down to {labels[-1]}; "
+            f"captions: the lowest block randomised and the {metric} similarity to the trained model's map "
+            f"for '{resolved['label']}'")
+    params = {"methods": ",".join(method_ids), "steps": steps, "target": index, "metric": metric, "seed": seed}
+    return Result(display=Display(rgb=_grid(method_ids, originals, maps, labels, chosen), note=note), array=matrix,
+                  metrics=metrics, target=resolved, params=params)
+
+
+SPEC = MethodSpec(
+    id="sanity-check",
+    title="Sanity check (randomised model)",
+    summary="Randomise the model's weights from the top down and see whether each attribution map changes "
+            "(Adebayo et al. 2018).",
+    params=(
+        Param("methods", "str", "", "comma-separated method ids (default: every attribution method available: "
+              + ", ".join(ATTRIBUTION_METHODS) + ")"),
+        Param("steps", "int", 0, "randomisation steps from the classifier down (0: one per block)", minimum=0,
+              maximum=1000, special="one per block"),
+        TARGET,
+        Param("metric", "choice", "spearman", "the similarity shown: Spearman rank correlation of |map|, or SSIM",
+              choices=METRICS),
+        SEED,
+    ),
+    run=run,
+    streams_frames=True,
+)

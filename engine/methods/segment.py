@@ -1,0 +1,169 @@
+"""``segment``: cut the object out of the picture, seeded by where the class score is sensitive.
+
+Simonyan et al. 2014 (section 3.1) segment an object without any segmentation labels: the
+saliency map says roughly where the object is, and GrabCut (Rother et al. 2004) turns
+that rough guess into a sharp mask by modelling the colours of object and background. As
+there:
+
+1. the saliency map of the target class (the ``saliency`` method itself, run by id, so
+   the two always agree) is stretched over the whole picture and smoothed (a Gaussian of
+   ``--smooth`` times the shorter side): raw gradients are speckled, seeds need regions;
+2. pixels above the ``--fg-percentile`` of the smoothed map are foreground for certain,
+   pixels below the ``--bg-percentile`` background for certain (95 and 30, as in the
+   paper); of the rest, those above the median start as probably foreground, the others
+   as probably background;
+3. OpenCV's GrabCut fits a colour mixture model to each side and cuts the graph,
+   ``--iterations`` times. Its time grows with the pixels (five iterations at 451x300: 1.4 s
+   of CPU), so it runs at most at ``WORK_SIDE`` pixels on the longer side; the mask is then
+   scaled to the picture as loaded.
+
+The certain seeds keep their labels, so the mask is never empty nor the whole picture. A
+picture with no structure (one flat colour) has no object to find and is refused: GrabCut
+would split it by noise. OpenCV's GMM initialisation draws from its own random generator,
+which ``--seed`` seeds, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import MethodInputError
+from ..jobs import Display, Progress, Result, within
+from .base import SEED, TARGET, MethodSpec, Param
+
+WORK_SIDE = 480  # GrabCut's working resolution (longer side), in pixels: about 1.3 s of CPU at 480x320
+# A picture whose colours vary less than this (standard deviation in 8-bit levels, in
+# every channel) holds nothing to segment: JPEG noise on a flat wall is about 1 level.
+FLAT_STD = 1.5
+CONTOUR = (255, 214, 0)
+TINT = np.array([255, 214, 0], dtype=np.float32)
+
+
+def _opencv():
+    """OpenCV, imported on first use: listing the methods (and starting the window) need not load it."""
+    try:
+        import cv2
+    except ImportError:
+        raise MethodInputError("segment needs OpenCV: install it with pip install opencv-python-headless") from None
+    return cv2
+
+
+def seed_labels(saliency: np.ndarray, fg_percentile: float, bg_percentile: float) -> np.ndarray:
+    """GrabCut's initial mask from a smoothed saliency map (same shape, uint8 GC_* labels)."""
+    cv2 = _opencv()
+    high, middle, low = np.percentile(saliency, [fg_percentile, 50.0, bg_percentile])
+    labels = np.where(saliency > middle, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    labels[saliency >= high] = cv2.GC_FGD
+    labels[saliency <= low] = cv2.GC_BGD
+    return labels
+
+
+def _working_size(width: int, height: int) -> tuple[int, int]:
+    scale = min(1.0, WORK_SIDE / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def run(ctx, target=None, fg_percentile=95.0, bg_percentile=30.0, iterations=5, smooth=0.03, seed=0):
+    from . import METHODS  # looked up at run time: the registry is being built while this module loads
+
+    image = ctx.require_image()
+    cv2 = _opencv()
+    fg_percentile, bg_percentile, iterations, smooth = float(fg_percentile), float(bg_percentile), int(iterations), float(smooth)
+    if not 0 <= bg_percentile < fg_percentile <= 100:
+        raise MethodInputError(f"--bg-percentile ({bg_percentile:g}) must be below --fg-percentile ({fg_percentile:g}), "
+                               "both between 0 and 100")
+    if iterations < 1:
+        raise MethodInputError(f"--iterations must be at least 1, not {iterations}")
+    if smooth < 0:
+        raise MethodInputError(f"--smooth must not be negative, not {smooth:g}")
+    rgb = image.to_array()
+    height, width = rgb.shape[:2]
+    work_w, work_h = _working_size(width, height)
+    work = cv2.resize(rgb, (work_w, work_h), interpolation=cv2.INTER_AREA) if (work_w, work_h) != (width, height) else rgb
+    spread = work.reshape(-1, 3).astype(np.float64).std(axis=0)
+    if float(spread.max()) < FLAT_STD:
+        raise MethodInputError(f"the picture is one flat colour (its pixels vary by {float(spread.max()):.1f} levels at most): "
+                               "there is no object to segment; open a photo with an object in it")
+
+    resolved = ctx.resolve_target(target)
+    saliency_spec = METHODS["saliency"]
+    found = yield from within(saliency_spec.run(ctx, **saliency_spec.bind({"target": resolved["index"]})), 0.0, 0.4)
+    ctx.cancel.check()
+    # The map covers the whole model input, which is the whole picture resized: stretch it corner to corner.
+    saliency = cv2.resize(np.asarray(found.array, dtype=np.float32), (work_w, work_h), interpolation=cv2.INTER_LINEAR)
+    sigma = smooth * min(work_w, work_h)
+    if sigma > 0:
+        saliency = cv2.GaussianBlur(saliency, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+    if not np.isfinite(saliency).all() or float(np.ptp(saliency)) == 0.0:
+        raise MethodInputError(f"the saliency map of '{resolved['label']}' is flat here, so it cannot say where the "
+                               "object is; try another --target")
+
+    labels = seed_labels(saliency, fg_percentile, bg_percentile)
+    seeds = {"foreground": int((labels == cv2.GC_FGD).sum()), "background": int((labels == cv2.GC_BGD).sum())}
+    background_model = np.zeros((1, 65), np.float64)
+    foreground_model = np.zeros((1, 65), np.float64)
+    bgr = np.ascontiguousarray(work[..., ::-1])
+    cv2.setRNGSeed(int(seed))
+    # One iteration a call, so the job reports progress and can be cancelled between them:
+    # the colour models carry over in the two arrays, so n calls of one iteration are one
+    # call of n iterations.
+    for done in range(iterations):
+        yield Progress(0.45 + 0.55 * done / iterations, f"GrabCut iteration {done + 1} of {iterations} at {work_w}x{work_h}")
+        ctx.cancel.check()
+        cv2.grabCut(bgr, labels, None, background_model, foreground_model, 1,
+                    cv2.GC_INIT_WITH_MASK if done == 0 else cv2.GC_EVAL)
+    working_mask = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.float32)
+    if (work_w, work_h) != (width, height):
+        mask = (cv2.resize(working_mask, (width, height), interpolation=cv2.INTER_LINEAR) >= 0.5).astype(np.float32)
+    else:
+        mask = working_mask
+
+    rows, cols = np.nonzero(mask)
+    fraction = float(mask.mean())
+    metrics = {
+        "foreground_fraction": fraction,
+        "centroid": [float(cols.mean()), float(rows.mean())] if rows.size else None,  # x, y in picture pixels
+        "bbox": [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1] if rows.size else None,
+        "seed_pixels": seeds,
+        "working_size": [work_w, work_h],
+        "mask_size": [width, height],
+    }
+    note = (f"GrabCut seeded by the saliency of '{resolved['label']}': {fraction:.0%} of the picture; "
+            f"seeds above the {fg_percentile:g}th / below the {bg_percentile:g}th percentile")
+    params = {"target": resolved["index"], "fg_percentile": fg_percentile, "bg_percentile": bg_percentile,
+              "iterations": iterations, "smooth": smooth, "seed": seed}
+    yield Progress(1.0, "done")
+    return Result(display=Display(rgb=draw_mask(rgb, mask), note=note), array=mask, target=resolved,
+                  metrics=metrics, params=params)
+
+
+def draw_mask(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The picture with the background dimmed, the object lightly tinted and its outline drawn."""
+    cv2 = _opencv()
+    inside = mask[..., None] > 0.5
+    picture = rgb.astype(np.float32)
+    shown = np.where(inside, 0.8 * picture + 0.2 * TINT, 0.35 * picture)
+    shown = np.clip(shown + 0.5, 0, 255).astype(np.uint8)
+    contours, _hierarchy = cv2.findContours(inside[..., 0].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    thickness = max(2, round(max(rgb.shape[:2]) / 250))
+    cv2.drawContours(shown, contours, -1, CONTOUR, thickness)
+    return shown
+
+
+SPEC = MethodSpec(
+    id="segment",
+    title="Segment (saliency + GrabCut)",
+    summary="Cut the object out without labels: the saliency map seeds GrabCut (Simonyan et al. 2014).",
+    params=(
+        TARGET,
+        Param("fg_percentile", "float", 95.0, "pixels whose smoothed saliency is above this percentile are the object",
+              minimum=0.0, maximum=100.0),
+        Param("bg_percentile", "float", 30.0, "pixels whose smoothed saliency is below this percentile are background",
+              minimum=0.0, maximum=100.0),
+        Param("iterations", "int", 5, "GrabCut iterations", minimum=1, maximum=50),
+        Param("smooth", "float", 0.03, "blur of the saliency map, as a fraction of the picture's shorter side",
+              minimum=0.0, maximum=0.5),
+        SEED,
+    ),
+    run=run,
+)
