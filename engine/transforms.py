@@ -28,19 +28,15 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def random_scale_rotate(x: torch.Tensor, generator: torch.Generator, max_scale: float, max_degrees: float) -> torch.Tensor:
-    """Zoom by a factor drawn from [1 - max_scale, 1 + max_scale] and rotate by an angle drawn
-    from [-max_degrees, max_degrees] about the centre; one draw for the whole batch.
+def scale_rotate_image(x: torch.Tensor, factor: float, degrees: float) -> torch.Tensor:
+    """Zoom by ``factor`` (2: the central half fills the frame) and turn by ``degrees``
+    (counter-clockwise as displayed) about the centre, keeping the size.
 
-    Bilinear and differentiable in ``x``; the size is kept and edges are mirrored, so no
-    black corners appear for the network to react to.
+    Bilinear and differentiable in ``x``; edges are mirrored, so no black corners appear
+    for the network to react to.
     """
-    if max_scale <= 0 and max_degrees <= 0:
-        return x
-    draws = torch.rand(2, generator=generator, dtype=torch.float64) * 2 - 1
-    scale = 1.0 + max_scale * float(draws[0])
-    angle = math.radians(max_degrees * float(draws[1]))
-    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    angle = math.radians(degrees)
+    cos, sin = math.cos(angle) / factor, math.sin(angle) / factor
     # affine_grid maps output coordinates to input ones in -1..1 units of each axis; the
     # aspect ratio converts the rotation so non-square pictures turn without shearing.
     height, width = x.shape[-2:]
@@ -48,6 +44,15 @@ def random_scale_rotate(x: torch.Tensor, generator: torch.Generator, max_scale: 
     theta = torch.tensor([[cos, -sin / aspect, 0.0], [sin * aspect, cos, 0.0]], dtype=x.dtype, device=x.device)
     grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def random_scale_rotate(x: torch.Tensor, generator: torch.Generator, max_scale: float, max_degrees: float) -> torch.Tensor:
+    """``scale_rotate_image`` by a factor drawn from [1 - max_scale, 1 + max_scale] and an
+    angle drawn from [-max_degrees, max_degrees]; one draw for the whole batch."""
+    if max_scale <= 0 and max_degrees <= 0:
+        return x
+    draws = torch.rand(2, generator=generator, dtype=torch.float64) * 2 - 1
+    return scale_rotate_image(x, 1.0 + max_scale * float(draws[0]), max_degrees * float(draws[1]))
 
 
 # Transforms as small closures (image, generator) -> image, joined with ``compose``: the

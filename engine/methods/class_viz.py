@@ -1,0 +1,202 @@
+"""``class-viz``: the picture a class, a channel or one neuron wants to see.
+
+Gradient ascent on the input (Simonyan et al. 2014): argmax_I score(I) - priors(I), run by
+the one loop of ``engine.optimise``. The score is a class's logit, a channel's mean or
+one unit of a layer; the priors are switchable one by one so their effect can be seen:
+L2 (penalty and decay), total variation, a centre bias, periodic Gaussian blur, and
+clipping pixels of small norm or small contribution to the mean colour (Yosinski et al.
+2015), plus random jitter, zoom and rotation before every forward (Olah et al. 2017).
+The picture is raw pixels or a decorrelated Fourier spectrum. With ``--facets N`` the
+batch holds N pictures pushed apart by a diversity term, to show several faces of one
+unit in one run.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from ..animation import FrameRecorder
+from ..errors import MethodInputError
+from ..gallery import Tile, render_gallery
+from ..jobs import Display, Progress, Result
+from ..models.preprocessing import unit_tensor_to_rgb
+from ..objectives import LOGITS, class_logit, channel as channel_objective, diversity as diversity_objective, \
+    gram_similarity, neuron as neuron_objective, penalty, pre_activation
+from ..optimise import Projection, optimise, probe_model, side_by_side
+from ..parameterisation import PARAMETERISATIONS, make_image_param
+from ..regularisers import centre_bias as centre_bias_penalty, clip_small_contribution, clip_small_norm, gaussian_blur, \
+    l2_decay, l2_penalty, total_variation
+from ..transforms import compose, jitter as jitter_transform, scale_rotate
+from .base import LAYER, SEED, MethodSpec, Param
+
+OBJECTIVES = ("class", "channel", "neuron")
+
+
+def parse_position(text: str, grid: tuple[int, int]) -> tuple[int, int]:
+    """'Y,X' -> a position on a layer's grid (rows, columns); '' -> the centre."""
+    height, width = grid
+    if not str(text or "").strip():
+        return height // 2, width // 2
+    try:
+        y, x = (int(v) for v in str(text).replace(" ", "").split(","))
+    except ValueError:
+        raise MethodInputError(f"--at takes a grid position as Y,X (e.g. 3,4), not '{text}'") from None
+    if not (0 <= y < height and 0 <= x < width):
+        raise MethodInputError(f"--at {y},{x} is off the layer's {height}x{width} grid: use 0..{height - 1},0..{width - 1}")
+    return y, x
+
+
+def _unit_objective(ctx, objective, layer, channel, at, size):
+    """The channel or neuron term, checked against the layer's shape at this size."""
+    path = ctx.resolve_layer(layer)
+    with torch.no_grad():
+        probe = probe_model(ctx.model, torch.full((1, 3, size, size), 0.5, device=ctx.device), (pre_activation(path),))
+    shape = tuple(probe[pre_activation(path)].shape)
+    if len(shape) != 4:
+        raise MethodInputError(f"'{path}' has no channels on a spatial grid (its output is {shape[1:]}); "
+                               "pick a convolution-stage layer, or --objective class")
+    if channel is None:
+        raise MethodInputError(f"the {objective} objective needs one channel: give --channel (0-{shape[1] - 1})")
+    if not 0 <= channel < shape[1]:
+        raise MethodInputError(f"channel {channel} does not exist: '{path}' has channels 0-{shape[1] - 1}")
+    if objective == "channel":
+        return path, channel_objective(path, channel), f"channel {channel} of {path}", None
+    y, x = parse_position(at, shape[2:])
+    return path, neuron_objective(path, channel, y, x), f"channel {channel} of {path} at {y},{x}", (y, x)
+
+
+def run(ctx, objective="class", target=None, layer="middle", channel=0, at="", param="fourier", steps=64, lr=0.1,
+        size=0, facets=1, diversity=10.0, diversity_layer="middle", l2=0.0, decay=0.0, tv=0.0, centre_bias=0.0,
+        blur_every=4, blur_sigma=0.5, clip_norm=0.0, clip_contribution=0.0, jitter=8, scale=0.1, rotate=10.0, seed=0):
+    size = size or ctx.model.preprocessing.size
+    mean = torch.tensor(ctx.model.preprocessing.mean, device=ctx.device).view(1, 3, 1, 1)
+    resolved, path, position = None, None, None
+    if objective == "class":
+        if target is None and ctx.image is None:
+            raise MethodInputError("which class? give --target (an index or a label such as goldfish), "
+                                   "or open an image to visualise its top-1 class")
+        resolved = ctx.resolve_target(target)
+        goal, what = class_logit(resolved["index"]), f"class '{resolved['label']}'"
+    else:
+        path, goal, what, position = _unit_objective(ctx, objective, layer, channel, at, size)
+
+    # Priors as loss terms, each averaged over the picture's pixels so a weight means the
+    # same at every size; the centred picture has the model's mean colour at 0.
+    pixels = facets * size * size
+    loss = goal
+    if l2 > 0:
+        loss = loss + (l2 / pixels) * penalty("l2", lambda p: l2_penalty(p - mean))
+    if tv > 0:
+        loss = loss + (tv / pixels) * penalty("tv", total_variation)
+    if centre_bias > 0:
+        loss = loss + (centre_bias / pixels) * penalty("centre", lambda p: centre_bias_penalty(p - mean))
+    spread_layer = ctx.resolve_layer(diversity_layer) if facets > 1 else None
+    if spread_layer and diversity > 0:
+        loss = loss + diversity * diversity_objective(spread_layer)
+
+    projections = []
+    if decay > 0:
+        projections.append(Projection("decay", lambda x, _g: l2_decay(x, decay)))
+    if blur_every > 0 and blur_sigma > 0:
+        projections.append(Projection("blur", lambda x, _g: gaussian_blur(x, blur_sigma), every=blur_every))
+    if clip_norm > 0:
+        projections.append(Projection("clip norm", lambda x, _g: clip_small_norm(x, clip_norm)))
+    if clip_contribution > 0:
+        projections.append(Projection("clip contribution", lambda x, g: clip_small_contribution(x, g, clip_contribution)))
+
+    generator = ctx.generator(seed)
+    image = make_image_param(param, (facets, 3, size, size), generator, device=ctx.device)
+    recorder = FrameRecorder()
+    yield Progress(0.0, f"optimising for {what}")
+    optimised = yield from optimise(
+        ctx.model, image, loss, steps=steps, lr=lr, generator=generator, cancel=ctx.cancel,
+        transform=compose(jitter_transform(jitter), scale_rotate(scale, rotate)), projections=projections,
+        recorder=recorder, label="step")
+
+    final = optimised.image
+    if float(final.std()) < 1e-3:
+        raise MethodInputError("the optimisation produced a flat picture; raise --lr or --steps, or lower the priors")
+    metrics = {"loss_first": optimised.losses[0], "loss_last": optimised.losses[-1], "steps": steps,
+               "size": size, "facets": facets, "terms_first": optimised.first, "terms_last": optimised.last}
+    captions = _measure(ctx, final, objective, resolved, path, channel, position, metrics)
+    if spread_layer:
+        with torch.no_grad():
+            spread = probe_model(ctx.model, final, (spread_layer,))[spread_layer]
+        metrics["facet_similarity"] = float(gram_similarity(spread))
+
+    tiles = [Tile(Image.fromarray(unit_tensor_to_rgb(picture)), caption=caption) for picture, caption in zip(final, captions)]
+    mosaic, _regions = render_gallery([("", tiles)], tile=size, caption_lines=1)
+    recorder.finish(side_by_side(final))
+    array = final.permute(0, 2, 3, 1).cpu().numpy()
+    params = {"objective": objective, "target": resolved["index"] if resolved else None, "layer": path,
+              "channel": channel if path else None, "at": list(position) if position else None, "param": param,
+              "steps": steps, "lr": lr, "size": size, "facets": facets, "diversity": diversity,
+              "diversity_layer": spread_layer, "l2": l2, "decay": decay, "tv": tv, "centre_bias": centre_bias,
+              "blur_every": blur_every, "blur_sigma": blur_sigma, "clip_norm": clip_norm,
+              "clip_contribution": clip_contribution, "jitter": jitter, "scale": scale, "rotate": rotate, "seed": seed}
+    note = f"{what}: {steps} steps, {param} parameterisation" + (f", {facets} facets" if facets > 1 else "")
+    return Result(display=Display(rgb=mosaic, note=note), array=array[0] if facets == 1 else array,
+                  metrics=metrics, layer=path, target=resolved, params=params, frames=recorder.frames)
+
+
+def _measure(ctx, final, objective, resolved, path, channel, position, metrics) -> list[str]:
+    """Score the finished pictures as the model sees them (no transforms): the class's
+    probability, or the unit's activation. Returns one caption per picture."""
+    with torch.no_grad():
+        if objective == "class":
+            logits = probe_model(ctx.model, final, (LOGITS,))[LOGITS]
+            probability = torch.softmax(logits, dim=1)[:, resolved["index"]]
+            top1 = logits.argmax(dim=1)
+            metrics.update(probability=[round(float(p), 6) for p in probability],
+                           logit=[round(float(v), 4) for v in logits[:, resolved["index"]]],
+                           top1=[ctx.model.labels[int(i)] for i in top1])
+            return [f"{resolved['label']} {float(p):.0%}" for p in probability]
+        activation = probe_model(ctx.model, final, (path,))[path][:, channel]
+        values = activation.mean(dim=(1, 2)) if position is None else activation[:, position[0], position[1]]
+        metrics["activation"] = [round(float(v), 6) for v in values]
+        return [f"{float(v):.3g}" for v in values]
+
+
+SPEC = MethodSpec(
+    id="class-viz",
+    title="Class visualisation",
+    summary="Optimise a picture to excite a class, a channel or one neuron, under switchable image priors.",
+    params=(
+        Param("objective", "choice", "class", "what to excite: a class's logit, a channel's mean, or one neuron",
+              choices=OBJECTIVES),
+        Param("target", "target", None, "class index or label (default: the image's top-1 class)"),
+        LAYER,
+        Param("channel", "channel", 0, "channel of --layer (channel and neuron objectives)", minimum=0),
+        Param("at", "str", "", "neuron position Y,X on the layer's grid (default: the centre)"),
+        Param("param", "choice", "fourier", "pixels, or a decorrelated Fourier spectrum (Olah et al. 2017)",
+              choices=PARAMETERISATIONS),
+        Param("steps", "int", 64, "optimisation steps", minimum=1, maximum=10000),
+        Param("lr", "float", 0.1, "Adam's step size", minimum=0.0),
+        Param("size", "int", 0, "side of the square picture in pixels (0: the model's input size)", minimum=0,
+              maximum=1024, special="model's size"),
+        Param("facets", "int", 1, "how many diverse pictures to make at once, shown side by side", minimum=1, maximum=8),
+        Param("diversity", "float", 10.0, "weight of the term that keeps the facets apart (raise it if they look alike)", minimum=0.0),
+        Param("diversity_layer", "layer", "middle", "layer whose Gram matrices the facets must differ in"),
+        Param("l2", "float", 0.0, "L2 penalty weight: lambda * ||I - mean||^2 per pixel (0: off)", minimum=0.0),
+        Param("decay", "float", 0.0, "L2 decay: shrink the picture towards the mean colour by this fraction each step",
+              minimum=0.0, maximum=1.0),
+        Param("tv", "float", 0.0, "total variation weight, per pixel (0: off)", minimum=0.0),
+        Param("centre_bias", "float", 0.0, "weight of an L2 penalty that grows towards the edges (0: off)", minimum=0.0),
+        Param("blur_every", "int", 4, "blur the picture every N steps (0: off)", minimum=0),
+        Param("blur_sigma", "float", 0.5, "the blur's Gaussian sigma in pixels", minimum=0.0, maximum=20.0),
+        Param("clip_norm", "float", 0.0, "percentile: grey out pixels whose colour norm is below it (0: off)",
+              minimum=0.0, maximum=100.0),
+        Param("clip_contribution", "float", 0.0,
+              "percentile: grey out pixels whose |pixel x gradient| is below it (0: off)", minimum=0.0, maximum=100.0),
+        Param("jitter", "int", 8, "random shift in pixels before each step (0: off)", minimum=0),
+        Param("scale", "float", 0.1, "random zoom of up to this fraction before each step (0: off)", minimum=0.0,
+              maximum=0.9),
+        Param("rotate", "float", 10.0, "random rotation of up to this many degrees before each step (0: off)",
+              minimum=0.0, maximum=180.0),
+        SEED,
+    ),
+    run=run,
+    needs_image=False,
+    streams_frames=True,
+)
