@@ -198,6 +198,9 @@ def run(ctx, layer="middle", layers="", guide=None, steps=10, lr=0.01, octaves=3
         objective.guides = _guide_features(ctx, guide, objective)
     shown = next(iter(weights))  # the layer whose norm the frames and metrics report
     generator = ctx.generator(seed)
+    # The tile grid's offsets come from a stream of their own, so tiling leaves the jitter
+    # unchanged: where tiling is exact, a tiled dream is the untiled dream.
+    grid_generator = ctx.generator(seed + 1_000_003)
     base = ctx.model.preprocessing.to_unit_tensor(image.image, size or None).to(ctx.device)
     full_size = tuple(base.shape[-2:])
     pyramid = [base]
@@ -233,7 +236,7 @@ def run(ctx, layer="middle", layers="", guide=None, steps=10, lr=0.01, octaves=3
                 loss = float(loss.detach())
             else:
                 # The grid moves at every step so no tile edge stays in one place.
-                offset = tuple(torch.randint(0, tile, (2,), generator=generator).tolist())
+                offset = tuple(torch.randint(0, tile, (2,), generator=grid_generator).tolist())
                 step_windows = tiles.windows(offset)
                 windows = len(step_windows)
                 gradient, loss, squares = tiled_gradient(lambda crop, window: objective(crop, window, tiles.numel),

@@ -1,0 +1,131 @@
+"""DeepDream on a 1,024 px photo: seconds per step and peak memory, whole image against tiles.
+
+Seconds per step are the gaps between the dream's frames (one gradient step, its update
+and the frame), both settings timed in turn in one process. Peak memory cannot come from
+tracemalloc (torch's CPU tensors bypass Python's allocator), so each setting runs one step
+in a fresh process, which reports its peak resident size (``ru_maxrss``) minus its resident
+size just before the step, with the model loaded and a small dream already run. The
+engine's glibc setting (keep freed memory) is in force, as in the application.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .common import Row
+
+SIZE = 1024
+LAYER = "middle"
+TILE = 512
+REPEATS = 2
+
+
+def _setup():
+    from engine.images import load_image
+    from engine.methods import MethodContext
+    from engine.models.registry import load_model
+    from engine.samples import sample_path
+
+    model = load_model()
+    image = load_image(sample_path("chelsea"))
+    image.image = image.image.resize((SIZE, SIZE))
+    return model, MethodContext(model=model, image=image)
+
+
+def _dream(ctx, steps: int, tile: int, size: int = SIZE) -> list[float]:
+    """Run a one-octave dream; the times at which its frames arrived."""
+    from engine.jobs import drive
+    from engine.methods import METHODS
+
+    spec = METHODS["dream"]
+    stamps: list[float] = []
+    drive(spec.run(ctx, **spec.bind({"layer": LAYER, "steps": steps, "octaves": 1, "size": size, "tile": tile})),
+          on_frame=lambda _frame: stamps.append(time.perf_counter()))
+    return stamps
+
+
+def run() -> list[Row]:
+    torch.set_num_threads(2)
+    model, ctx = _setup()
+    _dream(ctx, 1, 0, size=128)  # warm-up
+    settings = {"whole image": 0, f"tiles of {TILE} px": TILE}
+    samples: dict[str, list[float]] = {name: [] for name in settings}
+    for _ in range(REPEATS):  # in turn, so a noisy spell hits both alike
+        for name, tile in settings.items():
+            stamps = _dream(ctx, 3, tile)
+            samples[name] += [b - a for a, b in zip(stamps, stamps[1:])]
+    seconds = {name: statistics.median(values) for name, values in samples.items()}
+    peaks = {name: _peak_in_child(tile) for name, tile in settings.items()}
+    agreement = _gradient_agreement(model, ctx)
+    whole, tiled = seconds["whole image"], seconds[f"tiles of {TILE} px"]
+    rows = [
+        Row(f"dream step, {SIZE} px, {LAYER}, whole image", whole, "s", note=f"peak +{peaks['whole image']:.0f} MB"),
+        Row(f"dream step, {SIZE} px, {LAYER}, tiles of {TILE} px", tiled, "s", reference=whole,
+            note=f"peak +{peaks[f'tiles of {TILE} px']:.0f} MB; reference: the whole image at once"),
+    ]
+    for layer, (cosine, windows) in agreement.items():
+        rows.append(Row(f"tiled gradient vs whole, {SIZE} px, {layer}", cosine, "cosine", note=f"{windows} windows"))
+    return rows
+
+
+def _gradient_agreement(model, ctx) -> dict[str, tuple[float, int]]:
+    """Cosine between the tiled and the whole image's gradient, per preset layer, with the
+    margin the dream uses (exact for layers whose field fits in it, close for deeper ones)."""
+    from engine.methods.dream import DreamObjective, _Tiles
+    from engine.tiling import tiled_gradient
+
+    unit = model.preprocessing.to_unit_tensor(ctx.image.image, SIZE)
+    agreement = {}
+    for keyword in ("early", "middle", "late"):
+        path = model.layer_presets[keyword]
+        objective = DreamObjective(model, {path: 1.0}, path)
+        pixels = unit.clone().requires_grad_(True)
+        loss, _ = objective(pixels)
+        whole, = torch.autograd.grad(loss, pixels)
+        tiles = _Tiles(ctx, objective, TILE, *unit.shape[-2:])
+        windows = tiles.windows((TILE // 3, TILE // 5))
+        tiled, _, _ = tiled_gradient(lambda crop, window: objective(crop, window, tiles.numel), unit, windows)
+        cosine = float(torch.nn.functional.cosine_similarity(tiled.flatten(), whole.flatten(), dim=0))
+        agreement[f"{keyword} ({path}, margin {tiles.margin} px)"] = (cosine, len(windows))
+    return agreement
+
+
+def _peak_in_child(tile: int) -> float:
+    """MB the resident size grew by during one dream step at SIZE px, in a fresh process."""
+    root = Path(__file__).resolve().parents[1]
+    output = subprocess.run([sys.executable, "-m", "bench.dream_speed", "--peak", str(tile)], cwd=root, check=True,
+                            capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])["peak_mb"]
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _measure_peak(tile: int) -> None:
+    from engine.runtime import configure_process
+
+    configure_process()
+    torch.set_num_threads(2)
+    _, ctx = _setup()
+    _dream(ctx, 1, tile, size=128)  # the model's first run and the feature cache, before the baseline
+    before = _resident_mb()
+    _dream(ctx, 1, tile)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"tile": tile, "baseline_mb": round(before, 1), "peak_mb": round(max(0.0, peak - before), 1)}))
+
+
+if __name__ == "__main__":  # the child process of _peak_in_child; the table comes from `python -m bench dream_speed`
+    if len(sys.argv) != 3 or sys.argv[1] != "--peak":
+        sys.exit("run it as: python -m bench dream_speed")
+    _measure_peak(int(sys.argv[2]))
