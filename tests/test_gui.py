@@ -346,3 +346,23 @@ def test_raw_array_and_animation_export(qtbot, window, tmp_path, monkeypatch):
     assert window.export_animation_to(str(tmp_path / "none.gif")) is None
     assert "no raw array" in errors[0] and "frames to animate" in errors[1]
     assert not (tmp_path / "none.npy").exists() and not (tmp_path / "none.gif").exists()
+
+
+def test_clicking_the_single_channel_view_runs_guided_backprop_for_that_neuron(qtbot, window):
+    window.select_method("activations")
+    activations = window.panels["activations"]
+    activations.set_value("layer", "stages.3.2.expand_relu6")
+    activations.set_value("channel", 5)
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        activations.request_run()
+    single = window.last_result[1]
+    grid_h, grid_w = single.display.scalar.shape
+    image_h, image_w = single.display.rgb.shape[:2]
+    y, x = np.unravel_index(int(np.argmax(single.array)), single.array.shape)  # an active unit
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        window._on_canvas_click((x + 0.5) * image_w / grid_w, (y + 0.5) * image_h / grid_h)
+    method, result = window.last_result
+    assert method == "guided-backprop" and window.current_panel() is window.panels["guided-backprop"]
+    assert result.metrics["unit"] == {"layer": "stages.3.2.expand_relu6", "channel": 5, "at": [int(y), int(x)],
+                                      "value": result.metrics["unit"]["value"]}
+    assert result.metrics["unit"]["value"] > 0 and len(result.display.boxes) == 1  # its receptive field is drawn

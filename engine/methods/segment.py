@@ -82,8 +82,8 @@ def run(ctx, target=None, fg_percentile=95.0, bg_percentile=30.0, iterations=5, 
     work = cv2.resize(rgb, (work_w, work_h), interpolation=cv2.INTER_AREA) if (work_w, work_h) != (width, height) else rgb
     spread = work.reshape(-1, 3).astype(np.float64).std(axis=0)
     if float(spread.max()) < FLAT_STD:
-        raise MethodInputError(f"the picture is one flat colour (its pixels vary by {float(spread.max()):.1f} levels at most): "
-                               "there is no object to segment; open a photo with an object in it")
+        raise MethodInputError(f"the picture is one flat colour (standard deviation {float(spread.max()):.1f} of 255 "
+                               "levels): there is no object to segment; open a photo with an object in it")
 
     resolved = ctx.resolve_target(target)
     saliency_spec = METHODS["saliency"]
