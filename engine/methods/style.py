@@ -1,0 +1,191 @@
+"""``style``: neural style transfer (Gatys, Ecker & Bethge 2016).
+
+The picture starts as the content image (or noise) and its pixels are changed to minimise
+
+    content_weight * L_content + style_weight * L_style + tv_weight * L_tv
+
+where L_content compares its features with the content image's at the content layers,
+L_style compares its Gram matrices with the style images' at the style layers (several
+styles blend their Grams with ``--style-weights``), and L_tv keeps neighbouring pixels
+alike (``engine.perceptual`` defines each; both feature losses are relative to their
+targets' size, so the default weights suit every backbone).
+
+``--preserve-color`` is Gatys et al.'s luminance-only transfer ("Preserving Color in
+Neural Artistic Style Transfer", 2016): the network sees only luminance (the style's
+matched to the content's mean and spread), the optimised luminance is then joined with
+the content's chroma, in YIQ.
+
+``--feature-transform softmax`` (the default on non-VGG networks) applies Wang et al.'s
+softmax smoothing (``engine.feature_transforms``) before both losses: plain Grams of
+residual networks such as the bundled EfficientNet-Lite0 stylise poorly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..animation import FrameRecorder
+from ..errors import ConvScopeError, MethodInputError
+from ..feature_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
+from ..images import load_image
+from ..jobs import Display, Frame, Progress, Result
+from ..models.preprocessing import unit_tensor_to_rgb
+from ..perceptual import (DEFAULT_LR, OPTIMIZERS, Features, PerceptualLoss, blend_grams, choose_transform, gram_targets,
+                          layer_list, minimise, perceptual_layers, seeded_noise)
+from .base import SEED, MethodSpec, Param
+
+# RGB -> YIQ (NTSC 1953, as skimage.color.rgb2yiq): Y is luminance, I and Q chroma.
+YIQ_FROM_RGB = torch.tensor([[0.299, 0.587, 0.114],
+                             [0.59590059, -0.27455667, -0.32134392],
+                             [0.21153661, -0.52273617, 0.31119955]], dtype=torch.float64)
+RGB_FROM_YIQ = torch.linalg.inv(YIQ_FROM_RGB)
+
+
+def rgb_to_yiq(unit: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("yc,nchw->nyhw", YIQ_FROM_RGB.to(unit), unit)
+
+
+def yiq_to_rgb(yiq: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("cy,nyhw->nchw", RGB_FROM_YIQ.to(yiq), yiq)
+
+
+def matched_luminance(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """The style's luminance (N x 1 x H x W) shifted and scaled to the content's mean and std."""
+    y_style, y_content = rgb_to_yiq(style)[:, :1], rgb_to_yiq(content)[:, :1]
+    spread = y_content.std() / y_style.std().clamp(min=1e-6)
+    return ((y_style - y_style.mean()) * spread + y_content.mean()).clamp(0, 1)
+
+
+def parse_weights(text: str, count: int) -> list[float]:
+    if not str(text or "").strip():
+        return [1.0] * count
+    try:
+        weights = [float(part) for part in str(text).split(",")]
+    except ValueError:
+        raise MethodInputError(f"--style-weights takes numbers separated by commas (e.g. 0.7,0.3), not '{text}'") from None
+    if len(weights) != count:
+        raise MethodInputError(f"--style-weights gives {len(weights)} weights for {count} --style images; give one per style image")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise MethodInputError(f"--style-weights must be non-negative and not all zero, not '{text}'")
+    return weights
+
+
+def run(ctx, style=None, style_weights="", content_layers="", style_layers="", content_weight=1.0, style_weight=1000.0,
+        tv_weight=0.0, init="content", optimizer="lbfgs", lr=0.0, steps=100, size=0, style_scale=1.0,
+        preserve_color=False, feature_transform="auto", temperature=DEFAULT_TEMPERATURE, seed=0):
+    image = ctx.require_image()
+    paths = list(style or [])
+    if not paths:
+        raise MethodInputError("style needs at least one style picture: give --style FILE (repeat it to blend several)")
+    weights = parse_weights(style_weights, len(paths))
+    styles = []
+    for path in paths:
+        try:
+            styles.append(load_image(path))
+        except ConvScopeError as error:
+            raise MethodInputError(f"--style: {error}") from None
+
+    known = perceptual_layers(ctx.model, ctx.output_shapes())
+    content_paths = layer_list(content_layers, known.content, ctx.resolve_layer, "--content-layers")
+    style_paths = layer_list(style_layers, known.style, ctx.resolve_layer, "--style-layers")
+    transform_name, transform = choose_transform(feature_transform, known, temperature)
+    features = Features(ctx.model, content_paths + style_paths, transform)
+
+    preprocessing = ctx.model.preprocessing
+    content = preprocessing.to_unit_tensor(image.image, size or None).to(ctx.device)
+    style_side = max(16, round(min(content.shape[-2:]) * style_scale))
+    style_units = [preprocessing.to_unit_tensor(s.image, style_side).to(ctx.device) for s in styles]
+    if preserve_color:
+        chroma = rgb_to_yiq(content)[:, 1:]
+        content_y = rgb_to_yiq(content)[:, :1]
+        network_content = content_y.expand(-1, 3, -1, -1)
+        style_units = [matched_luminance(unit, content).expand(-1, 3, -1, -1) for unit in style_units]
+    else:
+        network_content = content
+
+    content_targets = {path: value for path, value in features.targets(network_content).items() if path in content_paths}
+    style_grams = []
+    for unit in style_units:
+        ctx.cancel.check()
+        grams = gram_targets({path: value for path, value in features.targets(unit).items() if path in style_paths})
+        style_grams.append(grams)
+    loss = PerceptualLoss(features, content=content_targets, style=blend_grams(style_grams, weights),
+                          content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight)
+
+    if init == "content":
+        start = content_y if preserve_color else content
+    else:
+        channels = 1 if preserve_color else 3
+        start = seeded_noise((1, channels, *content.shape[-2:]), ctx.generator(seed)).to(ctx.device)
+    pixels = start.clone().requires_grad_(True)
+
+    def as_network_input(picture: torch.Tensor) -> torch.Tensor:
+        return picture.expand(-1, 3, -1, -1) if preserve_color else picture
+
+    def as_rgb(picture: torch.Tensor) -> torch.Tensor:
+        """The picture to show: with --preserve-color, the luminance joined with the content's chroma."""
+        picture = picture.detach()
+        return yiq_to_rgb(torch.cat([picture, chroma], dim=1)).clamp(0, 1) if preserve_color else picture
+
+    recorder = FrameRecorder()
+    history: list[dict[str, float]] = []
+    descent = minimise(pixels, lambda p: loss(as_network_input(p)), steps, optimizer, lr, ctx.cancel)
+    for step, parts in descent:
+        parts = {"content": 0.0, "style": 0.0, "tv": 0.0, **parts}
+        history.append(parts)
+        rgb = unit_tensor_to_rgb(as_rgb(pixels))
+        recorder.add(rgb)
+        yield Frame(Display(rgb=rgb), step=step, metrics=parts)
+        yield Progress(step / steps, f"step {step}/{steps}")
+    final = {"content": 0.0, "style": 0.0, "tv": 0.0, **descent.final}
+
+    result = as_rgb(pixels)
+    rgb = unit_tensor_to_rgb(result)
+    blend = [w / sum(weights) for w in weights]
+    metrics = {"loss_first": history[0]["loss"], "loss_last": final["loss"],
+               **{f"{part}_first": history[0][part] for part in ("content", "style", "tv")},
+               **{f"{part}_last": final[part] for part in ("content", "style", "tv")},
+               "steps": steps, "size": [content.shape[-1], content.shape[-2]], "style_size": [list(u.shape[-1:-3:-1]) for u in style_units],
+               "feature_transform": transform_name, "content_layers": content_paths, "style_layers": style_paths,
+               "style_weights": blend}
+    params = {"style": paths, "style_weights": blend, "content_layers": content_paths, "style_layers": style_paths,
+              "content_weight": content_weight, "style_weight": style_weight, "tv_weight": tv_weight, "init": init,
+              "optimizer": optimizer, "lr": lr or DEFAULT_LR[optimizer], "steps": steps, "size": size,
+              "style_scale": style_scale, "preserve_color": preserve_color, "feature_transform": transform_name,
+              "temperature": temperature, "seed": seed}
+    note = f"loss {metrics['loss_first']:.3g} -> {metrics['loss_last']:.3g} (features: {transform_name})"
+    return Result(display=Display(rgb=rgb, note=note), array=result[0].permute(1, 2, 0).cpu().numpy().astype(np.float32),
+                  metrics=metrics, params=params, frames=recorder.finish(rgb))
+
+
+SPEC = MethodSpec(
+    id="style",
+    title="Style transfer",
+    summary="Repaint the image in the style of other pictures: match content features and style Grams (Gatys 2016).",
+    params=(
+        Param("style", "images", None, "style picture(s); repeat the flag to blend several"),
+        Param("style_weights", "str", "", "blend of the style pictures' Grams, e.g. 0.7,0.3 (empty: equal)"),
+        Param("content_layers", "str", "", "content layers, comma-separated (empty: per model; VGG: conv4_2)"),
+        Param("style_layers", "str", "", "style layers, comma-separated (empty: per model; VGG: conv1_1..conv5_1)"),
+        Param("content_weight", "float", 1.0, "weight of the content loss", minimum=0.0),
+        Param("style_weight", "float", 1000.0, "weight of the style loss", minimum=0.0),
+        Param("tv_weight", "float", 0.0, "weight of the total-variation smoothness penalty", minimum=0.0),
+        Param("init", "choice", "content", "start from the content image or from seeded noise", choices=("content", "noise")),
+        Param("optimizer", "choice", "lbfgs", "L-BFGS (as Gatys) or Adam", choices=OPTIMIZERS),
+        Param("lr", "float", 0.0, "step size (0: 1 for L-BFGS, 0.02 for Adam)", minimum=0.0, special="per optimizer"),
+        Param("steps", "int", 100, "optimisation steps", minimum=1, maximum=5000),
+        Param("size", "int", 0, "shorter side of the result in pixels (0: the model's input size)", minimum=0,
+              maximum=2048, special="model's size"),
+        Param("style_scale", "float", 1.0, "style pictures' shorter side relative to the content's, before their "
+                                           "Grams are taken (larger: coarser brush strokes)", minimum=0.05, maximum=8.0),
+        Param("preserve_color", "bool", False, "transfer luminance only and keep the content's colours (YIQ)"),
+        Param("feature_transform", "choice", "auto", "applied to features before both losses; auto: softmax for "
+                                                     "non-VGG models such as the bundled one (Wang et al. 2021), "
+                                                     "none for VGG", choices=("auto", *TRANSFORMS)),
+        Param("temperature", "float", DEFAULT_TEMPERATURE, "softmax temperature", minimum=1e-3),
+        SEED,
+    ),
+    run=run,
+    streams_frames=True,
+)

@@ -1,0 +1,191 @@
+"""style: Gatys style transfer, checked against its losses written out and against YIQ."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.color import rgb2yiq
+
+from engine.errors import JobCancelled, MethodInputError
+from engine.feature_transforms import feature_transform, softmax_smoothing
+from engine.gram import gram_matrix
+from engine.hooks import capture_outputs
+from engine.images import LoadedImage
+from engine.jobs import CancelToken, Frame, drive
+from engine.methods import METHODS, MethodContext
+from engine.models.preprocessing import Preprocessing
+from engine.models.registry import LoadedModel
+from engine.models.zoo import build_architecture
+from engine.perceptual import blend_grams, choose_transform, perceptual_layers
+from tests.conftest import make_tiny_model
+
+SPEC = METHODS["style"]
+SIZE = 24
+LAYERS = {"content_layers": "features.4", "style_layers": "features.1,features.4"}
+
+
+def run(ctx, **params):
+    frames = []
+    result = drive(SPEC.run(ctx, **SPEC.bind({**LAYERS, **params})), on_frame=frames.append)
+    return result, frames
+
+
+def picture(kind: str, size: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:size, :size]
+    if kind == "content":  # a smooth, colourful scene: a warm disc on a cool gradient
+        rgb = np.stack([x / size, 0.5 + 0 * x, 1 - y / size], axis=-1)
+        rgb[(y - size / 2) ** 2 + (x - size / 2) ** 2 < (size / 4) ** 2] = (0.9, 0.5, 0.2)
+    elif kind == "stripes":
+        rgb = np.where(((x + y) // 2 % 2)[..., None] == 0, (0.9, 0.9, 0.1), (0.1, 0.2, 0.8))
+    else:  # "dots": noisy speckle
+        rgb = rng.random((size, size, 3)) ** 3
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def save(tmp_path, name: str, kind: str, seed: int = 0) -> str:
+    path = tmp_path / f"{name}.png"
+    Image.fromarray(picture(kind, seed=seed)).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def ctx():
+    return MethodContext(model=make_tiny_model(size=SIZE), image=LoadedImage(Image.fromarray(picture("content")), path="c.png"))
+
+
+def test_losses_fall_and_every_step_reports_its_parts(ctx, tmp_path):
+    style = save(tmp_path, "stripes", "stripes")
+    result, frames = run(ctx, style=[style], steps=15, tv_weight=0.1)
+    assert len(frames) == 15
+    assert all({"loss", "content", "style", "tv"} <= set(f.metrics) for f in frames)
+    for f in frames:
+        assert f.metrics["loss"] == pytest.approx(f.metrics["content"] + f.metrics["style"] + f.metrics["tv"], rel=1e-5)
+    m = result.metrics
+    assert m["style_last"] < m["style_first"] / 10  # the style loss falls tenfold in 15 steps
+    assert m["loss_last"] < m["loss_first"] / 5
+    assert m["content_first"] == 0.0 and m["content_last"] > 0  # it starts from the content image
+    assert result.array.shape == (SIZE, SIZE, 3) and result.array.std() > 0.05
+    assert np.array_equal(result.frames[-1], result.display.rgb)
+
+
+def test_noise_init_is_seeded_and_adam_also_descends(ctx, tmp_path):
+    style = save(tmp_path, "dots", "dots")
+    first, _ = run(ctx, style=[style], steps=4, init="noise", seed=5)
+    again, _ = run(ctx, style=[style], steps=4, init="noise", seed=5)
+    other, _ = run(ctx, style=[style], steps=4, init="noise", seed=6)
+    assert np.array_equal(first.array, again.array) and not np.array_equal(first.array, other.array)
+    adam, _ = run(ctx, style=[style], steps=30, optimizer="adam", lr=0.02)
+    assert adam.metrics["loss_last"] < adam.metrics["loss_first"] / 3
+
+
+def layer_outputs(model, unit, layers, transform=None):
+    with torch.no_grad(), capture_outputs(model.module, layers) as captured:
+        model.module(model.preprocessing.normalise(unit))
+    return {layer: (transform(captured[layer]) if transform else captured[layer]) for layer in layers}
+
+
+def test_style_weights_blend_the_gram_matrices(ctx, tmp_path):
+    """The first step's style loss is that of the content image against 0.7 G(A) + 0.3 G(B),
+    written out here from hooks, relative to the blend's size and summed over the layers."""
+    a, b = save(tmp_path, "stripes", "stripes"), save(tmp_path, "dots", "dots")
+    result, _ = run(ctx, style=[a, b], style_weights="0.7,0.3", steps=1, style_weight=10.0, feature_transform="none")
+    assert result.metrics["style_weights"] == pytest.approx([0.7, 0.3])
+    layers = LAYERS["style_layers"].split(",")
+    prep = ctx.model.preprocessing
+    content = prep.to_unit_tensor(ctx.image.image)
+    grams = [
+        {layer: gram_matrix(f) for layer, f in layer_outputs(ctx.model, prep.to_unit_tensor(Image.open(path).convert("RGB"), SIZE),
+                                                             layers).items()}
+        for path in (a, b)
+    ]
+    ours = {layer: gram_matrix(f) for layer, f in layer_outputs(ctx.model, content, layers).items()}
+    expected = 0.0
+    for layer in layers:
+        blend = 0.7 * grams[0][layer] + 0.3 * grams[1][layer]
+        expected += float(((ours[layer] - blend) ** 2).mean() / (blend ** 2).mean())
+    assert result.metrics["style_first"] == pytest.approx(10.0 * expected, rel=1e-4)
+    # 7,3 is the same blend; the blend itself is linear in the weights.
+    scaled, _ = run(ctx, style=[a, b], style_weights="7,3", steps=1, style_weight=10.0, feature_transform="none")
+    assert scaled.metrics["style_first"] == pytest.approx(result.metrics["style_first"], rel=1e-6)
+    blended = blend_grams(grams, [7, 3])
+    for layer in layers:
+        assert torch.allclose(blended[layer], 0.7 * grams[0][layer] + 0.3 * grams[1][layer], atol=1e-7)
+
+
+def test_preserve_color_keeps_the_contents_chroma(ctx, tmp_path):
+    style = save(tmp_path, "stripes", "stripes")  # saturated yellow and blue
+    content = ctx.model.preprocessing.to_unit_tensor(ctx.image.image)[0].permute(1, 2, 0).numpy()
+    kept, frames = run(ctx, style=[style], steps=10, preserve_color=True)
+    plain, _ = run(ctx, style=[style], steps=10)
+    chroma = rgb2yiq(content)[..., 1:]
+    kept_error = np.abs(rgb2yiq(kept.array)[..., 1:] - chroma)
+    plain_error = np.abs(rgb2yiq(plain.array)[..., 1:] - chroma)
+    # Only pixels pushed out of the RGB cube (clipped) may lose a little chroma.
+    assert np.median(kept_error) < 1e-3 and kept_error.mean() < 0.01
+    assert plain_error.mean() > 10 * kept_error.mean()
+    # The luminance changed: the style was transferred, in luminance only.
+    assert np.abs(rgb2yiq(kept.array)[..., 0] - rgb2yiq(content)[..., 0]).mean() > 0.01
+    assert kept.metrics["style_last"] < kept.metrics["style_first"] / 3
+
+
+def test_style_scale_resizes_the_style_pictures(ctx, tmp_path):
+    style = save(tmp_path, "dots", "dots")
+    result, _ = run(ctx, style=[style], steps=1, style_scale=2.0)
+    assert result.metrics["style_size"] == [[2 * SIZE, 2 * SIZE]]
+
+
+def test_bad_style_inputs_say_what_to_do(ctx, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a picture")
+    with pytest.raises(MethodInputError, match="--style: broken.png is not an image"):
+        run(ctx, style=[str(broken)], steps=1)
+    with pytest.raises(MethodInputError, match="--style: missing.png: no such file"):
+        run(ctx, style=[str(tmp_path / "missing.png")], steps=1)
+    with pytest.raises(MethodInputError, match="needs at least one style picture"):
+        run(ctx, steps=1)
+    style = save(tmp_path, "dots", "dots")
+    with pytest.raises(MethodInputError, match="gives 2 weights for 1 --style images"):
+        run(ctx, style=[style], style_weights="0.5,0.5", steps=1)
+    with pytest.raises(MethodInputError, match="numbers separated by commas"):
+        run(ctx, style=[style], style_weights="a,b", steps=1)
+    with pytest.raises(MethodInputError, match="--style-layers: the model has no layer"):
+        run(ctx, style=[style], style_layers="features.77", steps=1)
+
+
+def test_cancelled_style_returns_no_result(ctx, tmp_path):
+    cancel = CancelToken()
+    ctx.cancel = cancel
+    job = SPEC.run(ctx, **SPEC.bind({**LAYERS, "style": [save(tmp_path, "dots", "dots")], "steps": 20}))
+    frames = 0
+    with pytest.raises(JobCancelled):
+        for event in job:
+            if isinstance(event, Frame):
+                frames += 1
+                if frames == 2:
+                    cancel.cancel()
+    assert frames == 2
+
+
+def test_vgg_defaults_are_gatys_layers_without_the_softmax(bundled):
+    vgg = LoadedModel("vgg19", build_architecture("vgg19"), Preprocessing(), [], "random")
+    layers = perceptual_layers(vgg, {})
+    assert layers.style == ("features.1", "features.6", "features.11", "features.20", "features.29")  # relu1_1..relu5_1
+    assert layers.content == ("features.22",)  # relu4_2
+    assert choose_transform("auto", layers, 1.0)[0] == "none"
+    assert choose_transform("auto", perceptual_layers(bundled, {}), 1.0)[0] == "softmax"
+    assert choose_transform("none", perceptual_layers(bundled, {}), 1.0) == ("none", None)
+
+
+def test_softmax_smoothing_is_the_softmax_over_the_whole_layer_times_its_size():
+    torch.manual_seed(0)
+    f = torch.randn(2, 3, 4, 5) * 3
+    s = softmax_smoothing(f, temperature=2.0)
+    for n in range(2):
+        e = torch.exp(f[n] / 2.0)
+        assert torch.allclose(s[n], e / e.sum() * 60, rtol=1e-5)
+    assert torch.allclose(s.mean(dim=(1, 2, 3)), torch.ones(2))
+    assert torch.allclose(softmax_smoothing(f + 7.0, 2.0), s, rtol=1e-5)  # shift-invariant, as a softmax
+    assert feature_transform("none") is None
+    with pytest.raises(ValueError):
+        softmax_smoothing(f, 0.0)
