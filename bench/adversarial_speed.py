@@ -10,23 +10,17 @@ from __future__ import annotations
 
 import torch
 
-from engine.images import load_image
 from engine.jobs import drive
-from engine.methods import METHODS, MethodContext
-from engine.models.registry import load_model
-from engine.samples import sample_path
+from engine.methods import METHODS
 
-from .common import Row, median_times_interleaved
+from .common import Row, bundled_photo_context, median_times_interleaved
 
 STEPS, EPS, GOLDFISH = 10, 0.0005, 1
 REPEATS = 3
 
 
 def run() -> list[Row]:
-    torch.set_num_threads(2)
-    model = load_model()
-    image = load_image(sample_path("chelsea"))
-    ctx = MethodContext(model=model, image=image)
+    model, image, ctx = bundled_photo_context()
     spec = METHODS["adversarial"]
     params = spec.bind({"target": GOLDFISH, "eps": EPS, "steps": STEPS})
     original = model.preprocessing.to_unit_tensor(image.image)

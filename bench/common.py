@@ -57,3 +57,19 @@ def print_table(rows: list[Row]) -> None:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
         if index == 0:
             print("  ".join("-" * width for width in widths))
+
+
+def bundled_photo_context(sample: str = "chelsea"):
+    """The bundled model, a sample photo and a method context over them, on 2 threads
+    (this machine's cores), as most benchmarks start."""
+    import torch
+
+    from engine.images import load_image
+    from engine.methods import MethodContext
+    from engine.models.registry import load_model
+    from engine.samples import sample_path
+
+    torch.set_num_threads(2)
+    model = load_model()
+    image = load_image(sample_path(sample))
+    return model, image, MethodContext(model=model, image=image)
