@@ -33,13 +33,16 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
 
 from .errors import MethodInputError
 from .images import IMAGE_SUFFIXES, load_image
+
+if TYPE_CHECKING:  # torch is imported lazily, by the code paths that decode
+    import torch
 
 BUILTIN_DATASETS = ("samples", "digits")
 # Bump when the way pixels are decoded or resized changes: it is part of every feature
