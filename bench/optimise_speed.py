@@ -15,9 +15,10 @@ from engine.images import load_image
 from engine.jobs import Frame
 from engine.methods import METHODS, MethodContext
 from engine.models.registry import load_model
+from engine.parameterisation import FourierImage
 from engine.samples import sample_path
 
-from .common import Row, median_times_interleaved
+from .common import Row, median_time, median_times_interleaved
 
 REPEATS = 9
 
@@ -51,6 +52,13 @@ def run() -> list[Row]:
         rows.append(Row(f"class-viz step, 224 px, {param}", ours * 1000, "ms", reference=floor * 1000,
                         note="reference: bare forward + backward at 224 px (the floor); defaults: jitter, zoom, "
                              "rotate, blur every 4 steps"))
+
+    # What the Fourier parameterisation itself costs per step (irfft2, colour, sigmoid and
+    # their backward): the difference between the two class-viz rows above.
+    fourier = FourierImage.random((1, 3, 224, 224), torch.Generator().manual_seed(0))
+    alone = median_time(lambda: fourier.image().sum().backward(), repeats=REPEATS)
+    rows.append(Row("Fourier parameterisation alone, 224 px", alone * 1000, "ms",
+                    note="image() forward + backward; MKL's FFT threads suffer most when the cores are shared"))
 
     image = load_image(sample_path("chelsea"))
     image.image = image.image.resize((224, 224))

@@ -108,7 +108,8 @@ def probe_model(model: LoadedModel, picture: torch.Tensor, needs: Sequence[str],
             handle.remove()
     missing = [name for name in wanted if name not in probe]
     if missing:
-        raise MethodInputError(f"layer '{missing[0].removesuffix(PRE)}' did not run in the forward pass, so it cannot be optimised")
+        layer = missing[0].removesuffix(PRE)
+        raise MethodInputError(f"layer '{layer}' did not run in the forward pass, so it cannot be optimised")
     return probe
 
 

@@ -75,7 +75,8 @@ def run(ctx, layer="middle", strip="", tv=1.0, beta=2.0, steps=96, lr=0.05, para
         if target.dim() < 2 or not target.abs().sum() > 0:
             raise MethodInputError(f"'{path}' gives all-zero features for this picture, so there is nothing to invert; "
                                    "pick another layer")
-        objective = feature_match(path, target, activation_clip(ctx.model, path)) + (tv / (height * width)) * penalty("tv", lambda x: total_variation(x, beta))
+        smoothness = penalty("tv", lambda x: total_variation(x, beta))
+        objective = feature_match(path, target, activation_clip(ctx.model, path)) + (tv / (height * width)) * smoothness
         picture = make_image_param(param, tuple(original.shape), generator, device=ctx.device)
 
         def show(current, index=index):
