@@ -109,7 +109,7 @@ def test_default_layers_per_backbone(bundled):
     assert layers.texture == ("features.1", "features.4", "features.9", "features.18", "features.27")  # conv1_1, pool1-4
     assert layers.plain_gram
     bundled_layers = perceptual_layers(bundled, {})
-    assert not bundled_layers.plain_gram
+    assert bundled_layers.plain_gram  # ReLU6 layers: plain Grams work (see engine.perceptual)
     assert all(bundled.named_module(path) is not None for path in bundled_layers.texture + bundled_layers.style)
 
 

@@ -15,9 +15,11 @@ Neural Artistic Style Transfer", 2016): the network sees only luminance (the sty
 matched to the content's mean and spread), the optimised luminance is then joined with
 the content's chroma, in YIQ.
 
-``--feature-transform softmax`` (the default on non-VGG networks) applies Wang et al.'s
-softmax smoothing (``engine.feature_transforms``) before both losses: plain Grams of
-residual networks such as the bundled EfficientNet-Lite0 stylise poorly.
+``--feature-transform softmax`` applies Wang et al.'s softmax smoothing
+(``engine.feature_transforms``) before both losses: plain Grams of a residual network's
+block outputs stylise poorly. "auto" uses it on networks other than VGG and the bundled
+EfficientNet-Lite0, whose default layers are ReLU6 activations that plain Grams stylise
+well (``engine.perceptual`` has the measurements).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from ..feature_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
 from ..images import load_image
 from ..jobs import Display, Frame, Progress, Result
 from ..models.preprocessing import unit_tensor_to_rgb
-from ..perceptual import (DEFAULT_LR, OPTIMIZERS, Features, PerceptualLoss, blend_grams, choose_transform, gram_targets,
-                          layer_list, minimise, perceptual_layers, seeded_noise)
+from ..perceptual import (DEFAULT_LR, OPTIMIZERS, Descent, Features, PerceptualLoss, blend_grams, choose_transform,
+                          gram_targets, layer_list, perceptual_layers, seeded_noise)
 from .base import SEED, MethodSpec, Param
 
 # RGB -> YIQ (NTSC 1953, as skimage.color.rgb2yiq): Y is luminance, I and Q chroma.
@@ -69,6 +71,12 @@ def parse_weights(text: str, count: int) -> list[float]:
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise MethodInputError(f"--style-weights must be non-negative and not all zero, not '{text}'")
     return weights
+
+
+def _named_losses(parts: dict[str, float]) -> dict[str, float]:
+    """The total as "loss" and each part as "<part>_loss" (0 when its weight is 0), as the
+    loss plot and fast-style-train name them."""
+    return {"loss": parts["loss"], **{f"{part}_loss": parts.get(part, 0.0) for part in ("content", "style", "tv")}}
 
 
 def run(ctx, style=None, style_weights="", content_layers="", style_layers="", content_weight=1.0, style_weight=1000.0,
@@ -129,24 +137,24 @@ def run(ctx, style=None, style_weights="", content_layers="", style_layers="", c
         return yiq_to_rgb(torch.cat([picture, chroma], dim=1)).clamp(0, 1) if preserve_color else picture
 
     recorder = FrameRecorder()
-    history: list[dict[str, float]] = []
-    descent = minimise(pixels, lambda p: loss(as_network_input(p)), steps, optimizer, lr, ctx.cancel)
+    first: dict[str, float] = {}
+    descent = Descent(pixels, lambda p: loss(as_network_input(p)), steps, optimizer, lr, ctx.cancel)
     for step, parts in descent:
-        parts = {"content": 0.0, "style": 0.0, "tv": 0.0, **parts}
-        history.append(parts)
+        parts = _named_losses(parts)
+        first = first or parts
         rgb = unit_tensor_to_rgb(as_rgb(pixels))
         recorder.add(rgb)
         yield Frame(Display(rgb=rgb), step=step, metrics=parts)
         yield Progress(step / steps, f"step {step}/{steps}")
-    final = {"content": 0.0, "style": 0.0, "tv": 0.0, **descent.final}
+    final = _named_losses(descent.final)
 
     result = as_rgb(pixels)
     rgb = unit_tensor_to_rgb(result)
     blend = [w / sum(weights) for w in weights]
-    metrics = {"loss_first": history[0]["loss"], "loss_last": final["loss"],
-               **{f"{part}_first": history[0][part] for part in ("content", "style", "tv")},
-               **{f"{part}_last": final[part] for part in ("content", "style", "tv")},
-               "steps": steps, "size": [content.shape[-1], content.shape[-2]], "style_size": [list(u.shape[-1:-3:-1]) for u in style_units],
+    metrics = {**{f"{name}_first": value for name, value in first.items()},
+               **{f"{name}_last": value for name, value in final.items()},
+               "steps": steps, "size": [content.shape[-1], content.shape[-2]],
+               "style_size": [[unit.shape[-1], unit.shape[-2]] for unit in style_units],
                "feature_transform": transform_name, "content_layers": content_paths, "style_layers": style_paths,
                "style_weights": blend}
     params = {"style": paths, "style_weights": blend, "content_layers": content_paths, "style_layers": style_paths,
@@ -180,10 +188,12 @@ SPEC = MethodSpec(
         Param("style_scale", "float", 1.0, "style pictures' shorter side relative to the content's, before their "
                                            "Grams are taken (larger: coarser brush strokes)", minimum=0.05, maximum=8.0),
         Param("preserve_color", "bool", False, "transfer luminance only and keep the content's colours (YIQ)"),
-        Param("feature_transform", "choice", "auto", "applied to features before both losses; auto: softmax for "
-                                                     "non-VGG models such as the bundled one (Wang et al. 2021), "
-                                                     "none for VGG", choices=("auto", *TRANSFORMS)),
-        Param("temperature", "float", DEFAULT_TEMPERATURE, "softmax temperature", minimum=1e-3),
+        Param("feature_transform", "choice", "auto", "applied to features before both losses; softmax: Wang et al. "
+                                                     "2021's fix for residual networks; auto: none on VGG and on the "
+                                                     "bundled model (its ReLU6 layers stylise well plainly), softmax "
+                                                     "on other models", choices=("auto", *TRANSFORMS)),
+        Param("temperature", "float", DEFAULT_TEMPERATURE, "softmax temperature T: softmax(F / T) (1 as the paper)",
+              minimum=1e-3),
         SEED,
     ),
     run=run,

@@ -24,9 +24,10 @@ from ..errors import MethodInputError
 from ..feature_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
 from ..gallery import Tile, render_gallery
 from ..jobs import Display, Frame, Progress, Result
+from ..layer_tree import cached_layer_tree
 from ..models.preprocessing import unit_tensor_to_rgb
-from ..perceptual import (DEFAULT_LR, OPTIMIZERS, Features, PerceptualLoss, choose_transform, gram_targets, layer_list,
-                          minimise, perceptual_layers, seeded_noise)
+from ..perceptual import (DEFAULT_LR, OPTIMIZERS, Descent, Features, PerceptualLoss, choose_transform, gram_targets,
+                          layer_list, perceptual_layers, seeded_noise)
 from .base import SEED, MethodSpec, Param
 
 CLASSIC_SAMPLE = 48  # default shorter side of the sample for --classic, in pixels
@@ -57,7 +58,7 @@ def run(ctx, layers="", size=0, sample_size=0, steps=100, optimizer="lbfgs", lr=
         pixels = noise.clone().requires_grad_(True)
         label = f"layer {index + 1}/{len(groups)} ({group[0]}), " if strip else ""
         losses = []
-        descent = minimise(pixels, loss, steps, optimizer, lr, ctx.cancel)
+        descent = Descent(pixels, loss, steps, optimizer, lr, ctx.cancel)
         for step, parts in descent:
             losses.append(parts["loss"])
             rgb = unit_tensor_to_rgb(pixels.detach())
@@ -86,8 +87,6 @@ def run(ctx, layers="", size=0, sample_size=0, steps=100, optimizer="lbfgs", lr=
 
 def _strip(ctx, sample: torch.Tensor, results: list[np.ndarray], paths: list[str]) -> tuple[np.ndarray, str]:
     """The sample, then one synthesis per layer, captioned with the layer's receptive field."""
-    from ..layer_tree import cached_layer_tree
-
     tree = cached_layer_tree(ctx.model.module, tuple(sample.shape[-2:]), ctx.device)
     tiles = [Tile(Image.fromarray(unit_tensor_to_rgb(sample)), caption="sample")]
     names = []
@@ -151,9 +150,9 @@ SPEC = MethodSpec(
         Param("steps", "int", 100, "optimisation steps (per layer with --strip)", minimum=1, maximum=5000),
         Param("optimizer", "choice", "lbfgs", "L-BFGS (as Gatys) or Adam", choices=OPTIMIZERS),
         Param("lr", "float", 0.0, "step size (0: 1 for L-BFGS, 0.02 for Adam)", minimum=0.0, special="per optimizer"),
-        Param("feature_transform", "choice", "none", "applied to features before the Grams: none, or the softmax "
-                                                     "that helps style transfer on non-VGG models (Wang et al. 2021; "
-                                                     "auto: softmax for non-VGG models)", choices=("auto", *TRANSFORMS)),
+        Param("feature_transform", "choice", "none", "applied to features before the Grams: none, or Wang et al. "
+                                                     "2021's softmax (auto: as the style method chooses per model)",
+              choices=("auto", *TRANSFORMS)),
         Param("temperature", "float", DEFAULT_TEMPERATURE, "softmax temperature", minimum=1e-3),
         Param("strip", "bool", False, "synthesise from each layer alone and show them beside the sample"),
         Param("classic", "bool", False, "Efros & Leung's non-parametric synthesis instead (small sizes)"),
