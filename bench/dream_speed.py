@@ -2,17 +2,17 @@
 
 Seconds per step are the gaps between the dream's frames (one gradient step, its update
 and the frame), both settings timed in turn in one process. Peak memory cannot come from
-tracemalloc (torch's CPU tensors bypass Python's allocator), so each setting runs one step
-in a fresh process, which reports its peak resident size (``ru_maxrss``) minus its resident
-size just before the step, with the model loaded and a small dream already run. The
-engine's glibc setting (keep freed memory) is in force, as in the application.
+tracemalloc (torch's CPU tensors bypass Python's allocator), so each setting runs one dream
+step in a fresh process, with the model loaded and a small dream already run: the process
+resets its peak resident size to its current one (``/proc/self/clear_refs``), runs the
+step, and reports the peak (``VmHWM``) minus that baseline. Not ``ru_maxrss``: Linux keeps
+it across ``exec``, so a child would report its parent's peak. The engine's glibc setting
+(keep freed memory) is in force, as in the application. Linux only.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -26,7 +26,7 @@ from .common import Row
 SIZE = 1024
 LAYER = "middle"
 TILE = 512
-REPEATS = 2
+REPEATS = 3
 
 
 def _setup():
@@ -107,9 +107,13 @@ def _peak_in_child(tile: int) -> float:
     return json.loads(output.strip().splitlines()[-1])["peak_mb"]
 
 
-def _resident_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _memory_mb(field: str) -> float:
+    """A line of /proc/self/status in MB: VmRSS (resident now) or VmHWM (its peak)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _measure_peak(tile: int) -> None:
@@ -119,9 +123,11 @@ def _measure_peak(tile: int) -> None:
     torch.set_num_threads(2)
     _, ctx = _setup()
     _dream(ctx, 1, tile, size=128)  # the model's first run and the feature cache, before the baseline
-    before = _resident_mb()
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # the peak resident size starts again from the current one
+    before = _memory_mb("VmRSS")
     _dream(ctx, 1, tile)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = _memory_mb("VmHWM")
     print(json.dumps({"tile": tile, "baseline_mb": round(before, 1), "peak_mb": round(max(0.0, peak - before), 1)}))
 
 

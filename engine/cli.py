@@ -209,7 +209,7 @@ def _run_method(args, model) -> int:
 
         if not result.frames:
             raise ConvScopeError(f"{spec.id} recorded no frames to animate")
-        write_animation(result.frames, Path(animation), fps=args.fps)
+        write_animation(result.frames, Path(animation), fps=args.fps, overwrite=True)
     line = {
         "method": spec.id,
         "model": model.name,

@@ -14,8 +14,8 @@ DeepDream notebook moves its tiles by rolling the image) keeps that small error 
 landing in the same place twice, so no grid shows in the picture.
 
 Owning units by position needs the windows to start on the layer's grid of units: every
-core edge and every margin is a multiple of ``align``, the layers' jump (stride in input
-pixels) found by ``tiling_geometry``.
+core edge and every window's start is a multiple of ``align``, the layers' jump (stride in
+input pixels) found by ``tiling_geometry``.
 """
 
 from __future__ import annotations
@@ -78,25 +78,43 @@ def tile_windows(height: int, width: int, tile: int, margin: int, align: int = 1
     the tile and rounded to ``align``) so a caller can move the seams between steps. An axis
     no longer than one tile is not cut at all.
 
-    Every window is as long as the image modulo ``align``: networks padded like
-    TensorFlow's "SAME" (the bundled EfficientNet) pad one pixel more or less depending on
-    the parity of each stage's input, and a window must be padded as the image is, or its
-    units would sit half a stride away from the image's.
+    Every window has the same size, ``tile + 2 * margin`` and the image's size modulo
+    ``align`` (or the whole axis, if shorter); a window near an edge is moved inwards
+    instead of being cut short. One size, because CPU convolutions (oneDNN) prepare every
+    new input shape afresh: with windows cut to fit, every move of the grid brought new
+    shapes and measured twice the time per step. The remainder modulo ``align``, because
+    networks padded like TensorFlow's "SAME" (the bundled EfficientNet) pad one pixel more
+    or less depending on the parity of each stage's input, and a window must be padded as
+    the image is, or its units would sit half a stride away from the image's.
     """
     align = max(1, int(align))
     tile = max(align, tile // align * align)
     margin = -(-max(0, margin) // align) * align
-    rows = _cuts(height, tile, offset[0] % tile // align * align, align)
-    cols = _cuts(width, tile, offset[1] % tile // align * align, align)
+    rows = _placed(_cuts(height, tile, offset[0] % tile // align * align, align), height,
+                   tile + 2 * margin + height % align, margin)
+    cols = _placed(_cuts(width, tile, offset[1] % tile // align * align, align), width,
+                   tile + 2 * margin + width % align, margin)
     windows = []
-    for row, (core_top, core_bottom) in enumerate(rows):
-        for col, (core_left, core_right) in enumerate(cols):
-            windows.append(Window(
-                top=max(0, core_top - margin), bottom=min(height, core_bottom + margin + height % align),
-                left=max(0, core_left - margin), right=min(width, core_right + margin + width % align),
-                core_top=core_top, core_bottom=core_bottom, core_left=core_left, core_right=core_right,
-                last_row=row == len(rows) - 1, last_col=col == len(cols) - 1))
+    for row, (top, bottom, core_top, core_bottom) in enumerate(rows):
+        for col, (left, right, core_left, core_right) in enumerate(cols):
+            windows.append(Window(top=top, bottom=bottom, left=left, right=right,
+                                  core_top=core_top, core_bottom=core_bottom, core_left=core_left, core_right=core_right,
+                                  last_row=row == len(rows) - 1, last_col=col == len(cols) - 1))
     return windows
+
+
+def _placed(cores: list[tuple[int, int]], length: int, size: int, margin: int) -> list[tuple[int, int, int, int]]:
+    """(start, end, core start, core end) of each window along one axis.
+
+    Each window starts ``margin`` before its core, moved inwards to stay inside the image;
+    the start stays a multiple of the alignment (``length - size`` is one).
+    """
+    size = min(size, length)
+    placed = []
+    for core_start, core_end in cores:
+        start = min(max(0, core_start - margin), length - size)
+        placed.append((start, start + size, core_start, core_end))
+    return placed
 
 
 def _cuts(length: int, tile: int, offset: int, align: int) -> list[tuple[int, int]]:
@@ -173,20 +191,20 @@ def tiling_geometry(model: nn.Module, paths: Sequence[str], size: int = 224) -> 
         parameter = next(model.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
         fields = trace_receptive_fields(model, torch.zeros(1, 3, size, size, device=device))
+        found = {}
         for path in missing:
             field = fields.get(path)
             jumps = field.jump if field is not None else (0.5, 0.5)
             if field is None or any(j != int(j) or j < 1 for j in jumps) or jumps[0] != jumps[1]:
                 raise ValueError(f"layer '{path}' has no regular grid of units over the image, so it cannot be tiled")
-            known[path] = (int(jumps[0]), max(field.size))
-        step = math.lcm(*(known[path][0] for path in missing))
+            found[path] = (int(jumps[0]), max(field.size))
+        step = math.lcm(*(jump for jump, _ in found.values()))
         small = output_shapes(model, missing, None, size, size)
         large = output_shapes(model, missing, None, size + 2 * step, size + step)
-        for path in missing if small and large else ():
-            jump = known[path][0]
+        for path, (jump, _) in found.items() if small and large else ():
             if (large[path][-2] - small[path][-2], large[path][-1] - small[path][-1]) != (2 * step // jump, step // jump):
-                del known[path]
                 raise ValueError(f"layer '{path}' has no regular grid of units over the image, so it cannot be tiled")
+        known.update(found)
     jumps = {path: known[path][0] for path in paths}
     reach = math.ceil(max(known[path][1] for path in paths) / 2)
     return TilingGeometry(align=math.lcm(*jumps.values()), jumps=jumps, reach=reach)

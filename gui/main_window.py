@@ -642,7 +642,7 @@ class MainWindow(QMainWindow):
         from engine.errors import ConvScopeError
 
         try:
-            written = write_animation(result.frames, Path(path), fps=fps)
+            written = write_animation(result.frames, Path(path), fps=fps, overwrite=True)  # the save dialog asked
         except (OSError, ValueError, ConvScopeError) as exc:
             self.show_error("Export failed", f"Could not write {Path(path).name}: {exc}")
             return None

@@ -166,14 +166,18 @@ def test_tile_cores_cover_the_image_once_and_windows_are_padded_like_it(offset):
     owned = np.zeros((height, width), int)
     for w in windows:
         owned[w.core_top:w.core_bottom, w.core_left:w.core_right] += 1
-        assert 0 <= w.top <= w.core_top - min(margin, w.core_top) and w.bottom >= min(height, w.core_bottom + margin)
+        # The window holds its core and the margin around it, inside the image.
+        assert 0 <= w.top <= w.core_top - min(margin, w.core_top) and min(height, w.core_bottom + margin) <= w.bottom <= height
+        assert 0 <= w.left <= w.core_left - min(margin, w.core_left) and min(width, w.core_right + margin) <= w.right <= width
         assert w.top % align == 0 and w.left % align == 0 and w.core_top % align == 0 and w.core_left % align == 0
-        # Each window is as long as the image modulo the alignment (TensorFlow "SAME" pads alike).
-        assert (w.bottom - w.top) % align == height % align and (w.right - w.left) % align == width % align
-        assert align <= w.core_bottom - w.core_top < tile + align and w.bottom - w.top < tile + 2 * margin + 2 * align
+        assert align <= w.core_bottom - w.core_top < tile + align and align <= w.core_right - w.core_left < tile + align
+    # One window size (one input shape for the network), as long as the image modulo the
+    # alignment (TensorFlow's "SAME" pads by parity): 32 + 2 * 8 + 101 % 4 and 32 + 2 * 8 + 70 % 4.
+    assert {(w.bottom - w.top, w.right - w.left) for w in windows} == {(49, 50)}
     assert (owned == 1).all()
     # An axis no longer than one tile is not cut.
     assert len(tile_windows(30, 30, 32, 8, 4, offset)) == 1
+    assert {(w.bottom - w.top, w.right - w.left) for w in tile_windows(30, 90, 32, 8, 4, offset)} == {(30, 50)}
 
 
 @pytest.mark.parametrize("layer", ["features.1", "features.3", "features.4"])
@@ -215,6 +219,20 @@ def test_a_tiled_dream_is_the_untiled_dream_where_tiling_is_exact():
     np.testing.assert_allclose(tiled_result.array, plain.array, atol=1e-4)
     assert tiled_result.metrics["loss_last"] == pytest.approx(plain.metrics["loss_last"], rel=1e-4)
     assert tiled_result.metrics["norm_last"] == pytest.approx(plain.metrics["norm_last"], rel=1e-4)
+
+
+def test_where_the_overlap_is_short_of_the_field_the_grid_moves_and_stays_close():
+    """features.4 sees 8 px; tiles of 8 px get 2 px of overlap, so the grid moves every step."""
+    ctx = MethodContext(model=make_tiny_model(), image=noise_image(61, 47, seed=4))
+    start = ctx.model.preprocessing.to_unit_tensor(ctx.image.image, 40)[0].permute(1, 2, 0).numpy()
+    plain, _ = run(ctx, layer="features.4", steps=4, octaves=1, size=40, tile=0, seed=5)
+    moving, _ = run(ctx, layer="features.4", steps=4, octaves=1, size=40, tile=8, seed=5)
+    again, _ = run(ctx, layer="features.4", steps=4, octaves=1, size=40, tile=8, seed=5)
+    assert "2 px overlap, the grid moving every step" in moving.display.note
+    np.testing.assert_array_equal(moving.array, again.array)  # the grid's moves follow the seed
+    change, reference = (moving.array - start).ravel(), (plain.array - start).ravel()
+    assert np.corrcoef(change, reference)[0, 1] > 0.9  # measured 0.96
+    assert not np.allclose(moving.array, plain.array, atol=1e-3)
 
 
 def test_a_2000_px_image_dreams_in_tiles_without_a_full_size_map(bundled, chelsea):

@@ -12,7 +12,9 @@ the same on a small deep map as on a large shallow one. ``--guide IMG`` replaces
 layer's term by the guided objective of the Google DeepDream notebook: every position of
 the dream is pulled towards the guide's feature vector that matches it best (largest dot
 product), so the dream grows what the guide image contains. Large images are processed
-in tiles (``engine.tiling``) whose grid moves at every step.
+in tiles (``engine.tiling``): exactly the whole image's gradient where the tiles' overlap
+covers the layer's receptive field, and with a grid that moves at every step where it
+cannot (deep layers), so no seam stays in one place.
 """
 
 from __future__ import annotations
@@ -165,8 +167,12 @@ class _Tiles:
         self.tile, self.height, self.width = tile, height, width
         self.align = geometry.align
         # Half the receptive field makes tiling exact; a deep layer's field is larger than the
-        # image, so the margin is capped at a quarter tile (the moving grid hides the rest).
-        self.margin = min(geometry.reach, max(tile // 4, geometry.align))
+        # image, so the margin is capped at a quarter tile, and the grid then moves at every
+        # step to spread what the tiles' edges miss. An exact grid stays put: moving it
+        # costs a partly filled extra row and column of tiles.
+        align = self.align
+        self.margin = -(-min(geometry.reach, max(tile // 4, align)) // align) * align  # rounded up to the grid
+        self.exact = self.margin >= geometry.reach
         shapes = output_shapes(ctx.model.module, list(objective.weights), objective.last, height, width)
         if shapes is None:  # the meta device could not follow the model: count units from the jumps
             channels = {path: ctx.output_shapes()[path][1] for path in objective.weights}
@@ -235,8 +241,7 @@ def run(ctx, layer="middle", layers="", guide=None, steps=10, lr=0.01, octaves=3
                 gradient, = torch.autograd.grad(loss, pixels)
                 loss = float(loss.detach())
             else:
-                # The grid moves at every step so no tile edge stays in one place.
-                offset = tuple(torch.randint(0, tile, (2,), generator=grid_generator).tolist())
+                offset = (0, 0) if tiles.exact else tuple(torch.randint(0, tile, (2,), generator=grid_generator).tolist())
                 step_windows = tiles.windows(offset)
                 windows = len(step_windows)
                 gradient, loss, squares = tiled_gradient(lambda crop, window: objective(crop, window, tiles.numel),
@@ -266,6 +271,9 @@ def run(ctx, layer="middle", layers="", guide=None, steps=10, lr=0.01, octaves=3
               "octave_scale": octave_scale, "jitter": jitter, "tile": tile, "size": size, "seed": seed}
     what = ", ".join(f"{path} x{weight:g}" for path, weight in weights.items()) if len(weights) > 1 else shown
     note = f"DeepDream on {what}" + (" guided by " + guide.replace("\\", "/").rsplit("/", 1)[-1] if guide else "")
+    if full_tiles is not None:
+        note += (f"; in {windows} tiles of {tile} px with {full_tiles.margin} px overlap"
+                 + ("" if full_tiles.exact else ", the grid moving every step (the layer sees further than the overlap)"))
     return Result(display=Display(rgb=final_rgb, note=note), array=result, layer=shown, metrics=metrics, params=params,
                   frames=recorder.finish(final_rgb))
 
@@ -277,7 +285,8 @@ SPEC = MethodSpec(
     params=(
         LAYER,
         Param("layers", "str", "", "several layers with weights, e.g. 'early:1,late:0.5' (replaces --layer)"),
-        Param("guide", "image", None, "grow what this image contains: pull each position towards the guide's best-matching feature"),
+        Param("guide", "image", None,
+              "grow what this image contains: pull each position towards the guide's best-matching feature"),
         Param("steps", "int", 10, "gradient steps per octave", minimum=1, maximum=1000),
         Param("lr", "float", 0.01, "step size in 0..1 pixel units, after normalising the gradient", minimum=0.0),
         Param("octaves", "int", 3, "number of scales, smallest first", minimum=1, maximum=8),
