@@ -142,7 +142,11 @@ def run() -> list[Row]:
 
 
 def _agreement(ours: np.ndarray, reference: np.ndarray, statistical: bool) -> str:
-    if statistical:  # different noise draws: the maps agree in shape, not value by value
+    if statistical:  # Captum draws its noise from the global generator: compared in shape, by correlation
         return f"correlation with Captum's map {np.corrcoef(ours.ravel(), reference.ravel())[0, 1]:.3f}"
+    # Folding batch norms changes rounding, which flips the odd ReLU6 unit sitting at a kink:
+    # a few pixels differ visibly, the rest to rounding. Both figures are reported.
     scale = float(np.abs(reference).max()) or 1.0
-    return f"max difference {float(np.abs(ours - reference).max()) / scale:.1e} of the map's max"
+    difference = np.abs(ours - reference) / scale
+    return f"difference to Captum's map, of its max: largest {difference.max():.1e}, 99th percentile " \
+           f"{np.percentile(difference, 99):.1e}"

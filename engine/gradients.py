@@ -9,18 +9,25 @@ logit; ``unit_score``: one unit of a layer). Each image's score depends on that 
 alone, so the gradient of their sum gives every image its own gradient in one backward
 pass: a batch of N inputs costs one pass, not N.
 
-Speed, for methods that need many gradients (SmoothGrad, integrated gradients):
+Speed (every attribution method takes its gradients this way):
 
 - ``gradient_network`` is ``engine.inference``'s copy of the model, with each BatchNorm
-  folded into the convolution before it: the same function (to float rounding), without
-  the normalisations' forward and backward passes, a third of a forward + backward of
-  the bundled model on the CPU. The copy runs its activations in place; where that breaks
-  the backward pass (an in-place SiLU or Hardswish needs its overwritten input), the
-  model itself is used. Only the input's gradient is taken through the copy: a layer's
-  output captured from it could be overwritten by the in-place activation after it.
+  folded into the convolution before it: the same function, without the normalisations'
+  forward and backward passes (the bundled model, one 224 px image, forward + backward
+  on 2 CPU threads: 28 ms instead of 35). The function is the same to float rounding
+  only, and a unit sitting exactly at a ReLU's kink may fall the other way: a few pixels
+  of a map differ visibly from the model's own (integrated gradients on the bundled
+  model, 32 steps: at most 2% of the map's maximum, 0.04% at the 99th percentile). The
+  copy runs its activations in place; where that breaks the backward pass (an activation
+  overwrites a tensor that another operation kept for its backward), the model itself is
+  used: one forward and backward pass of the copy on its first image tells. A layer
+  output read from the copy could be overwritten by the in-place activation after it, so
+  ``unit_score`` stops the forward at its layer and Grad-CAM keeps its layer's output
+  aside (``attribution.layer_pass``).
 - The network runs in channels-last layout, in which the CPU's convolutions are faster
-  (about 1.5x for forward + backward). A model that reshapes with ``.view()`` cannot take
-  it, so its first failure switches that model back to the ordinary layout for good.
+  (the same: 28 ms instead of 35; 17 instead of 23 per image in batches of 8). A model that
+  reshapes with ``.view()`` cannot take it, so its first failure switches that model back
+  to the ordinary layout for good.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ Score = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (network, normalise
 
 # Models found not to run in channels-last layout.
 _ORDINARY_LAYOUT: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
-# Per folded copy: whether a backward pass through it works.
+# Per folded copy: whether a backward pass through it works (tried once, on its first image).
 _BACKWARD_WORKS: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
 
 

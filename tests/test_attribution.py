@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from engine.attribution import colour_top, map_display
 from engine.errors import JobCancelled, MethodInputError
-from engine.gradients import score_gradient, unit_score
+from engine.gradients import class_score, gradient_network, score_gradient, unit_score
 from engine.images import LoadedImage
 from engine.jobs import CancelToken, Progress, drive
 from engine.methods import METHODS, MethodContext
@@ -72,6 +72,45 @@ def test_a_units_gradient_matches_finite_differences():
     assert float(gradient[0][:, outside].abs().max()) == 0.0 and float(value[0]) != 0.0
 
 
+class KeepsItsPreActivation(nn.Module):
+    """Multiplies a conv's output before its ReLU: run in place, the ReLU would overwrite
+    the tensor the product keeps for its backward (the forward's value is unchanged)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.act = nn.ReLU6()
+        self.head = nn.Linear(4, 5)
+        self.keep = True
+
+    def forward(self, x):
+        a = self.bn(self.conv(x))
+        kept = a * a if self.keep else 0
+        return self.head((kept + self.act(a)).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_gradients_go_through_the_folded_copy_where_its_backward_works(keep):
+    torch.manual_seed(0)
+    net = KeepsItsPreActivation()
+    net.keep = keep
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-1, 1)
+        net.bn.running_var.uniform_(0.5, 2)
+    model = LoadedModel(name="bn", module=net.eval().requires_grad_(False), labels=[str(i) for i in range(5)],
+                        preprocessing=make_tiny_model().preprocessing, weights="random")
+    x = torch.rand(2, 3, 12, 12)
+    network = gradient_network(model, x)
+    if keep:  # the copy's in-place ReLU6 would break the backward pass: the model itself is used
+        assert network is model.module
+    else:  # batch norm folded into the convolution
+        assert network is not model.module and not any(isinstance(m, nn.BatchNorm2d) for m in network.modules())
+    ours = score_gradient(model, x, class_score(1), network)[0]
+    plain = score_gradient(model, x, class_score(1))[0]
+    torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-6)
+
+
 def test_saliency_agrees_with_captum():
     model, image = tiny()
     result, _ = run("saliency", MethodContext(model=model, image=image), target=3)
@@ -101,7 +140,8 @@ def test_smoothgrad_is_the_mean_gradient_over_the_seeds_noise_at_any_batch():
 def test_smoothgrad_agrees_with_captums_noise_tunnel_within_sampling_error():
     model, image = tiny()
     samples, noise = 400, 0.15
-    result, _ = run("smoothgrad", MethodContext(model=model, image=image), target=1, samples=samples, noise=noise)
+    result, _ = run("smoothgrad", MethodContext(model=model, image=image), target=1, samples=samples, noise=noise,
+                    seed=7)  # noise independent of Captum's: the two means agree only statistically
     x = unit_input(model, image)
     torch.manual_seed(0)
     captum = NoiseTunnel(Saliency(Normalised(model))).attribute(x.clone().requires_grad_(), nt_type="smoothgrad",
@@ -188,6 +228,25 @@ def test_gradcam_is_relu_of_the_gradient_weighted_channels():
                                                                                 relu_attributions=True)
     upsampled = LayerAttribution.interpolate(captum, (SIZE, SIZE), interpolate_mode="bilinear")
     np.testing.assert_allclose(result.array, upsampled[0, 0].detach().numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_gradcam_of_a_layer_an_in_place_activation_follows_sees_its_own_values():
+    # The folded copy's ReLU6 runs in place on the batch norm's output (an identity there):
+    # Grad-CAM of "bn" must still weight the pre-activation maps, negative values included.
+    torch.manual_seed(0)
+    net = KeepsItsPreActivation()
+    net.keep = False
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-1, 1)
+    model = LoadedModel(name="bn", module=net.eval().requires_grad_(False), labels=[str(i) for i in range(5)],
+                        preprocessing=make_tiny_model(size=12).preprocessing, weights="random")
+    image = random_image((12, 12))
+    result, _ = run("gradcam", MethodContext(model=model, image=image), layer="bn", target=3)
+    x = unit_input(model, image)
+    captum = LayerGradCam(Normalised(model), net.bn).attribute(x, target=3, relu_attributions=True)
+    expected = LayerAttribution.interpolate(captum, (12, 12), interpolate_mode="bilinear")[0, 0].detach().numpy()
+    assert float(net.bn(net.conv(x)).min()) < 0  # the maps Grad-CAM weights do go below zero
+    np.testing.assert_allclose(result.array, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_gradcam_without_presets_uses_the_last_convolution():

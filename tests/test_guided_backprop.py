@@ -106,8 +106,8 @@ def test_guided_backprop_agrees_with_captum_on_the_tiny_model():
 def test_guided_backprop_agrees_with_captum_on_resnet18():
     torch.manual_seed(0)
     net = torchvision.models.resnet18(weights=None, num_classes=10)  # in-place ReLUs, one module called twice per block
-    model = wrap(net, 64, labels=10)
-    x = torch.rand(1, 3, 64, 64)
+    model = wrap(net, 32, labels=10)
+    x = torch.rand(1, 3, 32, 32)
     reference = copy.deepcopy(net)
     for module in reference.modules():
         if isinstance(module, nn.ReLU):
@@ -117,7 +117,7 @@ def test_guided_backprop_agrees_with_captum_on_resnet18():
 
 
 def test_on_the_bundled_model_relu6_is_guided_where_captum_only_sees_relu(bundled):
-    x = torch.rand(1, 3, 64, 64)
+    x = torch.rand(1, 3, 48, 48)
     normalised = Normalised(bundled)
     plain = score_gradient(bundled, x, class_score(281))[0]
     ours = guided_gradient(bundled, x, 281)
@@ -179,7 +179,8 @@ def test_a_neurons_map_lies_in_its_receptive_field_and_differs_between_neurons(b
 def test_neuron_choices_are_checked(bundled, chelsea):
     ctx = MethodContext(model=bundled, image=chelsea)
     cases = [
-        ({"layer": "middle", "channel": 5, "at": "14,0"}, r"--at 14,0 is outside stages.3.2.expand_relu6's 14x22 map: rows 0-13, columns 0-21"),
+        ({"layer": "middle", "channel": 5, "at": "14,0"},
+         r"--at 14,0 is outside stages.3.2.expand_relu6's 14x22 map: rows 0-13, columns 0-21"),
         ({"layer": "middle", "channel": 5, "at": "three"}, "--at takes a row and a column"),
         ({"layer": "middle", "channel": 999}, "--channel must be between 0 and 479"),
         ({"channel": 5}, "give --layer too"),

@@ -1,4 +1,4 @@
-"""``gradcam``: Grad-CAM, which channels of a convolutional layer raise the class score, and where (Selvaraju et al. 2017).
+"""``gradcam``: Grad-CAM, where a convolutional layer's channels raise the class score (Selvaraju et al. 2017).
 
     alpha_k = mean over (i, j) of d score_c / d A_k[i, j]          L = ReLU(sum_k alpha_k A_k)
 
@@ -17,7 +17,7 @@ still has a layout); a model without presets uses its last convolution's output.
 from __future__ import annotations
 
 from ..attribution import CAM_LAYER, OVERLAY, cam_layer, grad_cam, layer_pass, map_display, map_metrics, refuse_blank
-from ..gradients import class_score
+from ..gradients import class_score, gradient_network
 from ..jobs import Progress, Result
 from .base import TARGET, MethodSpec
 
@@ -29,14 +29,15 @@ def run(ctx, target=None, layer="late", overlay=True):
     path = cam_layer(ctx, layer)
     yield Progress(0.1, f"Grad-CAM of '{label}' at {path}")
     unit = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
-    activation, gradient, _, scores = layer_pass(ctx.model, unit, path, class_score(resolved["index"]))
+    network = gradient_network(ctx.model, unit)
+    activation, gradient, _, scores = layer_pass(ctx.model, network, unit, path, class_score(resolved["index"]))
     cam, upsampled = grad_cam(activation, gradient, tuple(unit.shape[-2:]))
     values = upsampled[0].float().cpu().numpy()
     refuse_blank(values, f"Grad-CAM of '{label}' at {path} is zero everywhere: no part of that layer's map raises the "
                          f"score of '{label}'. Try the top class or an earlier layer")
-    grid = f"{cam.shape[1]}x{cam.shape[2]}"
+    grid, size = f"{cam.shape[1]}x{cam.shape[2]}", f"{values.shape[1]}x{values.shape[0]}"
     display = map_display(image, values, signed=False, overlay=overlay, legend=f"Grad-CAM of '{label}'",
-                          note=f"Grad-CAM of '{label}' at {path} ({grid}, upsampled to {values.shape[1]}x{values.shape[0]})")
+                          note=f"Grad-CAM of '{label}' at {path} ({grid}, upsampled to {size})")
     metrics = {**map_metrics(values), "score": float(scores[0]), "layer_grid": [int(cam.shape[1]), int(cam.shape[2])],
                "channels": int(activation.shape[1])}
     yield Progress(1.0, "done")

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from ..attribution import OVERLAY, SHOW, gradient_picture, input_to_image_box, magnitude_map, map_display, \
-    map_metrics, picture_display, refuse_blank
+from ..attribution import OVERLAY, SHOW, gradient_picture, magnitude_map, map_display, map_metrics, picture_display, \
+    refuse_blank
 from ..errors import MethodInputError
 from ..gradients import class_score, gradient_network, network_input, score_gradient, unit_score
 from ..guided import guided_relus
@@ -100,11 +98,17 @@ def pick_unit(ctx, layer: str | None, channel: int | None, at: str | None) -> Un
     return Unit(path, channel, (y, x), float(output[channel, y, x]))
 
 
+def receptive_box(ctx, unit: Unit, input_hw: tuple[int, int]) -> tuple[float, float, float, float] | None:
+    """(top, left, bottom, right) in model-input pixels of the part of the image the unit sees."""
+    node = cached_layer_tree(ctx.model.module, input_hw, ctx.device).find(unit.path)
+    field = node.receptive_field if node is not None else None
+    return field.box(*unit.position) if field is not None and unit.position is not None else None
+
+
 def run(ctx, target=None, layer="", channel=None, at=None, show="map", overlay=True):
     image = ctx.require_image()
     unit = pick_unit(ctx, layer, channel, at)
     pixels = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
-    input_hw = tuple(pixels.shape[-2:])
     if unit is None:
         resolved = ctx.resolve_target(target)
         score, what = class_score(resolved["index"]), f"'{resolved['label']}'"
@@ -125,31 +129,27 @@ def run(ctx, target=None, layer="", channel=None, at=None, show="map", overlay=T
                              f"active (leave --at empty for the channel's maximum)")
 
     metrics = {**map_metrics(values), "score": float(scores[0]), "guided_units": guide.units}
-    boxes_input = []
+    boxes = []
     if unit is not None:
-        metrics.update(unit={"layer": unit.path, "channel": unit.channel,
-                             "at": list(unit.position) if unit.position is not None else None, "value": unit.value})
-        node = cached_layer_tree(ctx.model.module, input_hw, ctx.device).find(unit.path)
-        field = node.receptive_field if node is not None else None
-        if field is not None and unit.position is not None:
-            box = field.box(*unit.position)
+        metrics["unit"] = {"layer": unit.path, "channel": unit.channel, "value": unit.value,
+                           "at": list(unit.position) if unit.position is not None else None}
+        box = receptive_box(ctx, unit, tuple(pixels.shape[-2:]))
+        if box is not None:
             metrics["receptive_field"] = [round(v, 2) for v in box]  # top, left, bottom, right in model-input pixels
-            boxes_input.append(box)
+            boxes.append(box)
     note = f"guided backprop of {what}; {guide.note}"
-    legend = f"|guided d {what} / d pixel|"
     if show == "rgb":
         display = picture_display(gradient_picture(gradient), legend=f"guided d {what} / d pixel (gray: 0)", note=note,
-                                  boxes=boxes_input)
+                                  boxes=boxes)
     else:
-        display = map_display(image, values, signed=False, overlay=overlay, legend=legend, note=note,
-                              boxes=[input_to_image_box(box, input_hw, image) for box in boxes_input] if overlay else
-                              boxes_input)
+        display = map_display(image, values, signed=False, overlay=overlay, legend=f"|guided d {what} / d pixel|",
+                              note=note, boxes=boxes)
     yield Progress(1.0, "done")
     params = {"target": resolved["index"] if resolved else None, "layer": unit.path if unit else "",
               "channel": unit.channel if unit else None,
               "at": f"{unit.position[0]},{unit.position[1]}" if unit and unit.position else None,
               "show": show, "overlay": overlay}
-    return Result(display=display, array=values.astype(np.float32), target=resolved, layer=unit.path if unit else None,
+    return Result(display=display, array=values, target=resolved, layer=unit.path if unit else None,
                   metrics=metrics, params=params)
 
 

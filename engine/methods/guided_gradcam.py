@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ..attribution import CAM_LAYER, OVERLAY, SHOW, cam_layer, grad_cam, gradient_picture, layer_pass, \
     magnitude_map, map_display, map_metrics, picture_display, refuse_blank
-from ..gradients import class_score, network_input
+from ..gradients import class_score, gradient_network, network_input
 from ..guided import guided_relus
 from ..jobs import Progress, Result
 from .base import TARGET, MethodSpec
@@ -28,9 +28,10 @@ def run(ctx, target=None, layer="late", show="map", overlay=True):
     path = cam_layer(ctx, layer)
     pixels = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
     yield Progress(0.1, f"guided Grad-CAM of '{label}' at {path}")
-    with guided_relus(ctx.model.module, network_input(ctx.model, pixels)) as guide:
-        activation, layer_gradient, guided, scores = layer_pass(ctx.model, pixels, path, class_score(resolved["index"]),
-                                                                guide=guide)
+    network = gradient_network(ctx.model, pixels)
+    with guided_relus(network, network_input(ctx.model, pixels)) as guide:
+        activation, layer_gradient, guided, scores = layer_pass(ctx.model, network, pixels, path,
+                                                                class_score(resolved["index"]), guide=guide)
     ctx.cancel.check()
     cam, upsampled = grad_cam(activation, layer_gradient, tuple(pixels.shape[-2:]))
     product = guided * upsampled.unsqueeze(1)
