@@ -16,7 +16,7 @@ interleaved in one process. Both stop the forward after relu5_1 (the tutorial tr
 copy there) and keep their targets from set-up. Ours is faster where the work is: the
 features run channels-last, which oneDNN's convolutions and max-pooling take without
 reordering, and the Grams (a tenth of the step) read those features without a copy and
-use their symmetry in the backward pass (``engine.perceptual._Gram``).
+use their symmetry in the backward pass (``engine.gram._Gram``).
 """
 
 from __future__ import annotations

@@ -25,52 +25,9 @@ from .optimise import probe_model
 from .regularisers import total_variation
 
 
-class _Gram(torch.autograd.Function):
-    """``gram.gram_matrix`` (G = F F^T / (C*H*W)) computed for the optimisation loops.
-
-    Two differences, neither in the value: channels-last features (see ``Features``) are
-    read through their N x HW x C view instead of being copied into N x C x HW, and the
-    backward uses G's symmetry, dF = (dG + dG^T) F / (C*H*W), one matrix product where
-    autograd through ``bmm`` would run two. The Grams are a tenth of a VGG step's work.
-    """
-
-    @staticmethod
-    def forward(ctx, features: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = features.shape
-        flat = _rows_of_positions(features)  # N x HW x C
-        ctx.save_for_backward(features)
-        return torch.bmm(flat.transpose(1, 2), flat) / (c * h * w)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        features, = ctx.saved_tensors
-        n, c, h, w = features.shape
-        flat = _rows_of_positions(features)
-        symmetric = (grad + grad.transpose(1, 2)) / (c * h * w)
-        grad_flat = torch.bmm(flat, symmetric)  # N x HW x C, the layout of ``flat``
-        if features.is_contiguous(memory_format=torch.channels_last):
-            return grad_flat.reshape(n, h, w, c).permute(0, 3, 1, 2)
-        return grad_flat.transpose(1, 2).reshape(n, c, h, w)
-
-
-def _rows_of_positions(features: torch.Tensor) -> torch.Tensor:
-    """N x C x H x W -> N x HW x C, a view when the features are channels-last."""
-    n, c, h, w = features.shape
-    if features.is_contiguous(memory_format=torch.channels_last):
-        return features.permute(0, 2, 3, 1).reshape(n, h * w, c)
-    return features.reshape(n, c, h * w).transpose(1, 2)
-
-
-def fast_gram(features: torch.Tensor) -> torch.Tensor:
-    """``gram.gram_matrix``, computed the way the optimisation loops want it (``_Gram``)."""
-    if features.dim() != 4:
-        return gram_matrix(features)  # its error message
-    return _Gram.apply(features)
-
-
 def gram_targets(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The Gram matrix of each layer's features, detached: the style to match."""
-    return {layer: fast_gram(value).detach() for layer, value in features.items()}
+    return {layer: gram_matrix(value).detach() for layer, value in features.items()}
 
 
 def style_loss(features: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
@@ -81,7 +38,7 @@ def style_loss(features: dict[str, torch.Tensor], targets: dict[str, torch.Tenso
     """
     total = None
     for layer, target in targets.items():
-        gram = fast_gram(features[layer])
+        gram = gram_matrix(features[layer])
         term = F.mse_loss(gram, target.expand_as(gram)) * (1.0 if weights is None else weights.get(layer, 1.0))
         total = term if total is None else total + term
     if total is None:

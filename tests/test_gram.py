@@ -29,3 +29,20 @@ def test_gram_is_symmetric_and_independent_of_area_for_a_tiled_texture():
 def test_gram_rejects_features_without_space():
     with pytest.raises(ValueError, match="N x C x H x W"):
         gram_matrix(torch.zeros(2, 3))
+
+
+def _gram_by_definition(x):
+    n, c, h, w = x.shape
+    flat = x.reshape(n, c, h * w)
+    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+
+
+def test_gram_value_and_gradient_match_plain_autograd_in_either_memory_layout():
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.rand(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
+        assert torch.allclose(gram_matrix(x), _gram_by_definition(x))
+        assert torch.autograd.gradcheck(gram_matrix, (x,))
+        weights = torch.rand(2, 3, 3, dtype=torch.float64)
+        ours, = torch.autograd.grad((gram_matrix(x) * weights).sum(), x)
+        reference, = torch.autograd.grad((_gram_by_definition(x) * weights).sum(), x)
+        assert torch.allclose(ours, reference)

@@ -16,7 +16,7 @@ from engine.methods import METHODS, MethodContext
 from engine.models.preprocessing import Preprocessing
 from engine.models.registry import LoadedModel
 from engine.models.zoo import build_architecture
-from engine.perceptual import Descent, blend_grams, choose_transform, fast_gram, perceptual_layers
+from engine.perceptual import Descent, blend_grams, choose_transform, perceptual_layers
 from tests.conftest import make_tiny_model
 
 SPEC = METHODS["style"]
@@ -198,17 +198,6 @@ def test_softmax_smoothing_is_the_softmax_over_the_whole_layer_times_its_size():
     assert feature_transform("none") is None
     with pytest.raises(ValueError):
         softmax_smoothing(f, 0.0)
-
-
-def test_fast_gram_is_the_gram_matrix_in_value_and_gradient():
-    for layout in (torch.contiguous_format, torch.channels_last):
-        x = torch.rand(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
-        assert torch.allclose(fast_gram(x), gram_matrix(x))
-        assert torch.autograd.gradcheck(fast_gram, (x,))
-        weights = torch.rand(2, 3, 3, dtype=torch.float64)
-        ours, = torch.autograd.grad((fast_gram(x) * weights).sum(), x)
-        reference, = torch.autograd.grad((gram_matrix(x) * weights).sum(), x)
-        assert torch.allclose(ours, reference)
 
 
 def test_descent_reaches_a_quadratic_minimum_and_reports_the_picture_it_leaves():
