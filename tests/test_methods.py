@@ -5,12 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.errors import JobCancelled, MethodInputError
+from engine.errors import MethodInputError
 from engine.features import compute_features
 from engine.images import LoadedImage
 from engine.jobs import CancelToken, Frame, drive
 from engine.methods import METHODS, MethodContext
 from tests.conftest import make_tiny_model
+
+from cancelling import frames_before_cancel
 
 
 def run(spec_id, ctx, **params):
@@ -185,14 +187,7 @@ def test_cancelled_dream_returns_no_result(bundled, chelsea):
     cancel = CancelToken()
     ctx = MethodContext(model=bundled, image=chelsea, cancel=cancel)
     job = METHODS["dream"].run(ctx, **METHODS["dream"].bind({"steps": 50, "size": 96}))
-    frames = 0
-    with pytest.raises(JobCancelled):
-        for event in job:
-            if isinstance(event, Frame):
-                frames += 1
-                if frames == 2:
-                    cancel.cancel()
-    assert frames == 2
+    assert frames_before_cancel(job, cancel, after=2) == 2
 
 
 def test_methods_that_need_an_image_say_so(bundled):

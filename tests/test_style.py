@@ -6,18 +6,20 @@ import torch
 from PIL import Image
 from skimage.color import rgb2yiq
 
-from engine.errors import JobCancelled, MethodInputError
+from engine.errors import MethodInputError
 from engine.feature_transforms import feature_transform, softmax_smoothing
 from engine.gram import gram_matrix
 from engine.hooks import capture_outputs
 from engine.images import LoadedImage
-from engine.jobs import CancelToken, Frame, drive
+from engine.jobs import CancelToken, drive
 from engine.methods import METHODS, MethodContext
 from engine.models.preprocessing import Preprocessing
 from engine.models.registry import LoadedModel
 from engine.models.zoo import build_architecture
 from engine.perceptual import Descent, blend_grams, choose_transform, perceptual_layers
 from tests.conftest import make_tiny_model
+
+from cancelling import frames_before_cancel
 
 SPEC = METHODS["style"]
 SIZE = 24
@@ -158,14 +160,7 @@ def test_cancelled_style_returns_no_result(ctx, tmp_path):
     cancel = CancelToken()
     ctx.cancel = cancel
     job = SPEC.run(ctx, **SPEC.bind({**LAYERS, "style": [save(tmp_path, "dots", "dots")], "steps": 20}))
-    frames = 0
-    with pytest.raises(JobCancelled):
-        for event in job:
-            if isinstance(event, Frame):
-                frames += 1
-                if frames == 2:
-                    cancel.cancel()
-    assert frames == 2
+    assert frames_before_cancel(job, cancel, after=2) == 2
 
 
 def test_vgg_defaults_are_gatys_layers_without_the_softmax(bundled):

@@ -6,16 +6,18 @@ import torch
 from PIL import Image
 
 from engine.efros_leung import gaussian_window, synthesise
-from engine.errors import JobCancelled, MethodInputError
+from engine.errors import MethodInputError
 from engine.gram import gram_matrix
 from engine.hooks import capture_outputs
 from engine.images import LoadedImage, load_image
-from engine.jobs import CancelToken, Frame, drive
+from engine.jobs import CancelToken, drive
 from engine.methods import METHODS, MethodContext
 from engine.models.zoo import build_architecture
 from engine.perceptual import Features, perceptual_layers
 from engine.samples import sample_path
 from tests.conftest import make_tiny_model
+
+from cancelling import frames_before_cancel
 
 SPEC = METHODS["texture"]
 TINY_LAYERS = "features.1,features.4"
@@ -129,14 +131,7 @@ def test_unknown_layer_and_cancel():
         run(ctx, layers="features.9", steps=2)
     cancel = CancelToken()
     ctx = MethodContext(model=make_tiny_model(size=24), image=stripes_image(), cancel=cancel)
-    frames = 0
-    with pytest.raises(JobCancelled):
-        for event in SPEC.run(ctx, **SPEC.bind({"layers": TINY_LAYERS, "steps": 20})):
-            if isinstance(event, Frame):
-                frames += 1
-                if frames == 2:
-                    cancel.cancel()
-    assert frames == 2
+    assert frames_before_cancel(SPEC.run(ctx, **SPEC.bind({"layers": TINY_LAYERS, "steps": 20})), cancel, after=2) == 2
 
 
 # -- classic ------------------------------------------------------------------------------------
