@@ -16,7 +16,7 @@ from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.samples import sample_path
 from tests.conftest import make_tiny_model
 
-from cancelling import frames_before_cancel
+from tests.cancelling import frames_before_cancel
 
 SPEC = METHODS["adversarial"]
 

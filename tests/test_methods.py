@@ -12,7 +12,7 @@ from engine.jobs import CancelToken, Frame, drive
 from engine.methods import METHODS, MethodContext
 from tests.conftest import make_tiny_model
 
-from cancelling import frames_before_cancel
+from tests.cancelling import frames_before_cancel
 
 
 def run(spec_id, ctx, **params):

@@ -17,7 +17,7 @@ from engine.models.registry import LoadedModel
 from engine.render import overlay_map
 from tests.conftest import make_tiny_model
 
-from cancelling import frames_before_cancel
+from tests.cancelling import frames_before_cancel
 
 SPEC = METHODS["occlusion"]
 

@@ -14,7 +14,7 @@ from engine.methods.sanity_check import TILE, as_map, choose_methods, spearman_s
 from engine.methods.base import blank_output_shapes
 from tests.test_methods import random_image
 
-from cancelling import frames_before_cancel
+from tests.cancelling import frames_before_cancel
 
 SPEC = METHODS["sanity-check"]
 

@@ -19,7 +19,7 @@ from engine.models.zoo import build_architecture
 from engine.perceptual import Descent, blend_grams, choose_transform, perceptual_layers
 from tests.conftest import make_tiny_model
 
-from cancelling import frames_before_cancel
+from tests.cancelling import frames_before_cancel
 
 SPEC = METHODS["style"]
 SIZE = 24

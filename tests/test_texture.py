@@ -17,7 +17,7 @@ from engine.perceptual import Features, perceptual_layers
 from engine.samples import sample_path
 from tests.conftest import make_tiny_model
 
-from cancelling import frames_before_cancel
+from tests.cancelling import frames_before_cancel
 
 SPEC = METHODS["texture"]
 TINY_LAYERS = "features.1,features.4"
