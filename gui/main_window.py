@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QProgressBar,
-                               QPushButton, QStackedWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QFrame, QLabel, QMainWindow,
+                               QMessageBox, QProgressBar, QPushButton, QScrollArea, QStackedWidget, QVBoxLayout, QWidget)
 
 from engine.samples import DEFAULT_SAMPLE, sample_path, sample_paths
 
@@ -43,6 +43,7 @@ class MainWindow(QMainWindow):
         self.image_info = None
         self.tree_root = None
         self.panels: dict[str, MethodPanel] = {}
+        self._panel_pages: dict[str, QScrollArea] = {}  # the scrolling page that holds each panel
         self.last_result = None  # (method id, Result) of what the canvas shows
         self.last_error = ""
         self._job_owner: dict[int, str] = {}
@@ -127,7 +128,17 @@ class MainWindow(QMainWindow):
             panel.run_requested.connect(self.run_method)
             panel.cancel_requested.connect(lambda method_id: self.worker.cancel_owner(f"method:{method_id}"))
             self.panels[spec.id] = panel
-            self.panel_stack.addWidget(panel)
+            # A long form (class-viz has two dozen options) scrolls instead of pushing
+            # Run, the status and the loss plot off the bottom of the dock.
+            scroller = QScrollArea()
+            scroller.setWidgetResizable(True)
+            scroller.setFrameShape(QFrame.Shape.NoFrame)
+            scroller.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            scroller.setWidget(panel)
+            # Keep the dock as wide as the form needs: only the height scrolls.
+            scroller.setMinimumWidth(panel.minimumSizeHint().width() + scroller.verticalScrollBar().sizeHint().width())
+            self.panel_stack.addWidget(scroller)
+            self._panel_pages[spec.id] = scroller
             self.method_selector.addItem(spec.title, spec.id)
         self.method_selector.setCurrentIndex(max(0, self.method_selector.findData("activations")))
         self._populate_model_menu(info["models"])
@@ -357,8 +368,8 @@ class MainWindow(QMainWindow):
 
     # -- methods ----------------------------------------------------------------------------
     def current_panel(self) -> MethodPanel | None:
-        widget = self.panel_stack.currentWidget()
-        return widget if isinstance(widget, MethodPanel) else None
+        page = self.panel_stack.currentWidget()
+        return next((self.panels[m] for m, p in self._panel_pages.items() if p is page), None)
 
     def select_method(self, method_id: str) -> MethodPanel:
         self.method_selector.setCurrentIndex(self.method_selector.findData(method_id))
@@ -367,7 +378,7 @@ class MainWindow(QMainWindow):
     def _on_method_changed(self, index: int) -> None:
         method_id = self.method_selector.itemData(index)
         if method_id in self.panels:
-            self.panel_stack.setCurrentWidget(self.panels[method_id])
+            self.panel_stack.setCurrentWidget(self._panel_pages[method_id])
 
     def _on_layer_selected(self, path: str) -> None:
         rerun = [panel for panel in self.panels.values() if panel.layer_clicked(path)]

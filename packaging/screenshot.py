@@ -33,6 +33,8 @@ def main(out: str, method: str = "activations", layer: str = "stages.2.1.expand_
         while not condition() and time.time() < deadline:
             loop.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
 
+    # scroll_panel=bottom shows the end of a long form: Run, the status and the loss plot.
+    scroll_to_bottom = params.pop("scroll_panel", "") == "bottom"
     wait(lambda: window.image_info is not None)
     panel = window.select_method(method)
     if layer != "-":
@@ -42,6 +44,9 @@ def main(out: str, method: str = "activations", layer: str = "stages.2.1.expand_
     if not panel.follows_layer:
         panel.request_run()
     wait(lambda: window.last_result is not None and window.last_result[0] == method, seconds=900)
+    if scroll_to_bottom:
+        bar = window._panel_pages[method].verticalScrollBar()
+        bar.setValue(bar.maximum())
     wait(lambda: False, seconds=1.0)  # let the window paint
     subprocess.run(["import", "-window", "root", "-crop", "1500x900+0+0", out], check=True)
     window.close()

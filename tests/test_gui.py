@@ -366,3 +366,16 @@ def test_clicking_the_single_channel_view_runs_guided_backprop_for_that_neuron(q
     assert result.metrics["unit"] == {"layer": "stages.3.2.expand_relu6", "channel": 5, "at": [int(y), int(x)],
                                       "value": result.metrics["unit"]["value"]}
     assert result.metrics["unit"]["value"] > 0 and len(result.display.boxes) == 1  # its receptive field is drawn
+
+
+def test_a_long_method_form_scrolls_inside_the_dock(qtbot, window):
+    panel = window.select_method("class-viz")
+    page = window._panel_pages["class-viz"]
+    assert window.current_panel() is panel and page.widget() is panel
+    window.resize(1200, 600)
+    qtbot.waitUntil(lambda: page.verticalScrollBar().maximum() > 0, timeout=5_000)
+    page.ensureWidgetVisible(panel.run_button)
+    top_left = panel.run_button.mapTo(page.viewport(), panel.run_button.rect().topLeft())
+    assert 0 <= top_left.y() < page.viewport().height()
+    assert page.horizontalScrollBarPolicy() == Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+    assert panel.width() >= panel.minimumSizeHint().width()  # only the height scrolls; nothing is cut at the side
