@@ -25,9 +25,11 @@ Speed (every attribution method takes its gradients this way):
   ``unit_score`` stops the forward at its layer and Grad-CAM keeps its layer's output
   aside (``attribution.layer_pass``).
 - The network runs in channels-last layout, in which the CPU's convolutions are faster
-  (the same: 28 ms instead of 35; 17 instead of 23 per image in batches of 8). A model that
-  reshapes with ``.view()`` cannot take it, so its first failure switches that model back
-  to the ordinary layout for good.
+  (the same: 28 ms instead of 35; 17 instead of 23 per image in batches of 8), unless the
+  model cannot take it (``engine.inference.run_in_fast_layout``).
+- A method that reads a layer's output passes the layer to ``gradient_network``: where
+  that layer is a convolution whose normalisation the copy folded in, the model itself is
+  used, so the layer means what the layer tree says.
 """
 
 from __future__ import annotations
@@ -39,13 +41,11 @@ import torch
 from torch import nn
 
 from .hooks import first_tensor, forward_to
-from .inference import inference_copy
+from .inference import in_fast_layout, inference_copy, run_in_fast_layout
 from .models.registry import LoadedModel
 
 Score = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (network, normalised batch) -> one value per image
 
-# Models found not to run in channels-last layout.
-_ORDINARY_LAYOUT: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 # Per folded copy: whether a backward pass through it works (tried once, on its first image).
 _BACKWARD_WORKS: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
 
@@ -71,19 +71,17 @@ def unit_score(path: str, channel: int, position: tuple[int, int] | None = None)
 
 def network_input(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
     """The normalised model input for 0..1 ``pixels``, in the layout the network runs fastest in."""
-    x = model.preprocessing.normalise(pixels)
-    if model.module in _ORDINARY_LAYOUT or x.dim() != 4:
-        return x
-    return x.contiguous(memory_format=torch.channels_last)
+    return in_fast_layout(model.module, model.preprocessing.normalise(pixels))
 
 
-def gradient_network(model: LoadedModel, pixels: torch.Tensor) -> nn.Module:
+def gradient_network(model: LoadedModel, pixels: torch.Tensor, layer: str | None = None) -> nn.Module:
     """The module to take input gradients through: the folded copy, or the model itself.
 
     ``pixels`` is a sample input (0..1); the copy is made and checked on its first image.
+    ``layer`` is the layer whose output the caller reads, if any.
     """
     sample = model.preprocessing.normalise(pixels[:1].detach().to(model.device))
-    twin = inference_copy(model.module, sample)
+    twin = inference_copy(model.module, sample, layer=layer)
     if twin is model.module:
         return twin
     if twin not in _BACKWARD_WORKS:
@@ -104,14 +102,7 @@ def run_score(model: LoadedModel, pixels: torch.Tensor, score: Score, module: nn
     """``score`` of the 0..1 ``pixels`` through ``module`` (default: the model), recording the
     graph when the pixels require grad."""
     module = model.module if module is None else module
-    try:
-        return score(module, network_input(model, pixels))
-    except RuntimeError as exc:
-        if model.module in _ORDINARY_LAYOUT or "view size is not compatible" not in str(exc):
-            raise
-        # The model flattens with .view(), which a channels-last map cannot do: run it as it is.
-        _ORDINARY_LAYOUT.add(model.module)
-        return score(module, model.preprocessing.normalise(pixels))
+    return run_in_fast_layout(model.module, lambda x: score(module, x), model.preprocessing.normalise(pixels))
 
 
 def score_gradient(model: LoadedModel, pixels: torch.Tensor, score: Score,

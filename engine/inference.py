@@ -20,6 +20,14 @@ outputs differ by float rounding (1e-5 on the bundled model's logits).
 
 Copies are cached per module and rebuilt when any of its parameters or buffers changes
 (loading other weights into the same module bumps their version counters).
+
+A folded convolution's output is its normalisation's output, so a caller that reads a
+layer's output names the layer: for a folded convolution it gets the model itself.
+
+The CPU's convolutions are also faster in channels-last layout (the bundled model to its
+last layer, batches of 32 on 2 threads: 1.9 s plain, 1.0 s channels-last, 0.56 s folded
+and channels-last). A model that reshapes with ``.view()`` cannot take that layout; its
+first failure (``run_in_fast_layout``) switches it back to the ordinary one for good.
 """
 
 from __future__ import annotations
@@ -36,25 +44,54 @@ INPLACE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.
 
 _cache: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+# Per folded copy: the names of its convolutions that now include their normalisation.
+_folded: "weakref.WeakKeyDictionary[nn.Module, frozenset[str]]" = weakref.WeakKeyDictionary()
+# Models found not to run in channels-last layout.
+_ORDINARY_LAYOUT: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
-def inference_copy(module: nn.Module, sample: torch.Tensor, tolerance: float = 1e-4) -> nn.Module:
-    """The folded copy of ``module`` (or ``module`` itself when folding is not safe)."""
+def inference_copy(module: nn.Module, sample: torch.Tensor, tolerance: float = 1e-4,
+                   layer: str | None = None) -> nn.Module:
+    """The folded copy of ``module`` (or ``module`` itself when folding is not safe, or
+    when ``layer``, whose output the caller reads, is a convolution that folding changed)."""
     if isinstance(module, torch.jit.ScriptModule) or module.training:
         return module
     key = _state_key(module)
     with _lock:
         cached = _cache.get(module)
-        if cached is not None and cached[0] == key:
-            return cached[1] or module
+    if cached is None or cached[0] != key:
+        try:
+            candidate = _fold(module, sample)
+            chosen = candidate if candidate is not module and _agrees(module, candidate, sample, tolerance) else None
+        except Exception:  # any model we cannot copy or trace simply runs as it is
+            chosen = None
+        cached = (key, chosen)  # None, not the module: a value must not keep its key alive
+        with _lock:
+            _cache[module] = cached
+    chosen = cached[1]
+    if chosen is None or (layer is not None and layer in _folded.get(chosen, ())):
+        return module
+    return chosen
+
+
+def in_fast_layout(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` (an input batch for ``module``) in the layout the network runs fastest in."""
+    if module in _ORDINARY_LAYOUT or x.dim() != 4:
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def run_in_fast_layout(module: nn.Module, run, x: torch.Tensor):
+    """``run(x)`` with ``x`` in ``module``'s fast layout; ``module`` (the model, not a copy,
+    so all its copies share the finding) goes back to the ordinary layout for good if its
+    code cannot take channels-last input."""
     try:
-        candidate = _fold(module, sample)
-        chosen = candidate if candidate is not module and _agrees(module, candidate, sample, tolerance) else None
-    except Exception:  # any model we cannot copy or trace simply runs as it is
-        chosen = None
-    with _lock:
-        _cache[module] = (key, chosen)  # None, not the module: a value must not keep its key alive
-    return chosen or module
+        return run(in_fast_layout(module, x))
+    except RuntimeError as exc:
+        if module in _ORDINARY_LAYOUT or "view size is not compatible" not in str(exc):
+            raise
+        _ORDINARY_LAYOUT.add(module)
+        return run(x)
 
 
 def _state_key(module: nn.Module) -> tuple:
@@ -80,10 +117,12 @@ def _fold(module: nn.Module, sample: torch.Tensor) -> nn.Module:
         changed = False
     else:
         parents = {id(child): (parent, name) for parent in twin.modules() for name, child in parent.named_children()}
+        names = {id(part): name for name, part in twin.named_modules()}
         for conv, norm in pairs:
             _fold_pair(conv, norm)
             parent, name = parents[id(norm)]
             setattr(parent, name, nn.Identity())
+        _folded[twin] = frozenset(names[id(conv)] for conv, _ in pairs)
         changed = True
     for part in twin.modules():
         if isinstance(part, INPLACE_ACTIVATIONS) and getattr(part, "inplace", None) is False:

@@ -15,6 +15,7 @@ from tests.conftest import make_tiny_model
 from engine.datasets import load_square, open_dataset
 from engine.errors import JobCancelled, MethodInputError
 from engine.extraction import extract, image_vector
+from engine.inference import inference_copy
 from engine.jobs import CancelToken, Progress, drive
 
 SIZE = 16
@@ -52,12 +53,15 @@ def folder(tmp_path) -> Path:
 
 
 class ForwardCounter:
-    """Counts the images the model's forward pass sees."""
+    """Counts the images the model's forward pass sees, run as it is or as its fast copy
+    (the one ``engine.inference`` caches, which extraction runs)."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         self.images = 0
         self.calls = 0
-        module.register_forward_pre_hook(self)
+        copy = inference_copy(module, torch.zeros(1, 3, SIZE, SIZE))
+        for network in {module, copy}:
+            network.register_forward_pre_hook(self)
 
     def __call__(self, _module, inputs):
         self.calls += 1
@@ -196,8 +200,9 @@ def test_cancel_interrupts_a_running_batch_and_keeps_the_finished_ones(model, fo
             cancel.cancel()  # the user presses Cancel while batch 2 is half way through the model
 
     reached_layer = []
-    model.module.features[2].register_forward_pre_hook(cancel_in_second_batch)
-    model.module.features[4].register_forward_hook(lambda *_: reached_layer.append(1))
+    network = inference_copy(model.module, torch.zeros(1, 3, SIZE, SIZE), layer="features.4")  # what extraction runs
+    network.features[2].register_forward_pre_hook(cancel_in_second_batch)
+    network.features[4].register_forward_hook(lambda *_: reached_layer.append(1))
     with pytest.raises(JobCancelled):
         drive(extract(model, dataset, "features.4", batch_size=3, cancel=cancel))
     assert len(reached_layer) == 1  # batch 2 stopped before reaching the layer

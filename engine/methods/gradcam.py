@@ -29,7 +29,7 @@ def run(ctx, target=None, layer="late", overlay=True):
     path = cam_layer(ctx, layer)
     yield Progress(0.1, f"Grad-CAM of '{label}' at {path}")
     unit = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
-    network = gradient_network(ctx.model, unit)
+    network = gradient_network(ctx.model, unit, layer=path)
     activation, gradient, _, scores = layer_pass(ctx.model, network, unit, path, class_score(resolved["index"]))
     cam, upsampled = grad_cam(activation, gradient, tuple(unit.shape[-2:]))
     values = upsampled[0].float().cpu().numpy()

@@ -116,7 +116,7 @@ def run(ctx, target=None, layer="", channel=None, at=None, show="map", overlay=T
         resolved = None
         score, what = unit_score(unit.path, unit.channel, unit.position), unit.name
     yield Progress(0.1, f"guided backprop of {what}")
-    network = gradient_network(ctx.model, pixels)
+    network = gradient_network(ctx.model, pixels, layer=None if unit is None else unit.path)
     with guided_relus(network, network_input(ctx.model, pixels)) as guide:
         gradient, scores = score_gradient(ctx.model, pixels, score, network)
     ctx.cancel.check()

@@ -28,7 +28,7 @@ def run(ctx, target=None, layer="late", show="map", overlay=True):
     path = cam_layer(ctx, layer)
     pixels = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
     yield Progress(0.1, f"guided Grad-CAM of '{label}' at {path}")
-    network = gradient_network(ctx.model, pixels)
+    network = gradient_network(ctx.model, pixels, layer=path)
     with guided_relus(network, network_input(ctx.model, pixels)) as guide:
         activation, layer_gradient, guided, scores = layer_pass(ctx.model, network, pixels, path,
                                                                 class_score(resolved["index"]), guide=guide)

@@ -1,0 +1,99 @@
+"""The fast inference copy: folding keeps the model's function and every layer's meaning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine.extraction import layer_rows
+from engine.inference import in_fast_layout, inference_copy, run_in_fast_layout
+from engine.models.preprocessing import Preprocessing
+from engine.models.registry import LoadedModel
+
+
+class ConvNormNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.norm = nn.BatchNorm2d(6)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.head(self.relu(self.norm(self.conv(x))).mean(dim=(2, 3)))
+
+
+class ViewNet(ConvNormNet):
+    """Flattens with .view(), which a channels-last map cannot do."""
+
+    def forward(self, x):
+        features = self.relu(self.norm(self.conv(x)))
+        return self.head(features[:, :, :1, :1].contiguous().view(len(x), -1)) + features.view(len(x), -1)[:, :4]
+
+
+def _trained(net: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    with torch.no_grad():  # statistics far from 0/1, so a folded and an unfolded conv differ clearly
+        net.norm.running_mean.uniform_(-2, 2)
+        net.norm.running_var.uniform_(0.5, 4)
+        net.norm.weight.uniform_(0.5, 2)
+        net.norm.bias.uniform_(-1, 1)
+    return net.eval()
+
+
+@pytest.fixture
+def net():
+    return _trained(ConvNormNet())
+
+
+def test_the_copy_folds_the_norm_into_the_conv_and_computes_the_same_function(net):
+    x = torch.randn(2, 3, 12, 12)
+    twin = inference_copy(net, x[:1])
+    assert twin is not net and isinstance(twin.norm, nn.Identity) and isinstance(net.norm, nn.BatchNorm2d)
+    with torch.inference_mode():
+        assert torch.allclose(twin(x), net(x), atol=1e-5)
+    assert twin.conv.weight.data_ptr() != net.conv.weight.data_ptr()  # the model's own weights are untouched
+    assert twin.head.weight is net.head.weight  # what folding does not change is shared, not copied
+
+
+def test_a_caller_reading_a_folded_conv_gets_the_model_itself(net):
+    sample = torch.randn(1, 3, 12, 12)
+    assert inference_copy(net, sample, layer="conv") is net  # its output would be the norm's
+    assert inference_copy(net, sample, layer="norm") is not net
+    assert inference_copy(net, sample, layer="relu") is not net
+
+
+@pytest.mark.parametrize("layer, reference", [
+    ("conv", lambda net, x: net.conv(x)),
+    ("norm", lambda net, x: net.norm(net.conv(x))),
+    ("relu", lambda net, x: net.relu(net.norm(net.conv(x)))),
+])
+def test_extracted_rows_mean_the_layer_the_tree_names(net, layer, reference):
+    model = LoadedModel(name="conv-norm", module=net, preprocessing=Preprocessing(size=12, mean=(0.0,) * 3,
+                                                                                 std=(1.0,) * 3),
+                        labels=[str(i) for i in range(4)], weights="random")
+    x = torch.randn(3, 3, 12, 12)
+    with torch.inference_mode():
+        expected = reference(net, x).mean(dim=(2, 3)).numpy()
+    assert np.allclose(layer_rows(model, layer, "avgpool", x), expected, atol=1e-5)
+
+
+def test_a_model_that_cannot_take_channels_last_input_goes_back_to_the_ordinary_layout_for_good():
+    net = _trained(ViewNet())
+    x = torch.randn(2, 3, 8, 8)
+    assert in_fast_layout(net, x).is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = net(x)
+        assert torch.allclose(run_in_fast_layout(net, net, x), expected)
+    assert in_fast_layout(net, x).is_contiguous()  # remembered: no second failing attempt
+
+
+def test_other_errors_are_not_taken_for_a_layout_problem(net):
+    def broken(_x):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        run_in_fast_layout(net, broken, torch.randn(1, 3, 8, 8))
+    assert in_fast_layout(net, torch.randn(1, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
