@@ -29,6 +29,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import sys
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -242,6 +244,7 @@ JPEG_MARGIN = 2
 # Formats read by the quick path of load_square (libjpeg can draft; PNG is the other
 # common photo format); everything else goes through load_image.
 _QUICK_FORMATS = ("JPEG", "MPO", "PNG")
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every complete PNG ends with
 _ORIENTATION = 0x0112  # the EXIF tag ImageOps.exif_transpose reads
 # EXIF orientation -> what makes a square upright (Pillow's Transpose ops on an H x W x C array)
 _UPRIGHT = {
@@ -332,11 +335,49 @@ def _quick_square(path: str | os.PathLike, size: int) -> np.ndarray | None:
         if (image.format not in _QUICK_FORMATS or image.mode not in ("RGB", "L") or "transparency" in image.info
                 or image.width * image.height > MAX_PIXELS):
             return None
-        image.draft(image.mode, (JPEG_MARGIN * size, JPEG_MARGIN * size))  # a no-op unless a JPEG
-        pixels = np.array(image)  # decodes
-        orientation = image.getexif().get(_ORIENTATION, 1)
+        if image.format == "PNG":
+            pixels = _decode_png(path, grey=image.mode == "L")
+            orientation = _png_orientation(image)
+        else:
+            image.draft(image.mode, (JPEG_MARGIN * size, JPEG_MARGIN * size))  # a no-op unless a JPEG
+            pixels = np.array(image)  # decodes
+            orientation = image.getexif().get(_ORIENTATION, 1)
     square = resize_square(pixels, size)
     return _UPRIGHT[orientation](square) if orientation in _UPRIGHT else square
+
+
+def _decode_png(path: str | os.PathLike, grey: bool) -> np.ndarray:
+    """An 8-bit RGB or grey PNG's pixels, exactly as Pillow decodes them.
+
+    OpenCV's decoder takes 4.2 ms for a 512 px photo where Pillow takes 6.6: on 2 cores
+    that decode competes with the forward pass, so it is a tenth of a PNG folder's
+    extraction time. Orientation is left to the caller, as for the other formats.
+    """
+    import cv2
+
+    data = np.fromfile(path, dtype=np.uint8)
+    if bytes(data[-len(_PNG_END):]) != _PNG_END:
+        # Truncated (or with bytes after its end): libpng would print its complaint on
+        # stderr; load_image reads the file or says what is wrong with it.
+        raise ValueError("not a complete PNG")
+    flags = (cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR_RGB) | cv2.IMREAD_IGNORE_ORIENTATION
+    pixels = cv2.imdecode(data, flags)
+    if pixels is None:
+        raise ValueError("OpenCV could not decode it")
+    return pixels
+
+
+def _png_orientation(image: Image.Image) -> int:
+    """The EXIF orientation of an opened, not decoded, PNG.
+
+    Pillow's ``getexif()`` decodes a PNG's pixels to look for an eXIf chunk after them,
+    which doubled a PNG's cost here; the PNG specification puts the chunk before them.
+    """
+    if "exif" not in image.info:
+        return 1
+    exif = Image.Exif()
+    exif.load(image.info["exif"])
+    return exif.get(_ORIENTATION, 1)
 
 
 def square_box_to_image(box: tuple[float, float, float, float], size: int,
@@ -383,7 +424,8 @@ def iter_batches(items: Sequence[DatasetItem] | Dataset, indices: Sequence[int],
     if not chunks:
         return
     workers = workers or max(1, min(8, os.cpu_count() or 1))
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convscope-decode")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convscope-decode",
+                              initializer=_yield_to_the_network)
     try:
         pending: deque = deque()
 
@@ -417,6 +459,22 @@ def iter_batches(items: Sequence[DatasetItem] | Dataset, indices: Sequence[int],
             yield Batch([chunk[j] for j in good], torch.from_numpy(pixels), failures)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _yield_to_the_network() -> None:
+    """Run this decoding thread at the lowest priority (Linux, where threads have their own).
+
+    On a CPU, decoding shares the cores with the forward pass, whose thread team waits at
+    every step for its slowest member: a decode that takes a core from one of its threads
+    stalls them all. At the lowest priority decoding fills the moments the network leaves
+    the cores idle instead (on 2 cores, a folder of PNG photos: 8.6-9.1 ms per image
+    instead of 9.6-10.1). With the network on a GPU, the cores are the decoders' anyway.
+    """
+    if sys.platform.startswith("linux"):  # elsewhere a thread id is not something setpriority takes
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            pass
 
 
 def _decode_into(pixels: np.ndarray, position: int, path: str, size: int) -> str:

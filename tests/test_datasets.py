@@ -285,6 +285,7 @@ def test_the_quick_loader_agrees_with_the_safe_one(tmp_path, monkeypatch):
         image.save(tmp_path / name)
     for value in range(1, 9):  # every EXIF orientation a camera writes
         photo.save(tmp_path / f"turned-{value}.jpg", exif=_exif_orientation(value), quality=95)
+    photo.save(tmp_path / "turned-6.png", exif=_exif_orientation(6))  # a PNG's eXIf chunk counts too
     for path in sorted(tmp_path.iterdir()):
         safe = square_pixels(load_image(path).image, 48).astype(int)
         with monkeypatch.context() as patch:
@@ -296,6 +297,30 @@ def test_the_quick_loader_agrees_with_the_safe_one(tmp_path, monkeypatch):
     assert np.abs(upright.astype(int) - turned).mean() > 10
     grey = load_square(tmp_path / "grey.png", 48)
     assert np.array_equal(grey[:, :, 0], grey[:, :, 1]) and np.array_equal(grey[:, :, 0], grey[:, :, 2])
+    assert np.abs(load_square(tmp_path / "turned-6.png", 48).astype(int) - turned).mean() < 2  # the JPEG, turned alike
+
+
+def test_png_photos_decode_to_exactly_pillows_pixels():
+    """PNGs take OpenCV's faster decoder; the pixels must not change with it."""
+    from engine.datasets import _decode_png
+    from engine.samples import sample_paths
+
+    for name in ("chelsea", "camera"):  # RGB and grey
+        with Image.open(sample_paths()[name]) as image:
+            expected = np.array(image)
+        assert np.array_equal(_decode_png(sample_paths()[name], grey=expected.ndim == 2), expected), name
+
+
+def test_a_png_cut_short_is_listed_with_a_reason_and_nothing_on_stderr(tmp_path, capfd):
+    from engine.samples import sample_paths
+
+    whole = Path(sample_paths()["chelsea"]).read_bytes()
+    for fraction in (0.5, 0.99):
+        (tmp_path / f"cut-{fraction}.png").write_bytes(whole[:int(len(whole) * fraction)])
+    (batch,) = list(iter_batches(open_dataset(tmp_path), [0, 1], 16, batch_size=2))
+    assert batch.indices == [] and len(batch.failures) == 2
+    assert all("truncated" in message or "damaged" in message for _, message in batch.failures), batch.failures
+    assert capfd.readouterr().err == ""  # libpng's own complaint never reaches the terminal
 
 
 def test_unusual_files_still_go_through_the_safe_loader(tmp_path):
