@@ -161,6 +161,34 @@ def load_style(spec: str | None, device: torch.device | str = "cpu") -> StyleMod
     A training checkpoint is accepted as well: its network is the one at the checkpoint.
     """
     path = resolve_style_model(spec)
+    payload, from_checkpoint = _network_payload(path)
+    try:
+        architecture = {key: int(payload["architecture"][key]) for key in ("styles", "width", "blocks")}
+        net = build_style_net(architecture, device)
+        net.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MethodInputError(f"{path.name} is a damaged style model: its weights do not fit its architecture "
+                               f"({first[:200]}). Train it again") from None
+    net.eval().requires_grad_(False)
+    return StyleModel(net=net, path=path, style_names=_style_names(payload, net.styles), info=dict(payload.get("info", {})),
+                      from_checkpoint=from_checkpoint)
+
+
+def style_names_of(spec: str | None) -> list[str]:
+    """The styles a network file or library name holds, in order, without building the
+    network: what a mixer shows a slider for. Raises ``MethodInputError`` as ``load_style``."""
+    payload, _ = _network_payload(resolve_style_model(spec))
+    try:
+        count = int(payload["architecture"]["styles"])
+    except (KeyError, TypeError, ValueError):
+        raise MethodInputError(f"{spec} is a damaged style model: it does not say how many styles it holds") from None
+    return _style_names(payload, count)
+
+
+def _network_payload(path: Path) -> tuple[dict[str, Any], bool]:
+    """A style file's network dict, checked for format and version; and whether the file
+    is a training checkpoint."""
     payload = read_torch_file(path, "style model")
     from_checkpoint = payload.get("format") == CHECKPOINT_FORMAT
     if from_checkpoint:
@@ -174,20 +202,12 @@ def load_style(spec: str | None, device: torch.device | str = "cpu") -> StyleMod
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise MethodInputError(f"{path.name} was written by a newer ConvScope (format version {version}); "
                                f"this one reads version {FORMAT_VERSION}. Update ConvScope or retrain the style")
-    try:
-        architecture = {key: int(payload["architecture"][key]) for key in ("styles", "width", "blocks")}
-        net = build_style_net(architecture, device)
-        net.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MethodInputError(f"{path.name} is a damaged style model: its weights do not fit its architecture "
-                               f"({first[:200]}). Train it again") from None
-    net.eval().requires_grad_(False)
+    return payload, from_checkpoint
+
+
+def _style_names(payload: dict[str, Any], count: int) -> list[str]:
     names = [str(name) for name in payload.get("style_names", [])]
-    if len(names) != net.styles:
-        names = [f"style {i + 1}" for i in range(net.styles)]
-    return StyleModel(net=net, path=path, style_names=names, info=dict(payload.get("info", {})),
-                      from_checkpoint=from_checkpoint)
+    return names if len(names) == count else [f"style {i + 1}" for i in range(count)]
 
 
 def list_styles() -> list[StyleEntry]:

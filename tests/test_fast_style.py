@@ -11,7 +11,7 @@ from engine.errors import JobCancelled, MethodInputError
 from engine.jobs import CancelToken, Frame, drive
 from engine.methods import METHODS, MethodContext
 from engine.samples import sample_path
-from engine.style_library import checkpoint_path, library_dir, list_styles, load_style
+from engine.style_library import checkpoint_path, library_dir, list_styles, load_style, style_names_of
 from engine.style_net import MIN_SIDE, StyleNet, build_style_net, one_hot_mix, style_mix
 
 TRAIN = METHODS["fast-style-train"]
@@ -274,3 +274,15 @@ def test_malformed_or_unknown_style_models_are_explained(bundled, cache, chelsea
     library_dir().mkdir(parents=True)
     (library_dir() / "junk.pt").write_bytes(b"junk")
     assert list_styles() == []
+
+
+def test_style_names_are_read_without_building_the_network(bundled, cache, content_folder, tmp_path):
+    styles = [str(sample_path("brick")), str(sample_path("coffee"))]
+    train(context(bundled), tmp_path / "pair.pt", steps=1, dataset=str(content_folder), style=styles)
+    assert style_names_of(str(tmp_path / "pair.pt")) == ["brick", "coffee"]
+    assert style_names_of(str(checkpoint_path(tmp_path / "pair.pt"))) == ["brick", "coffee"]
+    with pytest.raises(MethodInputError, match="no style model 'starry'"):
+        style_names_of("starry")
+    torch.save({"format": "convscope-style-net", "version": 1}, tmp_path / "hollow.pt")
+    with pytest.raises(MethodInputError, match="does not say how many styles"):
+        style_names_of(str(tmp_path / "hollow.pt"))

@@ -36,6 +36,9 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     special: str = ""  # what the minimum value means when it is a sentinel ("model size" for 0)
+    # Values worth offering, asked afresh each time (trained styles in the library): the
+    # GUI lists them in the field, which still takes any other value.
+    suggest: Callable[[], list[str]] | None = field(default=None, compare=False)
 
     @property
     def flag(self) -> str:

@@ -15,7 +15,7 @@ import torch
 from ..errors import MethodInputError
 from ..jobs import Display, Progress, Result
 from ..models.preprocessing import unit_tensor_to_rgb
-from ..style_library import load_style
+from ..style_library import list_styles, load_style
 from ..style_net import MIN_SIDE, style_mix as normalised_mix
 from .base import MethodSpec, Param
 
@@ -77,7 +77,7 @@ SPEC = MethodSpec(
             "a multi-style network blends its styles by their instance-norm parameters.",
     params=(
         Param("style_model", "file", None, "a style network file from fast-style-train, or the name of a style in "
-              "the library"),
+              "the library", suggest=lambda: [entry.name for entry in list_styles()]),
         Param("style_mix", "str", "", "for a network of several styles: one weight per style, e.g. 0.7,0.3 "
               "(normalised; empty: equal)"),
         Param("size", "int", 512, "shorter side of the stylised picture in pixels (0: the image as loaded)",

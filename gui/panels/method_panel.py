@@ -82,7 +82,7 @@ class MethodPanel(QWidget):
         if kind == "dataset":
             return DatasetPicker(str(param.default or ""))
         if kind in FilePicker.KINDS:
-            return FilePicker(kind, param.default)
+            return FilePicker(kind, param.default, param.suggest)
         if kind == "target":
             box = QComboBox()
             box.setEditable(True)
@@ -256,10 +256,14 @@ class FilePicker(QWidget):
     IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.tif *.tiff *.webp);;All files (*)"
     SEPARATOR = ";"
 
-    def __init__(self, kind: str, default) -> None:
+    def __init__(self, kind: str, default, suggest=None) -> None:
         super().__init__()
         self.kind = kind
-        self.edit = QLineEdit()
+        if suggest is None:
+            self.field = self.edit = QLineEdit()
+        else:  # a list of known values (trained styles) that still takes any path
+            self.field = SuggestionBox(suggest)
+            self.edit = self.field.lineEdit()
         self.edit.setPlaceholderText({"image": "an image file", "images": "one or more image files",
                                       "file": "a file", "save_file": "where to save"}[kind])
         self.set_value(default)
@@ -267,7 +271,7 @@ class FilePicker(QWidget):
         browse.clicked.connect(self.browse)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.edit, 1)
+        layout.addWidget(self.field, 1)
         layout.addWidget(browse)
 
     def browse(self) -> None:
@@ -299,6 +303,31 @@ class FilePicker(QWidget):
         self.edit.setText("" if value is None else str(value))
 
 
+class SuggestionBox(QComboBox):
+    """An editable field whose list is asked for afresh each time it opens, so a style
+    trained a minute ago is already offered."""
+
+    def __init__(self, suggest) -> None:
+        super().__init__()
+        self.suggest = suggest
+        self.setEditable(True)
+        self.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.refresh()
+
+    def refresh(self) -> None:
+        text = self.currentText()
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(self.suggest())
+        self.setCurrentIndex(-1)
+        self.setEditText(text)
+        self.blockSignals(False)
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt's name
+        self.refresh()
+        super().showPopup()
+
+
 class ActivationsPanel(MethodPanel):
     follows_layer = True
 
@@ -310,10 +339,3 @@ class ActivationsPanel(MethodPanel):
 
 class FiltersPanel(MethodPanel):
     follows_layer = True
-
-
-_PANELS = {"activations": ActivationsPanel, "filters": FiltersPanel}
-
-
-def panel_for(spec, labels: list[str]) -> MethodPanel:
-    return _PANELS.get(spec.id, MethodPanel)(spec, labels)
