@@ -379,3 +379,11 @@ def test_a_long_method_form_scrolls_inside_the_dock(qtbot, window):
     assert 0 <= top_left.y() < page.viewport().height()
     assert page.horizontalScrollBarPolicy() == Qt.ScrollBarPolicy.ScrollBarAlwaysOff
     assert panel.width() >= panel.minimumSizeHint().width()  # only the height scrolls; nothing is cut at the side
+
+
+def test_channel_fields_say_what_no_channel_means_or_require_one(window):
+    assert window.select_method("activations").editors["channel"].specialValueText() == "all"
+    neuron = window.select_method("guided-backprop").editors["channel"]
+    assert neuron.specialValueText() == "strongest" and neuron.value() == -1
+    required = window.select_method("class-viz").editors["channel"]
+    assert required.minimum() == 0 and required.specialValueText() == ""

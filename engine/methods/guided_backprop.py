@@ -161,7 +161,8 @@ SPEC = MethodSpec(
     params=(
         TARGET,
         Param("layer", "layer", "", "a layer, to explain one of its neurons (empty: the class score)"),
-        Param("channel", "channel", None, "the neuron's channel in --layer (empty: the strongest)"),
+        Param("channel", "channel", None, "the neuron's channel in --layer (empty: the strongest)",
+              special="strongest"),
         Param("at", "str", None, "the neuron's position Y,X in --layer's map (empty: where the channel is largest)"),
         SHOW,
         OVERLAY,

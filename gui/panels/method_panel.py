@@ -94,8 +94,11 @@ class MethodPanel(QWidget):
             return box
         if kind == "channel":
             spin = QSpinBox()
-            spin.setRange(-1, 100_000)
-            spin.setSpecialValueText("all")
+            if param.minimum is not None:  # a channel is required
+                spin.setRange(int(param.minimum), 100_000)
+            else:  # -1 stands for "no channel", which each method names (all of them, the strongest)
+                spin.setRange(-1, 100_000)
+                spin.setSpecialValueText(param.special or "all")
             spin.setValue(-1 if param.default is None else int(param.default))
             return spin
         if kind == "bool":
