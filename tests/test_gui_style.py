@@ -1,11 +1,14 @@
-"""The fast-style panel: trained styles offered by name, one slider per style to blend them."""
+"""Texture and style in the window: frames and losses stream into the panel, a trained
+style network joins the library, and the fast-style panel blends its styles by sliders."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 
-from engine.style_library import library_dir, save_style
+from engine.samples import sample_path
+from engine.style_library import library_dir, list_styles, save_style
 from engine.style_net import build_style_net
 
 TIMEOUT = 120_000
@@ -59,3 +62,46 @@ def test_a_path_that_is_no_style_network_says_so_under_the_field(qtbot, window, 
     assert "no style model" in panel.mixer.note.text()
     panel.editors["style_model"].set_value("")
     assert "choose a style network" in panel.mixer.note.text()
+
+
+def run_panel(qtbot, window, method_id: str, **values):
+    """Run a panel with ``values`` set; returns (frames shown while it ran, its result)."""
+    panel = window.select_method(method_id)
+    for name, value in values.items():
+        panel.set_value(name, value)
+    before = window.canvas.frames_shown
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        panel.run_button.click()
+    assert window.last_result[0] == method_id, window.statusBar().currentMessage()
+    return panel, window.canvas.frames_shown - before, window.last_result[1]
+
+
+def test_style_transfer_streams_frames_and_plots_falling_losses(qtbot, window):
+    panel, frames, result = run_panel(qtbot, window, "style", style=str(sample_path("brick")), size=48, steps=6)
+    assert frames >= 2 and not panel.loss_plot.isHidden()
+    _steps, style_losses = panel.loss_plot.series["style_loss"]
+    assert len(style_losses) >= 2 and style_losses[-1] < style_losses[0]
+    assert result.metrics["style_loss_last"] < result.metrics["style_loss_first"]
+
+
+def test_texture_synthesis_runs_in_the_window(qtbot, window):
+    window.open_image(str(sample_path("gravel")))
+    qtbot.waitUntil(lambda: window.image_info is not None and "gravel" in window.image_info.path, timeout=TIMEOUT)
+    _, frames, result = run_panel(qtbot, window, "texture", size=64, sample_size=48, steps=5)
+    assert frames >= 1 and result.display.rgb.shape[:2] == (64, 64)
+
+
+def test_a_style_trained_in_the_window_is_then_offered_by_fast_style(qtbot, window, tmp_path):
+    folder = tmp_path / "content"
+    folder.mkdir()
+    for name in ("chelsea", "coffee"):
+        Image.open(sample_path(name)).convert("RGB").resize((48, 40)).save(folder / f"{name}.png")
+    panel, frames, result = run_panel(qtbot, window, "fast-style-train", dataset=str(folder),
+                                      style=str(sample_path("brick")), steps=4, batch=2, size=32, width=8, blocks=1,
+                                      preview_every=2, save="bricks")
+    assert frames >= 2 and not panel.loss_plot.isHidden()
+    assert [entry.name for entry in list_styles()] == ["bricks"]
+    picker = window.select_method("fast-style").editors["style_model"]
+    picker.field.showPopup()
+    picker.field.hidePopup()
+    assert picker.field.findText("bricks") >= 0
