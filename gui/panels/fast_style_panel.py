@@ -11,7 +11,6 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QGridLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
 from engine.errors import ConvScopeError
-from engine.style_library import style_names_of
 
 from .method_panel import MethodPanel
 
@@ -111,6 +110,8 @@ class FastStylePanel(MethodPanel):
         return super()._editor_for(param, labels)
 
     def style_model_changed(self, text: str) -> None:
+        from engine.style_library import style_names_of  # imports torch: not before the window is on screen
+
         if not text.strip():
             self.mixer.set_styles([], "choose a style network to mix its styles")
             return
