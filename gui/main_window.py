@@ -692,14 +692,30 @@ _TITLES = {"image": "Cannot open the image", "dataset": "Cannot open the dataset
 
 
 def _summarise(result) -> str:
+    """A result's numbers for its panel: "style loss 846.7 → 43.39" for a metric's first
+    and last values, a term that stayed 0 left out."""
     parts = []
     if result.layer:
         parts.append(f"layer {result.layer}")
     if result.target:
         parts.append(f"class {result.target['label']}")
-    for key, value in result.metrics.items():
+    metrics = result.metrics
+
+    def number(value) -> str | None:
         if isinstance(value, float):
-            parts.append(f"{key} {value:.4g}")
-        elif isinstance(value, int) and not isinstance(value, bool):
-            parts.append(f"{key} {value}")
+            return f"{value:.4g}"
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return None
+
+    for key, value in metrics.items():
+        shown = number(value)
+        if shown is None or key.endswith("_last") and key[:-len("_last")] + "_first" in metrics:
+            continue
+        name = key[:-len("_first")] if key.endswith("_first") else key
+        last = number(metrics.get(name + "_last")) if key.endswith("_first") else None
+        if last is None:
+            parts.append(f"{key.replace('_', ' ')} {shown}")
+        elif value or metrics[name + "_last"]:
+            parts.append(f"{name.replace('_', ' ')} {shown} → {last}")
     return "; ".join(parts)

@@ -398,3 +398,13 @@ def test_the_window_module_imports_no_torch_so_the_window_shows_before_the_model
             "loaded = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]; "
             "assert not loaded, loaded[:5]")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_a_results_first_and_last_losses_read_as_one_change():
+    from gui.main_window import _summarise
+
+    result = Result(display=Display(rgb=np.zeros((2, 2, 3), np.uint8)), array=None,
+                    metrics={"loss_first": 846.7, "style_loss_first": 846.7, "tv_loss_first": 0.0, "loss_last": 43.77,
+                             "style_loss_last": 43.39, "tv_loss_last": 0.0, "steps": 40, "mixed": True,
+                             "psnr_last": 20.4, "size": [385, 256]})
+    assert _summarise(result) == "loss 846.7 → 43.77; style loss 846.7 → 43.39; steps 40; psnr last 20.4"
