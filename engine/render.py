@@ -102,10 +102,19 @@ def overlay_map(display: Display) -> np.ndarray:
 
 
 def compose(display: Display, opacity: float = 0.6, colormap: str | None = None) -> np.ndarray:
-    """The RGB picture the canvas shows for a Display (bars are drawn by the GUI)."""
+    """The RGB picture the canvas shows for a Display; bars and scatters are drawn as the
+    window's plots show them (``engine.plots``), for exports without a window."""
     from .gallery import draw_boxes
 
     colormap = colormap or display.colormap
+    if display.points is not None:
+        from .plots import scatter_picture
+
+        return scatter_picture(display.points)
+    if display.bars is not None:
+        from .plots import bar_picture
+
+        return bar_picture(display.bars, display.legend)
     if display.scalar is None:
         if display.rgb is None:
             raise ValueError("nothing to draw")

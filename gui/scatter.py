@@ -16,9 +16,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-# Qualitative colours: Tableau's ten, then lighter companions; no two alike among the first ten.
-PALETTE = ["#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#BDBDBD", "#BCBD22", "#17BECF",
-           "#AEC7E8", "#FFBB78", "#98DF8A", "#FF9896", "#C5B0D5", "#C49C94", "#F7B6D2", "#DBDB8D", "#9EDAE5"]
+from engine.plots import PALETTE, group_order
+
 THUMBNAIL = 128
 
 
@@ -48,7 +47,7 @@ class ScatterView(QWidget):
     def show_points(self, points) -> None:
         self.paths = list(points.paths)
         groups = list(points.groups)
-        names = sorted(set(groups), key=_natural_key)
+        names = group_order(groups)
         index = {name: i for i, name in enumerate(names)}
         brushes = [pg.mkBrush(PALETTE[i % len(PALETTE)]) for i in range(len(names))]
         self.legend.clear()
@@ -95,7 +94,3 @@ class ScatterView(QWidget):
         if len(self._thumbnails) > 512:
             self._thumbnails.popitem(last=False)
         return pixmap
-
-
-def _natural_key(text: str):
-    return (0, int(text)) if text.isdigit() else (1, text)

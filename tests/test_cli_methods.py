@@ -1,0 +1,90 @@
+"""Every method through the command line, as METHODS.md specifies it: one JSON line, the
+picture with its sidecar under --out, the raw result under --save-array; small settings
+so each runs in seconds on the bundled model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.cli import main
+from engine.export import sidecar_path_for
+from engine.methods import METHODS
+from engine.samples import sample_path
+
+BRICK = str(sample_path("brick"))
+
+# The few flags each method needs to be quick (and, for fast-style, the network that
+# fast-style-train writes first: the order matters).
+QUICK_ARGS = {
+    "filters": ["--layer", "stem.conv"],
+    "activations": ["--layer", "stages.1.1.expand_relu6"],
+    "neighbors": ["--dataset", "samples", "--k", "3"],
+    "embed": ["--dataset", "samples", "--algo", "pca"],
+    "patches": ["--dataset", "samples", "--channels", "0-1", "--top", "2"],
+    "occlusion": ["--window", "112", "--stride", "112"],
+    "saliency": [],
+    "smoothgrad": ["--samples", "2"],
+    "integrated-gradients": ["--steps", "4"],
+    "gradcam": [],
+    "guided-backprop": [],
+    "guided-gradcam": [],
+    "segment": ["--iterations", "1"],
+    "sanity-check": ["--methods", "saliency", "--steps", "2"],
+    "class-viz": ["--steps", "3", "--size", "64"],
+    "adversarial": ["--steps", "2", "--target", "1"],
+    "inversion": ["--steps", "3", "--size", "64"],
+    "dream": ["--steps", "2", "--octaves", "1", "--size", "64"],
+    "texture": ["--steps", "2", "--size", "48", "--sample-size", "48"],
+    "style": ["--style", BRICK, "--steps", "2", "--size", "48"],
+    "fast-style-train": ["--dataset", "samples", "--style", BRICK, "--steps", "1", "--batch", "1", "--size", "32",
+                         "--width", "8", "--blocks", "1", "--save", "bricks"],
+    "fast-style": ["--style-model", "bricks", "--size", "48"],
+}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One private cache for the module: fast-style reads the style fast-style-train saved."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CONVSCOPE_CACHE", str(folder))
+        yield folder
+
+
+def test_every_method_is_exercised_here():
+    assert set(QUICK_ARGS) == set(METHODS)
+
+
+@pytest.mark.parametrize("method_id", list(QUICK_ARGS))
+def test_each_method_runs_from_the_command_line(method_id, cache, tmp_path, capsys, chelsea_path):
+    out, array = tmp_path / f"{method_id}.png", tmp_path / f"{method_id}.npy"
+    code = main(["run", method_id, "--image", chelsea_path, "--out", str(out), "--save-array", str(array),
+                 *QUICK_ARGS[method_id]])
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    lines = printed.strip().splitlines()
+    assert len(lines) == 1, "one JSON line, nothing else on stdout"
+    record = json.loads(lines[0])
+    assert record["method"] == method_id and record["out"] == str(out)
+    with Image.open(out) as picture:
+        assert picture.mode == "RGB" and min(picture.size) >= 8
+    sidecar = json.loads(sidecar_path_for(out).read_text())
+    assert sidecar["method"] == method_id and sidecar["params"] == record["params"]
+    if record["save_array"] is not None:
+        assert np.isfinite(np.load(array).astype(np.float64)).any()
+
+
+def test_a_vector_layers_bars_and_an_embeddings_scatter_are_drawn_for_out(cache, tmp_path, capsys, chelsea_path):
+    """The window draws these with pyqtgraph; without one, --out still gets the picture."""
+    bars, scatter = tmp_path / "bars.png", tmp_path / "scatter.png"
+    assert main(["run", "activations", "--image", chelsea_path, "--layer", "classifier", "--out", str(bars)]) == 0
+    assert main(["run", "embed", "--dataset", "samples", "--algo", "pca", "--out", str(scatter)]) == 0
+    capsys.readouterr()
+    for path in (bars, scatter):
+        with Image.open(path) as picture:
+            colours = np.asarray(picture.convert("RGB")).reshape(-1, 3)
+        assert len(np.unique(colours, axis=0)) > 3  # more than a blank frame
