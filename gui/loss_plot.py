@@ -2,7 +2,9 @@
 
 Frames arrive at the canvas's pace (stale ones are dropped), so a curve has a point for
 each frame shown, not for each step; the x axis is the step, so the shape stays true.
-Losses span decades, so the y axis is logarithmic whenever every value is positive.
+A term that has been 0 all along (a weight switched off) gets no curve. Losses span
+decades, so the y axis turns logarithmic once the positive values span two of them and
+none is negative; a 0 (a content loss at its start) is then left out of its curve.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class LossPlot(pg.PlotWidget):
         self.setLabel("bottom", "step")
         self.setLabel("left", "loss")
         self.showGrid(x=True, y=True, alpha=0.3)
-        self.addLegend(offset=(-10, 10))
+        self.addLegend(offset=(-10, 10), brush=pg.mkBrush(255, 255, 255, 210))  # readable over the curves
         self.getPlotItem().setMenuEnabled(False)
         self.series: dict[str, tuple[list[float], list[float]]] = {}
         self._curves: dict[str, pg.PlotDataItem] = {}
@@ -50,11 +52,17 @@ class LossPlot(pg.PlotWidget):
             steps, values = self.series.setdefault(name, ([], []))
             steps.append(float(step))
             values.append(value)
-            if name not in self._curves:
+            if name not in self._curves and any(values):
                 colour = _COLOURS[len(self._curves) % len(_COLOURS)]
                 self._curves[name] = self.plot([], [], pen=pg.mkPen(colour, width=2), name=name)
-        log_y = all(v > 0 for _, values in self.series.values() for v in values)
+        shown = [value for name in self._curves for value in self.series[name][1]]
+        positive = [value for value in shown if value > 0]
+        log_y = bool(positive) and min(shown) >= 0 and max(positive) > 100 * min(positive)
         self.setLogMode(x=False, y=log_y)
-        for name in losses:
-            self._curves[name].setData(*self.series[name])
-        return bool(losses)
+        for name, curve in self._curves.items():
+            steps, values = self.series[name]
+            if log_y:
+                kept = [(s, v) for s, v in zip(steps, values) if v > 0]
+                steps, values = [s for s, _ in kept], [v for _, v in kept]
+            curve.setData(list(steps), list(values))
+        return bool(self._curves)
