@@ -20,9 +20,7 @@ note adds the ratio against a bare forward of the same fast copy, which isolates
 loader and the store cost.
 
 On 2 cores, decoding competes with the forward pass for the same CPU: overlap cannot
-hide the decode's own CPU time, only cheaper decoding helps (and decoding threads run at
-the lowest priority, so they take the cores the network leaves idle rather than stall
-its thread team). Per image, reading a file to the square costs ~0.2 ms for a digit,
+hide the decode's own CPU time, only cheaper decoding helps. Per image, reading a file to the square costs ~0.2 ms for a digit,
 ~1.8 ms for a 300-740 px JPEG and ~6 ms for a PNG of that size (OpenCV's decoder;
 inflating is most of it), against ~5.5 ms of forward for the fast copy on both cores:
 PNG photo folders lose about a third to decoding, the others less.

@@ -29,8 +29,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import sys
-import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -424,8 +422,11 @@ def iter_batches(items: Sequence[DatasetItem] | Dataset, indices: Sequence[int],
     if not chunks:
         return
     workers = workers or max(1, min(8, os.cpu_count() or 1))
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convscope-decode",
-                              initializer=_yield_to_the_network)
+    # Decoding threads keep the normal priority. At the lowest, they filled only the cores
+    # the network left idle: a tenth faster on a quiet machine (PNG photos 8.6-9.1 ms per
+    # image against 9.6-10.1), but starved by any other busy program (two CPU hogs
+    # running: 210 ms per image against 19.5; nice 10: 39).
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convscope-decode")
     try:
         pending: deque = deque()
 
@@ -459,22 +460,6 @@ def iter_batches(items: Sequence[DatasetItem] | Dataset, indices: Sequence[int],
             yield Batch([chunk[j] for j in good], torch.from_numpy(pixels), failures)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _yield_to_the_network() -> None:
-    """Run this decoding thread at the lowest priority (Linux, where threads have their own).
-
-    On a CPU, decoding shares the cores with the forward pass, whose thread team waits at
-    every step for its slowest member: a decode that takes a core from one of its threads
-    stalls them all. At the lowest priority decoding fills the moments the network leaves
-    the cores idle instead (on 2 cores, a folder of PNG photos: 8.6-9.1 ms per image
-    instead of 9.6-10.1). With the network on a GPU, the cores are the decoders' anyway.
-    """
-    if sys.platform.startswith("linux"):  # elsewhere a thread id is not something setpriority takes
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except OSError:
-            pass
 
 
 def _decode_into(pixels: np.ndarray, position: int, path: str, size: int) -> str:
