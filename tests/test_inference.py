@@ -97,3 +97,30 @@ def test_other_errors_are_not_taken_for_a_layout_problem(net):
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         run_in_fast_layout(net, broken, torch.randn(1, 3, 8, 8))
     assert in_fast_layout(net, torch.randn(1, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("architecture", ["resnet18", "mobilenet_v3_large"])
+def test_extraction_through_the_fast_copy_reads_every_layer_as_the_model_does(architecture):
+    """Residual adds in place (ResNet), shared ReLUs, squeeze-excitation and Hardswish
+    (MobileNetV3): whatever the copy folds or runs in place, each layer's rows stay the model's."""
+    import torchvision
+
+    from engine.extraction import summarise
+    from engine.hooks import forward_to
+
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, architecture)(weights=None).eval()
+    for norm in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+        with torch.no_grad():  # trained-looking statistics, so folding changes the weights
+            norm.running_mean.uniform_(-1, 1)
+            norm.running_var.uniform_(0.5, 2)
+    model = LoadedModel(name=architecture, module=net, labels=[str(i) for i in range(1000)], weights="random",
+                        preprocessing=Preprocessing(size=64, mean=(0.5,) * 3, std=(0.5,) * 3))
+    x = torch.randn(2, 3, 64, 64)
+    assert inference_copy(net, x[:1]) is not net  # the fast path is really taken
+    layers = [name for name, _ in net.named_modules() if name][::5]
+    for layer in layers:
+        with torch.inference_mode():
+            expected = summarise(forward_to(net, layer, x.clone()), "avgpool", layer)
+        got = layer_rows(model, layer, "avgpool", x.clone())
+        assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max()), layer
