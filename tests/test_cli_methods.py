@@ -46,6 +46,20 @@ QUICK_ARGS = {
 }
 
 
+# METHODS.md: the metrics each method must report (more are welcome).
+OPTIMISATION = ("class-viz", "adversarial", "inversion", "dream", "texture", "style", "fast-style-train")
+REQUIRED_METRICS = {
+    **{method: {"loss_first", "loss_last"} for method in OPTIMISATION},
+    "dream": {"loss_first", "loss_last", "norm_first", "norm_last"},
+    "adversarial": {"loss_first", "loss_last", "success", "steps", "linf", "l2", "original_prob", "target_prob"},
+    "inversion": {"loss_first", "loss_last", "psnr", "feature_loss"},
+    "neighbors": {"neighbors"},
+    "embed": {"paths", "labels"},
+    "occlusion": {"base_prob", "max_drop"},
+}
+JSON_KEYS = {"method", "model", "layer", "target", "seconds", "top5", "out", "metrics"}
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """One private cache for the module: fast-style reads the style fast-style-train saved."""
@@ -70,12 +84,19 @@ def test_each_method_runs_from_the_command_line(method_id, cache, tmp_path, caps
     assert len(lines) == 1, "one JSON line, nothing else on stdout"
     record = json.loads(lines[0])
     assert record["method"] == method_id and record["out"] == str(out)
+    assert JSON_KEYS <= set(record) and REQUIRED_METRICS.get(method_id, set()) <= set(record["metrics"])
     with Image.open(out) as picture:
         assert picture.mode == "RGB" and min(picture.size) >= 8
     sidecar = json.loads(sidecar_path_for(out).read_text())
     assert sidecar["method"] == method_id and sidecar["params"] == record["params"]
     if record["save_array"] is not None:
         assert np.isfinite(np.load(array).astype(np.float64)).any()
+    if method_id == "neighbors":
+        found = record["metrics"]["neighbors"]
+        assert len(found) == 3 and {"path", "distance", "label"} <= set(found[0])
+        assert [n["distance"] for n in found] == sorted(n["distance"] for n in found)  # nearest first
+    if method_id == "embed":
+        assert len(record["metrics"]["paths"]) == len(record["metrics"]["labels"]) == len(np.load(array))
 
 
 def test_a_vector_layers_bars_and_an_embeddings_scatter_are_drawn_for_out(cache, tmp_path, capsys, chelsea_path):
