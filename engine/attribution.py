@@ -251,14 +251,36 @@ def _held_output(module, path: str):
         handle.remove()
 
 
-def grad_cam(activation: torch.Tensor, gradient: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grad-CAM (Selvaraju et al. 2017): ReLU(sum_k alpha_k A_k), alpha_k the mean of dy/dA_k.
+CAM_VARIANTS = ("gradcam", "gradcam++", "layercam")
+
+
+def grad_cam(activation: torch.Tensor, gradient: torch.Tensor, size: tuple[int, int],
+             variant: str = "gradcam") -> tuple[torch.Tensor, torch.Tensor]:
+    """A class activation map from a layer's output A and the score's gradient g = dy/dA.
+
+    - ``gradcam`` (Selvaraju et al. 2017): ReLU(sum_k alpha_k A_k), alpha_k the mean of g_k.
+    - ``gradcam++`` (Chattopadhay et al. 2018): alpha_k = sum_ij a_kij ReLU(g_kij) with
+      a = g^2 / (2 g^2 + sum_ij A_k * g^3), the paper's closed form for an exponential
+      score; several instances of a class each get their share of the weight.
+    - ``layercam`` (Jiang et al. 2021): ReLU(sum_k ReLU(g_k) * A_k), position by position,
+      which keeps the finer detail of earlier layers.
 
     Returns the map at the layer's resolution (N x h x w) and bilinearly upsampled to
-    ``size`` (N x H x W), as Captum's ``LayerGradCam(relu_attributions=True)`` followed by
-    ``LayerAttribution.interpolate(..., "bilinear")``.
+    ``size`` (N x H x W); ``gradcam`` as Captum's ``LayerGradCam(relu_attributions=True)``
+    followed by ``LayerAttribution.interpolate(..., "bilinear")``.
     """
-    alpha = gradient.mean(dim=(2, 3), keepdim=True)
-    cam = F.relu((alpha * activation).sum(dim=1, keepdim=True))
+    if variant == "gradcam":
+        weighted = gradient.mean(dim=(2, 3), keepdim=True) * activation
+    elif variant == "gradcam++":
+        squared = gradient.pow(2)
+        denominator = 2 * squared + activation.sum(dim=(2, 3), keepdim=True) * gradient.pow(3)
+        share = torch.where(gradient != 0, squared / torch.where(denominator != 0, denominator, torch.ones_like(denominator)),
+                            torch.zeros_like(gradient))
+        weighted = (share * F.relu(gradient)).sum(dim=(2, 3), keepdim=True) * activation
+    elif variant == "layercam":
+        weighted = F.relu(gradient) * activation
+    else:
+        raise ValueError(f"unknown CAM variant '{variant}'; known: {', '.join(CAM_VARIANTS)}")
+    cam = F.relu(weighted.sum(dim=1, keepdim=True))
     upsampled = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
     return cam[:, 0], upsampled[:, 0]

@@ -230,6 +230,48 @@ def test_gradcam_is_relu_of_the_gradient_weighted_channels():
     np.testing.assert_allclose(result.array, upsampled[0, 0].detach().numpy(), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("variant", ["gradcam++", "layercam"])
+def test_gradcam_variants_follow_their_definitions(variant):
+    model, image = tiny()
+    result, _ = run("gradcam", MethodContext(model=model, image=image), target=1, variant=variant)
+    x = unit_input(model, image).requires_grad_()
+    captured = {}
+    handle = model.module.features[4].register_forward_hook(lambda m, i, o: captured.setdefault("A", o))
+    score = model.module(x)[0, 1]
+    handle.remove()
+    maps = captured["A"][0].detach().double().numpy()  # 16 x 8 x 8
+    g = torch.autograd.grad(score, captured["A"])[0][0].double().numpy()
+    cam = np.zeros((8, 8))
+    for k in range(16):
+        if variant == "layercam":  # each position weighted by its own positive gradient
+            cam += np.maximum(g[k], 0) * maps[k]
+        else:  # Chattopadhay et al.'s closed form: a = g^2 / (2 g^2 + sum(A_k) g^3), w_k = sum a ReLU(g)
+            denominator = 2 * g[k] ** 2 + maps[k].sum() * g[k] ** 3
+            a = np.divide(g[k] ** 2, denominator, out=np.zeros((8, 8)), where=(g[k] != 0) & (denominator != 0))
+            cam += (a * np.maximum(g[k], 0)).sum() * maps[k]
+    cam = torch.from_numpy(np.maximum(cam, 0)).float()
+    expected = F.interpolate(cam[None, None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0, 0]
+    np.testing.assert_allclose(result.array, expected.numpy(), rtol=1e-4, atol=1e-7)
+    assert result.params["variant"] == variant and variant.replace("gradcam", "Grad-CAM").replace("layercam", "LayerCAM") \
+        in result.display.legend
+
+
+def test_with_one_positive_gradient_per_channel_layercam_is_gradcam():
+    from engine.attribution import grad_cam
+
+    generator = torch.Generator().manual_seed(0)
+    activation = torch.rand(1, 6, 5, 5, generator=generator)
+    gradient = torch.rand(1, 6, 1, 1, generator=generator).expand(1, 6, 5, 5)  # the same everywhere in a channel
+    plain, _ = grad_cam(activation, gradient, (10, 10), "gradcam")
+    layer, _ = grad_cam(activation, gradient, (10, 10), "layercam")
+    torch.testing.assert_close(layer, plain)
+    plus, _ = grad_cam(activation, gradient, (10, 10), "gradcam++")
+    # Grad-CAM++ reweighs the channels (w_k = h w g_k / (2 + g_k sum A_k)): same kind of map, other weights
+    assert not torch.allclose(plus / plus.max(), plain / plain.max())
+    with pytest.raises(ValueError, match="unknown CAM variant"):
+        grad_cam(activation, gradient, (10, 10), "scorecam")
+
+
 def test_gradcam_of_a_layer_an_in_place_activation_follows_sees_its_own_values():
     # The folded copy's ReLU6 runs in place on the batch norm's output (an identity there):
     # Grad-CAM of "bn" must still weight the pre-activation maps, negative values included.

@@ -2,7 +2,10 @@
 
     alpha_k = mean over (i, j) of d score_c / d A_k[i, j]          L = ReLU(sum_k alpha_k A_k)
 
-A is the layer's output for the image, score_c the class's logit. L has the layer's
+A is the layer's output for the image, score_c the class's logit. ``--variant gradcam++``
+weighs each channel by its positive gradients where they count most (Chattopadhay et al.
+2018: better with several instances of a class); ``--variant layercam`` weighs each
+position by its own positive gradient (Jiang et al. 2021: finer maps from earlier layers). L has the layer's
 resolution (7x7 at the end of most ImageNet networks); it is bilinearly upsampled to the
 model input's size, which covers the whole image, so the map lies over the picture
 (Captum: ``LayerGradCam(...).attribute(relu_attributions=True)`` then
@@ -16,39 +19,48 @@ still has a layout); a model without presets uses its last convolution's output.
 
 from __future__ import annotations
 
-from ..attribution import CAM_LAYER, OVERLAY, cam_layer, grad_cam, layer_pass, map_display, map_metrics, refuse_blank
+from ..attribution import (CAM_LAYER, CAM_VARIANTS, OVERLAY, cam_layer, grad_cam, layer_pass, map_display, map_metrics,
+                           refuse_blank)
 from ..gradients import class_score, gradient_network
 from ..jobs import Progress, Result
-from .base import TARGET, MethodSpec
+from .base import TARGET, MethodSpec, Param
+
+VARIANT_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM"}
 
 
-def run(ctx, target=None, layer="late", overlay=True):
+def run(ctx, target=None, layer="late", variant="gradcam", overlay=True):
     image = ctx.require_image()
     resolved = ctx.resolve_target(target)
     label = resolved["label"]
     path = cam_layer(ctx, layer)
-    yield Progress(0.1, f"Grad-CAM of '{label}' at {path}")
+    name = VARIANT_NAMES[variant]
+    yield Progress(0.1, f"{name} of '{label}' at {path}")
     unit = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
     network = gradient_network(ctx.model, unit, layer=path)
     activation, gradient, _, scores = layer_pass(ctx.model, network, unit, path, class_score(resolved["index"]))
-    cam, upsampled = grad_cam(activation, gradient, tuple(unit.shape[-2:]))
+    cam, upsampled = grad_cam(activation, gradient, tuple(unit.shape[-2:]), variant)
     values = upsampled[0].float().cpu().numpy()
-    refuse_blank(values, f"Grad-CAM of '{label}' at {path} is zero everywhere: no part of that layer's map raises the "
+    refuse_blank(values, f"{name} of '{label}' at {path} is zero everywhere: no part of that layer's map raises the "
                          f"score of '{label}'. Try the top class or an earlier layer")
     grid, size = f"{cam.shape[1]}x{cam.shape[2]}", f"{values.shape[1]}x{values.shape[0]}"
-    display = map_display(image, values, signed=False, overlay=overlay, legend=f"Grad-CAM of '{label}'",
-                          note=f"Grad-CAM of '{label}' at {path} ({grid}, upsampled to {size})")
+    display = map_display(image, values, signed=False, overlay=overlay, legend=f"{name} of '{label}'",
+                          note=f"{name} of '{label}' at {path} ({grid}, upsampled to {size})")
     metrics = {**map_metrics(values), "score": float(scores[0]), "layer_grid": [int(cam.shape[1]), int(cam.shape[2])],
                "channels": int(activation.shape[1])}
     yield Progress(1.0, "done")
     return Result(display=display, array=values, target=resolved, layer=path, metrics=metrics,
-                  params={"target": resolved["index"], "layer": path, "overlay": overlay})
+                  params={"target": resolved["index"], "layer": path, "variant": variant, "overlay": overlay})
+
 
 SPEC = MethodSpec(
     id="gradcam",
     title="Grad-CAM",
     summary="Where a convolutional layer's channels raise the class score: their maps weighted by the mean gradient "
-            "(Selvaraju et al. 2017).",
-    params=(TARGET, CAM_LAYER, OVERLAY),
+            "(Selvaraju et al. 2017), by their positive gradients where they count (Grad-CAM++), or position by "
+            "position (LayerCAM).",
+    params=(TARGET, CAM_LAYER,
+            Param("variant", "choice", "gradcam", "how channels are weighted: gradcam (mean gradient), gradcam++ "
+                  "(Chattopadhay et al. 2018), layercam (per position, Jiang et al. 2021)", choices=CAM_VARIANTS),
+            OVERLAY),
     run=run,
 )
