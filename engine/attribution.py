@@ -45,30 +45,6 @@ from .layers import conv_layers, find_module
 CPU_BATCH_PIXELS = 16 * 224 * 224
 CUDA_BATCH_PIXELS = 64 * 224 * 224
 PERCENTILE = 99.0
-SHOW_CHOICES = ("map", "rgb")
-
-
-def __getattr__(name: str):
-    """The parameters attribution methods share: ``OVERLAY``, ``BATCH``, ``CAM_LAYER``, ``SHOW``.
-
-    Made on first use (PEP 562) rather than at import: ``Param`` lives in the methods
-    package, whose import discovers the method modules, which import this module; a
-    module-level import of it here would make ``import engine.attribution`` circular.
-    """
-    from .methods.base import Param
-
-    params = {
-        "OVERLAY": Param("overlay", "bool", True, "draw the map over the photo; off: the map on its own"),
-        "BATCH": Param("batch", "int", 0, "images per forward/backward pass (0: automatic)", minimum=0, special="auto"),
-        "CAM_LAYER": Param("layer", "layer", "late", "the convolutional layer whose channels Grad-CAM weights "
-                                                     "(late: the last conv layer's activated output)"),
-        "SHOW": Param("show", "choice", "map", "map: |gradient| as a heat map; rgb: the gradient itself as a picture",
-                      choices=SHOW_CHOICES),
-    }
-    if name not in params:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals().update(params)  # made once: later lookups find them as ordinary globals
-    return params[name]
 
 
 def automatic_batch(device: torch.device, height: int, width: int) -> int:

@@ -102,6 +102,13 @@ SEED = Param("seed", "int", 0, "random seed; the same seed gives the same result
 FEATURE_LAYER = Param("layer", "layer", "penultimate",
                       "the feature layer, averaged over space; penultimate is what feeds the classifier")
 DATASET = Param("dataset", "dataset", "samples", "a folder of images (subfolders become labels), or 'samples' / 'digits'")
+# What the attribution methods share.
+OVERLAY = Param("overlay", "bool", True, "draw the map over the photo; off: the map on its own")
+BATCH = Param("batch", "int", 0, "images per forward/backward pass (0: automatic)", minimum=0, special="auto")
+CAM_LAYER = Param("layer", "layer", "late", "the convolutional layer whose channels Grad-CAM weights "
+                                           "(late: the last conv layer's activated output)")
+SHOW = Param("show", "choice", "map", "map: |gradient| as a heat map; rgb: the gradient itself as a picture",
+             choices=("map", "rgb"))
 
 
 _BLANK_SHAPES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, tuple]]" = weakref.WeakKeyDictionary()

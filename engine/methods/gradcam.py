@@ -19,11 +19,10 @@ still has a layout); a model without presets uses its last convolution's output.
 
 from __future__ import annotations
 
-from ..attribution import (CAM_LAYER, CAM_VARIANTS, OVERLAY, cam_layer, grad_cam, layer_pass, map_display, map_metrics,
-                           refuse_blank)
+from ..attribution import CAM_VARIANTS, cam_layer, grad_cam, layer_pass, map_display, map_metrics, refuse_blank
 from ..gradients import class_score, gradient_network
 from ..jobs import Progress, Result
-from .base import TARGET, MethodSpec, Param
+from .base import CAM_LAYER, OVERLAY, TARGET, MethodSpec, Param
 
 VARIANT_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM"}
 

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..attribution import OVERLAY, SHOW, gradient_picture, magnitude_map, map_display, map_metrics, picture_display, \
-    refuse_blank
+from ..attribution import gradient_picture, magnitude_map, map_display, map_metrics, picture_display, refuse_blank
 from ..errors import MethodInputError
 from ..gradients import class_score, gradient_network, network_input, score_gradient, unit_score
 from ..guided import guided_relus
 from ..jobs import Progress, Result
 from ..layer_tree import cached_layer_tree
-from .base import TARGET, MethodSpec, Param
+from .base import OVERLAY, SHOW, TARGET, MethodSpec, Param
 
 
 @dataclass(frozen=True)

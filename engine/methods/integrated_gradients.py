@@ -21,13 +21,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..attribution import BATCH, OVERLAY, accumulate_gradients, automatic_batch, map_display, map_metrics, \
-    refuse_blank, signed_map
+from ..attribution import accumulate_gradients, automatic_batch, map_display, map_metrics, refuse_blank, signed_map
 from ..errors import MethodInputError
 from ..gradients import class_score, gradient_network, run_score
 from ..jobs import Progress, Result, within
 from ..regularisers import gaussian_blur
-from .base import TARGET, MethodSpec, Param
+from .base import BATCH, OVERLAY, TARGET, MethodSpec, Param
 
 BASELINES = ("black", "white", "blur")
 BLUR_FRACTION = 0.1  # the blur baseline's sigma, as a fraction of the input's shorter side
