@@ -22,6 +22,13 @@ backward hooks (``register_full_backward_hook``) fail: an in-place ReLU's output
 input tensor, and a tensor hook registered before a later in-place change still receives
 the gradient of the value it was registered on.
 
+The DeconvNet rule (Zeiler & Fergus 2014), which guided backprop refines, is the other
+half alone: each unit sends back ``relu(g)`` wherever its input was, positive or not
+(``rule="deconvnet"``). The module's own backward has already multiplied by ``f'(x)``
+when the gradient reaches the unit's input, so a hook on the input *tensor*, registered
+before the unit runs, adds back ``relu(g) * (1 - f'(x))``: exact even when that tensor
+also feeds other operations (a residual branch), whose share of its gradient is kept.
+
 A model that applies ReLU as a *function* (``F.relu`` / ``torch.relu`` outside a ReLU
 module, e.g. torchvision's GoogLeNet and Inception in ``BasicConv2d``, DenseNet's
 ``forward``) has ReLUs no module hook can reach: guiding only the module ones would
@@ -47,6 +54,7 @@ from .errors import MethodInputError
 from .hooks import is_hookable
 
 RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)
+RULES = ("guided", "deconvnet")
 # Common activations that are not ReLU-like, named in messages so the user sees why.
 OTHER_ACTIVATIONS = (nn.Hardswish, nn.SiLU, nn.GELU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.PReLU, nn.RReLU,
                      nn.Softplus, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh)
@@ -66,10 +74,12 @@ class GuidedReLUs:
     units: int
     others: dict[str, int] = field(default_factory=dict)  # class name -> count
     active: bool = True
+    rule: str = "guided"
 
     @property
     def note(self) -> str:
-        text = f"guided at {self.units} ReLU-like unit{'s' if self.units != 1 else ''}"
+        verb = "guided" if self.rule == "guided" else "DeconvNet rule"
+        text = f"{verb} at {self.units} ReLU-like unit{'s' if self.units != 1 else ''}"
         if self.others:
             names = ", ".join(f"{count} {name}" for name, count in sorted(self.others.items()))
             text += f"; {names} (not ReLU-like) pass ordinary gradients"
@@ -81,8 +91,9 @@ def is_relu_like(module: nn.Module) -> bool:
 
 
 @contextmanager
-def guided_relus(model: nn.Module, sample: torch.Tensor) -> Iterator[GuidedReLUs]:
-    """Within the block, every ReLU-like module of ``model`` passes back guided gradients.
+def guided_relus(model: nn.Module, sample: torch.Tensor, rule: str = "guided") -> Iterator[GuidedReLUs]:
+    """Within the block, every ReLU-like module of ``model`` passes back guided gradients
+    (or, with ``rule="deconvnet"``, the DeconvNet's: positive gradient wherever it arrives).
 
     ``sample`` is a model input (normalised, the right size); on the first use of a model
     one forward pass of it checks that no ReLU is applied functionally. Raises
@@ -108,29 +119,71 @@ def guided_relus(model: nn.Module, sample: torch.Tensor) -> Iterator[GuidedReLUs
         raise MethodInputError(f"guided backprop needs ReLU-like activations (ReLU, ReLU6, LeakyReLU) and this model has "
                                f"none{used}; smooth activations such as SiLU, GELU or Hardswish pass gradient for negative "
                                f"inputs, so the guided rule does not apply. Use saliency or smoothgrad instead")
-    state = GuidedReLUs(units=len(units), others=dict(others))
+    if rule not in RULES:
+        raise ValueError(f"unknown rule '{rule}'; known: {', '.join(RULES)}")
+    state = GuidedReLUs(units=len(units), others=dict(others), rule=rule)
     handles = [unit.register_forward_hook(partial(_guide, state)) for unit in units]
+    if rule == "deconvnet":
+        handles += [unit.register_forward_pre_hook(partial(_watch_input, state)) for unit in units]
     try:
         yield state
     finally:
         for handle in handles:
             handle.remove()
+        for unit in units:  # a forward stopped at a layer leaves its unit's hand-over behind
+            unit.__dict__.pop("_convscope_deconv_pending", None)
 
 
 def _guide(state: GuidedReLUs, module: nn.Module, inputs, output) -> None:
     if not isinstance(output, torch.Tensor) or not output.requires_grad:
         return
+    pending = module.__dict__.pop("_convscope_deconv_pending", None)
+    if state.rule == "deconvnet":
+        if pending is None:
+            return  # its input needed no gradient: nothing flows back through this unit
+        # What the module's backward keeps of the gradient: its derivative, read from the
+        # output now (the output is positive exactly where the input was).
+        if isinstance(module, nn.LeakyReLU):
+            kept = torch.where(output > 0, 1.0, module.negative_slope).to(output.dtype)
+        elif isinstance(module, nn.ReLU6):
+            kept = ((output > 0) & (output < 6)).to(output.dtype)
+        else:
+            kept = (output > 0).to(output.dtype)
+        pending["kept"] = kept
+        output.register_hook(partial(_positive_gradient, state, None, pending))
+        return
     # ReLU and ReLU6 zero the gradient where the input was <= 0 in their own backward;
     # LeakyReLU would pass a fraction of it, so its positive mask is kept.
     positive = output > 0 if isinstance(module, nn.LeakyReLU) else None
-    output.register_hook(partial(_positive_gradient, state, positive))
+    output.register_hook(partial(_positive_gradient, state, positive, None))
 
 
-def _positive_gradient(state: GuidedReLUs, positive: torch.Tensor | None, grad: torch.Tensor) -> torch.Tensor | None:
+def _watch_input(state: GuidedReLUs, module: nn.Module, inputs) -> None:
+    """DeconvNet rule: hook the unit's input before the unit runs (an in-place unit then
+    changes the tensor, and the hook still receives the gradient of the value it saw)."""
+    x = inputs[0] if inputs else None
+    if not isinstance(x, torch.Tensor) or not x.requires_grad:
+        return
+    pending: dict = {}
+    module.__dict__["_convscope_deconv_pending"] = pending
+    x.register_hook(partial(_restore_masked, state, pending))
+
+
+def _positive_gradient(state: GuidedReLUs, positive: torch.Tensor | None, pending: dict | None,
+                       grad: torch.Tensor) -> torch.Tensor | None:
     if not state.active:
         return None  # leave the gradient as it is
     grad = grad.clamp(min=0)
+    if pending is not None:
+        pending["positive_gradient"] = grad
     return grad if positive is None else grad * positive
+
+
+def _restore_masked(state: GuidedReLUs, pending: dict, grad: torch.Tensor) -> torch.Tensor | None:
+    if not state.active or "positive_gradient" not in pending:
+        return None
+    # The unit's backward passed kept * relu(g); the DeconvNet passes relu(g) itself.
+    return grad + pending.pop("positive_gradient") * (1 - pending["kept"])
 
 
 # -- finding ReLUs applied as functions ------------------------------------------------------

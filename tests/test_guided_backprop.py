@@ -93,6 +93,77 @@ def test_in_place_units_are_guided_like_the_others():
     assert float(maps[0].abs().sum()) > 0
 
 
+# -- the DeconvNet rule ---------------------------------------------------------------------------
+class DeconvUnit(torch.autograd.Function):
+    """The DeconvNet's unit written out: the activation forward, relu(g) backward."""
+
+    @staticmethod
+    def forward(ctx, x, activation):
+        return activation(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clamp(min=0), None
+
+
+class Residual(nn.Module):
+    """conv, ReLU, conv, ReLU6 whose input also feeds a residual sum, conv, LeakyReLU, head."""
+
+    def __init__(self, inplace: bool, reference: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.a1 = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace)
+        self.c2, self.a2 = nn.Conv2d(8, 8, 3, padding=1), nn.ReLU6(inplace)
+        self.c3, self.a3 = nn.Conv2d(8, 8, 3, padding=1), nn.LeakyReLU(0.1, inplace)
+        self.fc = nn.Linear(8, 5)
+        self.reference = reference
+        self.inplace = inplace
+
+    def unit(self, module, x):
+        if not self.reference:
+            return module(x)
+        activation = {nn.ReLU: torch.relu, nn.ReLU6: lambda t: t.clamp(0, 6),
+                      nn.LeakyReLU: lambda t: F.leaky_relu(t, 0.1)}[type(module)]
+        return DeconvUnit.apply(x, activation)
+
+    def forward(self, x):
+        z = self.c2(self.unit(self.a1, self.c1(x))) * 3
+        # Shared: the unit's input is also the residual; an in-place unit would change it, so it gets a copy.
+        h = self.unit(self.a2, z * 1 if self.inplace else z) + z
+        return self.fc(self.unit(self.a3, self.c3(h)).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_the_deconvnet_rule_sends_back_the_positive_gradient_wherever_it_arrives(inplace):
+    x = torch.randn(2, 3, 8, 8)
+    reference = Residual(False, reference=True)
+    pixels = x.clone().requires_grad_()
+    expected, = torch.autograd.grad(reference(pixels)[:, 1].sum(), pixels)
+    net = Residual(inplace).eval()
+    net.load_state_dict(reference.state_dict())
+    pixels = x.clone().requires_grad_()
+    with guided_relus(net, x[:1], rule="deconvnet") as guide:
+        got, = torch.autograd.grad(net(pixels)[:, 1].sum(), pixels)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-9)
+    assert "DeconvNet rule at 3" in guide.note
+    pixels = x.clone().requires_grad_()
+    with guided_relus(net, x[:1]):  # the guided rule gives another map
+        guided, = torch.autograd.grad(net(pixels)[:, 1].sum(), pixels)
+    assert not torch.allclose(guided, expected)
+
+
+def test_deconvnet_maps_agree_with_captum_on_the_tiny_model():
+    from captum.attr import Deconvolution
+
+    model, image = tiny()
+    expected = Deconvolution(Normalised(model)).attribute(unit_input(model, image), target=3)
+    result = run("guided-backprop", MethodContext(model=model, image=image), target=3, rule="deconvnet")
+    np.testing.assert_allclose(result.array, expected.abs().amax(dim=1)[0].numpy(), rtol=1e-5, atol=1e-7)
+    guided = run("guided-backprop", MethodContext(model=model, image=image), target=3)
+    assert not np.allclose(result.array, guided.array) and result.params["rule"] == "deconvnet"
+    assert "DeconvNet" in result.display.legend
+
+
 # -- against Captum ------------------------------------------------------------------------------
 def test_guided_backprop_agrees_with_captum_on_the_tiny_model():
     model, image = tiny()

@@ -14,6 +14,11 @@ all inside the unit's receptive field (drawn as a box).
   ``--channel``: the channel with the largest value. A vector layer (fully connected)
   takes ``--channel`` alone.
 
+``--rule deconvnet`` passes back the positive gradient wherever it arrives, whatever the
+unit's input was: Zeiler & Fergus's DeconvNet, which guided backprop refines. Without the
+forward mask, little of the image survives many layers: on the bundled model the map is
+almost the same pattern for any picture (Nie et al. 2018 explain why).
+
 ``--show map`` (default) draws max over colour channels of |gradient|, as ``saliency``
 does; ``--show rgb`` shows the gradient itself as a picture, as the paper does. The
 saved array is the map either way. Models that apply ReLU as a function (GoogLeNet,
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from ..attribution import gradient_picture, magnitude_map, map_display, map_metrics, picture_display, refuse_blank
 from ..errors import MethodInputError
 from ..gradients import class_score, gradient_network, network_input, score_gradient, unit_score
-from ..guided import guided_relus
+from ..guided import RULES, guided_relus
 from ..jobs import Progress, Result
 from ..layer_tree import cached_layer_tree
 from .base import OVERLAY, SHOW, TARGET, MethodSpec, Param
@@ -104,7 +109,7 @@ def receptive_box(ctx, unit: Unit, input_hw: tuple[int, int]) -> tuple[float, fl
     return field.box(*unit.position) if field is not None and unit.position is not None else None
 
 
-def run(ctx, target=None, layer="", channel=None, at=None, show="map", overlay=True):
+def run(ctx, target=None, layer="", channel=None, at=None, rule="guided", show="map", overlay=True):
     image = ctx.require_image()
     unit = pick_unit(ctx, layer, channel, at)
     pixels = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
@@ -114,14 +119,15 @@ def run(ctx, target=None, layer="", channel=None, at=None, show="map", overlay=T
     else:
         resolved = None
         score, what = unit_score(unit.path, unit.channel, unit.position), unit.name
-    yield Progress(0.1, f"guided backprop of {what}")
+    kind = "guided backprop" if rule == "guided" else "DeconvNet backprop"
+    yield Progress(0.1, f"{kind} of {what}")
     network = gradient_network(ctx.model, pixels, layer=None if unit is None else unit.path)
-    with guided_relus(network, network_input(ctx.model, pixels)) as guide:
+    with guided_relus(network, network_input(ctx.model, pixels), rule) as guide:
         gradient, scores = score_gradient(ctx.model, pixels, score, network)
     ctx.cancel.check()
     values = magnitude_map(gradient)
     if unit is None:
-        refuse_blank(values, f"the guided gradient of {what} is zero everywhere: no path of active ReLUs raises it")
+        refuse_blank(values, f"the {kind} gradient of {what} is zero everywhere: no path of active ReLUs raises it")
     else:
         refuse_blank(values, f"{what} passes no gradient back (its value is {unit.value:.3g}): the unit is not active "
                              f"for this image, so nothing in the image drives it. Pick a position where the channel is "
@@ -136,18 +142,19 @@ def run(ctx, target=None, layer="", channel=None, at=None, show="map", overlay=T
         if box is not None:
             metrics["receptive_field"] = [round(v, 2) for v in box]  # top, left, bottom, right in model-input pixels
             boxes.append(box)
-    note = f"guided backprop of {what}; {guide.note}"
+    note = f"{kind} of {what}; {guide.note}"
+    adjective = "guided" if rule == "guided" else "DeconvNet"
     if show == "rgb":
-        display = picture_display(gradient_picture(gradient), legend=f"guided d {what} / d pixel (gray: 0)", note=note,
-                                  boxes=boxes)
+        display = picture_display(gradient_picture(gradient), legend=f"{adjective} d {what} / d pixel (gray: 0)",
+                                  note=note, boxes=boxes)
     else:
-        display = map_display(image, values, signed=False, overlay=overlay, legend=f"|guided d {what} / d pixel|",
+        display = map_display(image, values, signed=False, overlay=overlay, legend=f"|{adjective} d {what} / d pixel|",
                               note=note, boxes=boxes)
     yield Progress(1.0, "done")
     params = {"target": resolved["index"] if resolved else None, "layer": unit.path if unit else "",
               "channel": unit.channel if unit else None,
               "at": f"{unit.position[0]},{unit.position[1]}" if unit and unit.position else None,
-              "show": show, "overlay": overlay}
+              "rule": rule, "show": show, "overlay": overlay}
     return Result(display=display, array=values, target=resolved, layer=unit.path if unit else None,
                   metrics=metrics, params=params)
 
@@ -163,6 +170,8 @@ SPEC = MethodSpec(
         Param("channel", "channel", None, "the neuron's channel in --layer (empty: the strongest)",
               special="strongest"),
         Param("at", "str", None, "the neuron's position Y,X in --layer's map (empty: where the channel is largest)"),
+        Param("rule", "choice", "guided", "guided: positive gradient where the input was positive (Springenberg et al.); "
+              "deconvnet: positive gradient everywhere (Zeiler & Fergus)", choices=RULES),
         SHOW,
         OVERLAY,
     ),
