@@ -358,10 +358,13 @@ def _decode_png(path: str | os.PathLike, grey: bool) -> np.ndarray:
         # Truncated (or with bytes after its end): libpng would print its complaint on
         # stderr; load_image reads the file or says what is wrong with it.
         raise ValueError("not a complete PNG")
-    flags = (cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR_RGB) | cv2.IMREAD_IGNORE_ORIENTATION
-    pixels = cv2.imdecode(data, flags)
+    rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV 4.10 and later decode straight to RGB
+    colour = cv2.IMREAD_COLOR if rgb_flag is None else rgb_flag
+    pixels = cv2.imdecode(data, (cv2.IMREAD_GRAYSCALE if grey else colour) | cv2.IMREAD_IGNORE_ORIENTATION)
     if pixels is None:
         raise ValueError("OpenCV could not decode it")
+    if not grey and rgb_flag is None:
+        pixels = np.ascontiguousarray(pixels[:, :, ::-1])  # BGR, as older OpenCV gives it
     return pixels
 
 

@@ -311,6 +311,17 @@ def test_png_photos_decode_to_exactly_pillows_pixels():
         assert np.array_equal(_decode_png(sample_paths()[name], grey=expected.ndim == 2), expected), name
 
 
+def test_an_opencv_without_rgb_decoding_gives_the_same_pixels(monkeypatch):
+    import cv2
+
+    from engine.datasets import _decode_png
+    from engine.samples import sample_paths
+
+    monkeypatch.delattr(cv2, "IMREAD_COLOR_RGB", raising=False)  # before OpenCV 4.10: BGR only
+    with Image.open(sample_paths()["chelsea"]) as image:
+        assert np.array_equal(_decode_png(sample_paths()["chelsea"], grey=False), np.array(image))
+
+
 def test_a_png_cut_short_is_listed_with_a_reason_and_nothing_on_stderr(tmp_path, capfd):
     from engine.samples import sample_paths
 
