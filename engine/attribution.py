@@ -22,6 +22,7 @@ several maps, so that equal colours mean equal values across them.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Generator
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from torch.nn import functional as F
 
 from .errors import MethodInputError
 from .gradients import Score, run_score, score_gradient
+from .hooks import first_tensor
 from .guided import GuidedReLUs
 from .images import LoadedImage
 from .jobs import Display, Progress
@@ -227,7 +229,7 @@ def _held_output(module, path: str):
         handle.remove()
 
 
-CAM_VARIANTS = ("gradcam", "gradcam++", "layercam")
+CAM_VARIANTS = ("gradcam", "gradcam++", "layercam", "scorecam")
 
 
 def grad_cam(activation: torch.Tensor, gradient: torch.Tensor, size: tuple[int, int],
@@ -240,6 +242,8 @@ def grad_cam(activation: torch.Tensor, gradient: torch.Tensor, size: tuple[int, 
       score; several instances of a class each get their share of the weight.
     - ``layercam`` (Jiang et al. 2021): ReLU(sum_k ReLU(g_k) * A_k), position by position,
       which keeps the finer detail of earlier layers.
+
+    (Score-CAM needs the model, not only A and g: ``score_cam_weights``, then ``cam_of``.)
 
     Returns the map at the layer's resolution (N x h x w) and bilinearly upsampled to
     ``size`` (N x H x W); ``gradcam`` as Captum's ``LayerGradCam(relu_attributions=True)``
@@ -256,7 +260,46 @@ def grad_cam(activation: torch.Tensor, gradient: torch.Tensor, size: tuple[int, 
     elif variant == "layercam":
         weighted = F.relu(gradient) * activation
     else:
-        raise ValueError(f"unknown CAM variant '{variant}'; known: {', '.join(CAM_VARIANTS)}")
+        raise ValueError(f"unknown CAM variant '{variant}'; known: {', '.join(CAM_VARIANTS[:3])}")
+    return cam_of(weighted, size)
+
+
+def cam_of(weighted: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReLU of the channels' sum of ``weighted`` (N x C x h x w): the map at the layer's
+    resolution and bilinearly upsampled to ``size``."""
     cam = F.relu(weighted.sum(dim=1, keepdim=True))
     upsampled = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
     return cam[:, 0], upsampled[:, 0]
+
+
+def score_cam_weights(model, module, pixels: torch.Tensor, activation: torch.Tensor, class_index: int, batch: int,
+                      cancel) -> Generator[Progress, None, torch.Tensor]:
+    """Score-CAM's channel weights (Wang et al. 2020): no gradients, one forward per channel.
+
+    Channel k's map, upsampled to the input and scaled to 0..1, masks the image (in the
+    network's normalised input, so a masked-out pixel is the mean colour, 0 there); the
+    class's probability for that masked image is the channel's score, and the weights are
+    the softmax of the scores over channels. ``pixels`` is the 1 x 3 x H x W picture
+    (0..1), ``activation`` the layer's 1 x C x h x w output; returns C weights. A job:
+    yields progress, checks ``cancel`` between batches of ``batch`` masked images.
+    """
+    maps = activation[0].detach().float()[:, None]  # C x 1 x h x w
+    masks = F.interpolate(maps, size=tuple(pixels.shape[-2:]), mode="bilinear", align_corners=False)
+    low, high = masks.amin(dim=(2, 3), keepdim=True), masks.amax(dim=(2, 3), keepdim=True)
+    masks = torch.where(high > low, (masks - low) / (high - low).clamp(min=1e-12), torch.zeros_like(masks))
+    # normalise(mean + (p - mean) * m) == normalise(p) * m: masking in the normalised input
+    mean = model.preprocessing.denormalise(torch.zeros_like(pixels[:1]))
+    channels = len(masks)
+
+    def probability(network, x):
+        return torch.softmax(first_tensor(network(x)).float(), dim=1)[:, class_index]
+
+    scores = []
+    with torch.inference_mode():
+        for start in range(0, channels, batch):
+            cancel.check()
+            masked = mean + (pixels - mean) * masks[start:start + batch].to(pixels.dtype)
+            scores.append(run_score(model, masked, probability, module).float())
+            done = min(start + batch, channels)
+            yield Progress(0.1 + 0.85 * done / channels, f"Score-CAM: {done} of {channels} channels")
+    return torch.softmax(torch.cat(scores), dim=0)

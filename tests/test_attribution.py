@@ -256,6 +256,40 @@ def test_gradcam_variants_follow_their_definitions(variant):
         in result.display.legend
 
 
+def test_score_cam_follows_its_definition_and_cancels_between_batches(monkeypatch):
+    import engine.methods.gradcam as gradcam_module
+
+    model, image = tiny()
+    monkeypatch.setattr(gradcam_module, "automatic_batch", lambda device, h, w: 5)  # 16 channels: 4 batches
+    result, events = run("gradcam", MethodContext(model=model, image=image), target=2, variant="scorecam")
+    assert sum(e.message.startswith("Score-CAM: ") for e in events if isinstance(e, Progress)) == 4
+    x = unit_input(model, image)
+    normalised = model.preprocessing.normalise(x)
+    with torch.no_grad():
+        captured = {}
+        handle = model.module.features[4].register_forward_hook(lambda m, i, o: captured.setdefault("A", o))
+        model.module(normalised)
+        handle.remove()
+        maps = captured["A"][0]  # 16 x 8 x 8
+        scores = []
+        for k in range(16):  # each channel's map, upsampled and scaled to 0..1, masks the input
+            mask = F.interpolate(maps[k][None, None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0, 0]
+            span = mask.max() - mask.min()
+            mask = (mask - mask.min()) / span if span > 0 else torch.zeros_like(mask)
+            scores.append(torch.softmax(model.module(normalised * mask), dim=1)[0, 2])
+        weights = torch.softmax(torch.stack(scores), dim=0)
+        cam = torch.relu((weights[:, None, None] * maps).sum(dim=0))
+    expected = F.interpolate(cam[None, None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0, 0]
+    np.testing.assert_allclose(result.array, expected.numpy(), rtol=1e-4, atol=1e-7)
+    assert "Score-CAM" in result.display.legend
+
+    cancel = CancelToken()
+    job = METHODS["gradcam"].run(MethodContext(model=model, image=image, cancel=cancel),
+                                 **METHODS["gradcam"].bind({"target": 2, "variant": "scorecam"}))
+    with pytest.raises(JobCancelled):
+        drive(job, on_progress=lambda p: cancel.cancel() if "Score-CAM: 5 of" in p.message else None)
+
+
 def test_with_one_positive_gradient_per_channel_layercam_is_gradcam():
     from engine.attribution import grad_cam
 
@@ -269,7 +303,7 @@ def test_with_one_positive_gradient_per_channel_layercam_is_gradcam():
     # Grad-CAM++ reweighs the channels (w_k = h w g_k / (2 + g_k sum A_k)): same kind of map, other weights
     assert not torch.allclose(plus / plus.max(), plain / plain.max())
     with pytest.raises(ValueError, match="unknown CAM variant"):
-        grad_cam(activation, gradient, (10, 10), "scorecam")
+        grad_cam(activation, gradient, (10, 10), "eigencam")
 
 
 def test_gradcam_of_a_layer_an_in_place_activation_follows_sees_its_own_values():

@@ -5,7 +5,10 @@
 A is the layer's output for the image, score_c the class's logit. ``--variant gradcam++``
 weighs each channel by its positive gradients where they count most (Chattopadhay et al.
 2018: better with several instances of a class); ``--variant layercam`` weighs each
-position by its own positive gradient (Jiang et al. 2021: finer maps from earlier layers). L has the layer's
+position by its own positive gradient (Jiang et al. 2021: finer maps from earlier layers);
+``--variant scorecam`` uses no gradient at all: each channel's map masks the image, and
+the class's probability for the masked image weighs the channel (Wang et al. 2020; one
+forward pass per channel, batched: 1,280 at the bundled model's last layer). L has the layer's
 resolution (7x7 at the end of most ImageNet networks); it is bilinearly upsampled to the
 model input's size, which covers the whole image, so the map lies over the picture
 (Captum: ``LayerGradCam(...).attribute(relu_attributions=True)`` then
@@ -19,12 +22,13 @@ still has a layout); a model without presets uses its last convolution's output.
 
 from __future__ import annotations
 
-from ..attribution import CAM_VARIANTS, cam_layer, grad_cam, layer_pass, map_display, map_metrics, refuse_blank
+from ..attribution import (CAM_VARIANTS, automatic_batch, cam_layer, cam_of, grad_cam, layer_pass, map_display,
+                           map_metrics, refuse_blank, score_cam_weights)
 from ..gradients import class_score, gradient_network
 from ..jobs import Progress, Result
 from .base import CAM_LAYER, OVERLAY, TARGET, MethodSpec, Param
 
-VARIANT_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM"}
+VARIANT_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM"}
 
 
 def run(ctx, target=None, layer="late", variant="gradcam", overlay=True):
@@ -37,7 +41,13 @@ def run(ctx, target=None, layer="late", variant="gradcam", overlay=True):
     unit = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
     network = gradient_network(ctx.model, unit, layer=path)
     activation, gradient, _, scores = layer_pass(ctx.model, network, unit, path, class_score(resolved["index"]))
-    cam, upsampled = grad_cam(activation, gradient, tuple(unit.shape[-2:]), variant)
+    size = tuple(unit.shape[-2:])
+    if variant == "scorecam":
+        weights = yield from score_cam_weights(ctx.model, network, unit, activation, resolved["index"],
+                                               automatic_batch(ctx.device, *size), ctx.cancel)
+        cam, upsampled = cam_of(weights.view(1, -1, 1, 1).to(activation.dtype) * activation.detach(), size)
+    else:
+        cam, upsampled = grad_cam(activation, gradient, size, variant)
     values = upsampled[0].float().cpu().numpy()
     refuse_blank(values, f"{name} of '{label}' at {path} is zero everywhere: no part of that layer's map raises the "
                          f"score of '{label}'. Try the top class or an earlier layer")
@@ -55,11 +65,12 @@ SPEC = MethodSpec(
     id="gradcam",
     title="Grad-CAM",
     summary="Where a convolutional layer's channels raise the class score: their maps weighted by the mean gradient "
-            "(Selvaraju et al. 2017), by their positive gradients where they count (Grad-CAM++), or position by "
-            "position (LayerCAM).",
+            "(Selvaraju et al. 2017), by their positive gradients where they count (Grad-CAM++), position by "
+            "position (LayerCAM), or by the class probability of the image each one masks (Score-CAM).",
     params=(TARGET, CAM_LAYER,
             Param("variant", "choice", "gradcam", "how channels are weighted: gradcam (mean gradient), gradcam++ "
-                  "(Chattopadhay et al. 2018), layercam (per position, Jiang et al. 2021)", choices=CAM_VARIANTS),
+                  "(Chattopadhay et al. 2018), layercam (per position, Jiang et al. 2021), scorecam (the class "
+                  "probability of the image masked by each channel, Wang et al. 2020; slower)", choices=CAM_VARIANTS),
             OVERLAY),
     run=run,
 )
