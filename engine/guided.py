@@ -122,68 +122,78 @@ def guided_relus(model: nn.Module, sample: torch.Tensor, rule: str = "guided") -
     if rule not in RULES:
         raise ValueError(f"unknown rule '{rule}'; known: {', '.join(RULES)}")
     state = GuidedReLUs(units=len(units), others=dict(others), rule=rule)
-    handles = [unit.register_forward_hook(partial(_guide, state)) for unit in units]
-    if rule == "deconvnet":
-        handles += [unit.register_forward_pre_hook(partial(_watch_input, state)) for unit in units]
+    if rule == "guided":
+        handles = [unit.register_forward_hook(partial(_guide, state)) for unit in units]
+    else:
+        handles = []
+        for unit in units:
+            hand_over = _DeconvUnit(state)
+            handles += [unit.register_forward_pre_hook(hand_over.watch_input),
+                        unit.register_forward_hook(hand_over.watch_output)]
     try:
         yield state
     finally:
         for handle in handles:
             handle.remove()
-        for unit in units:  # a forward stopped at a layer leaves its unit's hand-over behind
-            unit.__dict__.pop("_convscope_deconv_pending", None)
 
 
 def _guide(state: GuidedReLUs, module: nn.Module, inputs, output) -> None:
     if not isinstance(output, torch.Tensor) or not output.requires_grad:
         return
-    pending = module.__dict__.pop("_convscope_deconv_pending", None)
-    if state.rule == "deconvnet":
-        if pending is None:
+    # ReLU and ReLU6 zero the gradient where the input was <= 0 in their own backward;
+    # LeakyReLU would pass a fraction of it, so its positive mask is kept.
+    positive = output > 0 if isinstance(module, nn.LeakyReLU) else None
+    output.register_hook(partial(_positive_gradient, state, positive))
+
+
+def _positive_gradient(state: GuidedReLUs, positive: torch.Tensor | None, grad: torch.Tensor) -> torch.Tensor | None:
+    if not state.active:
+        return None  # leave the gradient as it is
+    grad = grad.clamp(min=0)
+    return grad if positive is None else grad * positive
+
+
+class _DeconvUnit:
+    """The DeconvNet rule at one unit: hooks on its input and output tensors, and what the
+    output's hook hands over to the input's for the call in progress."""
+
+    def __init__(self, state: GuidedReLUs) -> None:
+        self.state = state
+        self.pending: dict | None = None
+
+    def watch_input(self, module: nn.Module, inputs) -> None:
+        # Before the unit runs: an in-place unit then changes the tensor, and this hook
+        # still receives the gradient of the value it saw.
+        x = inputs[0] if inputs else None
+        self.pending = {} if isinstance(x, torch.Tensor) and x.requires_grad else None
+        if self.pending is not None:
+            x.register_hook(partial(self._restore_masked, self.pending))
+
+    def watch_output(self, module: nn.Module, inputs, output) -> None:
+        pending, self.pending = self.pending, None
+        if pending is None or not isinstance(output, torch.Tensor) or not output.requires_grad:
             return  # its input needed no gradient: nothing flows back through this unit
         # What the module's backward keeps of the gradient: its derivative, read from the
         # output now (the output is positive exactly where the input was).
         if isinstance(module, nn.LeakyReLU):
-            kept = torch.where(output > 0, 1.0, module.negative_slope).to(output.dtype)
+            pending["kept"] = torch.where(output > 0, 1.0, module.negative_slope).to(output.dtype)
         elif isinstance(module, nn.ReLU6):
-            kept = ((output > 0) & (output < 6)).to(output.dtype)
+            pending["kept"] = ((output > 0) & (output < 6)).to(output.dtype)
         else:
-            kept = (output > 0).to(output.dtype)
-        pending["kept"] = kept
-        output.register_hook(partial(_positive_gradient, state, None, pending))
-        return
-    # ReLU and ReLU6 zero the gradient where the input was <= 0 in their own backward;
-    # LeakyReLU would pass a fraction of it, so its positive mask is kept.
-    positive = output > 0 if isinstance(module, nn.LeakyReLU) else None
-    output.register_hook(partial(_positive_gradient, state, positive, None))
+            pending["kept"] = (output > 0).to(output.dtype)
+        output.register_hook(partial(self._positive_gradient, pending))
 
+    def _positive_gradient(self, pending: dict, grad: torch.Tensor) -> torch.Tensor | None:
+        if not self.state.active:
+            return None
+        pending["positive_gradient"] = grad.clamp(min=0)
+        return pending["positive_gradient"]
 
-def _watch_input(state: GuidedReLUs, module: nn.Module, inputs) -> None:
-    """DeconvNet rule: hook the unit's input before the unit runs (an in-place unit then
-    changes the tensor, and the hook still receives the gradient of the value it saw)."""
-    x = inputs[0] if inputs else None
-    if not isinstance(x, torch.Tensor) or not x.requires_grad:
-        return
-    pending: dict = {}
-    module.__dict__["_convscope_deconv_pending"] = pending
-    x.register_hook(partial(_restore_masked, state, pending))
-
-
-def _positive_gradient(state: GuidedReLUs, positive: torch.Tensor | None, pending: dict | None,
-                       grad: torch.Tensor) -> torch.Tensor | None:
-    if not state.active:
-        return None  # leave the gradient as it is
-    grad = grad.clamp(min=0)
-    if pending is not None:
-        pending["positive_gradient"] = grad
-    return grad if positive is None else grad * positive
-
-
-def _restore_masked(state: GuidedReLUs, pending: dict, grad: torch.Tensor) -> torch.Tensor | None:
-    if not state.active or "positive_gradient" not in pending:
-        return None
-    # The unit's backward passed kept * relu(g); the DeconvNet passes relu(g) itself.
-    return grad + pending.pop("positive_gradient") * (1 - pending["kept"])
+    def _restore_masked(self, pending: dict, grad: torch.Tensor) -> torch.Tensor | None:
+        if not self.state.active or "positive_gradient" not in pending:
+            return None
+        # The unit's backward passed kept * relu(g); the DeconvNet passes relu(g) itself.
+        return grad + pending.pop("positive_gradient") * (1 - pending["kept"])
 
 
 # -- finding ReLUs applied as functions ------------------------------------------------------
