@@ -254,8 +254,7 @@ def grad_cam(activation: torch.Tensor, gradient: torch.Tensor, size: tuple[int, 
     elif variant == "gradcam++":
         squared = gradient.pow(2)
         denominator = 2 * squared + activation.sum(dim=(2, 3), keepdim=True) * gradient.pow(3)
-        share = torch.where(gradient != 0, squared / torch.where(denominator != 0, denominator, torch.ones_like(denominator)),
-                            torch.zeros_like(gradient))
+        share = torch.where(denominator != 0, squared / denominator, 0.0)  # 0 where g is 0 (the denominator is then 0 too)
         weighted = (share * F.relu(gradient)).sum(dim=(2, 3), keepdim=True) * activation
     elif variant == "layercam":
         weighted = F.relu(gradient) * activation

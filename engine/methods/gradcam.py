@@ -41,13 +41,13 @@ def run(ctx, target=None, layer="late", variant="gradcam", overlay=True):
     unit = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
     network = gradient_network(ctx.model, unit, layer=path)
     activation, gradient, _, scores = layer_pass(ctx.model, network, unit, path, class_score(resolved["index"]))
-    size = tuple(unit.shape[-2:])
+    input_size = tuple(unit.shape[-2:])
     if variant == "scorecam":
         weights = yield from score_cam_weights(ctx.model, network, unit, activation, resolved["index"],
-                                               automatic_batch(ctx.device, *size), ctx.cancel)
-        cam, upsampled = cam_of(weights.view(1, -1, 1, 1).to(activation.dtype) * activation.detach(), size)
+                                               automatic_batch(ctx.device, *input_size), ctx.cancel)
+        cam, upsampled = cam_of(weights.view(1, -1, 1, 1).to(activation.dtype) * activation.detach(), input_size)
     else:
-        cam, upsampled = grad_cam(activation, gradient, size, variant)
+        cam, upsampled = grad_cam(activation, gradient, input_size, variant)
     values = upsampled[0].float().cpu().numpy()
     refuse_blank(values, f"{name} of '{label}' at {path} is zero everywhere: no part of that layer's map raises the "
                          f"score of '{label}'. Try the top class or an earlier layer")
