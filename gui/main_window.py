@@ -369,7 +369,7 @@ class MainWindow(QMainWindow):
     # -- methods ----------------------------------------------------------------------------
     def current_panel(self) -> MethodPanel | None:
         page = self.panel_stack.currentWidget()
-        return next((self.panels[m] for m, p in self._panel_pages.items() if p is page), None)
+        return page.widget() if isinstance(page, QScrollArea) else None
 
     def select_method(self, method_id: str) -> MethodPanel:
         self.method_selector.setCurrentIndex(self.method_selector.findData(method_id))
