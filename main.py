@@ -4,12 +4,12 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.runtime import configure_process
+    from engine.core.runtime import configure_process
 
     configure_process()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("models", "layers", "classify", "run"):
-        from engine.cli import main as cli_main
+        from engine.app.cli import main as cli_main
 
         return cli_main(argv)
     # The window module imports only Qt: torch is loaded after the window is on screen.

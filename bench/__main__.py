@@ -12,14 +12,14 @@ import platform
 import sys
 from pathlib import Path
 
-from engine.runtime import configure_process
+from engine.core.runtime import configure_process
 
 configure_process()
 
 import numpy  # noqa: E402 - after the process settings
 import torch  # noqa: E402
 
-from .common import print_table  # noqa: E402
+from bench.common import print_table  # noqa: E402
 
 NOT_BENCHMARKS = {"common", "__main__"}
 

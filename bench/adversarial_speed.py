@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from engine.jobs import drive
+from engine.core.jobs import drive
 from engine.methods import METHODS
 
-from .common import Row, bundled_photo_context, median_times_interleaved
+from bench.common import Row, bundled_photo_context, median_times_interleaved
 
 STEPS, EPS, GOLDFISH = 10, 0.0005, 1
 REPEATS = 3

@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.images import load_image
-from engine.jobs import drive
-from engine.memory import keep_freed_memory
+from engine.data.images import load_image
+from engine.core.jobs import drive
+from engine.core.memory import keep_freed_memory
 from engine.methods import METHODS, MethodContext
 from engine.models.registry import LoadedModel, load_model
-from engine.samples import sample_path
+from engine.data.samples import sample_path
 
-from .common import Row, median_time, median_times_interleaved
+from bench.common import Row, median_time, median_times_interleaved
 
 TARGET = 281  # tabby
 SAMPLES, NOISE, STEPS = 25, 0.15, 32

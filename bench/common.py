@@ -64,10 +64,10 @@ def bundled_photo_context(sample: str = "chelsea"):
     (this machine's cores), as most benchmarks start."""
     import torch
 
-    from engine.images import load_image
+    from engine.data.images import load_image
     from engine.methods import MethodContext
     from engine.models.registry import load_model
-    from engine.samples import sample_path
+    from engine.data.samples import sample_path
 
     torch.set_num_threads(2)
     model = load_model()

@@ -13,7 +13,7 @@ decoding cannot overlap any forward pass, and with 2 batches that start-up alone
 about a tenth of a PNG run, a latency that a real folder of thousands of images never
 sees (the note still gives the share of each run spent before the first forward pass).
 
-Extraction runs the model's folded, channels-last copy (``engine.inference``), 3.4x
+Extraction runs the model's folded, channels-last copy (``engine.anatomy.fast_copy``), 3.4x
 faster than the model as loaded on this machine. The reference is what a user's own
 script does: the loaded model, batched, in inference mode, on pixels already decoded. The
 note adds the ratio against a bare forward of the same fast copy, which isolates what the
@@ -37,17 +37,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.datasets import Dataset, DatasetItem, batch_to_input, iter_batches, open_dataset
-from engine.extraction import extract
-from engine.feature_store import FeatureStore
-from engine.hooks import forward_to
-from engine.inference import in_fast_layout, inference_copy
-from engine.jobs import drive
+from engine.data.datasets import Dataset, DatasetItem, batch_to_input, iter_batches, open_dataset
+from engine.data.extraction import extract
+from engine.data.feature_store import FeatureStore
+from engine.anatomy.hooks import forward_to
+from engine.anatomy.fast_copy import in_fast_layout, inference_copy
+from engine.core.jobs import drive
 from engine.models.registry import load_model
-from engine.neighbors_index import nearest
-from engine.samples import sample_paths
+from engine.data.nearest import nearest
+from engine.data.samples import sample_paths
 
-from .common import Row, median_time
+from bench.common import Row, median_time
 
 LAYER = "head.relu6"
 BATCH = 32

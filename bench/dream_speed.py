@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .common import Row
+from bench.common import Row
 
 SIZE = 1024
 LAYER = "middle"
@@ -30,10 +30,10 @@ REPEATS = 3
 
 
 def _setup():
-    from engine.images import load_image
+    from engine.data.images import load_image
     from engine.methods import MethodContext
     from engine.models.registry import load_model
-    from engine.samples import sample_path
+    from engine.data.samples import sample_path
 
     model = load_model()
     image = load_image(sample_path("chelsea"))
@@ -43,7 +43,7 @@ def _setup():
 
 def _dream(ctx, steps: int, tile: int, size: int = SIZE) -> list[float]:
     """Run a one-octave dream; the times at which its frames arrived."""
-    from engine.jobs import drive
+    from engine.core.jobs import drive
     from engine.methods import METHODS
 
     spec = METHODS["dream"]
@@ -81,7 +81,7 @@ def _gradient_agreement(model, ctx) -> dict[str, tuple[float, int]]:
     """Cosine between the tiled and the whole image's gradient, per preset layer, with the
     margin the dream uses (exact for layers whose field fits in it, close for deeper ones)."""
     from engine.methods.dream import DreamObjective, _Tiles
-    from engine.tiling import tiled_gradient
+    from engine.optvis.tiling import tiled_gradient
 
     unit = model.preprocessing.to_unit_tensor(ctx.image.image, SIZE)
     agreement = {}
@@ -117,7 +117,7 @@ def _memory_mb(field: str) -> float:
 
 
 def _measure_peak(tile: int) -> None:
-    from engine.runtime import configure_process
+    from engine.core.runtime import configure_process
 
     configure_process()
     torch.set_num_threads(2)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.embedding import tsne_2d
+from engine.data.embedding import tsne_2d
 
-from .common import Row, median_times_interleaved
+from bench.common import Row, median_times_interleaved
 
 
 def clustered_features(count: int = 5000, dimensions: int = 1280, clusters: int = 20, seed: int = 0) -> np.ndarray:

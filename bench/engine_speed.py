@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from engine.features import compute_features
-from engine.gradients import class_score_gradient
-from engine.images import load_image
-from engine.jobs import drive
+from engine.anatomy.activations import compute_features
+from engine.attribution.gradients import class_score_gradient
+from engine.data.images import load_image
+from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
 from engine.models.registry import load_model
-from engine.samples import sample_path
+from engine.data.samples import sample_path
 
-from .common import Row, median_time, median_times_interleaved
+from bench.common import Row, median_time, median_times_interleaved
 
 
 def _square_photo(size: int = 224):

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import torch
 
-from engine.images import load_image
-from engine.jobs import drive
+from engine.data.images import load_image
+from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
 from engine.models.registry import load_model
-from engine.samples import sample_path
-from engine.style_library import save_style
-from engine.style_net import build_style_net
+from engine.data.samples import sample_path
+from engine.style.style_library import save_style
+from engine.style.style_net import build_style_net
 
-from .common import Row, median_times_interleaved
+from bench.common import Row, median_times_interleaved
 
 SIDE = 512  # the stylised picture's shorter side
 TRAIN_SIZE, TRAIN_BATCH, TRAIN_STEPS = 256, 4, 5

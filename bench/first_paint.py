@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import Row
+from bench.common import Row
 
 ROOT = Path(__file__).resolve().parents[1]
 

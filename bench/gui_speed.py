@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from .common import Row
+from bench.common import Row
 
 
 def run(clicks: int = 12) -> list[Row]:
@@ -85,7 +85,7 @@ def _scatter_speed(app, count: int = 20_000) -> tuple[float, float]:
     import numpy as np
     from PySide6.QtCore import QPointF
 
-    from engine.jobs import Points
+    from engine.view.display import Points
     from gui.scatter import ScatterView
 
     rng = np.random.default_rng(0)

@@ -7,14 +7,14 @@ import time
 import numpy as np
 import torch
 
-from engine.images import load_image
-from engine.jobs import drive
-from engine.memory import keep_freed_memory
+from engine.data.images import load_image
+from engine.core.jobs import drive
+from engine.core.memory import keep_freed_memory
 from engine.methods import METHODS, MethodContext
 from engine.models.registry import load_model
-from engine.samples import sample_path
+from engine.data.samples import sample_path
 
-from .common import Row, median_time, median_times_interleaved
+from bench.common import Row, median_time, median_times_interleaved
 
 TARGET, WINDOW, STRIDE = 281, 16, 8  # tabby; 27 x 27 = 729 windows on a 224 px input
 CAPTUM_PPE = (1, 8, 32, 64)  # Captum's perturbations_per_eval tried; the fastest is compared

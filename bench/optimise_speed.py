@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import torch
 
-from engine.hooks import forward_to
-from engine.images import load_image
-from engine.jobs import Frame
+from engine.anatomy.hooks import forward_to
+from engine.data.images import load_image
+from engine.core.jobs import Frame
 from engine.methods import METHODS, MethodContext
 from engine.models.registry import load_model
-from engine.parameterisation import FourierImage
-from engine.samples import sample_path
+from engine.optvis.parameterisation import FourierImage
+from engine.data.samples import sample_path
 
-from .common import Row, median_time, median_times_interleaved
+from bench.common import Row, median_time, median_times_interleaved
 
 REPEATS = 9
 

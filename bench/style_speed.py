@@ -16,7 +16,7 @@ interleaved in one process. Both stop the forward after relu5_1 (the tutorial tr
 copy there) and keep their targets from set-up. Ours is faster where the work is: the
 features run channels-last, which oneDNN's convolutions and max-pooling take without
 reordering, and the Grams (a tenth of the step) read those features without a copy and
-use their symmetry in the backward pass (``engine.gram._Gram``).
+use their symmetry in the backward pass (``engine.style.gram._Gram``).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.memory import keep_freed_memory
+from engine.core.memory import keep_freed_memory
 from engine.models.preprocessing import Preprocessing
 from engine.models.registry import LoadedModel
 from engine.models.zoo import build_architecture
-from engine.perceptual import Features, PerceptualLoss, gram_targets, perceptual_layers
+from engine.style.perceptual import Features, PerceptualLoss, gram_targets, perceptual_layers
 
-from .common import Row, median_times_interleaved
+from bench.common import Row, median_times_interleaved
 
 SIZES = (512, 256)
 REPEATS = {512: 5, 256: 9}
@@ -150,7 +150,7 @@ def tutorial_closure(cnn, content_img, style_img, style_weight=1000000, content_
 
 # -- ours ---------------------------------------------------------------------------------------
 def our_closure(model: LoadedModel, content_img, style_img):
-    """The closure ``engine.perceptual.minimise`` runs for the style method."""
+    """The closure ``engine.style.perceptual.minimise`` runs for the style method."""
     layers = perceptual_layers(model, {})
     features = Features(model, layers.content + layers.style)
     content = {path: value for path, value in features.targets(content_img).items() if path in layers.content}

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("ConvScope")
     app.setOrganizationName("ConvScope")
-    from .main_window import MainWindow
+    from gui.main_window import MainWindow
 
     window = MainWindow(image_path=args.image, model_name=args.model)
     probe_path = os.environ.get(FIRST_PAINT_ENV)

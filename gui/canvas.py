@@ -14,11 +14,11 @@ from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QSizePolicy, QSlider, QStackedWidget, QToolButton,
                                QVBoxLayout, QWidget)
 
-from engine.jobs import Display
-from engine.gallery import draw_boxes
-from engine.render import COLORMAPS, apply_colormap, colormap_lut, overlay_map
+from engine.view.display import Display
+from engine.view.gallery import draw_boxes
+from engine.view.render import COLORMAPS, apply_colormap, colormap_lut, overlay_map
 
-from .scatter import ScatterView
+from gui.scatter import ScatterView
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
@@ -148,7 +148,7 @@ class Canvas(QWidget):
 
     def rendered_image(self) -> np.ndarray:
         """Exactly what the canvas shows, as an RGB array (for export)."""
-        from engine.render import compose
+        from engine.view.render import compose
 
         if self.display is None:
             raise ValueError("nothing to export yet")

@@ -15,13 +15,13 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QFrame, QLabel, QMainWindow,
                                QMessageBox, QProgressBar, QPushButton, QScrollArea, QStackedWidget, QVBoxLayout, QWidget)
 
-from engine.samples import DEFAULT_SAMPLE, sample_path, sample_paths
+from engine.data.samples import DEFAULT_SAMPLE, sample_path, sample_paths
 
-from .canvas import Canvas
-from .layer_tree import LayerTree
-from .panels import MethodPanel, panel_for
-from .panels.method_panel import TOP1
-from .worker import EngineWorker
+from gui.canvas import Canvas
+from gui.layer_tree import LayerTree
+from gui.panels import MethodPanel, panel_for
+from gui.panels.method_panel import TOP1
+from gui.worker import EngineWorker
 
 log = logging.getLogger("convscope")
 
@@ -257,7 +257,7 @@ class MainWindow(QMainWindow):
 
     def show_image(self) -> None:
         if self.image_info is not None:
-            from engine.jobs import Display
+            from engine.view.display import Display
 
             self.last_result = None
             boxes = [self._box_to_show] if self._box_to_show else []
@@ -570,7 +570,7 @@ class MainWindow(QMainWindow):
         self.export_to(path)
 
     def export_to(self, path: str, overwrite: bool | None = None) -> tuple[Path, Path] | None:
-        from engine.export import build_sidecar, export_png
+        from engine.view.export import build_sidecar, export_png
 
         png, sidecar_path = Path(path), Path(path).with_suffix(".json")
         existing = [p.name for p in (png, sidecar_path) if p.exists()]
@@ -599,7 +599,7 @@ class MainWindow(QMainWindow):
         try:
             written = export_png(png, self.canvas.rendered_image(), sidecar, overwrite=bool(overwrite))
             if points is not None:  # an embedding: its coordinates too, beside the picture
-                from engine.embedding import write_csv
+                from engine.data.embedding import write_csv
 
                 write_csv(png.with_suffix(".csv"), points.paths, points.groups, points.xy)
         except (OSError, ValueError) as exc:
@@ -626,7 +626,7 @@ class MainWindow(QMainWindow):
         if result is None or result.array is None:
             self.show_error("Export", "The last result has no raw array to export.")
             return None
-        from engine.export import save_array
+        from engine.view.export import save_array
 
         try:
             written = save_array(Path(path), result.array)
@@ -649,8 +649,8 @@ class MainWindow(QMainWindow):
             self.show_error("Export", "Only an optimisation run (DeepDream, class visualisation, style…) "
                                       "has frames to animate; run one first.")
             return None
-        from engine.animation import write_animation
-        from engine.errors import ConvScopeError
+        from engine.view.animation import write_animation
+        from engine.core.errors import ConvScopeError
 
         try:
             written = write_animation(result.frames, Path(path), fps=fps, overwrite=True)  # the save dialog asked

@@ -16,7 +16,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from engine.plots import PALETTE, group_order
+from engine.view.plots import PALETTE, group_order
 
 THUMBNAIL = 128
 

@@ -27,9 +27,9 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QThread, Signal
 
-# engine.jobs and engine.errors need only numpy: cheap enough for the UI thread.
-from engine.errors import ConvScopeError, JobCancelled
-from engine.jobs import CancelToken, Frame, Progress
+# engine.core.jobs and engine.core.errors need only numpy: cheap enough for the UI thread.
+from engine.core.errors import ConvScopeError, JobCancelled
+from engine.core.jobs import CancelToken, Frame, Progress
 
 log = logging.getLogger("convscope")
 
@@ -127,7 +127,7 @@ class EngineWorker(QThread):
     # -- the engine thread ------------------------------------------------------------
     def run(self) -> None:
         try:
-            from engine.workbench import Workbench
+            from engine.app.session import Workbench
 
             self.workbench = Workbench()
         except Exception as exc:  # the engine could not even import: say so and stop
@@ -157,7 +157,7 @@ class EngineWorker(QThread):
 
     def _outcome(self, request: _Request, running: _Running) -> tuple[Any, tuple]:
         """Run one job; return the terminal signal and its arguments after (id, owner)."""
-        from engine.device import OUT_OF_MEMORY_MESSAGE, is_out_of_memory
+        from engine.core.device import OUT_OF_MEMORY_MESSAGE, is_out_of_memory
 
         job_id, owner = request.job_id, request.owner
         try:

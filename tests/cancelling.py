@@ -2,8 +2,8 @@
 
 import pytest
 
-from engine.errors import JobCancelled
-from engine.jobs import Frame
+from engine.core.errors import JobCancelled
+from engine.core.jobs import Frame
 
 
 def frames_before_cancel(job, cancel, after: int = 1) -> int:

@@ -6,7 +6,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from engine.runtime import configure_process  # noqa: E402 - before numpy and torch load
+from engine.core.runtime import configure_process  # noqa: E402 - before numpy and torch load
 
 configure_process()
 
@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from engine.images import load_image
+from engine.data.images import load_image
 from engine.models.preprocessing import Preprocessing
 from engine.models.registry import LoadedModel, load_model
-from engine.samples import sample_path
+from engine.data.samples import sample_path
 
 torch.set_num_threads(2)
 
@@ -74,7 +74,7 @@ def labelled_folder(tmp_path, monkeypatch):
     """The sample photos as a dataset folder with two labels, and a private feature cache."""
     import shutil
 
-    from engine.samples import sample_paths
+    from engine.data.samples import sample_paths
 
     monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "photos"

@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.errors import MethodInputError
-from engine.images import LoadedImage, load_image
-from engine.jobs import CancelToken, Frame, drive
+from engine.core.errors import MethodInputError
+from engine.data.images import LoadedImage, load_image
+from engine.core.jobs import CancelToken, Frame, drive
 from engine.methods import METHODS, MethodContext
 from engine.methods.adversarial import DEFAULT_EPS, projection_radius, quantise
 from engine.models.preprocessing import unit_tensor_to_rgb
-from engine.samples import sample_path
+from engine.data.samples import sample_path
 from tests.conftest import make_tiny_model
 
 from tests.cancelling import frames_before_cancel

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.animation import AnimationExportError, write_animation
-from engine.errors import ConvScopeError
+from engine.view.animation import AnimationExportError, write_animation
+from engine.core.errors import ConvScopeError
 
 
 def moving_square(count=12, size=(33, 47)):

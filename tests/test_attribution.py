@@ -8,15 +8,15 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from engine.attribution import colour_top, map_display
-from engine.errors import JobCancelled, MethodInputError
-from engine.gradients import class_score, gradient_network, score_gradient, unit_score
-from engine.images import LoadedImage
-from engine.jobs import CancelToken, Progress, drive
+from engine.attribution.maps import colour_top, map_display
+from engine.core.errors import JobCancelled, MethodInputError
+from engine.attribution.gradients import class_score, gradient_network, score_gradient, unit_score
+from engine.data.images import LoadedImage
+from engine.core.jobs import CancelToken, Progress, drive
 from engine.methods import METHODS, MethodContext
 from engine.methods.integrated_gradients import baseline_image
 from engine.models.registry import LoadedModel
-from engine.render import overlay_map
+from engine.view.render import overlay_map
 from tests.conftest import make_tiny_model
 from tests.test_methods import random_image
 
@@ -291,7 +291,7 @@ def test_score_cam_follows_its_definition_and_cancels_between_batches(monkeypatc
 
 
 def test_with_one_positive_gradient_per_channel_layercam_is_gradcam():
-    from engine.attribution import grad_cam
+    from engine.attribution.maps import grad_cam
 
     generator = torch.Generator().manual_seed(0)
     activation = torch.rand(1, 6, 5, 5, generator=generator)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.hooks import capture_outputs
+from engine.anatomy.hooks import capture_outputs
 from engine.models.efficientnet_lite import bundled_weights_path
 
 
@@ -39,7 +39,7 @@ def test_every_activation_is_its_own_module_and_runs_once(bundled):
 
 
 def test_classifies_a_real_photo(bundled, chelsea):
-    from engine.features import compute_features
+    from engine.anatomy.activations import compute_features
 
     top = compute_features(bundled, chelsea).top_k(bundled.labels)
     assert top[0][1] in {"tabby", "tiger cat", "Egyptian cat"}

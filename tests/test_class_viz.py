@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import JobCancelled, MethodInputError
-from engine.jobs import drive
+from engine.core.errors import JobCancelled, MethodInputError
+from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
-from engine.optimise import probe_model
-from engine.parameterisation import make_image_param
+from engine.optvis.optimise import probe_model
+from engine.optvis.parameterisation import make_image_param
 from tests.conftest import make_tiny_model
 
 SPEC = METHODS["class-viz"]
@@ -72,7 +72,7 @@ def test_facets_differ_and_the_diversity_term_pushes_them_apart(bundled):
     alike, _ = run(ctx, diversity=0.0, **common)
     assert diverse.array.shape == (3, 64, 64, 3) and diverse.display.rgb.shape[1] > 3 * 64
     # Gram similarity between facets is lower with the term than without it (same seeds).
-    from engine.objectives import gram_similarity
+    from engine.optvis.objectives import gram_similarity
 
     def similarity(result):
         pictures = torch.from_numpy(result.array).permute(0, 3, 1, 2)

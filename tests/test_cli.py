@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.cli import main
+from engine.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def test_missing_zoo_weights_say_which_file_and_how_to_supply_it(capsys, tmp_pat
 
 
 def test_cli_and_engine_never_import_qt():
-    code = ("import sys, engine.cli, engine.workbench, engine.methods, engine.export; "
+    code = ("import sys, engine.app.cli, engine.app.session, engine.methods, engine.view.export; "
             "assert not [m for m in sys.modules if m.startswith(('PySide6', 'pyqtgraph'))]")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.cli import main
-from engine.export import sidecar_path_for
+from engine.app.cli import main
+from engine.view.export import sidecar_path_for
 from engine.methods import METHODS
-from engine.samples import sample_path
+from engine.data.samples import sample_path
 
 BRICK = str(sample_path("brick"))
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from engine.datasets import (
+from engine.data.datasets import (
     Dataset,
     DatasetItem,
     batch_to_input,
@@ -21,10 +21,10 @@ from engine.datasets import (
     square_box_to_image,
     square_pixels,
 )
-from engine.errors import JobCancelled, MethodInputError
-from engine.jobs import CancelToken
+from engine.core.errors import JobCancelled, MethodInputError
+from engine.core.jobs import CancelToken
 from engine.models.preprocessing import Preprocessing
-from engine.samples import sample_paths
+from engine.data.samples import sample_paths
 
 
 @pytest.fixture(autouse=True)
@@ -227,7 +227,7 @@ def test_dataset_is_a_plain_container():
 def test_a_large_jpeg_decodes_at_reduced_scale_with_the_same_result(tmp_path, monkeypatch):
     from PIL import JpegImagePlugin
 
-    from engine.datasets import JPEG_MARGIN
+    from engine.data.datasets import JPEG_MARGIN
 
     path = tmp_path / "big.jpg"
     Image.fromarray(data.astronaut()).resize((2048, 1536), Image.Resampling.BICUBIC).save(path, quality=95)
@@ -249,7 +249,7 @@ def test_a_large_jpeg_decodes_at_reduced_scale_with_the_same_result(tmp_path, mo
 
 
 def test_resize_square_is_pillows_bicubic_within_a_grey_level_or_two():
-    from engine.datasets import resize_square
+    from engine.data.datasets import resize_square
 
     photo = data.astronaut()  # 512 x 512 RGB
     for size in (224, 37):  # down by 2.3x and by 14x
@@ -273,8 +273,8 @@ def _exif_orientation(value: int) -> Image.Exif:
 
 def test_the_quick_loader_agrees_with_the_safe_one(tmp_path, monkeypatch):
     """Common files skip load_image; they must come out as load_image + square_pixels makes them."""
-    import engine.datasets
-    from engine.images import load_image
+    import engine.data.datasets
+    from engine.data.images import load_image
 
     def not_for_common_files(path, *args, **kwargs):
         raise AssertionError(f"{path} should have taken the quick path")
@@ -289,7 +289,7 @@ def test_the_quick_loader_agrees_with_the_safe_one(tmp_path, monkeypatch):
     for path in sorted(tmp_path.iterdir()):
         safe = square_pixels(load_image(path).image, 48).astype(int)
         with monkeypatch.context() as patch:
-            patch.setattr(engine.datasets, "load_image", not_for_common_files)
+            patch.setattr(engine.data.datasets, "load_image", not_for_common_files)
             quick = load_square(path, 48).astype(int)
         assert quick.shape == (48, 48, 3) and np.abs(quick - safe).max() <= 2, path.name
     # the orientation really was applied: a quarter turn is not the upright picture
@@ -302,8 +302,8 @@ def test_the_quick_loader_agrees_with_the_safe_one(tmp_path, monkeypatch):
 
 def test_png_photos_decode_to_exactly_pillows_pixels():
     """PNGs take OpenCV's faster decoder; the pixels must not change with it."""
-    from engine.datasets import _decode_png
-    from engine.samples import sample_paths
+    from engine.data.datasets import _decode_png
+    from engine.data.samples import sample_paths
 
     for name in ("chelsea", "camera"):  # RGB and grey
         with Image.open(sample_paths()[name]) as image:
@@ -314,8 +314,8 @@ def test_png_photos_decode_to_exactly_pillows_pixels():
 def test_an_opencv_without_rgb_decoding_gives_the_same_pixels(monkeypatch):
     import cv2
 
-    from engine.datasets import _decode_png
-    from engine.samples import sample_paths
+    from engine.data.datasets import _decode_png
+    from engine.data.samples import sample_paths
 
     monkeypatch.delattr(cv2, "IMREAD_COLOR_RGB", raising=False)  # before OpenCV 4.10: BGR only
     with Image.open(sample_paths()["chelsea"]) as image:
@@ -323,7 +323,7 @@ def test_an_opencv_without_rgb_decoding_gives_the_same_pixels(monkeypatch):
 
 
 def test_a_png_cut_short_is_listed_with_a_reason_and_nothing_on_stderr(tmp_path, capfd):
-    from engine.samples import sample_paths
+    from engine.data.samples import sample_paths
 
     whole = Path(sample_paths()["chelsea"]).read_bytes()
     for fraction in (0.5, 0.99):

@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.errors import MethodInputError
-from engine.images import LoadedImage, load_image
-from engine.jobs import drive
+from engine.core.errors import MethodInputError
+from engine.data.images import LoadedImage, load_image
+from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
 from engine.methods import dream as dream_module
 from engine.methods.dream import DreamObjective, guided_term, parse_layer_weights
-from engine.samples import sample_path
-from engine.tiling import output_shapes, tile_windows, tiled_gradient, tiling_geometry
+from engine.data.samples import sample_path
+from engine.optvis.tiling import output_shapes, tile_windows, tiled_gradient, tiling_geometry
 from tests.conftest import make_tiny_model
 
 

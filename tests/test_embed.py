@@ -6,13 +6,13 @@ import shutil
 import numpy as np
 import pytest
 
-from engine.embedding import parse_grid, snap_to_grid, tsne_2d
-from engine.errors import JobCancelled, MethodInputError
-from engine.extraction import extract
-from engine.datasets import open_dataset
-from engine.jobs import CancelToken, Frame, drive
+from engine.data.embedding import parse_grid, snap_to_grid, tsne_2d
+from engine.core.errors import JobCancelled, MethodInputError
+from engine.data.extraction import extract
+from engine.data.datasets import open_dataset
+from engine.core.jobs import CancelToken, Frame, drive
 from engine.methods import METHODS, MethodContext
-from engine.samples import sample_paths
+from engine.data.samples import sample_paths
 from tests.conftest import make_tiny_model
 
 

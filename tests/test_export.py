@@ -17,8 +17,8 @@ from PIL import Image
 from skimage import data
 
 import engine
-from engine import export
-from engine.export import build_sidecar, export_png, sidecar_path_for, to_jsonable
+from engine.view import export
+from engine.view.export import build_sidecar, export_png, sidecar_path_for, to_jsonable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -228,7 +228,7 @@ def test_failed_sidecar_write_removes_the_new_png(tmp_path, picture, sidecar, mo
 
 def test_importing_export_loads_neither_torch_nor_qt():
     probe = (
-        "import sys, engine.export; "
+        "import sys, engine.view.export; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'PySide6', 'PyQt5', 'PyQt6')))"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True)

@@ -12,11 +12,11 @@ from PIL import Image
 from skimage import data
 
 from tests.conftest import make_tiny_model
-from engine.datasets import load_square, open_dataset
-from engine.errors import JobCancelled, MethodInputError
-from engine.extraction import extract, image_vector
-from engine.inference import inference_copy
-from engine.jobs import CancelToken, Progress, drive
+from engine.data.datasets import load_square, open_dataset
+from engine.core.errors import JobCancelled, MethodInputError
+from engine.data.extraction import extract, image_vector
+from engine.anatomy.fast_copy import inference_copy
+from engine.core.jobs import CancelToken, Progress, drive
 
 SIZE = 16
 
@@ -54,7 +54,7 @@ def folder(tmp_path) -> Path:
 
 class ForwardCounter:
     """Counts the images the model's forward pass sees, run as it is or as its fast copy
-    (the one ``engine.inference`` caches, which extraction runs)."""
+    (the one ``engine.anatomy.fast_copy`` caches, which extraction runs)."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         self.images = 0
@@ -168,7 +168,7 @@ def test_a_cancelled_extraction_keeps_its_finished_batches(model, folder):
 
 def test_a_failing_store_write_stops_the_run_and_keeps_the_batches_before_it(model, folder, monkeypatch):
     """Appends run on a writer thread: a failure there must still reach the caller."""
-    from engine.feature_store import FeatureStore
+    from engine.data.feature_store import FeatureStore
 
     dataset = open_dataset(folder)
     real_append = FeatureStore.append
@@ -237,7 +237,7 @@ def test_channel_max_agrees_with_a_direct_computation(model, folder):
 
 
 def test_nearest_finds_the_image_itself(model, folder):
-    from engine.images import load_image
+    from engine.data.images import load_image
 
     Image.fromarray(data.astronaut()).save(folder / "space" / "big.png")  # 512 px: scaled down on loading
     dataset = open_dataset(folder)

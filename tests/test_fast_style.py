@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.errors import JobCancelled, MethodInputError
-from engine.jobs import CancelToken, Frame, drive
+from engine.core.errors import JobCancelled, MethodInputError
+from engine.core.jobs import CancelToken, Frame, drive
 from engine.methods import METHODS, MethodContext
-from engine.samples import sample_path
-from engine.style_library import checkpoint_path, library_dir, list_styles, load_style, style_names_of
-from engine.style_net import MIN_SIDE, StyleNet, build_style_net, one_hot_mix, style_mix
+from engine.data.samples import sample_path
+from engine.style.style_library import checkpoint_path, library_dir, list_styles, load_style, style_names_of
+from engine.style.style_net import MIN_SIDE, StyleNet, build_style_net, one_hot_mix, style_mix
 
 TRAIN = METHODS["fast-style-train"]
 STYLISE = METHODS["fast-style"]
@@ -260,7 +260,7 @@ def test_malformed_or_unknown_style_models_are_explained(bundled, cache, chelsea
     torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled.pt")
     with pytest.raises(MethodInputError, match="Python objects"):
         stylise(str(tmp_path / "pickled.pt"))
-    from engine.style_library import style_payload
+    from engine.style.style_library import style_payload
 
     payload = style_payload(random_net(styles=1), ["x"], {})
     del payload["state_dict"]["output.weight"]

@@ -7,9 +7,9 @@ import sqlite3
 import numpy as np
 import pytest
 
-from engine.datasets import DatasetItem
-from engine.feature_store import FeatureStore
-from engine.neighbors_index import nearest, row_norms
+from engine.data.datasets import DatasetItem
+from engine.data.feature_store import FeatureStore
+from engine.data.nearest import nearest, row_norms
 
 KEY = {"model": "m", "weights": "w", "layer": "conv", "kind": "avgpool", "preprocessing": {"size": 8}}
 

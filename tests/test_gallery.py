@@ -3,9 +3,9 @@
 import numpy as np
 from PIL import Image
 
-from engine.gallery import BOX, Tile, draw_boxes, render_gallery
-from engine.jobs import Display
-from engine.render import compose
+from engine.view.gallery import BOX, Tile, draw_boxes, render_gallery
+from engine.view.display import Display
+from engine.view.render import compose
 
 
 def solid(color, size=(40, 30)):

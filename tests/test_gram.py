@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from engine.gram import gram_matrix
+from engine.style.gram import gram_matrix
 
 
 def test_gram_matches_the_definition_element_by_element():

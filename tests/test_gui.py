@@ -8,7 +8,8 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
-from engine.jobs import Display, Frame, Result
+from engine.core.jobs import Frame, Result
+from engine.view.display import Display
 
 TIMEOUT = 60_000  # the window fixture is in conftest.py
 
@@ -150,7 +151,7 @@ def test_a_bad_file_gives_a_message_and_keeps_the_current_image(qtbot, window, t
 
 
 def test_drop_and_recent_files(qtbot, window, chelsea_path):
-    from engine.samples import sample_path
+    from engine.data.samples import sample_path
 
     coffee = str(sample_path("coffee"))
     mime = QMimeData()
@@ -271,7 +272,7 @@ def test_an_unexpected_engine_error_is_reported_without_a_traceback(qtbot, windo
 
 
 def test_open_dialog_and_shortcuts(qtbot, window, monkeypatch, tmp_path):
-    from engine.samples import sample_path
+    from engine.data.samples import sample_path
 
     rocket = str(sample_path("rocket"))
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (rocket, ""))
@@ -285,7 +286,7 @@ def test_open_dialog_and_shortcuts(qtbot, window, monkeypatch, tmp_path):
 
 
 def test_exported_overlay_is_what_the_canvas_draws(qtbot, window):
-    from engine.render import apply_colormap
+    from engine.view.render import apply_colormap
 
     panel = window.select_method("activations")
     panel.set_value("layer", "head.relu6")

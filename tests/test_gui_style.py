@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.samples import sample_path
-from engine.style_library import library_dir, list_styles, save_style
-from engine.style_net import build_style_net
+from engine.data.samples import sample_path
+from engine.style.style_library import library_dir, list_styles, save_style
+from engine.style.style_net import build_style_net
 
 TIMEOUT = 120_000
 

@@ -10,10 +10,10 @@ from captum.attr import GuidedBackprop, GuidedGradCam
 from torch import nn
 from torch.nn import functional as F
 
-from engine.errors import MethodInputError
-from engine.gradients import class_score, gradient_network, network_input, score_gradient
-from engine.guided import guided_relus
-from engine.jobs import drive
+from engine.core.errors import MethodInputError
+from engine.attribution.gradients import class_score, gradient_network, network_input, score_gradient
+from engine.attribution.guided import guided_relus
+from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
 from engine.models.preprocessing import Preprocessing
 from engine.models.registry import LoadedModel

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image, ImageFile
 from skimage import data
 
-from engine import images
-from engine.errors import ConvScopeError, ImageLoadError
-from engine.images import load_image, save_png, write_atomically
+from engine.data import images
+from engine.core.errors import ConvScopeError, ImageLoadError
+from engine.data.images import load_image, save_png, write_atomically
 
 
 # --------------------------------------------------------------------------- helpers

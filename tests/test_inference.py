@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.extraction import layer_rows
-from engine.inference import in_fast_layout, inference_copy, run_in_fast_layout
+from engine.data.extraction import layer_rows
+from engine.anatomy.fast_copy import in_fast_layout, inference_copy, run_in_fast_layout
 from engine.models.preprocessing import Preprocessing
 from engine.models.registry import LoadedModel
 
@@ -105,8 +105,8 @@ def test_extraction_through_the_fast_copy_reads_every_layer_as_the_model_does(ar
     (MobileNetV3): whatever the copy folds or runs in place, each layer's rows stay the model's."""
     import torchvision
 
-    from engine.extraction import summarise
-    from engine.hooks import forward_to
+    from engine.data.extraction import summarise
+    from engine.anatomy.hooks import forward_to
 
     torch.manual_seed(0)
     net = getattr(torchvision.models, architecture)(weights=None).eval()

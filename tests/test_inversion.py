@@ -5,11 +5,11 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from engine.errors import MethodInputError
-from engine.jobs import drive
+from engine.core.errors import MethodInputError
+from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
 from engine.methods.inversion import psnr
-from engine.optimise import probe_model
+from engine.optvis.optimise import probe_model
 from tests.conftest import make_tiny_model
 
 SPEC = METHODS["inversion"]
@@ -58,7 +58,7 @@ def test_inverting_one_layer_lowers_its_feature_loss_fivefold():
     rng = np.random.default_rng(0)
     from PIL import Image
 
-    from engine.images import LoadedImage
+    from engine.data.images import LoadedImage
 
     photo = LoadedImage(Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)), path="noise.png")
     result, frames = run(MethodContext(model=model, image=photo), layer="features.3", steps=60, lr=0.05, tv=0.0)
@@ -69,7 +69,7 @@ def test_inverting_one_layer_lowers_its_feature_loss_fivefold():
 
 def test_a_seed_reproduces_the_inversion():
     model = make_tiny_model(size=16)
-    from engine.images import LoadedImage
+    from engine.data.images import LoadedImage
     from PIL import Image
 
     photo = LoadedImage(Image.new("RGB", (16, 16), (200, 80, 20)), path="flat.png")
@@ -85,7 +85,7 @@ def test_a_seed_reproduces_the_inversion():
     ({"layer": "features.9"}, "has no layer"),
 ])
 def test_bad_requests_say_what_is_wrong(params, message):
-    from engine.images import LoadedImage
+    from engine.data.images import LoadedImage
     from PIL import Image
 
     ctx = MethodContext(model=make_tiny_model(size=16), image=LoadedImage(Image.new("RGB", (16, 16)), path="x.png"))

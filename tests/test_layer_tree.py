@@ -7,11 +7,11 @@ import torch
 import torchvision
 from torch import nn
 
-from engine import layer_tree
-from engine.errors import MethodInputError
-from engine.layer_tree import LayerTreeCache, build_layer_tree, format_layers
+from engine.anatomy import layer_tree
+from engine.core.errors import MethodInputError
+from engine.anatomy.layer_tree import LayerTreeCache, build_layer_tree, format_layers
 from engine.models.efficientnet_lite import EfficientNetLite0
-from engine.receptive_field import ReceptiveField
+from engine.anatomy.receptive_field import ReceptiveField
 
 
 @pytest.fixture(scope="module")

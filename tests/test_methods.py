@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.errors import MethodInputError
-from engine.features import compute_features
-from engine.images import LoadedImage
-from engine.jobs import CancelToken, Frame, drive
+from engine.core.errors import MethodInputError
+from engine.anatomy.activations import compute_features
+from engine.data.images import LoadedImage
+from engine.core.jobs import CancelToken, Frame, drive
 from engine.methods import METHODS, MethodContext
 from tests.conftest import make_tiny_model
 
@@ -100,7 +100,7 @@ def test_fully_connected_layers_show_bars(bundled, chelsea):
 
 
 def test_switching_layers_reuses_one_forward(bundled, chelsea, monkeypatch):
-    import engine.features as features
+    import engine.anatomy.activations as features
 
     calls = []
     original = features.compute_features
@@ -227,8 +227,8 @@ def test_activations_are_not_overwritten_by_later_in_place_operations(chelsea):
 
 
 def test_a_new_image_never_reuses_the_old_images_activations(bundled, chelsea):
-    from engine.features import FeatureCache
-    from engine.images import LoadedImage
+    from engine.anatomy.activations import FeatureCache
+    from engine.data.images import LoadedImage
 
     cache = FeatureCache()
     first = cache.get(bundled, LoadedImage(chelsea.image.copy(), path="a"))
@@ -240,8 +240,8 @@ def test_a_new_image_never_reuses_the_old_images_activations(bundled, chelsea):
 def test_penultimate_is_what_feeds_the_classifier(name, expected):
     import torchvision
 
-    from engine.hooks import capture_outputs
-    from engine.layers import resolve_layer
+    from engine.anatomy.hooks import capture_outputs
+    from engine.anatomy.layers import resolve_layer
 
     model = torchvision.models.get_model(name, weights=None).eval()
     with torch.no_grad(), capture_outputs(model) as captured:

@@ -5,11 +5,11 @@ import shutil
 import numpy as np
 import pytest
 
-from engine.datasets import open_dataset
-from engine.extraction import extract, image_vector
-from engine.jobs import drive
+from engine.data.datasets import open_dataset
+from engine.data.extraction import extract, image_vector
+from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
-from engine.samples import sample_paths
+from engine.data.samples import sample_paths
 from tests.conftest import make_tiny_model
 
 
@@ -70,7 +70,7 @@ def test_pixel_neighbours_of_a_digit_are_mostly_the_same_digit(tmp_path, monkeyp
 
 
 def test_no_query_and_no_image_is_a_clear_error(photo_folder):
-    from engine.errors import MethodInputError
+    from engine.core.errors import MethodInputError
 
     with pytest.raises(MethodInputError, match="needs an image"):
         run(MethodContext(model=make_tiny_model(size=32), image=None), dataset=str(photo_folder), layer="features.4")

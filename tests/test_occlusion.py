@@ -6,15 +6,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from engine.errors import MethodInputError
-from engine.images import LoadedImage
-from engine.jobs import CancelToken, Frame, Progress, drive
-from engine.memory import keep_freed_memory
+from engine.core.errors import MethodInputError
+from engine.data.images import LoadedImage
+from engine.core.jobs import CancelToken, Frame, Progress, drive
+from engine.core.memory import keep_freed_memory
 from engine.methods import METHODS, MethodContext
 from engine.methods.occlusion import blur_sigma, window_starts
 from engine.models.preprocessing import Preprocessing
 from engine.models.registry import LoadedModel
-from engine.render import overlay_map
+from engine.view.render import overlay_map
 from tests.conftest import make_tiny_model
 
 from tests.cancelling import frames_before_cancel
@@ -243,7 +243,7 @@ def test_keeping_freed_memory_is_idempotent():
     assert keep_freed_memory() is first
 
 
-# -- the faster copy of the model (engine.inference) ---------------------------------------------
+# -- the faster copy of the model (engine.anatomy.fast_copy) ---------------------------------------------
 class ConvBnNet(nn.Module):
     def __init__(self, reuse: bool = False):
         super().__init__()
@@ -272,7 +272,7 @@ def _eval_with_statistics(net):
 
 
 def test_inference_copy_folds_batch_norm_and_leaves_the_model_alone():
-    from engine.inference import inference_copy
+    from engine.anatomy.fast_copy import inference_copy
 
     net = _eval_with_statistics(ConvBnNet())
     x = torch.rand(2, 3, 12, 12)
@@ -290,7 +290,7 @@ def test_inference_copy_folds_batch_norm_and_leaves_the_model_alone():
 
 
 def test_inference_copy_is_not_used_where_it_would_compute_something_else():
-    from engine.inference import inference_copy
+    from engine.anatomy.fast_copy import inference_copy
 
     net = _eval_with_statistics(ConvBnNet(reuse=True))
     assert inference_copy(net, torch.rand(1, 3, 12, 12)) is net

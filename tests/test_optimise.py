@@ -7,17 +7,17 @@ import pytest
 import torch
 from scipy import ndimage
 
-from engine.gradients import class_score_gradient
-from engine.errors import JobCancelled, MethodInputError
-from engine.jobs import CancelToken, Frame, drive
-from engine.objectives import INPUT, LOGITS, class_logit, channel, clipped_match, diversity, feature_match, \
+from engine.attribution.gradients import class_score_gradient
+from engine.core.errors import JobCancelled, MethodInputError
+from engine.core.jobs import CancelToken, Frame, drive
+from engine.optvis.objectives import INPUT, LOGITS, class_logit, channel, clipped_match, diversity, feature_match, \
     gram_similarity, neuron, penalty, pre_activation
-from engine.optimise import Projection, activation_clip, optimise, probe_model
-from engine.parameterisation import COLOUR_MATRIX, IMAGENET_COLOUR_EIGENVALUES, IMAGENET_COLOUR_EIGENVECTORS, \
+from engine.optvis.optimise import Projection, activation_clip, optimise, probe_model
+from engine.optvis.parameterisation import COLOUR_MATRIX, IMAGENET_COLOUR_EIGENVALUES, IMAGENET_COLOUR_EIGENVECTORS, \
     FourierImage, PixelImage, colour_correlation_sqrt, correlate_colour, decorrelate_colour, spectrum_scale
-from engine.regularisers import centre_bias, clip_small_contribution, clip_small_norm, gaussian_blur, l2_decay, \
+from engine.optvis.regularisers import centre_bias, clip_small_contribution, clip_small_norm, gaussian_blur, l2_decay, \
     l2_penalty
-from engine.transforms import compose, jitter, random_scale_rotate, scale_rotate_image
+from engine.optvis.transforms import compose, jitter, random_scale_rotate, scale_rotate_image
 
 
 def gen(seed=0):

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from engine.errors import MethodInputError
-from engine.jobs import drive
+from engine.core.errors import MethodInputError
+from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
 from engine.methods.patches import parse_channels
 from engine.models.preprocessing import Preprocessing

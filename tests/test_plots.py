@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.jobs import Display, Points
-from engine.plots import BAR, PALETTE, bar_picture, group_order, scatter_picture
-from engine.render import compose
+from engine.view.display import Display, Points
+from engine.view.plots import BAR, PALETTE, bar_picture, group_order, scatter_picture
+from engine.view.render import compose
 
 
 def rgb(hex_colour: str) -> tuple[int, int, int]:

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from engine.models.efficientnet_lite import EfficientNetLite0
-from engine.receptive_field import ReceptiveField, trace_layers, trace_receptive_fields
+from engine.anatomy.receptive_field import ReceptiveField, trace_layers, trace_receptive_fields
 
 square = ReceptiveField.square
 

@@ -6,9 +6,9 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from engine import randomise
-from engine.errors import MethodInputError
-from engine.jobs import CancelToken, drive
+from engine.attribution import randomise
+from engine.core.errors import MethodInputError
+from engine.core.jobs import CancelToken, drive
 from engine.methods import METHODS, MethodContext
 from engine.methods.sanity_check import TILE, as_map, choose_methods, spearman_similarity, ssim_similarity
 from engine.methods.base import blank_output_shapes
@@ -140,7 +140,7 @@ def test_cancelling_between_steps_keeps_no_result_and_the_model(tiny_model):
 
 
 def test_a_method_that_refuses_a_randomised_network_counts_as_a_blank_map(tiny_model, monkeypatch):
-    from engine.jobs import Result
+    from engine.core.jobs import Result
     from engine.methods.base import MethodSpec, Param
 
     def refuses_random_weights(ctx, target=None):

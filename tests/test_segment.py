@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from engine.errors import JobCancelled, MethodInputError
-from engine.images import LoadedImage, load_image
-from engine.jobs import CancelToken, Progress, drive
+from engine.core.errors import JobCancelled, MethodInputError
+from engine.data.images import LoadedImage, load_image
+from engine.core.jobs import CancelToken, Progress, drive
 from engine.methods import METHODS, MethodContext
 from engine.methods.segment import CONTOUR
-from engine.samples import sample_path
+from engine.data.samples import sample_path
 
 SPEC = METHODS["segment"]
 

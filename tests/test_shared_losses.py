@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.animation import FrameRecorder
-from engine.gram import gram_matrix
-from engine.perceptual import content_loss, gram_targets, style_loss
-from engine.regularisers import total_variation
+from engine.view.animation import FrameRecorder
+from engine.style.gram import gram_matrix
+from engine.style.perceptual import content_loss, gram_targets, style_loss
+from engine.optvis.regularisers import total_variation
 
 
 def test_total_variation_matches_the_formula_written_out():

@@ -6,17 +6,17 @@ import torch
 from PIL import Image
 from skimage.color import rgb2yiq
 
-from engine.errors import MethodInputError
-from engine.feature_transforms import feature_transform, softmax_smoothing
-from engine.gram import gram_matrix
-from engine.hooks import capture_outputs
-from engine.images import LoadedImage
-from engine.jobs import CancelToken, drive
+from engine.core.errors import MethodInputError
+from engine.style.activation_transforms import feature_transform, softmax_smoothing
+from engine.style.gram import gram_matrix
+from engine.anatomy.hooks import capture_outputs
+from engine.data.images import LoadedImage
+from engine.core.jobs import CancelToken, drive
 from engine.methods import METHODS, MethodContext
 from engine.models.preprocessing import Preprocessing
 from engine.models.registry import LoadedModel
 from engine.models.zoo import build_architecture
-from engine.perceptual import Descent, blend_grams, choose_transform, perceptual_layers
+from engine.style.perceptual import Descent, blend_grams, choose_transform, perceptual_layers
 from tests.conftest import make_tiny_model
 
 from tests.cancelling import frames_before_cancel
@@ -169,7 +169,7 @@ def test_vgg_defaults_are_gatys_layers_without_the_softmax(bundled):
     assert layers.style == ("features.1", "features.6", "features.11", "features.20", "features.29")  # relu1_1..relu5_1
     assert layers.content == ("features.22",)  # relu4_2
     assert choose_transform("auto", layers, 1.0)[0] == "none"
-    # The bundled model's ReLU6 layers stylise well with plain Grams (see engine.perceptual);
+    # The bundled model's ReLU6 layers stylise well with plain Grams (see engine.style.perceptual);
     # other networks' default layers are block outputs and get the softmax.
     assert choose_transform("auto", perceptual_layers(bundled, {}), 1.0)[0] == "none"
     tiny = make_tiny_model(size=SIZE)

@@ -5,16 +5,16 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.efros_leung import gaussian_window, synthesise
-from engine.errors import MethodInputError
-from engine.gram import gram_matrix
-from engine.hooks import capture_outputs
-from engine.images import LoadedImage, load_image
-from engine.jobs import CancelToken, drive
+from engine.style.efros_leung import gaussian_window, synthesise
+from engine.core.errors import MethodInputError
+from engine.style.gram import gram_matrix
+from engine.anatomy.hooks import capture_outputs
+from engine.data.images import LoadedImage, load_image
+from engine.core.jobs import CancelToken, drive
 from engine.methods import METHODS, MethodContext
 from engine.models.zoo import build_architecture
-from engine.perceptual import Features, perceptual_layers
-from engine.samples import sample_path
+from engine.style.perceptual import Features, perceptual_layers
+from engine.data.samples import sample_path
 from tests.conftest import make_tiny_model
 
 from tests.cancelling import frames_before_cancel
@@ -111,7 +111,7 @@ def test_default_layers_per_backbone(bundled):
     assert layers.texture == ("features.1", "features.4", "features.9", "features.18", "features.27")  # conv1_1, pool1-4
     assert layers.plain_gram
     bundled_layers = perceptual_layers(bundled, {})
-    assert bundled_layers.plain_gram  # ReLU6 layers: plain Grams work (see engine.perceptual)
+    assert bundled_layers.plain_gram  # ReLU6 layers: plain Grams work (see engine.style.perceptual)
     assert all(bundled.named_module(path) is not None for path in bundled_layers.texture + bundled_layers.style)
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.errors import ModelLoadError, UntrustedFileError
+from engine.core.errors import ModelLoadError, UntrustedFileError
 from engine.models.user_files import load_model_file, load_state_dict_file
 
 
@@ -222,9 +222,9 @@ def test_torchscript_model_explains_what_it_cannot_show(tmp_path, chelsea_path):
     """Saliency needs only inputs and outputs; layer methods say why they cannot run."""
     import torch
 
-    from engine.errors import MethodInputError
-    from engine.jobs import CancelToken, drive
-    from engine.workbench import Workbench
+    from engine.core.errors import MethodInputError
+    from engine.core.jobs import CancelToken, drive
+    from engine.app.session import Workbench
     from tests.conftest import TinyNet
 
     path = tmp_path / "tiny.pt"

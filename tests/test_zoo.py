@@ -17,8 +17,8 @@ import pytest
 import torch
 from torchvision.models import get_model
 
-from engine.errors import JobCancelled, ModelLoadError, WeightsMissingError
-from engine.jobs import CancelToken
+from engine.core.errors import JobCancelled, ModelLoadError, WeightsMissingError
+from engine.core.jobs import CancelToken
 from engine.models import zoo
 from engine.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from engine.models.registry import available_models

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import MethodContext, MethodSpec, Param
+from engine.methods.base import MethodContext, MethodSpec, Param
 
 FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Weights and activations", ("filters", "activations")),

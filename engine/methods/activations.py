@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MethodInputError
-from ..jobs import Display, Progress, Result
-from ..render import grid_shape, normalise_tiles, tile_grid
-from .base import LAYER, MethodSpec, Param
+from engine.core.errors import MethodInputError
+from engine.core.jobs import Progress, Result
+from engine.view.display import Display
+from engine.view.render import grid_shape, normalise_tiles, tile_grid
+from engine.methods.base import LAYER, MethodSpec, Param
 
 MAX_TILES = 256
 

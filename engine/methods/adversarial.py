@@ -31,14 +31,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..animation import FrameRecorder
-from ..errors import MethodInputError
-from ..gallery import Tile, render_gallery
-from ..gradients import run_score
-from ..hooks import first_tensor
-from ..jobs import Display, Frame, Progress, Result
-from ..models.preprocessing import unit_tensor_to_rgb
-from .base import MethodSpec, Param
+from engine.view.animation import FrameRecorder
+from engine.core.errors import MethodInputError
+from engine.view.gallery import Tile, render_gallery
+from engine.attribution.gradients import run_score
+from engine.anatomy.hooks import first_tensor
+from engine.core.jobs import Frame, Progress, Result
+from engine.view.display import Display
+from engine.models.preprocessing import unit_tensor_to_rgb
+from engine.methods.base import MethodSpec, Param
 
 LOSSES = ("ce", "margin")
 DEFAULT_EPS = 2 / 255

@@ -13,14 +13,14 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..errors import MethodInputError
-from ..features import FeatureCache, ImageFeatures
-from ..hooks import capture_outputs
-from ..images import LoadedImage
-from ..jobs import CancelToken, Job
-from ..layers import resolve_layer
-from ..models.labels import resolve_class
-from ..models.registry import LoadedModel
+from engine.core.errors import MethodInputError
+from engine.anatomy.activations import FeatureCache, ImageFeatures
+from engine.anatomy.hooks import capture_outputs
+from engine.data.images import LoadedImage
+from engine.core.jobs import CancelToken, Job
+from engine.anatomy.layers import resolve_layer
+from engine.models.labels import resolve_class
+from engine.models.registry import LoadedModel
 
 
 @dataclass(frozen=True)

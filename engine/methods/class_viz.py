@@ -1,7 +1,7 @@
 """``class-viz``: the picture a class, a channel or one neuron wants to see.
 
 Gradient ascent on the input (Simonyan et al. 2014): argmax_I score(I) - priors(I), run by
-the one loop of ``engine.optimise``. The score is a class's logit, a channel's mean or
+the one loop of ``engine.optvis.optimise``. The score is a class's logit, a channel's mean or
 one unit of a layer; the priors are switchable one by one so their effect can be seen:
 L2 (penalty and decay), total variation, a centre bias, periodic Gaussian blur, and
 clipping pixels of small norm or small contribution to the mean colour (Yosinski et al.
@@ -16,19 +16,20 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from ..animation import FrameRecorder
-from ..errors import MethodInputError
-from ..gallery import Tile, render_gallery
-from ..jobs import Display, Progress, Result
-from ..models.preprocessing import unit_tensor_to_rgb
-from ..objectives import LOGITS, class_logit, channel as channel_objective, diversity as diversity_objective, \
+from engine.view.animation import FrameRecorder
+from engine.core.errors import MethodInputError
+from engine.view.gallery import Tile, render_gallery
+from engine.core.jobs import Progress, Result
+from engine.view.display import Display
+from engine.models.preprocessing import unit_tensor_to_rgb
+from engine.optvis.objectives import LOGITS, class_logit, channel as channel_objective, diversity as diversity_objective, \
     gram_similarity, neuron as neuron_objective, penalty, pre_activation
-from ..optimise import Projection, optimise, probe_model, side_by_side
-from ..parameterisation import PARAMETERISATIONS, make_image_param
-from ..regularisers import centre_bias as centre_bias_penalty, clip_small_contribution, clip_small_norm, gaussian_blur, \
+from engine.optvis.optimise import Projection, optimise, probe_model, side_by_side
+from engine.optvis.parameterisation import PARAMETERISATIONS, make_image_param
+from engine.optvis.regularisers import centre_bias as centre_bias_penalty, clip_small_contribution, clip_small_norm, gaussian_blur, \
     l2_decay, l2_penalty, total_variation
-from ..transforms import compose, jitter as jitter_transform, scale_rotate
-from .base import LAYER, SEED, MethodSpec, Param
+from engine.optvis.transforms import compose, jitter as jitter_transform, scale_rotate
+from engine.methods.base import LAYER, SEED, MethodSpec, Param
 
 OBJECTIVES = ("class", "channel", "neuron")
 

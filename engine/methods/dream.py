@@ -12,7 +12,7 @@ the same on a small deep map as on a large shallow one. ``--guide IMG`` replaces
 layer's term by the guided objective of the Google DeepDream notebook: every position of
 the dream is pulled towards the guide's feature vector that matches it best (largest dot
 product), so the dream grows what the guide image contains. Large images are processed
-in tiles (``engine.tiling``): exactly the whole image's gradient where the tiles' overlap
+in tiles (``engine.optvis.tiling``): exactly the whole image's gradient where the tiles' overlap
 covers the layer's receptive field, and with a grid that moves at every step where it
 cannot (deep layers), so no seam stays in one place.
 """
@@ -23,15 +23,16 @@ import math
 
 import torch
 
-from ..animation import FrameRecorder
-from ..errors import ImageLoadError, MethodInputError
-from ..hooks import capture_outputs, forward_to
-from ..images import load_image
-from ..jobs import Display, Frame, Progress, Result
-from ..models.preprocessing import unit_tensor_to_rgb
-from ..tiling import Window, output_shapes, tile_windows, tiled_gradient, tiled_statistics, tiling_geometry
-from ..transforms import random_shift, resize, roll
-from .base import LAYER, SEED, MethodSpec, Param
+from engine.view.animation import FrameRecorder
+from engine.core.errors import ImageLoadError, MethodInputError
+from engine.anatomy.hooks import capture_outputs, forward_to
+from engine.data.images import load_image
+from engine.core.jobs import Frame, Progress, Result
+from engine.view.display import Display
+from engine.models.preprocessing import unit_tensor_to_rgb
+from engine.optvis.tiling import Window, output_shapes, tile_windows, tiled_gradient, tiled_statistics, tiling_geometry
+from engine.optvis.transforms import random_shift, resize, roll
+from engine.methods.base import LAYER, SEED, MethodSpec, Param
 
 # Guide matching compares every dream position with every guide position; the comparison
 # is done in chunks of at most this many dot products, so an early layer of a large tile

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import open_dataset
-from ..embedding import ALGORITHMS, parse_grid, pca_2d, snap_to_grid, tsne_2d, umap_2d, write_csv
-from ..errors import MethodInputError
-from ..extraction import extract, skipped_list, skipped_note
-from ..gallery import Tile, render_gallery
-from ..images import load_image
-from ..jobs import Display, Frame, Points, Progress, Result, within
-from .base import DATASET, FEATURE_LAYER, SEED, MethodSpec, Param
+from engine.data.datasets import open_dataset
+from engine.data.embedding import ALGORITHMS, parse_grid, pca_2d, snap_to_grid, tsne_2d, umap_2d, write_csv
+from engine.core.errors import MethodInputError
+from engine.data.extraction import extract, skipped_list, skipped_note
+from engine.view.gallery import Tile, render_gallery
+from engine.data.images import load_image
+from engine.core.jobs import Frame, Progress, Result, within
+from engine.view.display import Display, Points
+from engine.methods.base import DATASET, FEATURE_LAYER, SEED, MethodSpec, Param
 
 GRID_TILE = 48
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import MethodInputError
-from ..jobs import Display, Progress, Result
-from ..models.preprocessing import unit_tensor_to_rgb
-from ..style_library import list_styles, load_style
-from ..style_net import MIN_SIDE, style_mix as normalised_mix
-from .base import MethodSpec, Param
+from engine.core.errors import MethodInputError
+from engine.core.jobs import Progress, Result
+from engine.view.display import Display
+from engine.models.preprocessing import unit_tensor_to_rgb
+from engine.style.style_library import list_styles, load_style
+from engine.style.style_net import MIN_SIDE, style_mix as normalised_mix
+from engine.methods.base import MethodSpec, Param
 
 
 def parse_mix(text: str | None) -> list[float] | None:

@@ -1,7 +1,7 @@
 """``fast-style-train``: train a feed-forward style network (Johnson et al. 2016).
 
-The network (``engine.style_net``) is trained on a folder of content pictures to
-minimise the perceptual loss of Gatys-style transfer (``engine.perceptual.PerceptualLoss``),
+The network (``engine.style.style_net``) is trained on a folder of content pictures to
+minimise the perceptual loss of Gatys-style transfer (``engine.style.perceptual.PerceptualLoss``),
 measured by the current model (the loss network, frozen):
 
     total = content_weight * L_content(out, content)     (features at the content layers)
@@ -34,20 +34,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..animation import FrameRecorder
-from ..datasets import Dataset, iter_batches, open_dataset
-from ..errors import ConvScopeError, JobCancelled, MethodInputError
-from ..extraction import skipped_list, skipped_note
-from ..feature_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
-from ..images import load_image
-from ..jobs import Display, Frame, Progress, Result
-from ..models.preprocessing import unit_tensor_to_rgb
-from ..perceptual import (Features, PerceptualLayers, PerceptualLoss, choose_transform, gram_targets, layer_list,
+from engine.view.animation import FrameRecorder
+from engine.data.datasets import Dataset, iter_batches, open_dataset
+from engine.core.errors import ConvScopeError, JobCancelled, MethodInputError
+from engine.data.extraction import skipped_list, skipped_note
+from engine.style.activation_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
+from engine.data.images import load_image
+from engine.core.jobs import Frame, Progress, Result
+from engine.view.display import Display
+from engine.models.preprocessing import unit_tensor_to_rgb
+from engine.style.perceptual import (Features, PerceptualLayers, PerceptualLoss, choose_transform, gram_targets, layer_list,
                           perceptual_layers)
-from ..style_library import (CHECKPOINT_FORMAT, FORMAT_VERSION, checkpoint_path, read_torch_file, save_path,
+from engine.style.style_library import (CHECKPOINT_FORMAT, FORMAT_VERSION, checkpoint_path, read_torch_file, save_path,
                              save_style, style_payload, write_torch_file)
-from ..style_net import StyleNet, build_style_net, one_hot_mix
-from .base import SEED, MethodSpec, Param
+from engine.style.style_net import StyleNet, build_style_net, one_hot_mix
+from engine.methods.base import SEED, MethodSpec, Param
 
 PREVIEW_GAP = 4  # pixels between the styles of a multi-style preview
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MethodInputError
-from ..jobs import Display, Progress, Result
-from ..layers import conv_layers, find_module, nearest_conv
-from ..render import grid_shape, normalise_tiles, tile_grid
-from .base import MethodSpec, Param
+from engine.core.errors import MethodInputError
+from engine.core.jobs import Progress, Result
+from engine.view.display import Display
+from engine.anatomy.layers import conv_layers, find_module, nearest_conv
+from engine.view.render import grid_shape, normalise_tiles, tile_grid
+from engine.methods.base import MethodSpec, Param
 
 MAX_ROWS = 64
 MAX_COLUMNS = 64

@@ -22,11 +22,11 @@ still has a layout); a model without presets uses its last convolution's output.
 
 from __future__ import annotations
 
-from ..attribution import (CAM_VARIANTS, automatic_batch, cam_layer, cam_of, grad_cam, layer_pass, map_display,
+from engine.attribution.maps import (CAM_VARIANTS, automatic_batch, cam_layer, cam_of, grad_cam, layer_pass, map_display,
                            map_metrics, refuse_blank, score_cam_weights)
-from ..gradients import class_score, gradient_network
-from ..jobs import Progress, Result
-from .base import CAM_LAYER, OVERLAY, TARGET, MethodSpec, Param
+from engine.attribution.gradients import class_score, gradient_network
+from engine.core.jobs import Progress, Result
+from engine.methods.base import CAM_LAYER, OVERLAY, TARGET, MethodSpec, Param
 
 VARIANT_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM"}
 

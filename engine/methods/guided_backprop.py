@@ -29,13 +29,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..attribution import gradient_picture, magnitude_map, map_display, map_metrics, picture_display, refuse_blank
-from ..errors import MethodInputError
-from ..gradients import class_score, gradient_network, network_input, score_gradient, unit_score
-from ..guided import RULES, guided_relus
-from ..jobs import Progress, Result
-from ..layer_tree import cached_layer_tree
-from .base import OVERLAY, SHOW, TARGET, MethodSpec, Param
+from engine.attribution.maps import gradient_picture, magnitude_map, map_display, map_metrics, picture_display, refuse_blank
+from engine.core.errors import MethodInputError
+from engine.attribution.gradients import class_score, gradient_network, network_input, score_gradient, unit_score
+from engine.attribution.guided import RULES, guided_relus
+from engine.core.jobs import Progress, Result
+from engine.anatomy.layer_tree import cached_layer_tree
+from engine.methods.base import OVERLAY, SHOW, TARGET, MethodSpec, Param
 
 
 @dataclass(frozen=True)

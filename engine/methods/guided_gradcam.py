@@ -13,12 +13,12 @@ far as the layer (Grad-CAM) and once with the ReLUs guided, down to the pixels.
 
 from __future__ import annotations
 
-from ..attribution import (cam_layer, grad_cam, gradient_picture, layer_pass, magnitude_map, map_display, map_metrics,
+from engine.attribution.maps import (cam_layer, grad_cam, gradient_picture, layer_pass, magnitude_map, map_display, map_metrics,
                            picture_display, refuse_blank)
-from ..gradients import class_score, gradient_network, network_input
-from ..guided import guided_relus
-from ..jobs import Progress, Result
-from .base import CAM_LAYER, OVERLAY, SHOW, TARGET, MethodSpec
+from engine.attribution.gradients import class_score, gradient_network, network_input
+from engine.attribution.guided import guided_relus
+from engine.core.jobs import Progress, Result
+from engine.methods.base import CAM_LAYER, OVERLAY, SHOW, TARGET, MethodSpec
 
 
 def run(ctx, target=None, layer="late", show="map", overlay=True):

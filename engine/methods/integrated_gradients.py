@@ -21,12 +21,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..attribution import accumulate_gradients, automatic_batch, map_display, map_metrics, refuse_blank, signed_map
-from ..errors import MethodInputError
-from ..gradients import class_score, gradient_network, run_score
-from ..jobs import Progress, Result, within
-from ..regularisers import gaussian_blur
-from .base import BATCH, OVERLAY, TARGET, MethodSpec, Param
+from engine.attribution.maps import accumulate_gradients, automatic_batch, map_display, map_metrics, refuse_blank, signed_map
+from engine.core.errors import MethodInputError
+from engine.attribution.gradients import class_score, gradient_network, run_score
+from engine.core.jobs import Progress, Result, within
+from engine.optvis.regularisers import gaussian_blur
+from engine.methods.base import BATCH, OVERLAY, TARGET, MethodSpec, Param
 
 BASELINES = ("black", "white", "blur")
 BLUR_FRACTION = 0.1  # the blur baseline's sigma, as a fraction of the input's shorter side

@@ -5,7 +5,7 @@ whose features at layer l match the photo's,
 
     min_x ||phi_l(x) - phi_l(x0)||^2 / ||phi_l(x0)||^2 + lambda * TV_beta(x) / (H W),
 
-with the one loop of ``engine.optimise``. The strip mode inverts several layers in one
+with the one loop of ``engine.optvis.optimise``. The strip mode inverts several layers in one
 job and shows them beside the photo: shallow layers give the photo back almost exactly,
 deep ones keep the layout and lose colour and texture. PSNR against the photo (at the
 same size) puts a number on it.
@@ -19,18 +19,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..animation import FrameRecorder
-from ..errors import MethodInputError
-from ..gallery import Tile, render_gallery
-from ..jobs import Display, Progress, Result
-from ..layers import DEPTH_KEYWORDS
-from ..models.preprocessing import unit_tensor_to_rgb
-from ..objectives import feature_match, penalty
-from ..optimise import activation_clip, optimise, probe_model, side_by_side
-from ..parameterisation import PARAMETERISATIONS, make_image_param
-from ..regularisers import total_variation
-from ..transforms import jitter as jitter_transform
-from .base import LAYER, SEED, MethodSpec, Param
+from engine.view.animation import FrameRecorder
+from engine.core.errors import MethodInputError
+from engine.view.gallery import Tile, render_gallery
+from engine.core.jobs import Progress, Result
+from engine.view.display import Display
+from engine.anatomy.layers import DEPTH_KEYWORDS
+from engine.models.preprocessing import unit_tensor_to_rgb
+from engine.optvis.objectives import feature_match, penalty
+from engine.optvis.optimise import activation_clip, optimise, probe_model, side_by_side
+from engine.optvis.parameterisation import PARAMETERISATIONS, make_image_param
+from engine.optvis.regularisers import total_variation
+from engine.optvis.transforms import jitter as jitter_transform
+from engine.methods.base import LAYER, SEED, MethodSpec, Param
 
 AUTO_STRIP = ("early", "middle", "late")
 BLANK = 40 / 255  # the gallery's background, for strip slots not yet inverted

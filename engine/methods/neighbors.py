@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..datasets import open_dataset
-from ..errors import MethodInputError
-from ..extraction import PIXEL_SIDE, extract, extract_pixels, image_vector, skipped_list, skipped_note
-from ..gallery import Tile, render_gallery
-from ..images import load_image
-from ..jobs import Display, Progress, Result, within
-from .base import DATASET, FEATURE_LAYER, MethodSpec, Param
+from engine.data.datasets import open_dataset
+from engine.core.errors import MethodInputError
+from engine.data.extraction import PIXEL_SIDE, extract, extract_pixels, image_vector, skipped_list, skipped_note
+from engine.view.gallery import Tile, render_gallery
+from engine.data.images import load_image
+from engine.core.jobs import Progress, Result, within
+from engine.view.display import Display
+from engine.methods.base import DATASET, FEATURE_LAYER, MethodSpec, Param
 
 
 def run(ctx, dataset="samples", layer="penultimate", k=8, metric="l2", space="both", query=""):
@@ -82,7 +83,7 @@ def _nearest(features, vector: np.ndarray, k: int, metric: str, exclude: str) ->
 
 
 def _pixel_vector(source, image: Image.Image) -> np.ndarray:
-    from ..datasets import load_square, square_pixels
+    from engine.data.datasets import load_square, square_pixels
 
     square = load_square(source, PIXEL_SIDE) if isinstance(source, str) else square_pixels(image, PIXEL_SIDE)
     # Channels first, as the loader hands batches to extract_pixels.

@@ -24,16 +24,16 @@ What comes out:
   window/2 to size - window/2, not from edge to edge.)
 
 Speed (729 windows on a 224 px input, 2 cores: 3.8-4.1 s; Captum's Occlusion at its best
-``perturbations_per_eval`` in the same process 6.6-7.2 s, and 18 s without engine.memory's
+``perturbations_per_eval`` in the same process 6.6-7.2 s, and 18 s without engine.core.memory's
 settings; see bench/occlusion_speed.py):
 
 - occluded inputs are built in one preallocated batch buffer (the base input copied in,
   then one window per image pasted from the filled copy, both already normalised and
   channels-last), so nothing is allocated per position;
 - batches run under ``torch.inference_mode`` in channels-last layout (a 1.4x faster
-  forward on the CPU than the default layout), through ``engine.inference``'s copy of
+  forward on the CPU than the default layout), through ``engine.anatomy.fast_copy``'s copy of
   the model with BatchNorm folded into the convolutions and activations in place
-  (1.25x), and glibc is told to keep freed memory (``engine.memory``), so one batch's
+  (1.25x), and glibc is told to keep freed memory (``engine.core.memory``), so one batch's
   activations reuse the previous batch's pages instead of faulting in fresh ones (2.5x);
 - the map shown after each batch is summed with prefix sums, not matrix products: numpy's
   BLAS threads would otherwise spin on the two cores the next forward needs.
@@ -45,19 +45,20 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..device import is_out_of_memory
-from ..errors import MethodInputError
-from ..inference import inference_copy
-from ..jobs import Display, Frame, Progress, Result
-from ..memory import keep_freed_memory
-from .base import TARGET, MethodSpec, Param
+from engine.core.device import is_out_of_memory
+from engine.core.errors import MethodInputError
+from engine.anatomy.fast_copy import inference_copy
+from engine.core.jobs import Frame, Progress, Result
+from engine.view.display import Display
+from engine.core.memory import keep_freed_memory
+from engine.methods.base import TARGET, MethodSpec, Param
 
 FILLS = ("gray", "mean", "blur")
 GRAY = 0.5  # in 0..1 pixel units
 # Automatic batch: this many 224x224 inputs' worth of pixels per forward. Measured on the
 # bundled model, 729 windows, 2 cores, glibc keeping freed memory: from the main thread 8,
 # 16 and 32 images per forward all take 4.3 s (4 take 4.9 s); from a worker thread that
-# allocated before engine.memory took effect 8 takes 7.1 s and 16 or 32 take 9.9 s (its
+# allocated before engine.core.memory took effect 8 takes 7.1 s and 16 or 32 take 9.9 s (its
 # arena's heaps hold at most 64 MiB, and at 16 the largest activations no longer fit).
 # Small batches also mean more frames and cancel checks.
 CPU_BATCH_PIXELS = 8 * 224 * 224

@@ -12,14 +12,15 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ..datasets import open_dataset
-from ..errors import MethodInputError
-from ..extraction import extract, skipped_list, skipped_note
-from ..gallery import BACKGROUND, Tile, render_gallery
-from ..images import load_image
-from ..jobs import Display, Progress, Result, within
-from ..layer_tree import cached_layer_tree
-from .base import DATASET, MethodSpec, Param
+from engine.data.datasets import open_dataset
+from engine.core.errors import MethodInputError
+from engine.data.extraction import extract, skipped_list, skipped_note
+from engine.view.gallery import BACKGROUND, Tile, render_gallery
+from engine.data.images import load_image
+from engine.core.jobs import Progress, Result, within
+from engine.view.display import Display
+from engine.anatomy.layer_tree import cached_layer_tree
+from engine.methods.base import DATASET, MethodSpec, Param
 
 MAX_CHANNELS = 64
 

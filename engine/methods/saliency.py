@@ -7,10 +7,10 @@ whole image, so it lies exactly over the picture.
 
 from __future__ import annotations
 
-from ..attribution import magnitude_map, map_display, map_metrics, refuse_blank
-from ..gradients import class_score, gradient_network, score_gradient
-from ..jobs import Progress, Result
-from .base import OVERLAY, TARGET, MethodSpec
+from engine.attribution.maps import magnitude_map, map_display, map_metrics, refuse_blank
+from engine.attribution.gradients import class_score, gradient_network, score_gradient
+from engine.core.jobs import Progress, Result
+from engine.methods.base import OVERLAY, TARGET, MethodSpec
 
 
 def run(ctx, target=None, overlay=True):

@@ -1,7 +1,7 @@
 """``sanity-check``: does an explanation depend on what the model learned? (Adebayo et al. 2018)
 
 Cascading randomisation: the weights of a *copy* of the model are re-initialised block by
-block from the classifier down to the first convolution (``engine.randomise``), and after
+block from the classifier down to the first convolution (``engine.attribution.randomise``), and after
 each step every chosen attribution method is run again, through its own ``SPEC.run``, on
 the same image for the same class (the original model's top-1, or ``--target``). A map
 that stays the same while the network under it turns into noise explains the image, not
@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from .. import randomise
-from ..errors import MethodInputError
-from ..gallery import Tile, render_gallery
-from ..jobs import Display, Frame, Progress, Result
-from ..render import apply_colormap
-from .base import SEED, TARGET, MethodContext, MethodSpec, Param
+from engine.attribution import randomise
+from engine.core.errors import MethodInputError
+from engine.view.gallery import Tile, render_gallery
+from engine.core.jobs import Frame, Progress, Result
+from engine.view.display import Display
+from engine.view.render import apply_colormap
+from engine.methods.base import SEED, TARGET, MethodContext, MethodSpec, Param
 
 # The attribution methods compared by default, those of them that exist when it runs.
 ATTRIBUTION_METHODS = ("saliency", "guided-backprop", "integrated-gradients", "gradcam", "smoothgrad")
@@ -132,7 +133,7 @@ def _grid(method_ids, originals, maps, labels, scores) -> np.ndarray:
 
 
 def run(ctx, methods="", steps=0, target=None, metric="spearman", seed=0):
-    from . import METHODS  # at run time: methods written later are found too
+    from engine.methods import METHODS  # at run time: methods written later are found too
 
     image = ctx.require_image()
     if metric not in METRICS:

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MethodInputError
-from ..jobs import Display, Progress, Result, within
-from .base import SEED, TARGET, MethodSpec, Param
+from engine.core.errors import MethodInputError
+from engine.core.jobs import Progress, Result, within
+from engine.view.display import Display
+from engine.methods.base import SEED, TARGET, MethodSpec, Param
 
 WORK_SIDE = 480  # GrabCut's working resolution (longer side), in pixels: about 1.3 s of CPU at 480x320
 # A picture whose colours vary less than this (standard deviation in 8-bit levels, in
@@ -64,7 +65,7 @@ def _working_size(width: int, height: int) -> tuple[int, int]:
 
 
 def run(ctx, target=None, fg_percentile=95.0, bg_percentile=30.0, iterations=5, smooth=0.03, seed=0):
-    from . import METHODS  # looked up at run time: the registry is being built while this module loads
+    from engine.methods import METHODS  # looked up at run time: the registry is being built while this module loads
 
     image = ctx.require_image()
     cv2 = _opencv()

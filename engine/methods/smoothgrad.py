@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from ..attribution import accumulate_gradients, automatic_batch, magnitude_map, map_display, map_metrics, refuse_blank
-from ..gradients import class_score, gradient_network
-from ..jobs import Progress, Result
-from .base import BATCH, OVERLAY, SEED, TARGET, MethodSpec, Param
+from engine.attribution.maps import accumulate_gradients, automatic_batch, magnitude_map, map_display, map_metrics, refuse_blank
+from engine.attribution.gradients import class_score, gradient_network
+from engine.core.jobs import Progress, Result
+from engine.methods.base import BATCH, OVERLAY, SEED, TARGET, MethodSpec, Param
 
 
 def run(ctx, target=None, samples=25, noise=0.15, batch=0, seed=0, overlay=True):

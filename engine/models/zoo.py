@@ -34,11 +34,11 @@ import torch
 from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights
 
-from ..errors import ModelLoadError, WeightsMissingError
-from ..jobs import CancelToken
-from .preprocessing import Preprocessing
-from .registry import ModelSpec, ProgressCallback
-from .user_files import load_state_dict_file
+from engine.core.errors import ModelLoadError, WeightsMissingError
+from engine.core.jobs import CancelToken
+from engine.models.preprocessing import Preprocessing
+from engine.models.registry import ModelSpec, ProgressCallback
+from engine.models.user_files import load_state_dict_file
 
 DOWNLOAD_TIMEOUT_S = 30  # socket timeout for connecting and for each read
 DOWNLOAD_CHUNK_SIZE = 1 << 20  # bytes read between two cancel checks

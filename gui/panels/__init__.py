@@ -3,8 +3,8 @@
 Most methods use ``MethodPanel`` as it is; a few add behaviour of their own.
 """
 
-from .fast_style_panel import FastStylePanel
-from .method_panel import ActivationsPanel, FiltersPanel, MethodPanel
+from gui.panels.fast_style_panel import FastStylePanel
+from gui.panels.method_panel import ActivationsPanel, FiltersPanel, MethodPanel
 
 _PANELS = {"activations": ActivationsPanel, "filters": FiltersPanel, "fast-style": FastStylePanel}
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QGridLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
-from engine.errors import ConvScopeError
+from engine.core.errors import ConvScopeError
 
-from .method_panel import MethodPanel
+from gui.panels.method_panel import MethodPanel
 
 SLIDER_STEPS = 100
 
@@ -110,7 +110,7 @@ class FastStylePanel(MethodPanel):
         return super()._editor_for(param, labels)
 
     def style_model_changed(self, text: str) -> None:
-        from engine.style_library import style_names_of  # imports torch: not before the window is on screen
+        from engine.style.style_library import style_names_of  # imports torch: not before the window is on screen
 
         if not text.strip():
             self.mixer.set_styles([], "choose a style network to mix its styles")

@@ -63,7 +63,7 @@ class MethodPanel(QWidget):
         layout.addWidget(self.status)
         self.loss_plot = None
         if spec.streams_frames:
-            from ..loss_plot import LossPlot
+            from gui.loss_plot import LossPlot
 
             self.loss_plot = LossPlot()
             self.loss_plot.hide()  # until a frame brings a loss

@@ -1,0 +1,1 @@
+"""A model's anatomy: hooks, layer names, receptive fields, the layer tree, activations."""

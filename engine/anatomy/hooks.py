@@ -1,0 +1,127 @@
+"""Forward hooks as context managers: they are always removed, even when a job fails."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+
+
+def first_tensor(output) -> torch.Tensor | None:
+    """A module's output, or the first tensor of a tuple/list output (e.g. GoogLeNet aux)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, torch.Tensor):
+                return item
+    return None
+
+
+def is_hookable(module: nn.Module) -> bool:
+    """TorchScript modules run compiled code that forward hooks cannot see into."""
+    return not isinstance(module, torch.jit.ScriptModule)
+
+
+class CapturedOutputs(dict):
+    """Module path -> output tensor, remembering each tensor's version counter.
+
+    A later in-place operation (ResNet's ``out += identity``) overwrites a tensor that
+    was already captured; its version counter then differs, which ``modified_in_place``
+    reports so the caller can capture those paths again as copies.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.versions: dict[str, int] = {}
+
+    def modified_in_place(self) -> set[str]:
+        return {path for path, version in self.versions.items() if self[path]._version != version}
+
+
+@contextmanager
+def capture_outputs(model: nn.Module, paths: Iterable[str] | None = None, detach: bool = True,
+                    copy: Iterable[str] = ()) -> Iterator[CapturedOutputs]:
+    """Record the output of each named module (all of them when ``paths`` is None).
+
+    A module called more than once per forward keeps its first output, so a path always
+    means one tensor. With ``detach=False`` the tensors stay in the autograd graph, which
+    is what gradient-based methods need. Paths in ``copy`` are cloned when captured,
+    because the model modifies them in place afterwards.
+    """
+    wanted = None if paths is None else set(paths)
+    copied = set(copy)
+    captured = CapturedOutputs()
+    handles = []
+
+    def make_hook(path: str):
+        def hook(_module, _inputs, output):
+            if path in captured:
+                return
+            tensor = first_tensor(output)
+            if tensor is None:
+                return
+            tensor = tensor.detach() if detach else tensor
+            if path in copied:
+                tensor = tensor.clone()
+            captured[path] = tensor
+            captured.versions[path] = tensor._version
+
+        return hook
+
+    try:
+        for path, module in model.named_modules():
+            if (wanted is None or path in wanted) and is_hookable(module):
+                handles.append(module.register_forward_hook(make_hook(path)))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once the wanted layer has run."""
+
+
+@contextmanager
+def truncate_after(model: nn.Module, path: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Run a forward only as far as ``path``: its output is in the yielded dict.
+
+    Optimisation methods that only need one layer (DeepDream, inversion) save the rest of
+    the network's compute on every step. Use ``forward_to`` to run it.
+    """
+    from engine.anatomy.layers import find_module
+
+    module = find_module(model, path)
+    if not is_hookable(module):
+        from engine.core.errors import MethodInputError
+
+        raise MethodInputError(f"'{path}' is compiled TorchScript: ConvScope cannot read its layers' outputs. "
+                               "Load the model as an architecture plus a state-dict file instead")
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _inputs, output):
+        captured[path] = first_tensor(output)
+        raise StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def forward_to(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of layer ``path`` for input ``x``, computing nothing after it."""
+    with truncate_after(model, path) as captured:
+        try:
+            model(x)
+        except StopForward:
+            pass
+    if path not in captured or captured[path] is None:
+        from engine.core.errors import MethodInputError
+
+        raise MethodInputError(f"layer '{path}' did not run in the forward pass, so it has no output to use")
+    return captured[path]

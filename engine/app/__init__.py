@@ -1,0 +1,1 @@
+"""The working session the window and the command line share; the command line."""

@@ -1,0 +1,229 @@
+"""The command line: the same methods the window runs, one JSON line per run.
+
+    python main.py models
+    python main.py layers --model NAME
+    python main.py classify --image PATH [--model NAME]
+    python main.py run METHOD --image PATH [--layer L] [--target T] [--out F.png] [--save-array F.npy] ...
+
+Bad input exits with status 2 and one line on stderr; nothing here imports Qt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from engine.core.errors import ConvScopeError, JobCancelled
+
+COMMANDS = ("models", "layers", "classify", "run")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line, with status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's signature
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="model name (see `models`) or a model file")
+    parser.add_argument("--weights", default=None, help="a state-dict file for the named architecture")
+    parser.add_argument("--trust", action="store_true", help="allow a full pickled model file (it can run code)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.methods import METHODS
+
+    parser = _Parser(prog="convscope", description="See what a convolutional network has learned.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands.add_parser("models", help="list the models")
+    layers = commands.add_parser("layers", help="list a model's layers with shapes and receptive fields")
+    _add_model_options(layers)
+    layers.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
+    classify = commands.add_parser("classify", help="top-5 classes of an image as JSON")
+    _add_model_options(classify)
+    classify.add_argument("--image", required=True)
+
+    run = commands.add_parser("run", help="run a visualisation method")
+    methods = run.add_subparsers(dest="method", required=True, parser_class=_Parser, metavar="METHOD")
+    for spec in METHODS.values():
+        method = methods.add_parser(spec.id, help=spec.summary, description=spec.summary)
+        _add_model_options(method)
+        method.add_argument("--image", default=None, help="input image")
+        method.add_argument("--out", default=None, help="write the picture as PNG (plus a JSON sidecar)")
+        method.add_argument("--save-array", default=None, help="write the raw float result as .npy")
+        if spec.streams_frames:
+            method.add_argument("--animation", default=None,
+                                help="also write the run's frames as an animation (.gif or .mp4)")
+            method.add_argument("--fps", type=float, default=12.0, help="frames per second of --animation (default: 12)")
+        names = {p.name for p in spec.params}
+        for common in ("layer", "target", "seed"):
+            if common not in names:
+                method.add_argument(f"--{common}", default=None, help=f"(not used by {spec.id})")
+        for param in spec.params:
+            kwargs = {"dest": param.name, "default": None, "help": f"{param.help} (default: {param.default})"}
+            if param.kind == "bool":
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif param.kind == "images":
+                kwargs["action"] = "append"
+                kwargs["help"] += "; repeat the flag for several"
+            elif param.choices:
+                kwargs["choices"] = param.choices
+            method.add_argument(param.flag, **kwargs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        return _dispatch(args)
+    except _UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except JobCancelled:
+        print("cancelled", file=sys.stderr)
+        return 130
+    except ConvScopeError as exc:
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (RuntimeError, MemoryError) as exc:
+        from engine.core.device import OUT_OF_MEMORY_MESSAGE, is_out_of_memory
+
+        if is_out_of_memory(exc):
+            print(f"error: {OUT_OF_MEMORY_MESSAGE}", file=sys.stderr)
+            return 3
+        raise
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _dispatch(args) -> int:
+    if args.command == "models":
+        from engine.models.registry import available_models
+
+        for spec in available_models():
+            print(f"{spec.name:20s} {spec.description}")
+        return 0
+    if args.command == "layers":
+        return _print_layers(args)
+    model = _load_model(args)
+    from engine.data.images import load_image
+
+    if args.command == "classify":
+        from engine.anatomy.activations import compute_features
+
+        features = compute_features(model, load_image(args.image))
+        top5 = [{"index": i, "label": label, "prob": round(p, 6)} for i, label, p in features.top_k(model.labels)]
+        print(json.dumps({"model": model.name, "image": args.image, "top5": top5}))
+        return 0
+    return _run_method(args, model)
+
+
+def _print_layers(args) -> int:
+    from engine.core.errors import WeightsMissingError
+    from engine.anatomy.layer_tree import build_layer_tree, format_layers
+
+    try:
+        model = _load_model(args)
+        module, preprocessing, device = model.module, model.preprocessing, model.device
+    except WeightsMissingError as exc:
+        # Shapes and receptive fields come from the architecture alone: list it anyway.
+        from engine.core.device import resolve_device
+        from engine.models.registry import model_spec
+        from engine.models.zoo import build_architecture
+
+        print(f"note: {exc.filename} is not on this machine; listing the architecture without weights", file=sys.stderr)
+        module, preprocessing, device = build_architecture(args.model).eval(), model_spec(args.model).preprocessing, resolve_device(args.device)
+    width, height = preprocessing.input_size(1, 1, size=args.size)
+    print(format_layers(build_layer_tree(module, (height, width), device=device)))
+    return 0
+
+
+def _load_model(args):
+    from engine.core.device import resolve_device
+    from engine.models.registry import BUNDLED_MODEL, load_model
+
+    device = resolve_device(args.device)
+    return load_model(args.model or BUNDLED_MODEL, weights_path=args.weights, device=device, trust=args.trust,
+                      progress=_print_download_progress)
+
+
+def _print_download_progress(fraction: float, message: str) -> None:
+    print(f"\r{message} ({fraction:.0%})", end="" if fraction < 1 else "\n", file=sys.stderr, flush=True)
+
+
+def _run_method(args, model) -> int:
+    import torch
+
+    from engine.data.images import load_image
+    from engine.core.jobs import Stopwatch, drive
+    from engine.methods import METHODS, MethodContext
+    from engine.view.render import compose
+
+    spec = METHODS[args.method]
+    values = {p.name: getattr(args, p.name) for p in spec.params if getattr(args, p.name, None) is not None}
+    params = spec.bind(values)
+    if args.seed is not None:
+        torch.manual_seed(int(args.seed))
+    image = load_image(args.image) if args.image else None
+    if spec.needs_image and image is None:
+        raise ConvScopeError(f"{spec.id} needs an image: add --image PATH")
+    ctx = MethodContext(model=model, image=image)
+    watch = Stopwatch()
+    result = drive(spec.run(ctx, **params))
+    seconds = watch.seconds
+    top5 = [[label, round(p, 6)] for _i, label, p in ctx.image_features().top_k(model.labels)] if image else []
+
+    out = None
+    if args.out:
+        from engine.view.export import build_sidecar, export_png
+
+        sidecar = build_sidecar(model=model.name, weights=model.weights, layer=result.layer, method=spec.id,
+                                params=result.params or params, image_path=args.image,
+                                preprocessing=model.preprocessing.as_dict(), device=str(model.device),
+                                metrics=result.metrics, target=result.target)
+        png, _json = export_png(args.out, compose(result.display), sidecar, overwrite=True)
+        out = str(png)
+    if args.save_array:
+        if result.array is None:
+            raise ConvScopeError(f"{spec.id} has no array to save")
+        from engine.view.export import save_array
+
+        save_array(args.save_array, result.array)
+    animation = getattr(args, "animation", None)
+    if animation:
+        from engine.view.animation import write_animation
+
+        if not result.frames:
+            raise ConvScopeError(f"{spec.id} recorded no frames to animate")
+        write_animation(result.frames, Path(animation), fps=args.fps, overwrite=True)
+    line = {
+        "method": spec.id,
+        "model": model.name,
+        "layer": result.layer,
+        "target": result.target,
+        "seconds": round(seconds, 4),
+        "top5": top5,
+        "out": out,
+        "save_array": args.save_array,
+        "animation": animation,
+        "params": result.params or params,
+        "metrics": result.metrics,
+    }
+    from engine.view.export import to_jsonable
+
+    print(json.dumps(to_jsonable(line)))
+    return 0

@@ -1,0 +1,1 @@
+"""What the attribution methods share: gradients, guided backprop, maps, randomisation."""

@@ -1,0 +1,259 @@
+"""Guided backpropagation's ReLU rule (Springenberg et al. 2015), applied through modules.
+
+In guided backprop every ReLU-like unit passes back only positive gradient, and only
+where its input was positive: with ``g`` the gradient arriving at the unit's output and
+``x`` its input, the unit sends back ``relu(g) * f'(x)`` with ``f'(x) = 0`` for ``x <= 0``.
+
+ReLU-like here means a hinge at zero with slope 1 above it: ``nn.ReLU``, ``nn.ReLU6``
+(whose own derivative is also 0 above 6) and ``nn.LeakyReLU`` (whose small negative
+slope is cut off: "only where the input was positive"), in place or not. Smooth or
+non-monotone activations (``nn.Hardswish``, ``nn.SiLU``, ``nn.GELU``, ``nn.ELU``,
+``nn.Mish``...) are *not* ReLU-like: they pass gradient for negative inputs in a way
+that depends on the curve's shape, so the guided rule has no standard meaning there and
+they keep their ordinary gradient (as in Captum, which guides ``nn.ReLU`` only).
+
+How: a forward hook on each ReLU-like module registers a hook on its output *tensor*
+that clamps the gradient arriving there to be non-negative; the module's own backward
+then applies ``f'(x)``, which for ReLU and ReLU6 is already zero where ``x <= 0``. A
+LeakyReLU's own backward would pass ``0.01 * g`` for negative inputs, so its hook also
+multiplies by the mask ``output > 0`` (taken at forward time; the output is positive
+exactly where the input was). Tensor hooks work on in-place modules, where module
+backward hooks (``register_full_backward_hook``) fail: an in-place ReLU's output is its
+input tensor, and a tensor hook registered before a later in-place change still receives
+the gradient of the value it was registered on.
+
+The DeconvNet rule (Zeiler & Fergus 2014), which guided backprop refines, is the other
+half alone: each unit sends back ``relu(g)`` wherever its input was, positive or not
+(``rule="deconvnet"``). The module's own backward has already multiplied by ``f'(x)``
+when the gradient reaches the unit's input, so a hook on the input *tensor*, registered
+before the unit runs, adds back ``relu(g) * (1 - f'(x))``: exact even when that tensor
+also feeds other operations (a residual branch), whose share of its gradient is kept.
+
+A model that applies ReLU as a *function* (``F.relu`` / ``torch.relu`` outside a ReLU
+module, e.g. torchvision's GoogLeNet and Inception in ``BasicConv2d``, DenseNet's
+``forward``) has ReLUs no module hook can reach: guiding only the module ones would
+return a half-guided map. ``functional_relus`` finds such calls by watching one forward
+pass under a ``TorchFunctionMode`` (as ``engine/receptive_field.py`` traces fields) and
+``guided_relus`` refuses such models with a ``MethodInputError`` that says so.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from engine.core.errors import MethodInputError
+from engine.anatomy.hooks import is_hookable
+
+RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)
+RULES = ("guided", "deconvnet")
+# Common activations that are not ReLU-like, named in messages so the user sees why.
+OTHER_ACTIVATIONS = (nn.Hardswish, nn.SiLU, nn.GELU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.PReLU, nn.RReLU,
+                     nn.Softplus, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh)
+# torch functions that compute a ReLU-like activation; hardtanh only with min_val == 0 (ReLU6).
+_RELU_FUNCTIONS = {"relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_"}
+
+
+@dataclass
+class GuidedReLUs:
+    """What ``guided_relus`` applied: the ReLU-like modules and the activations left alone.
+
+    ``active`` is read when the backward pass reaches each unit, so one forward pass can
+    serve an ordinary backward (``active = False``) and a guided one: guided Grad-CAM
+    takes Grad-CAM's layer gradient and the guided input gradient from the same graph.
+    """
+
+    units: int
+    others: dict[str, int] = field(default_factory=dict)  # class name -> count
+    active: bool = True
+    rule: str = "guided"
+
+    @property
+    def note(self) -> str:
+        verb = "guided" if self.rule == "guided" else "DeconvNet rule"
+        text = f"{verb} at {self.units} ReLU-like unit{'s' if self.units != 1 else ''}"
+        if self.others:
+            names = ", ".join(f"{count} {name}" for name, count in sorted(self.others.items()))
+            text += f"; {names} (not ReLU-like) pass ordinary gradients"
+        return text
+
+
+def is_relu_like(module: nn.Module) -> bool:
+    return isinstance(module, RELU_LIKE)
+
+
+@contextmanager
+def guided_relus(model: nn.Module, sample: torch.Tensor, rule: str = "guided") -> Iterator[GuidedReLUs]:
+    """Within the block, every ReLU-like module of ``model`` passes back guided gradients
+    (or, with ``rule="deconvnet"``, the DeconvNet's: positive gradient wherever it arrives).
+
+    ``sample`` is a model input (normalised, the right size); on the first use of a model
+    one forward pass of it checks that no ReLU is applied functionally. Raises
+    ``MethodInputError`` for TorchScript models, models without a ReLU-like module and
+    models with functional ReLUs. Hooks are removed on leaving, even on error.
+    """
+    if not is_hookable(model):
+        raise MethodInputError("this is a compiled TorchScript model: guided backprop cannot change how its ReLUs pass "
+                               "gradients. Load it as an architecture plus a state-dict file instead")
+    units = [module for module in model.modules() if is_relu_like(module)]
+    others = Counter(type(m).__name__ for m in model.modules()
+                     if isinstance(m, OTHER_ACTIVATIONS) and not is_relu_like(m))
+    functional = functional_relus(model, sample)
+    if functional:
+        where = ", ".join(f"'{path or '(the model)'}' ({kind})" for path, kind in list(functional.items())[:3])
+        more = f" and {len(functional) - 3} more modules" if len(functional) > 3 else ""
+        raise MethodInputError(f"this model applies ReLU as a function (F.relu) inside {where}{more}, not as ReLU modules: "
+                               f"guided backprop cannot reach those ReLUs, so its map would be partly an ordinary gradient. "
+                               f"Use a model whose ReLUs are modules (vgg16, resnet18, alexnet, the bundled model), "
+                               f"or saliency / smoothgrad")
+    if not units:
+        used = f" (it uses {', '.join(sorted(others))})" if others else ""
+        raise MethodInputError(f"guided backprop needs ReLU-like activations (ReLU, ReLU6, LeakyReLU) and this model has "
+                               f"none{used}; smooth activations such as SiLU, GELU or Hardswish pass gradient for negative "
+                               f"inputs, so the guided rule does not apply. Use saliency or smoothgrad instead")
+    if rule not in RULES:
+        raise ValueError(f"unknown rule '{rule}'; known: {', '.join(RULES)}")
+    state = GuidedReLUs(units=len(units), others=dict(others), rule=rule)
+    if rule == "guided":
+        handles = [unit.register_forward_hook(partial(_guide, state)) for unit in units]
+    else:
+        handles = []
+        for unit in units:
+            hand_over = _DeconvUnit(state)
+            handles += [unit.register_forward_pre_hook(hand_over.watch_input),
+                        unit.register_forward_hook(hand_over.watch_output)]
+    try:
+        yield state
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _guide(state: GuidedReLUs, module: nn.Module, inputs, output) -> None:
+    if not isinstance(output, torch.Tensor) or not output.requires_grad:
+        return
+    # ReLU and ReLU6 zero the gradient where the input was <= 0 in their own backward;
+    # LeakyReLU would pass a fraction of it, so its positive mask is kept.
+    positive = output > 0 if isinstance(module, nn.LeakyReLU) else None
+    output.register_hook(partial(_positive_gradient, state, positive))
+
+
+def _positive_gradient(state: GuidedReLUs, positive: torch.Tensor | None, grad: torch.Tensor) -> torch.Tensor | None:
+    if not state.active:
+        return None  # leave the gradient as it is
+    grad = grad.clamp(min=0)
+    return grad if positive is None else grad * positive
+
+
+class _DeconvUnit:
+    """The DeconvNet rule at one unit: hooks on its input and output tensors, and what the
+    output's hook hands over to the input's for the call in progress."""
+
+    def __init__(self, state: GuidedReLUs) -> None:
+        self.state = state
+        self.pending: dict | None = None
+
+    def watch_input(self, module: nn.Module, inputs) -> None:
+        # Before the unit runs: an in-place unit then changes the tensor, and this hook
+        # still receives the gradient of the value it saw.
+        x = inputs[0] if inputs else None
+        self.pending = {} if isinstance(x, torch.Tensor) and x.requires_grad else None
+        if self.pending is not None:
+            x.register_hook(partial(self._restore_masked, self.pending))
+
+    def watch_output(self, module: nn.Module, inputs, output) -> None:
+        pending, self.pending = self.pending, None
+        if pending is None or not isinstance(output, torch.Tensor) or not output.requires_grad:
+            return  # its input needed no gradient: nothing flows back through this unit
+        # What the module's backward keeps of the gradient: its derivative, read from the
+        # output now (the output is positive exactly where the input was).
+        if isinstance(module, nn.LeakyReLU):
+            pending["kept"] = torch.where(output > 0, 1.0, module.negative_slope).to(output.dtype)
+        elif isinstance(module, nn.ReLU6):
+            pending["kept"] = ((output > 0) & (output < 6)).to(output.dtype)
+        else:
+            pending["kept"] = (output > 0).to(output.dtype)
+        output.register_hook(partial(self._positive_gradient, pending))
+
+    def _positive_gradient(self, pending: dict, grad: torch.Tensor) -> torch.Tensor | None:
+        if not self.state.active:
+            return None
+        pending["positive_gradient"] = grad.clamp(min=0)
+        return pending["positive_gradient"]
+
+    def _restore_masked(self, pending: dict, grad: torch.Tensor) -> torch.Tensor | None:
+        if not self.state.active or "positive_gradient" not in pending:
+            return None
+        # The unit's backward passed kept * relu(g); the DeconvNet passes relu(g) itself.
+        return grad + pending.pop("positive_gradient") * (1 - pending["kept"])
+
+
+# -- finding ReLUs applied as functions ------------------------------------------------------
+
+_FUNCTIONAL_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[str, str]]" = weakref.WeakKeyDictionary()
+
+
+def functional_relus(model: nn.Module, sample: torch.Tensor) -> dict[str, str]:
+    """Module path -> class name of each module that calls a ReLU function itself.
+
+    One forward pass of ``sample`` without gradients, remembered per model (the calls a
+    model makes depend on its code, not on the image).
+    """
+    if model not in _FUNCTIONAL_CACHE:
+        _FUNCTIONAL_CACHE[model] = _trace_functional_relus(model, sample)
+    return _FUNCTIONAL_CACHE[model]
+
+
+class _ReluCallWatcher(TorchFunctionMode):
+    """Sees every torch call of a forward pass; notes ReLU calls made outside ReLU modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[tuple[str, nn.Module]] = []  # the modules running, innermost last
+        self.found: dict[str, str] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in _RELU_FUNCTIONS and self._is_relu_like_call(name, args, kwargs):
+            path, module = self.stack[-1] if self.stack else ("", None)
+            if module is None or not is_relu_like(module):
+                self.found.setdefault(path, type(module).__name__ if module is not None else "model")
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _is_relu_like_call(name: str, args: tuple, kwargs: dict) -> bool:
+        if not name.startswith("hardtanh"):
+            return True
+        low = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+        return float(low) == 0.0  # hardtanh(x, 0, 6) is ReLU6; hardtanh(x, -1, 1) is not ReLU-like
+
+
+def _trace_functional_relus(model: nn.Module, sample: torch.Tensor) -> dict[str, str]:
+    watcher = _ReluCallWatcher()
+
+    def enter(path: str, module: nn.Module, _inputs) -> None:
+        watcher.stack.append((path, module))
+
+    def leave(_module, _inputs, _output) -> None:
+        watcher.stack.pop()
+
+    handles = []
+    try:
+        for path, module in model.named_modules():
+            handles.append(module.register_forward_pre_hook(partial(enter, path)))
+            handles.append(module.register_forward_hook(leave))
+        with torch.no_grad(), watcher:
+            model(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return watcher.found

@@ -1,0 +1,305 @@
+"""What the attribution methods share: batched gradients, maps, Grad-CAM, and one way to show a map.
+
+Every attribution map here is a float array at the model input's resolution covering
+the whole image (row 0 is the image's top edge), so the canvas lays it exactly over the
+picture, as ``saliency`` does. A method's 3-channel attribution becomes a map in one of
+two ways:
+
+- ``magnitude_map``: max over the colour channels of |attribution| (Simonyan et al.
+  2014), for gradients, whose sign says little on its own (saliency, SmoothGrad, guided
+  backprop, guided Grad-CAM);
+- ``signed_map``: the sum over the colour channels, for integrated gradients, whose
+  values add up to the change in the class score (completeness): summing keeps that.
+
+``map_display`` is the one place a map becomes a ``Display``, so every method colours
+alike. Gradients are heavy-tailed (a few pixels are far larger than the rest), so the
+colour scale tops out at the 99th percentile of |map| (as Captum's visualiser does); a
+signed map gets a symmetric diverging scale (-top..top, white at zero, red positive,
+blue negative), a magnitude map 0..top. Passing ``top`` instead shares one scale between
+several maps, so that equal colours mean equal values across them.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Generator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from engine.core.errors import MethodInputError
+from engine.attribution.gradients import Score, run_score, score_gradient
+from engine.anatomy.hooks import first_tensor
+from engine.attribution.guided import GuidedReLUs
+from engine.data.images import LoadedImage
+from engine.core.jobs import Progress
+from engine.view.display import Display
+from engine.anatomy.layers import conv_layers, find_module
+
+# Automatic batch: this many 224x224 images' worth of pixels per forward + backward pass.
+# Measured on the bundled model's folded copy, 224 px, 2 threads: on a quiet machine 33 /
+# 22 / 19 / 17 / 17 ms per image in batches of 1 / 2 / 4 / 8 / 16; on one whose cores
+# other processes keep busy, every pass pays a fixed cost (each operation waits for both
+# threads to be scheduled), and 24 images in batches of 8 took twice as long as in one
+# batch of 24. Memory bounds the batch: a pass keeps about 58 MB per 224 px image for its
+# backward, so 16 images peak near 1 GB; SmoothGrad's 25 samples or integrated gradients'
+# 32 steps take two passes, with a cancel check between them.
+CPU_BATCH_PIXELS = 16 * 224 * 224
+CUDA_BATCH_PIXELS = 64 * 224 * 224
+PERCENTILE = 99.0
+
+
+def automatic_batch(device: torch.device, height: int, width: int) -> int:
+    budget = CUDA_BATCH_PIXELS if device.type == "cuda" else CPU_BATCH_PIXELS
+    return max(1, budget // (height * width))
+
+
+def accumulate_gradients(model, module, inputs, weights: torch.Tensor, score: Score, batch: int, cancel, noun: str):
+    """Job: sum_i weights[i] * d score / d pixels at ``inputs(i)``, at most ``batch`` inputs per pass.
+
+    Gradients are taken through ``module`` (``gradient_network(model, ...)``, or the model's own).
+
+    ``inputs(start, count)`` builds inputs start..start+count-1 (0..1 pixels, count x 3 x H x W)
+    only when their batch runs, so memory holds one batch, however many inputs there are.
+    The passes are equally full (25 inputs at most 8 a pass: 6, 6, 7, 6, not 8, 8, 8, 1, whose
+    last pass would cost nearly as much as a full one). Yields a ``Progress`` per pass and
+    checks ``cancel`` before each; returns (the weighted sum, 1 x 3 x H x W; the score at
+    every input, in order).
+    """
+    total = len(weights)
+    weights = weights.to(model.device)
+    passes = -(-total // batch)
+    bounds = [round(total * k / passes) for k in range(passes + 1)]
+    summed, values = None, []
+    for start, end in zip(bounds, bounds[1:]):
+        cancel.check()
+        count = end - start
+        gradient, scores = score_gradient(model, inputs(start, count), score, module)
+        part = torch.einsum("n,nchw->chw", weights[start:start + count].to(gradient.dtype), gradient).unsqueeze(0)
+        summed = part if summed is None else summed + part
+        values.append(scores)
+        yield Progress((start + count) / total, f"{start + count} of {total} {noun}")
+    return summed, torch.cat(values)
+
+
+def magnitude_map(attribution: torch.Tensor) -> np.ndarray:
+    """1 x 3 x H x W -> H x W: max over colour channels of |attribution|."""
+    return attribution.abs().amax(dim=1)[0].float().cpu().numpy()
+
+
+def signed_map(attribution: torch.Tensor) -> np.ndarray:
+    """1 x 3 x H x W -> H x W: the sum over colour channels (keeps completeness)."""
+    return attribution.sum(dim=1)[0].float().cpu().numpy()
+
+
+def colour_top(values: np.ndarray) -> float:
+    """The top of a map's colour scale: the 99th percentile of |values|, else their maximum, else 1."""
+    magnitude = np.abs(values)
+    return float(np.percentile(magnitude, PERCENTILE)) or float(magnitude.max()) or 1.0
+
+
+def map_display(image: LoadedImage, values: np.ndarray, *, signed: bool, legend: str, note: str,
+                overlay: bool = True, top: float | None = None, boxes=()) -> Display:
+    """The picture of an attribution map, over the photo (``overlay``) or on its own.
+
+    Signed maps: diverging colours between -top and top; magnitude maps: 0..top.
+    ``top`` defaults to ``colour_top(values)``; give one value to several maps to share
+    their scale. ``boxes`` are (top, left, bottom, right) in the map's pixels; over the
+    photo they are scaled to the photo's.
+    """
+    top = colour_top(values) if top is None else float(top)
+    levels = (-top, top) if signed else (0.0, top)
+    if overlay:
+        sy, sx = image.size[1] / values.shape[0], image.size[0] / values.shape[1]
+        boxes = [(box_top * sy, left * sx, bottom * sy, right * sx) for box_top, left, bottom, right in boxes]
+    return Display(rgb=image.to_array() if overlay else None, scalar=values.astype(np.float32, copy=False),
+                   overlay=overlay, colormap="coolwarm" if signed else "inferno", levels=levels,
+                   legend=legend, note=note, boxes=list(boxes))
+
+
+def gradient_picture(gradient: torch.Tensor, top: float | None = None) -> np.ndarray:
+    """A 1 x 3 x H x W gradient as an H x W x 3 picture: zero is mid-gray, +-top (default: the
+    99th percentile of |gradient|) black and white, each colour channel on its own. This is
+    how guided backprop's results are usually shown (Springenberg et al. 2015)."""
+    values = gradient[0].permute(1, 2, 0).float().cpu().numpy()
+    top = colour_top(values) if top is None else float(top)
+    return (np.clip(0.5 + values / (2 * top), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def picture_display(picture: np.ndarray, *, legend: str, note: str, boxes=()) -> Display:
+    """A gradient picture (``gradient_picture``) on its own; ``boxes`` in its pixels."""
+    return Display(rgb=picture, legend=legend, note=note, boxes=list(boxes))
+
+
+def map_metrics(values: np.ndarray) -> dict:
+    return {"max": float(values.max()), "min": float(values.min()), "mean": float(values.mean())}
+
+
+def refuse_blank(values: np.ndarray, why: str) -> None:
+    """Raise instead of returning a map that shows nothing (zero or NaN everywhere)."""
+    if not np.isfinite(values).all():
+        raise MethodInputError("the map holds NaN or infinite values: the model's gradients overflowed for this image")
+    if not np.any(values):
+        raise MethodInputError(why)
+
+
+# -- Grad-CAM ----------------------------------------------------------------------------------
+
+def cam_layer(ctx, spec: str | None) -> str:
+    """The layer Grad-CAM weights: ``late`` is the model's preset for its last convolutional
+    stage (the activated output of the last conv layer), or, for a model without presets, the
+    last convolution to run. Refuses layers without a spatial map."""
+    model = ctx.model.module
+    if not conv_layers(model):
+        raise MethodInputError("this model has no convolution layers, so it has no feature maps for Grad-CAM to weight; "
+                               "use saliency or integrated-gradients instead")
+    spec = (spec or "late").strip()
+    shapes = ctx.output_shapes()
+    if spec == "late" and "late" not in ctx.model.layer_presets:
+        convs = set(conv_layers(model))
+        ran = [path for path in shapes if path in convs]
+        if not ran:
+            raise MethodInputError("none of this model's convolution layers ran in the forward pass; give a layer path")
+        path = ran[-1]
+    else:
+        path = ctx.resolve_layer(spec)
+    shape = shapes.get(path)
+    if shape is None:
+        raise MethodInputError(f"layer '{path}' did not run in the forward pass, so Grad-CAM has nothing to weight")
+    if len(shape) != 4:
+        raise MethodInputError(f"layer '{path}' outputs a {len(shape)}-D tensor, not a C x H x W map: Grad-CAM weights the "
+                               f"channels of a convolutional layer's map; pick one (default: the last)")
+    if shape[2] * shape[3] == 1:
+        raise MethodInputError(f"layer '{path}' has a 1x1 map, so its Grad-CAM would be one value everywhere; "
+                               f"pick an earlier convolutional layer")
+    return path
+
+
+def layer_pass(model, module, pixels: torch.Tensor, path: str, score: Score, guide: GuidedReLUs | None = None):
+    """One forward pass through ``module``; the layer's output A and d score / d A (ordinary gradients).
+
+    Without ``guide`` the pixels need no gradient, so nothing before the layer is recorded
+    for the backward pass, which runs from the score back to the layer only. With
+    ``guide`` (``module`` inside ``guided_relus``) the same graph also gives the guided
+    gradient with respect to the pixels, so guided Grad-CAM needs one forward, not two.
+    Returns (A, dA, guided input gradient or None, score values).
+    """
+    pixels = pixels.detach().to(model.device).requires_grad_(guide is not None)
+    with _held_output(module, path) as held:
+        scores = run_score(model, pixels, score, module)
+    if "output" not in held:
+        raise MethodInputError(f"layer '{path}' did not run in the forward pass, or gave no single tensor")
+    activation = held["output"]
+    if guide is not None:
+        guide.active = False
+    try:
+        layer_gradient, = torch.autograd.grad(scores.sum(), activation, retain_graph=guide is not None)
+        input_gradient = None
+        if guide is not None:
+            guide.active = True
+            input_gradient, = torch.autograd.grad(scores.sum(), pixels)
+    finally:
+        if guide is not None:
+            guide.active = True
+    return activation.detach(), layer_gradient, input_gradient, scores.detach()
+
+
+@contextmanager
+def _held_output(module, path: str):
+    """Keep layer ``path``'s output (its first call's) and pass the rest of the network a copy.
+
+    The copy protects the kept tensor from in-place operations after the layer (the
+    folded copy's activations run in place), which would change its values under Grad-CAM.
+    An output that records no graph (the pixels need no gradient) is kept as a new leaf
+    that does, so the score can be differentiated with respect to it.
+    """
+    held: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _inputs, output):
+        if "output" in held or not isinstance(output, torch.Tensor):
+            return None
+        kept = output if output.requires_grad else output.detach().requires_grad_(True)
+        held["output"] = kept
+        return kept.clone()
+
+    handle = find_module(module, path).register_forward_hook(hook)
+    try:
+        yield held
+    finally:
+        handle.remove()
+
+
+CAM_VARIANTS = ("gradcam", "gradcam++", "layercam", "scorecam")
+
+
+def grad_cam(activation: torch.Tensor, gradient: torch.Tensor, size: tuple[int, int],
+             variant: str = "gradcam") -> tuple[torch.Tensor, torch.Tensor]:
+    """A class activation map from a layer's output A and the score's gradient g = dy/dA.
+
+    - ``gradcam`` (Selvaraju et al. 2017): ReLU(sum_k alpha_k A_k), alpha_k the mean of g_k.
+    - ``gradcam++`` (Chattopadhay et al. 2018): alpha_k = sum_ij a_kij ReLU(g_kij) with
+      a = g^2 / (2 g^2 + sum_ij A_k * g^3), the paper's closed form for an exponential
+      score; several instances of a class each get their share of the weight.
+    - ``layercam`` (Jiang et al. 2021): ReLU(sum_k ReLU(g_k) * A_k), position by position,
+      which keeps the finer detail of earlier layers.
+
+    (Score-CAM needs the model, not only A and g: ``score_cam_weights``, then ``cam_of``.)
+
+    Returns the map at the layer's resolution (N x h x w) and bilinearly upsampled to
+    ``size`` (N x H x W); ``gradcam`` as Captum's ``LayerGradCam(relu_attributions=True)``
+    followed by ``LayerAttribution.interpolate(..., "bilinear")``.
+    """
+    if variant == "gradcam":
+        weighted = gradient.mean(dim=(2, 3), keepdim=True) * activation
+    elif variant == "gradcam++":
+        squared = gradient.pow(2)
+        denominator = 2 * squared + activation.sum(dim=(2, 3), keepdim=True) * gradient.pow(3)
+        share = torch.where(denominator != 0, squared / denominator, 0.0)  # 0 where g is 0 (the denominator is then 0 too)
+        weighted = (share * F.relu(gradient)).sum(dim=(2, 3), keepdim=True) * activation
+    elif variant == "layercam":
+        weighted = F.relu(gradient) * activation
+    else:
+        raise ValueError(f"unknown CAM variant '{variant}'; known: {', '.join(CAM_VARIANTS[:3])}")
+    return cam_of(weighted, size)
+
+
+def cam_of(weighted: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReLU of the channels' sum of ``weighted`` (N x C x h x w): the map at the layer's
+    resolution and bilinearly upsampled to ``size``."""
+    cam = F.relu(weighted.sum(dim=1, keepdim=True))
+    upsampled = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+    return cam[:, 0], upsampled[:, 0]
+
+
+def score_cam_weights(model, module, pixels: torch.Tensor, activation: torch.Tensor, class_index: int, batch: int,
+                      cancel) -> Generator[Progress, None, torch.Tensor]:
+    """Score-CAM's channel weights (Wang et al. 2020): no gradients, one forward per channel.
+
+    Channel k's map, upsampled to the input and scaled to 0..1, masks the image (in the
+    network's normalised input, so a masked-out pixel is the mean colour, 0 there); the
+    class's probability for that masked image is the channel's score, and the weights are
+    the softmax of the scores over channels. ``pixels`` is the 1 x 3 x H x W picture
+    (0..1), ``activation`` the layer's 1 x C x h x w output; returns C weights. A job:
+    yields progress, checks ``cancel`` between batches of ``batch`` masked images.
+    """
+    maps = activation[0].detach().float()[:, None]  # C x 1 x h x w
+    masks = F.interpolate(maps, size=tuple(pixels.shape[-2:]), mode="bilinear", align_corners=False)
+    low, high = masks.amin(dim=(2, 3), keepdim=True), masks.amax(dim=(2, 3), keepdim=True)
+    masks = torch.where(high > low, (masks - low) / (high - low).clamp(min=1e-12), torch.zeros_like(masks))
+    # normalise(mean + (p - mean) * m) == normalise(p) * m: masking in the normalised input
+    mean = model.preprocessing.denormalise(torch.zeros_like(pixels[:1]))
+    channels = len(masks)
+
+    def probability(network, x):
+        return torch.softmax(first_tensor(network(x)).float(), dim=1)[:, class_index]
+
+    scores = []
+    with torch.inference_mode():
+        for start in range(0, channels, batch):
+            cancel.check()
+            masked = mean + (pixels - mean) * masks[start:start + batch].to(pixels.dtype)
+            scores.append(run_score(model, masked, probability, module).float())
+            done = min(start + batch, channels)
+            yield Progress(0.1 + 0.85 * done / channels, f"Score-CAM: {done} of {channels} channels")
+    return torch.softmax(torch.cat(scores), dim=0)

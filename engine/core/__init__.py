@@ -1,0 +1,1 @@
+"""Jobs, errors, the process and the device: what everything else stands on."""

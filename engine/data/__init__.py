@@ -1,0 +1,1 @@
+"""Images, samples and datasets; feature vectors on disk, neighbours and embeddings."""

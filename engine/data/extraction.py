@@ -1,0 +1,405 @@
+"""Features of a whole dataset at one layer: batched, cached on disk, cancellable, incremental.
+
+``extract`` is a job in the shape of ``engine.core.jobs``: a generator that yields
+``Progress`` and returns an ``Extracted``. It looks every file up in the feature store
+first and runs only the missing ones through the model, as far as the layer and no
+further, a batch at a time while the next batches decode in the background. Each batch
+is appended to the store (on a writer thread, while the next batch runs), so a cancel
+keeps every finished batch, a crash all but the last, and running again computes only
+the rest. Cancel is also checked inside the forward pass, block by block, so it never
+waits for a whole batch.
+
+What is stored per image (``kind``):
+
+- ``"avgpool"``: the layer's output averaged over H and W (a C x H x W map) or taken as
+  it is (a vector layer); float16, C values. What ``neighbors`` and ``embed`` use.
+- ``"channel-max"``: for each channel of a C x H x W map, its maximum and where it is;
+  float32 rows of 3*C + 2 values ``[max_0..max_C-1, y_0.., x_0.., H, W]`` (read them
+  with ``Extracted.channel_maxima()``). One scan serves every channel for ``patches``.
+
+Every image enters the model as a ``size x size`` square (see ``engine.data.datasets``), so
+all maps of one layer have the same H x W, and (y, x) of a maximum is a position in
+that map; the layer's receptive field turns it into a box of the square input.
+
+The forward pass runs the model's folded, channels-last copy (``engine.anatomy.fast_copy``): on
+2 CPU threads it reaches the bundled model's last layer 3.4x faster than the model as
+loaded, so decoding, not the network, is what a folder of large PNGs waits for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generator, Sequence
+
+import numpy as np
+import torch
+
+from engine.data.datasets import (LOADER_VERSION, Dataset, DatasetItem, batch_to_input, iter_batches, load_square,
+                       square_pixels)
+from engine.core.errors import MethodInputError
+from engine.data.feature_store import FeatureStore
+from engine.anatomy.hooks import forward_to, is_hookable
+from engine.anatomy.fast_copy import inference_copy, run_in_fast_layout
+from engine.core.jobs import CancelToken, Progress
+from engine.anatomy.layers import find_module
+from engine.models.registry import LoadedModel
+
+KINDS = {"avgpool": np.float16, "channel-max": np.float32}
+_READ_ROWS = 8192  # rows read from the store at a time where only some columns are wanted
+PIXEL_SIDE = 32  # pixel-space vectors: 32 x 32 x 3 = 3,072 values, as CIFAR-sized thumbnails
+
+
+@dataclass
+class ChannelMaxima:
+    """Each image's maximum of each channel and where it is (``kind="channel-max"``)."""
+
+    values: np.ndarray  # N x C float32 (C: the channels asked for, in that order)
+    y: np.ndarray  # N x C int64, row of the maximum in the layer's map (the first, on ties)
+    x: np.ndarray  # N x C int64, column of the maximum
+    map_size: tuple[int, int]  # (H, W) of the layer's map, the same for every image
+
+
+@dataclass
+class Extracted:
+    """The features of a dataset's readable images, one row per image.
+
+    ``items``, ``labels`` and the rows of ``vectors`` are aligned; ``indices`` are their
+    positions in ``dataset.items`` (files that could not be read are left out and listed
+    in ``failures`` as (path, message)). ``computed`` counts the images that went
+    through the model in this run (0 when everything was cached).
+    """
+
+    dataset: Dataset
+    layer: str
+    kind: str
+    indices: np.ndarray  # int64, positions in dataset.items
+    rows: np.ndarray  # int64, rows in ``store``
+    store: FeatureStore
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    computed: int = 0
+    _vectors: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def items(self) -> list[DatasetItem]:
+        return [self.dataset.items[i] for i in self.indices]
+
+    @property
+    def labels(self) -> list[str | None]:
+        return [self.dataset.items[i].label for i in self.indices]
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.dataset.items[i].path for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """N x D in the store's dtype (float16 for "avgpool"), read from the store on first use.
+
+        A memory-mapped view when the rows lie consecutively in one shard (the usual case
+        for a dataset extracted in one go), otherwise a gathered copy of N x D values.
+        For a query over a large dataset prefer ``nearest``, which copies nothing.
+        """
+        if self._vectors is None:
+            self._vectors = self.store.matrix(self.rows)
+        return self._vectors
+
+    def matrix(self, dtype=np.float32) -> np.ndarray:
+        """The vectors as a new array of ``dtype`` (float32 for scikit-learn and friends)."""
+        return np.asarray(self.vectors, dtype=dtype)
+
+    def nearest(self, query: np.ndarray, k: int = 10, metric: str = "l2") -> tuple[np.ndarray, np.ndarray]:
+        """(positions, distances) of the ``k`` images nearest to ``query``, nearest first.
+
+        Positions index ``items``/``labels``/``vectors``. Scans the store's memory maps in
+        place (``engine.data.nearest.nearest``); ``query`` comes from ``image_vector``.
+        """
+        from engine.data.nearest import nearest
+
+        return nearest(self.store.blocks(), query, k, metric, norms=self.store.norms(), subset=self.rows)
+
+    def close(self) -> None:
+        """Release the store's files (also done when this object is garbage collected)."""
+        self._vectors = None
+        self.store.close()
+
+    def channel_maxima(self, channels: Sequence[int] | None = None) -> ChannelMaxima:
+        """For ``kind="channel-max"``: each image's maximum of each channel and where it is.
+
+        ``channels`` picks columns (default: all); the store is read a block of rows at a
+        time, so asking for a few channels of 100,000 images needs memory for those only.
+        """
+        if self.kind != "channel-max":
+            raise ValueError(f"channel maxima need kind='channel-max'; these features are '{self.kind}'")
+        total = (self.store.dim or 2) - 2
+        count = total // 3
+        picked = np.arange(count) if channels is None else np.asarray(channels, dtype=np.int64).reshape(-1)
+        if len(picked) and (picked.min() < 0 or picked.max() >= count):
+            raise MethodInputError(f"channel must lie in 0 .. {count - 1}")
+        columns = np.concatenate([picked, picked + count, picked + 2 * count, [3 * count, 3 * count + 1]])
+        parts = [np.asarray(self.store.matrix(self.rows[start:start + _READ_ROWS])[:, columns], dtype=np.float32)
+                 for start in range(0, len(self.rows), _READ_ROWS)]
+        data = np.concatenate(parts) if parts else np.zeros((0, len(columns)), np.float32)
+        n = len(picked)
+        size = (int(data[0, -2]), int(data[0, -1])) if len(data) else (0, 0)
+        return ChannelMaxima(values=data[:, :n], y=data[:, n:2 * n].astype(np.int64),
+                             x=data[:, 2 * n:3 * n].astype(np.int64), map_size=size)
+
+
+def extract(model: LoadedModel, dataset: Dataset, layer: str, *, kind: str = "avgpool", batch_size: int = 32,
+            cancel: CancelToken | None = None, store_root: str | os.PathLike | None = None,
+            workers: int | None = None) -> Generator[Progress, None, Extracted]:
+    """Features of every readable image of ``dataset`` at ``layer``; a job (yields Progress).
+
+    Cached rows are reused; only missing or changed files are run, ``batch_size`` at a
+    time, stopping the forward pass at ``layer``. Once ``cancel`` is set it raises
+    ``JobCancelled`` within one block of the model; every batch finished before then is
+    in the store. ``store_root`` defaults to ``<cache>/features``; ``workers`` is the
+    number of decoding threads (default: one per core).
+    """
+    if kind not in KINDS:
+        raise MethodInputError(f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
+    find_module(model.module, layer)  # a clear message for a wrong layer, before any work
+    cancel = cancel or CancelToken()
+    dtype = _input_dtype(model.module)
+
+    def rows_of(pixels: torch.Tensor) -> np.ndarray:
+        return layer_rows(model, layer, kind, batch_to_input(pixels, model.preprocessing, model.device, dtype), cancel)
+
+    store = FeatureStore.open(store_root, feature_key(model, layer, kind), dtype=KINDS[kind])
+    return (yield from _fill_store(store, dataset, layer, kind, model.preprocessing.size, rows_of, batch_size, cancel, workers))
+
+
+def extract_pixels(dataset: Dataset, *, side: int = PIXEL_SIDE, batch_size: int = 256, cancel: CancelToken | None = None,
+                   store_root: str | os.PathLike | None = None, workers: int | None = None
+                   ) -> Generator[Progress, None, Extracted]:
+    """Each image as raw pixels: a ``side x side`` RGB square, flattened, scaled to 0..1.
+
+    The lecture's comparison space: neighbours by pixels match colour and layout, where
+    neighbours by features match meaning. Cached like model features, under its own key.
+    """
+    store = FeatureStore.open(store_root, {"kind": "pixels", "side": side, "loader": LOADER_VERSION}, dtype=np.float16)
+
+    def rows_of(pixels: torch.Tensor) -> np.ndarray:
+        return pixels.reshape(len(pixels), -1).float().div_(255).numpy()
+
+    return (yield from _fill_store(store, dataset, "pixels", "pixels", side, rows_of, batch_size,
+                                   cancel or CancelToken(), workers))
+
+
+def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, size: int, rows_of, batch_size: int,
+                cancel: CancelToken, workers: int | None) -> Generator[Progress, None, Extracted]:
+    """The one extraction loop: look every file up, compute rows for the missing ones a
+    batch at a time (``rows_of`` turns N x 3 x size x size uint8 pixels into N rows), and
+    append each batch to ``store``, so a cancel keeps finished work.
+
+    Appends run on a writer thread while the model works on the next batch: each one
+    waits for its file writes to reach the disk (fsync), 10-20 ms a batch that would
+    otherwise stall the forward passes (3-5% of an extraction). One append is in flight
+    at a time, in batch order, and the loop never ends (finished, failed or cancelled)
+    before it has landed, so "every batch finished before a cancel is in the store" holds.
+    """
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convscope-store")
+    landing: list = []  # [(indices, future)] of the append in flight, at most one
+    try:
+        items = dataset.items
+        rows = store.lookup(items)
+        missing = np.flatnonzero(rows < 0)
+        failures = list(dataset.failures)
+        cached = len(items) - len(missing)
+        total = len(missing)
+        computed = 0
+
+        def land() -> None:
+            """Wait for the append in flight and record its rows (its error, if any, is raised)."""
+            while landing:
+                indices, future = landing.pop()
+                rows[indices] = future.result()
+
+        if total == 0:
+            yield Progress(1.0, f"{len(items)} images, all cached")
+        else:
+            yield Progress(0.0, f"0 of {total} images" + (f" ({cached} cached)" if cached else ""))
+            started = time.perf_counter()
+            done = 0
+            for batch in iter_batches(items, missing, size, batch_size=batch_size, cancel=cancel, workers=workers):
+                failures.extend(batch.failures)
+                if batch.indices:
+                    vectors = rows_of(batch.pixels)
+                    land()
+                    landing.append((batch.indices, writer.submit(store.append, [items[i] for i in batch.indices],
+                                                                 vectors)))
+                    computed += len(batch.indices)
+                done += len(batch.indices) + len(batch.failures)
+                cancel.check()  # a cancelled run still keeps this batch: its append lands below
+                yield Progress(done / total, _progress_message(done, total, cached, computed,
+                                                               time.perf_counter() - started))
+            land()
+        kept = np.flatnonzero(rows >= 0)
+        return Extracted(dataset=dataset, layer=layer, kind=kind, indices=kept, rows=rows[kept], store=store,
+                         failures=failures, computed=computed)
+    except BaseException:
+        wait([future for _, future in landing])  # lands (or fails) before the store closes; the first error wins
+        store.close()
+        raise
+    finally:
+        writer.shutdown(wait=True)
+
+
+def skipped_note(failures: list[tuple[str, str]]) -> str:
+    """What a result says about files it had to leave out ('' when there were none)."""
+    if not failures:
+        return ""
+    names = ", ".join(Path(path).name for path, _message in failures[:3])
+    more = f" and {len(failures) - 3} more" if len(failures) > 3 else ""
+    return f"; skipped {len(failures)} unreadable file(s): {names}{more}"
+
+
+def skipped_list(failures: list[tuple[str, str]]) -> list[dict]:
+    return [{"path": path, "reason": message} for path, message in failures]
+
+
+@contextmanager
+def _cancellable(module: torch.nn.Module, cancel: CancelToken):
+    """Check ``cancel`` as the forward pass enters each block (modules two levels deep).
+
+    A batch of 32 can take seconds on a CPU; with these checks Cancel waits for one
+    block, not the whole batch. The interrupted batch is dropped; finished ones are stored.
+    """
+    def check(_module, _inputs):
+        cancel.check()
+
+    handles = [sub.register_forward_pre_hook(check) for name, sub in module.named_modules()
+               if name and name.count(".") <= 1 and is_hookable(sub)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def layer_rows(model: LoadedModel, layer: str, kind: str, x: torch.Tensor,
+               cancel: CancelToken | None = None) -> np.ndarray:
+    """The stored rows (``summarise``) of a normalised input batch ``x`` at ``layer``,
+    through the model's fast copy; ``cancel`` is checked block by block."""
+    network = inference_copy(model.module, x[:1], layer=layer)
+    with torch.inference_mode(), _cancellable(network, cancel or CancelToken()):
+        output = run_in_fast_layout(model.module, lambda batch: forward_to(network, layer, batch), x)
+        return summarise(output, kind, layer)
+
+
+def summarise(output: torch.Tensor, kind: str, layer: str = "") -> np.ndarray:
+    """A batch of layer outputs to the stored rows (float32 numpy, one row per image)."""
+    if kind == "avgpool":
+        if output.dim() == 4:
+            return output.float().mean(dim=(2, 3)).cpu().numpy()
+        if output.dim() == 2:
+            return output.float().cpu().numpy()
+    elif kind == "channel-max" and output.dim() == 4:
+        n, c, h, w = output.shape
+        values, where = output.float().flatten(2).max(dim=2)
+        y, x = torch.div(where, w, rounding_mode="floor"), where % w
+        size = torch.tensor([h, w], dtype=torch.float32, device=output.device).expand(n, 2)
+        return torch.cat([values, y.float(), x.float(), size], dim=1).cpu().numpy()
+    shape = " x ".join(str(s) for s in output.shape[1:])
+    wanted = "a C x H x W map" if kind == "channel-max" else "a C x H x W map or a vector"
+    raise MethodInputError(f"layer '{layer}' gives {shape} per image; {kind} needs {wanted}: pick another layer")
+
+
+def image_vector(model: LoadedModel, image, layer: str, kind: str = "avgpool") -> np.ndarray:
+    """The row ``extract`` would store for one picture: the query vector for ``Extracted.nearest``.
+
+    ``image`` is a file path (read exactly as a dataset file is, so a file that is in the
+    dataset gets exactly its cached row), a ``LoadedImage`` or a PIL image (prepared by
+    ``square_pixels``; the same row too, except for a large JPEG, which the dataset loader
+    decodes at reduced scale, and up to rounding for a photo turned by its EXIF
+    orientation). float32 values rounded through the store's dtype.
+    """
+    size = model.preprocessing.size
+    if isinstance(image, (str, os.PathLike)):
+        square = load_square(image, size)
+    else:
+        square = square_pixels(getattr(image, "image", image), size)
+    pixels = torch.from_numpy(square).permute(2, 0, 1)[None].contiguous()
+    x = batch_to_input(pixels, model.preprocessing, model.device, _input_dtype(model.module))
+    row = layer_rows(model, layer, kind, x)[0]
+    if KINDS[kind] == np.float16:
+        row = np.clip(row, -65504, 65504)
+    return row.astype(KINDS[kind]).astype(np.float32)
+
+
+def feature_key(model: LoadedModel, layer: str, kind: str) -> dict:
+    """What a cached row depends on: model, weights, layer, preprocessing, kind, loader."""
+    preprocessing = model.preprocessing
+    weights = {"description": model.weights, "fingerprint": weights_fingerprint(model.module)}
+    path = Path(model.weights)
+    try:
+        if path.is_file():  # a user's file: a new file under the same name is new weights
+            stat = path.stat()
+            weights["file"] = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    except (OSError, ValueError):
+        pass
+    return {
+        "model": model.name,
+        "weights": weights,
+        "layer": layer,
+        "kind": kind,
+        "preprocessing": {"size": preprocessing.size, "mean": list(preprocessing.mean), "std": list(preprocessing.std),
+                          "resize": "stretched to size x size, bicubic", "loader": LOADER_VERSION},
+        "input_dtype": str(_input_dtype(model.module)),
+    }
+
+
+def weights_fingerprint(module: torch.nn.Module, samples: int = 16) -> str:
+    """A cheap hash of the weights: every tensor's name, shape and a few evenly spaced values.
+
+    Catches weights loaded from another file, retrained or randomised in place (as the
+    sanity check does), without hashing hundreds of megabytes.
+    """
+    digest = hashlib.sha256()
+    picked = []
+    for name, tensor in list(module.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        flat = tensor.detach().reshape(-1)
+        if flat.numel():
+            where = torch.linspace(0, flat.numel() - 1, min(samples, flat.numel()), device=flat.device).long()
+            picked.append(flat[where].double().cpu())
+    if picked:
+        digest.update(torch.cat(picked).numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _input_dtype(module: torch.nn.Module) -> torch.dtype:
+    for parameter in module.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return torch.float32
+
+
+def _progress_message(done: int, total: int, cached: int, computed: int, seconds: float) -> str:
+    text = f"{done} of {total} images"
+    if cached:
+        text += f" ({cached} cached)"
+    if computed and seconds > 0:
+        rate = computed / seconds
+        text += f", {rate:.0f} img/s"
+        if done < total:
+            text += f", {_duration((total - done) / rate)} left"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

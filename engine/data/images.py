@@ -1,0 +1,204 @@
+"""Reading images from disk safely, and writing results atomically.
+
+Everything that reaches a method is a plain 8-bit RGB ``PIL.Image``: odd modes (CMYK,
+16-bit, palette, alpha, 1-bit) are converted here, once, and EXIF orientation is applied
+so the picture is upright as the user's photo viewer shows it. Files that are not images,
+are empty or truncated, or would decompress into an enormous pixel buffer are refused
+with a message that says which.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engine.core.errors import ImageLoadError
+
+# A decoded image larger than this is refused before any pixel is decoded: at 4 bytes a
+# pixel it would already need gigabytes. 120 MP still admits medium-format photos.
+MAX_PIXELS = 120_000_000
+# Images are scaled down to this longest side when loaded: every method works at the
+# model's input size or a few times it, and a 100 MP array would only cost memory.
+MAX_SIDE = 4096
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass
+class LoadedImage:
+    image: Image.Image  # RGB, 8-bit, upright
+    path: str = ""
+    original_size: tuple[int, int] = (0, 0)  # (width, height) on disk, after EXIF rotation
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+    def to_array(self) -> np.ndarray:
+        return np.asarray(self.image, dtype=np.uint8)
+
+
+def load_image(path: str | os.PathLike, max_side: int | None = None) -> LoadedImage:
+    # MAX_SIDE is looked up per call, not frozen into the signature, so that settings
+    # (and tests) can change it.
+    max_side = MAX_SIDE if max_side is None else max_side
+    path = Path(path)
+    name = path.name
+    if not path.exists():
+        raise ImageLoadError(f"{name}: no such file ({path})")
+    if path.is_dir():
+        raise ImageLoadError(f"{name} is a folder, not an image file")
+    try:
+        if path.stat().st_size == 0:
+            raise ImageLoadError(f"{name} is empty (0 bytes), so it holds no image")
+    except OSError as exc:
+        raise ImageLoadError(f"{name} cannot be read: {exc.strerror or exc}") from None
+
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; we decide ourselves.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_PIXELS:
+                    raise ImageLoadError(_too_large_message(name, width * height, f"{width}x{height} pixels"))
+                if getattr(img, "n_frames", 1) > 1:
+                    notes.append(f"{name} has {img.n_frames} frames; showing the first")
+                if img.format == "JPEG" and max(width, height) > max_side:
+                    # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: far less memory and time.
+                    scale = max(width, height) / max_side
+                    img.draft("RGB", (int(width / scale), int(height / scale)))
+                img.load()
+                decoded_size = img.size  # smaller than width x height if draft() scaled
+                upright = ImageOps.exif_transpose(img)
+                turned = upright.size != decoded_size
+                original_size = (height, width) if turned else (width, height)
+                rgb = _to_rgb(upright)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{name} is not an image file that ConvScope can read") from None
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses images over twice its own limit inside Image.open, before our
+        # check sees the size; its message is the only place the pixel count is given.
+        counted = re.search(r"\((\d+) pixels\)", str(exc))
+        if counted:
+            raise ImageLoadError(_too_large_message(name, int(counted.group(1)))) from None
+        raise ImageLoadError(
+            f"{name} would decompress to an enormous image, so it was not opened (a "
+            "'decompression bomb'). Scale it down in an image editor first."
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            # The operating system refused (permissions, I/O error), not the decoder.
+            raise ImageLoadError(f"{name} cannot be read: {exc.strerror or exc}") from None
+        text = str(exc)
+        if "truncated" in text or "broken data stream" in text or "unrecognized data stream" in text:
+            raise ImageLoadError(f"{name} is truncated or damaged: the file ends before the image does") from None
+        raise ImageLoadError(f"{name} could not be decoded: {text}") from None
+
+    if max(rgb.size) > max_side:
+        scale = max_side / max(rgb.size)
+        new_size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        rgb = rgb.resize(new_size, Image.Resampling.LANCZOS)
+    # Compared with the size on disk, not the decoded one: a JPEG draft may already have
+    # done all the scaling.
+    if rgb.size != original_size:
+        notes.append(f"scaled from {original_size[0]}x{original_size[1]} to {rgb.width}x{rgb.height}")
+    return LoadedImage(image=rgb, path=str(path), original_size=original_size, notes=notes)
+
+
+def _too_large_message(name: str, pixels: int, dimensions: str = "") -> str:
+    size = f"{dimensions} ({pixels / 1e6:.0f} MP)" if dimensions else f"{pixels / 1e6:.0f} MP ({pixels} pixels)"
+    return (
+        f"{name} is {size}; ConvScope opens images up to {MAX_PIXELS / 1e6:.0f} MP. "
+        "Scale it down in an image editor first."
+    )
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited onto white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img.copy()
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # Deep grayscale: rescale to 8 bits instead of letting convert() clip at 255.
+        arr = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            lo, hi = 0.0, 65535.0
+        else:
+            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        scaled = np.clip((arr - lo) / max(hi - lo, 1e-12), 0, 1)
+        gray = (scaled * 255 + 0.5).astype(np.uint8)
+        return Image.fromarray(np.stack([gray] * 3, axis=-1), "RGB")
+    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
+        mode in ("P", "L", "RGB") and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def image_from_array(array: np.ndarray) -> Image.Image:
+    """uint8 HxWx3 (or HxW) array to an RGB image."""
+    array = np.ascontiguousarray(array)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return Image.fromarray(array.astype(np.uint8), "RGB")
+
+
+def write_atomically(path: str | os.PathLike, write, *, overwrite: bool = False) -> Path:
+    """Write a file through a temporary sibling and rename it into place.
+
+    A crash or a full disk never leaves half a file under the final name, and an existing
+    file is only replaced when the caller says so (after asking the user).
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_temporary_sibling(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _create_temporary_sibling(path: Path) -> tuple[int, Path]:
+    """Open a new, uniquely named file next to ``path`` for writing.
+
+    Created with mode 0o666 so the umask applies and the final file gets the permissions
+    any new file of the user's would; tempfile.mkstemp would leave it private (0o600).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue  # another writer picked the same name; draw again
+
+
+def save_png(path: str | os.PathLike, rgb: np.ndarray, *, overwrite: bool = False) -> Path:
+    image = image_from_array(rgb)
+    return write_atomically(path, lambda fh: image.save(fh, format="PNG"), overwrite=overwrite)

@@ -1,0 +1,1 @@
+"""Optimising an input: objectives, parameterisations, regularisers, transforms, the loop."""

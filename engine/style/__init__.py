@@ -1,0 +1,1 @@
+"""Texture and style: Gram matrices, perceptual losses, the fast-style network and library."""

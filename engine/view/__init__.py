@@ -1,0 +1,1 @@
+"""What a result looks like: displays, rendering, galleries, plots, animations, export."""

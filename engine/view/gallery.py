@@ -1,0 +1,105 @@
+"""Galleries: rows of image tiles with captions, as one picture plus clickable regions.
+
+Nearest neighbours, maximally activating patches and the t-SNE grid all show many small
+images. Rendering them here, into one RGB mosaic with the captions drawn in, means the
+canvas, the PNG export and the CLI's ``--out`` all show the same thing, and each tile's
+``Region`` tells the window which image a click means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from engine.view.display import Region
+
+BACKGROUND = (40, 40, 40)
+TEXT = (225, 225, 225)
+BOX = (255, 210, 0)
+
+
+@dataclass
+class Tile:
+    image: Image.Image  # any size; fitted into the tile square, aspect kept
+    path: str = ""
+    caption: str = ""
+    box: Optional[tuple[float, float, float, float]] = None  # in the source image's pixels, for the click
+
+
+@lru_cache(maxsize=4)
+def _font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def render_gallery(rows: list[tuple[str, list[Tile]]], tile: int = 96, gap: int = 4, caption_lines: int = 1,
+                   header_width: int = 0) -> tuple[np.ndarray, list[Region]]:
+    """Lay out rows of tiles; each row may start with a header (e.g. "channel 12").
+
+    Returns the mosaic (H x W x 3 uint8) and one Region per tile, in mosaic pixels.
+    """
+    font_size = max(9, tile // 9)
+    caption_height = (font_size + 3) * caption_lines if any(t.caption for _h, ts in rows for t in ts) else 0
+    if not header_width and any(header for header, _tiles in rows):
+        header_width = max(_text_width(header, font_size) for header, _tiles in rows) + 2 * gap
+    columns = max((len(tiles) for _header, tiles in rows), default=0)
+    cell_h = tile + caption_height + gap
+    width = header_width + columns * (tile + gap) + gap
+    height = len(rows) * cell_h + gap
+    canvas = Image.new("RGB", (max(width, 1), max(height, 1)), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    regions: list[Region] = []
+    for row_index, (header, tiles) in enumerate(rows):
+        top = gap + row_index * cell_h
+        if header:
+            draw.text((gap, top + tile // 2), header, fill=TEXT, font=_font(font_size), anchor="lm")
+        for column, item in enumerate(tiles):
+            left = header_width + gap + column * (tile + gap)
+            thumbnail = fit_into(item.image, tile)
+            offset = (left + (tile - thumbnail.width) // 2, top + (tile - thumbnail.height) // 2)
+            canvas.paste(thumbnail, offset)
+            if item.caption:
+                draw.text((left + tile // 2, top + tile + 2), _fit(item.caption, font_size, tile), fill=TEXT,
+                          font=_font(font_size), anchor="ma")
+            regions.append(Region(left=left, top=top, right=left + tile, bottom=top + tile, path=item.path,
+                                  caption=item.caption, box=item.box))
+    return np.asarray(canvas), regions
+
+
+def fit_into(image: Image.Image, side: int) -> Image.Image:
+    """Scale to fit a side x side square, aspect kept; small images (digits) stay crisp."""
+    image = image.convert("RGB")
+    scale = side / max(image.size)
+    if scale == 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 2 else Image.Resampling.LANCZOS
+    return image.resize(size, resample)
+
+
+def draw_boxes(rgb: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
+    """Rectangles (top, left, bottom, right) drawn on a copy of a picture."""
+    if not boxes:
+        return rgb
+    image = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(image)
+    width = max(2, round(max(image.size) / 250))
+    for top, left, bottom, right in boxes:
+        draw.rectangle([left, top, right - 1, bottom - 1], outline=BOX, width=width)
+    return np.asarray(image)
+
+
+def _text_width(text: str, size: int) -> int:
+    return int(np.ceil(_font(size).getlength(text)))
+
+
+def _fit(text: str, size: int, width: int) -> str:
+    """Shorten a caption with an ellipsis until it fits under its tile."""
+    if _text_width(text, size) <= width:
+        return text
+    while text and _text_width(text + "…", size) > width:
+        text = text[:-1]
+    return text + "…"
