@@ -29,29 +29,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from engine.core.errors import MethodInputError
+from engine.core.errors import MethodInputError, ParamError, flag_of
 
 if TYPE_CHECKING:
     from engine.core.jobs import Job
 
 TEXT_LIMIT = 4096  # characters in any text value: a path's length on Linux
 LIST_LIMIT = 64  # items in a list value unless its Param says fewer (``most``)
-
-
-class ParamError(MethodInputError):
-    """A value that does not fit its parameter; ``name`` is the parameter, ``problem`` the
-    message without the flag, for a form to show beside its field. The message is the
-    flag followed by the problem, unless ``message`` words it otherwise."""
-
-    def __init__(self, param: "Param | str", problem: str, message: str | None = None):
-        self.name = param if isinstance(param, str) else param.name
-        self.flag = flag_of(self.name)
-        self.problem = problem
-        super().__init__(message or f"{self.flag} {problem}")
-
-
-def flag_of(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def shown(value: Any, limit: int = 40) -> str:
@@ -75,24 +59,24 @@ def _number_text(value: float) -> str:
 
 def _text(param: "Param", value: Any, what: str = "text") -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ParamError(param, f"expects {what}, not {shown(value)}")
+        raise ParamError(param.name, f"expects {what}, not {shown(value)}")
     text = str(value).strip()
     if len(text) > TEXT_LIMIT:
-        raise ParamError(param, f"is too long ({len(text)} characters; at most {TEXT_LIMIT})")
+        raise ParamError(param.name, f"is too long ({len(text)} characters; at most {TEXT_LIMIT})")
     if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise ParamError(param, f"must not contain control characters, not {shown(text)}")
+        raise ParamError(param.name, f"must not contain control characters, not {shown(text)}")
     return text
 
 
 def _bounded(param: "Param", number: int | float) -> int | float:
     if param.minimum is not None and number < param.minimum:
         if param.minimum == 0:
-            raise ParamError(param, f"must not be negative, not {_number_text(number)}")
-        raise ParamError(param, f"must be at least {_number_text(param.minimum)}, not {_number_text(number)}")
+            raise ParamError(param.name, f"must not be negative, not {_number_text(number)}")
+        raise ParamError(param.name, f"must be at least {_number_text(param.minimum)}, not {_number_text(number)}")
     if param.above is not None and number <= param.above:
-        raise ParamError(param, f"must be above {_number_text(param.above)}, not {_number_text(number)}")
+        raise ParamError(param.name, f"must be above {_number_text(param.above)}, not {_number_text(number)}")
     if param.maximum is not None and number > param.maximum:
-        raise ParamError(param, f"must be at most {_number_text(param.maximum)}, not {_number_text(number)}")
+        raise ParamError(param.name, f"must be at most {_number_text(param.maximum)}, not {_number_text(number)}")
     return number
 
 
@@ -133,16 +117,16 @@ def _as_float(value: Any) -> float | None:
 def _parse_int(param: "Param", value: Any) -> int:
     number = _as_int(value)
     if number is None:
-        raise ParamError(param, f"expects a whole number, not {shown(value)}")
+        raise ParamError(param.name, f"expects a whole number, not {shown(value)}")
     return int(_bounded(param, number))
 
 
 def _parse_float(param: "Param", value: Any) -> float:
     number = _as_float(value)
     if number is None:
-        raise ParamError(param, f"expects a number, not {shown(value)}")
+        raise ParamError(param.name, f"expects a number, not {shown(value)}")
     if not math.isfinite(number):
-        raise ParamError(param, f"must be a finite number, not {shown(value)}")
+        raise ParamError(param.name, f"must be a finite number, not {shown(value)}")
     return float(_bounded(param, number))
 
 
@@ -156,13 +140,13 @@ def _parse_bool(param: "Param", value: Any) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
         return value.strip().lower() in _TRUE
-    raise ParamError(param, f"expects true or false, not {shown(value)}")
+    raise ParamError(param.name, f"expects true or false, not {shown(value)}")
 
 
 def _parse_choice(param: "Param", value: Any) -> str:
     text = _text(param, value, "one of " + ", ".join(map(str, param.choices)))
     if text not in param.choices:
-        raise ParamError(param, f"must be one of {', '.join(map(str, param.choices))}, not {shown(text)}")
+        raise ParamError(param.name, f"must be one of {', '.join(map(str, param.choices))}, not {shown(text)}")
     return text
 
 
@@ -173,16 +157,16 @@ def _parse_layer(param: "Param", value: Any) -> str:
 def _parse_target(param: "Param", value: Any) -> str:
     text = _text(param, value, "a class index or label")
     if text.startswith("-") and text[1:].isdigit():
-        raise ParamError(param, f"must not be negative, not {text}: class indices start at 0")
+        raise ParamError(param.name, f"must not be negative, not {text}: class indices start at 0")
     return text
 
 
 def _parse_channel(param: "Param", value: Any) -> int:
     number = _as_int(value)
     if number is None:
-        raise ParamError(param, f"expects a channel index (a whole number), not {shown(value)}")
+        raise ParamError(param.name, f"expects a channel index (a whole number), not {shown(value)}")
     if number < 0:
-        raise ParamError(param, f"must not be negative, not {number}: channels count from 0")
+        raise ParamError(param.name, f"must not be negative, not {number}: channels count from 0")
     return int(_bounded(param, number))
 
 
@@ -201,7 +185,7 @@ def _parse_dataset(param: "Param", value: Any) -> str:
 def _parse_paths(param: "Param", value: Any) -> tuple[str, ...] | None:
     items = [value] if isinstance(value, str) or hasattr(value, "__fspath__") else value
     if not isinstance(items, Sequence):
-        raise ParamError(param, f"expects file paths, not {shown(value)}")
+        raise ParamError(param.name, f"expects file paths, not {shown(value)}")
     paths = tuple(path for path in (_parse_path(param, item) for item in items) if path)
     _count(param, len(paths), "file")
     return paths or None
@@ -210,7 +194,7 @@ def _parse_paths(param: "Param", value: Any) -> tuple[str, ...] | None:
 def _count(param: "Param", count: int, noun: str) -> None:
     most = param.most or LIST_LIMIT
     if count > most:
-        raise ParamError(param, f"names {count} {noun}s; at most {most} at a time")
+        raise ParamError(param.name, f"names {count} {noun}s; at most {most} at a time")
 
 
 def _items(param: "Param", value: Any, separator: str, what: str) -> list:
@@ -224,7 +208,7 @@ def _items(param: "Param", value: Any, separator: str, what: str) -> list:
     elif isinstance(value, Mapping):
         items = list(value.items())
     else:
-        raise ParamError(param, f"takes {what}, not {shown(value)}")
+        raise ParamError(param.name, f"takes {what}, not {shown(value)}")
     _count(param, len(items), "item")
     return items
 
@@ -246,10 +230,10 @@ def _parse_position(param: "Param", value: Any) -> tuple[int, int]:
     what = "a row and a column of the layer's map as Y,X, such as 3,5"
     position = _pair(param, value, r"\s*[,;\s]\s*", what)
     if position is None:
-        raise ParamError(param, f"takes {what}; not {shown(value)}")
+        raise ParamError(param.name, f"takes {what}; not {shown(value)}")
     y, x = position
     if y < 0 or x < 0:
-        raise ParamError(param, f"{y},{x} is outside the map: rows and columns count from 0")
+        raise ParamError(param.name, f"{y},{x} is outside the map: rows and columns count from 0")
     return position
 
 
@@ -258,9 +242,9 @@ def _parse_weights(param: "Param", value: Any) -> tuple[float, ...]:
     what = "weights, numbers separated by commas such as 0.7,0.3"
     weights = [_as_float(item) for item in _items(param, value, ",", what)]
     if not weights or None in weights or not all(math.isfinite(w) for w in weights):
-        raise ParamError(param, f"takes {what}; not {shown(value)}")
+        raise ParamError(param.name, f"takes {what}; not {shown(value)}")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ParamError(param, f"must be non-negative and not all zero, not {shown(value)}")
+        raise ParamError(param.name, f"must be non-negative and not all zero, not {shown(value)}")
     return tuple(float(_bounded(param, weight)) for weight in weights)
 
 
@@ -274,14 +258,14 @@ def _parse_layer_weights(param: "Param", value: Any) -> tuple[tuple[str, float],
         elif isinstance(item, Sequence) and len(item) == 2 and isinstance(item[0], str):
             name, weight = item
         else:
-            raise ParamError(param, f"cannot read {shown(item)}; {example}")
+            raise ParamError(param.name, f"cannot read {shown(item)}; {example}")
         number = _as_float(weight)
         if not name.strip() or number is None or not math.isfinite(number):
-            raise ParamError(param, f"cannot read {shown(item if isinstance(item, str) else f'{name}:{weight}')}; "
+            raise ParamError(param.name, f"cannot read {shown(item if isinstance(item, str) else f'{name}:{weight}')}; "
                                     f"{example}")
         pairs.append((_text(param, name, "a layer name"), float(_bounded(param, number))))
     if not pairs:
-        raise ParamError(param, f"names no layer; {example}")
+        raise ParamError(param.name, f"names no layer; {example}")
     return tuple(pairs)
 
 
@@ -296,20 +280,20 @@ def _parse_channels(param: "Param", value: Any) -> tuple[int, ...]:
         if isinstance(text, str) and "-" in text.lstrip("-"):
             first, last = (_as_int(part) for part in text.split("-", 1))
             if first is None or last is None or first > last:
-                raise ParamError(param, f"takes {what}, not {shown(value)}")
+                raise ParamError(param.name, f"takes {what}, not {shown(value)}")
             if last - first + 1 > most:
-                raise ParamError(param, f"names {last - first + 1} channels; at most {most} at a time")
+                raise ParamError(param.name, f"names {last - first + 1} channels; at most {most} at a time")
             channels.extend(range(first, last + 1))
         else:
             number = _as_int(text)
             if number is None:
-                raise ParamError(param, f"takes {what}, not {shown(value)}")
+                raise ParamError(param.name, f"takes {what}, not {shown(value)}")
             channels.append(number)
     channels = list(dict.fromkeys(channels))
     if not channels:
-        raise ParamError(param, f"names no channel; give {what}")
+        raise ParamError(param.name, f"names no channel; give {what}")
     if min(channels) < 0:
-        raise ParamError(param, f"must not be negative, not {min(channels)}: channels count from 0")
+        raise ParamError(param.name, f"must not be negative, not {min(channels)}: channels count from 0")
     _count(param, len(channels), "channel")
     return tuple(channels)
 
@@ -318,10 +302,10 @@ def _parse_grid(param: "Param", value: Any) -> tuple[int, int]:
     """'20x15' -> (20 columns, 15 rows)."""
     cells = _pair(param, value.lower() if isinstance(value, str) else value, r"\s*x\s*", "a grid size")
     if cells is None:
-        raise ParamError(param, f"must look like 20x15 (columns x rows), not {shown(value)}")
+        raise ParamError(param.name, f"must look like 20x15 (columns x rows), not {shown(value)}")
     low, high = int(param.minimum or 1), int(param.maximum or 1000)
     if not all(low <= cell <= high for cell in cells):
-        raise ParamError(param, f"must be between {low}x{low} and {high}x{high}, not {cells[0]}x{cells[1]}")
+        raise ParamError(param.name, f"must be between {low}x{low} and {high}x{high}, not {cells[0]}x{cells[1]}")
     return cells
 
 
@@ -331,7 +315,7 @@ def _name_list(noun: str, example: str) -> Callable[["Param", Any], tuple[str, .
         names = tuple(_text(param, item, f"a {noun}") for item in _items(param, value, ",", what))
         names = tuple(name for name in names if name)
         if not names:
-            raise ParamError(param, f"names no {noun}: give {what}")
+            raise ParamError(param.name, f"names no {noun}: give {what}")
         return names
     return parse
 
