@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 
 TEXT_LIMIT = 4096  # characters in any text value: a path's length on Linux
 LIST_LIMIT = 64  # items in a list value unless its Param says fewer (``most``)
+# Control characters and line or paragraph separators: a value is one line of text.
+LINE_BREAKING = ("Cc", "Zl", "Zp")
+PATH_SEPARATOR = ";"  # between the paths of several files written as one text
 
 
 def shown(value: Any, limit: int = 40) -> str:
@@ -49,7 +53,7 @@ def shown(value: Any, limit: int = 40) -> str:
 
 
 def _number_text(value: float) -> str:
-    return str(value) if isinstance(value, int) else f"{value:g}"
+    return shown(value) if isinstance(value, int) else f"{value:g}"
 
 
 # -- the parsers, one per kind ------------------------------------------------------------
@@ -63,7 +67,7 @@ def _text(param: "Param", value: Any, what: str = "text") -> str:
     text = str(value).strip()
     if len(text) > TEXT_LIMIT:
         raise ParamError(param.name, f"is too long ({len(text)} characters; at most {TEXT_LIMIT})")
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+    if any(unicodedata.category(c) in LINE_BREAKING for c in text):
         raise ParamError(param.name, f"must not contain control characters, not {shown(text)}")
     return text
 
@@ -105,7 +109,7 @@ def _as_float(value: Any) -> float | None:
         try:
             return float(value)
         except OverflowError:  # an int too large for a float
-            return math.copysign(math.inf, value)
+            return math.inf if value > 0 else -math.inf
     if isinstance(value, str) and len(value) <= 100:
         try:
             return float(value.strip())
@@ -166,7 +170,7 @@ def _parse_channel(param: "Param", value: Any) -> int:
     if number is None:
         raise ParamError(param.name, f"expects a channel index (a whole number), not {shown(value)}")
     if number < 0:
-        raise ParamError(param.name, f"must not be negative, not {number}: channels count from 0")
+        raise ParamError(param.name, f"must not be negative, not {_number_text(number)}: channels count from 0")
     return int(_bounded(param, number))
 
 
@@ -183,7 +187,10 @@ def _parse_dataset(param: "Param", value: Any) -> str:
 
 
 def _parse_paths(param: "Param", value: Any) -> tuple[str, ...] | None:
-    items = [value] if isinstance(value, str) or hasattr(value, "__fspath__") else value
+    """Several paths: a sequence (the CLI's repeated flag), or text separated by ';' (a form's field)."""
+    if hasattr(value, "__fspath__"):
+        value = [value]
+    items = value.split(PATH_SEPARATOR) if isinstance(value, str) else value
     if not isinstance(items, Sequence):
         raise ParamError(param.name, f"expects file paths, not {shown(value)}")
     paths = tuple(path for path in (_parse_path(param, item) for item in items) if path)
@@ -233,7 +240,7 @@ def _parse_position(param: "Param", value: Any) -> tuple[int, int]:
         raise ParamError(param.name, f"takes {what}; not {shown(value)}")
     y, x = position
     if y < 0 or x < 0:
-        raise ParamError(param.name, f"{y},{x} is outside the map: rows and columns count from 0")
+        raise ParamError(param.name, f"{_number_text(y)},{_number_text(x)} is outside the map: rows and columns count from 0")
     return position
 
 
@@ -282,7 +289,7 @@ def _parse_channels(param: "Param", value: Any) -> tuple[int, ...]:
             if first is None or last is None or first > last:
                 raise ParamError(param.name, f"takes {what}, not {shown(value)}")
             if last - first + 1 > most:
-                raise ParamError(param.name, f"names {last - first + 1} channels; at most {most} at a time")
+                raise ParamError(param.name, f"names {_number_text(last - first + 1)} channels; at most {most} at a time")
             channels.extend(range(first, last + 1))
         else:
             number = _as_int(text)
@@ -293,7 +300,7 @@ def _parse_channels(param: "Param", value: Any) -> tuple[int, ...]:
     if not channels:
         raise ParamError(param.name, f"names no channel; give {what}")
     if min(channels) < 0:
-        raise ParamError(param.name, f"must not be negative, not {min(channels)}: channels count from 0")
+        raise ParamError(param.name, f"must not be negative, not {_number_text(min(channels))}: channels count from 0")
     _count(param, len(channels), "channel")
     return tuple(channels)
 
@@ -305,7 +312,8 @@ def _parse_grid(param: "Param", value: Any) -> tuple[int, int]:
         raise ParamError(param.name, f"must look like 20x15 (columns x rows), not {shown(value)}")
     low, high = int(param.minimum or 1), int(param.maximum or 1000)
     if not all(low <= cell <= high for cell in cells):
-        raise ParamError(param.name, f"must be between {low}x{low} and {high}x{high}, not {cells[0]}x{cells[1]}")
+        raise ParamError(param.name, f"must be between {low}x{low} and {high}x{high}, "
+                                     f"not {_number_text(cells[0])}x{_number_text(cells[1])}")
     return cells
 
 
@@ -365,7 +373,7 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     # a built-in dataset name or a folder
     Kind("dataset", _parse_dataset),
     Kind("image", _parse_path),  # a picture to read
-    Kind("images", _parse_paths, lambda paths: ",".join(paths)),  # several pictures, in order
+    Kind("images", _parse_paths, lambda paths: f"{PATH_SEPARATOR} ".join(paths)),  # several pictures, in order
     Kind("file", _parse_path),  # any file to read (or a name the method looks up)
     Kind("save_file", _parse_path),  # a file to write
     # Y,X on a layer's map
@@ -444,8 +452,8 @@ def require_position(name: str, position: tuple[int, int], grid: tuple[int, int]
     """``position`` if it lies on ``layer``'s ``grid`` (rows, columns); else a ParamError for ``name``."""
     (y, x), (height, width) = position, grid
     if not (0 <= y < height and 0 <= x < width):
-        raise ParamError(name, f"{y},{x} is outside {layer}'s {height}x{width} map: rows 0-{height - 1}, "
-                               f"columns 0-{width - 1}")
+        raise ParamError(name, f"{_number_text(y)},{_number_text(x)} is outside {layer}'s {height}x{width} map: "
+                               f"rows 0-{height - 1}, columns 0-{width - 1}")
     return y, x
 
 
