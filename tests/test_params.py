@@ -335,7 +335,7 @@ def assert_inside(declared: Param, value) -> None:
         assert not any(unicodedata.category(c) == "Cc" for c in value)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(field=st.sampled_from(FIELDS), value=hostile)
 def test_binding_any_value_succeeds_inside_the_bounds_or_refuses_in_one_line(field, value):
     method_id, name = field
@@ -380,7 +380,7 @@ CLI_CASES = [("filters", "--page", []), ("class-viz", "--lr", ["--steps", "1", "
              ("dream", "--octave-scale", ["--steps", "1", "--octaves", "2", "--size", "24"])]
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=st.sampled_from(CLI_CASES), text=st.one_of(st.sampled_from([v for v in HOSTILE if isinstance(v, str)]),
                                                        st.floats().map(repr), st.integers().map(str)))
 def test_the_cli_exits_0_or_2_with_one_line_whatever_a_flag_says(case, text, capsys, chelsea_path):
