@@ -191,11 +191,16 @@ def _parse_paths(param: "Param", value: Any) -> tuple[str, ...] | None:
     if hasattr(value, "__fspath__"):
         value = [value]
     items = value.split(PATH_SEPARATOR) if isinstance(value, str) else value
-    if not isinstance(items, Sequence):
+    if not isinstance(items, Sequence) or isinstance(items, (bytes, bytearray)):
         raise ParamError(param.name, f"expects file paths, not {shown(value)}")
     paths = tuple(path for path in (_parse_path(param, item) for item in items) if path)
     _count(param, len(paths), "file")
     return paths or None
+
+
+def _is_list(value: Any) -> bool:
+    """A sequence of items given as such (not text, not bytes)."""
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray))
 
 
 def _count(param: "Param", count: int, noun: str) -> None:
@@ -210,7 +215,7 @@ def _items(param: "Param", value: Any, separator: str, what: str) -> list:
     if isinstance(value, str):
         text = _text(param, value, what)
         items: list = [part.strip() for part in text.split(separator) if part.strip()]
-    elif isinstance(value, Sequence):
+    elif _is_list(value):
         items = list(value)
     elif isinstance(value, Mapping):
         items = list(value.items())
@@ -224,7 +229,7 @@ def _pair(param: "Param", value: Any, separators: str, what: str) -> tuple[int, 
     """Two whole numbers from text split at ``separators`` or from a sequence; else None."""
     if isinstance(value, str):
         parts: Sequence = re.split(separators, _text(param, value, what))
-    elif isinstance(value, Sequence):
+    elif _is_list(value):
         parts = value
     else:
         return None
@@ -240,7 +245,8 @@ def _parse_position(param: "Param", value: Any) -> tuple[int, int]:
         raise ParamError(param.name, f"takes {what}; not {shown(value)}")
     y, x = position
     if y < 0 or x < 0:
-        raise ParamError(param.name, f"{_number_text(y)},{_number_text(x)} is outside the map: rows and columns count from 0")
+        raise ParamError(param.name, f"{_number_text(y)},{_number_text(x)} is outside the map: "
+                                     "rows and columns count from 0")
     return position
 
 
@@ -262,14 +268,14 @@ def _parse_layer_weights(param: "Param", value: Any) -> tuple[tuple[str, float],
     for item in _items(param, value, ",", "layer:weight pairs"):
         if isinstance(item, str):
             name, _, weight = item.rpartition(":") if ":" in item else (item, ":", "1")
-        elif isinstance(item, Sequence) and len(item) == 2 and isinstance(item[0], str):
+        elif _is_list(item) and len(item) == 2 and isinstance(item[0], str):
             name, weight = item
         else:
             raise ParamError(param.name, f"cannot read {shown(item)}; {example}")
         number = _as_float(weight)
         if not name.strip() or number is None or not math.isfinite(number):
-            raise ParamError(param.name, f"cannot read {shown(item if isinstance(item, str) else f'{name}:{weight}')}; "
-                                    f"{example}")
+            written = item if isinstance(item, str) else f"{name}:{weight}"
+            raise ParamError(param.name, f"cannot read {shown(written)}; {example}")
         pairs.append((_text(param, name, "a layer name"), float(_bounded(param, number))))
     if not pairs:
         raise ParamError(param.name, f"names no layer; {example}")
@@ -289,7 +295,8 @@ def _parse_channels(param: "Param", value: Any) -> tuple[int, ...]:
             if first is None or last is None or first > last:
                 raise ParamError(param.name, f"takes {what}, not {shown(value)}")
             if last - first + 1 > most:
-                raise ParamError(param.name, f"names {_number_text(last - first + 1)} channels; at most {most} at a time")
+                raise ParamError(param.name, f"names {_number_text(last - first + 1)} channels; "
+                                             f"at most {most} at a time")
             channels.extend(range(first, last + 1))
         else:
             number = _as_int(text)
@@ -444,7 +451,8 @@ class Param:
 def require_channel(name: str, channel: int, count: int, layer: str) -> int:
     """``channel`` if ``layer`` has it (``count`` channels); else a ParamError for ``name``."""
     if not 0 <= channel < count:
-        raise ParamError(name, f"must be between 0 and {count - 1}, not {channel}: {layer} has channels 0-{count - 1}")
+        raise ParamError(name, f"must be between 0 and {count - 1}, not {_number_text(channel)}: "
+                               f"{layer} has channels 0-{count - 1}")
     return channel
 
 
