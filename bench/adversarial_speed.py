@@ -26,7 +26,7 @@ def run() -> list[Row]:
     original = model.preprocessing.to_unit_tensor(image.image)
 
     def ours():
-        result = drive(spec.run(ctx, **params))
+        result = drive(spec.start(ctx, params))
         assert result.metrics["steps"] == STEPS and not result.metrics["success"]
 
     def bare():

@@ -72,7 +72,7 @@ def run() -> list[Row]:
         ctx = MethodContext(model=on, image=image)
         spec = METHODS[method]
         bound = spec.bind({"target": TARGET, **params})
-        return lambda: drive(spec.run(ctx, **bound))
+        return lambda: drive(spec.start(ctx, bound))
 
     cases = [
         ("smoothgrad, 25 samples", ours("smoothgrad", {"samples": SAMPLES, "noise": NOISE})),

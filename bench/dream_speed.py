@@ -48,7 +48,7 @@ def _dream(ctx, steps: int, tile: int, size: int = SIZE) -> list[float]:
 
     spec = METHODS["dream"]
     stamps: list[float] = []
-    drive(spec.run(ctx, **spec.bind({"layer": LAYER, "steps": steps, "octaves": 1, "size": size, "tile": tile})),
+    drive(spec.start(ctx, {"layer": LAYER, "steps": steps, "octaves": 1, "size": size, "tile": tile}),
           on_frame=lambda _frame: stamps.append(time.perf_counter()))
     return stamps
 

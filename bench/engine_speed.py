@@ -37,7 +37,7 @@ def run() -> list[Row]:
 
     def switch_layers():
         for layer in layers:
-            drive(spec.run(ctx, **spec.bind({"layer": layer})))
+            drive(spec.start(ctx, {"layer": layer}))
 
     per_click = median_time(switch_layers, repeats=7) / len(layers)
     rows.append(Row("activation grid on layer click (engine)", per_click * 1000, "ms", "< 150 ms", note="cached forward"))
@@ -57,12 +57,12 @@ def run() -> list[Row]:
     else:
         rows.append(Row("saliency map, 224 px", median_time(our_map, repeats=11) * 1000, "ms",
                         note="captum not installed (make bench installs it)"))
-    whole = median_time(lambda: drive(saliency.run(ctx, **saliency.bind({"target": 281}))), repeats=11)
+    whole = median_time(lambda: drive(saliency.start(ctx, {"target": 281})), repeats=11)
     rows.append(Row("saliency method end to end", whole * 1000, "ms", note="map + picture for the canvas"))
 
     dream = METHODS["dream"]
     steps = 10
-    seconds = median_time(lambda: drive(dream.run(ctx, **dream.bind({"steps": steps, "octaves": 1, "size": 224}))), repeats=3)
+    seconds = median_time(lambda: drive(dream.start(ctx, {"steps": steps, "octaves": 1, "size": 224})), repeats=3)
     rows.append(Row("dream step, 224 px, middle layer", seconds / steps * 1000, "ms", "< 500 ms (cancel latency)"))
     return rows
 

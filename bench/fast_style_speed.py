@@ -61,7 +61,7 @@ def _stylise(model, image, folder: str) -> list[Row]:
 
     def method(width: int):
         params = spec.bind({"style_model": str(paths[width]), "size": SIDE})
-        return lambda: drive(spec.run(ctx, **params))
+        return lambda: drive(spec.start(ctx, params))
 
     def forward():
         with torch.no_grad():
@@ -87,7 +87,7 @@ def _train_step(model, folder: str) -> Row:
                         "size": TRAIN_SIZE, "batch": TRAIN_BATCH, "save": str(Path(folder) / "train.pt"),
                         "checkpoint_every": 0, "preview_every": 10_000})
     stamps: list[float] = []
-    drive(spec.run(MethodContext(model=model, image=None), **params), on_frame=lambda _frame: stamps.append(time.perf_counter()))
+    drive(spec.start(MethodContext(model=model, image=None), params), on_frame=lambda _frame: stamps.append(time.perf_counter()))
     per_step = statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
     return Row(f"fast-style-train step, batch {TRAIN_BATCH} at {TRAIN_SIZE} px, CPU", per_step, "s/step",
                note=f"median of {TRAIN_STEPS} steps; Johnson network (width 32, 5 blocks), EfficientNet-Lite0 loss; "

@@ -34,7 +34,7 @@ def run() -> list[Row]:
     params = spec.bind({"target": TARGET, "window": WINDOW, "stride": STRIDE, "fill": "gray"})
 
     def ours():
-        return drive(spec.run(ctx, **params))
+        return drive(spec.start(ctx, params))
 
     memory = "glibc keeps freed memory" if kept else "glibc settings not applied"
     captum = _captum_occlusion(model, image)

@@ -26,7 +26,7 @@ REPEATS = 9
 def _stepper(spec_id: str, ctx: MethodContext, params: dict):
     """A function that runs the method's next optimisation step (up to its next Frame)."""
     spec = METHODS[spec_id]
-    job = spec.run(ctx, **spec.bind({**params, "steps": 10_000}))
+    job = spec.start(ctx, {**params, "steps": 10_000})
 
     def step():
         while not isinstance(next(job), Frame):

@@ -23,7 +23,7 @@ SPEC = METHODS["adversarial"]
 
 def run(ctx, **params):
     frames = []
-    result = drive(SPEC.run(ctx, **SPEC.bind(params)), on_frame=frames.append)
+    result = drive(SPEC.start(ctx, params), on_frame=frames.append)
     return result, frames
 
 
@@ -133,7 +133,7 @@ def test_bad_requests_are_clear():
     with pytest.raises(MethodInputError, match="--steps must be at least 1"):
         run(ctx, target=other, steps=0)
     with pytest.raises(MethodInputError, match="--loss must be one of ce, margin"):
-        drive(SPEC.run(ctx, target=other, loss="hinge"))
+        drive(SPEC.start(ctx, target=other, loss="hinge"))
     with pytest.raises(MethodInputError, match="no class is called 'zebra'"):
         run(ctx, target="zebra")
     with pytest.raises(MethodInputError, match="needs an image"):
@@ -144,6 +144,5 @@ def test_cancelling_keeps_no_result():
     model, image = tiny_setup()
     top = classify(model, model.preprocessing.to_unit_tensor(image.image))[0]
     cancel = CancelToken()
-    job = SPEC.run(MethodContext(model=model, image=image, cancel=cancel),
-                   **SPEC.bind({"target": (top + 1) % 5, "eps": 0.001, "steps": 50}))
+    job = SPEC.start(MethodContext(model=model, image=image, cancel=cancel), target=(top + 1) % 5, eps=0.001, steps=50)
     assert frames_before_cancel(job, cancel) == 1

@@ -26,7 +26,7 @@ SIZE = 16
 def run(method, ctx, **params):
     spec = METHODS[method]
     progress = []
-    result = drive(spec.run(ctx, **spec.bind(params)), on_progress=progress.append)
+    result = drive(spec.start(ctx, params), on_progress=progress.append)
     return result, progress
 
 
@@ -165,7 +165,7 @@ def test_smoothgrad_reports_progress_per_batch_and_can_be_cancelled():
     assert result.metrics["batch"] == 4 and result.metrics["samples"] == 10
 
     cancel = CancelToken()
-    job = METHODS["smoothgrad"].run(MethodContext(model=model, image=image, cancel=cancel), samples=10, batch=4)
+    job = METHODS["smoothgrad"].start(MethodContext(model=model, image=image, cancel=cancel), samples=10, batch=4)
     seen = 0
     with pytest.raises(JobCancelled):
         for event in job:
@@ -284,8 +284,7 @@ def test_score_cam_follows_its_definition_and_cancels_between_batches(monkeypatc
     assert "Score-CAM" in result.display.legend
 
     cancel = CancelToken()
-    job = METHODS["gradcam"].run(MethodContext(model=model, image=image, cancel=cancel),
-                                 **METHODS["gradcam"].bind({"target": 2, "variant": "scorecam"}))
+    job = METHODS["gradcam"].start(MethodContext(model=model, image=image, cancel=cancel), target=2, variant="scorecam")
     with pytest.raises(JobCancelled):
         drive(job, on_progress=lambda p: cancel.cancel() if "Score-CAM: 5 of" in p.message else None)
 

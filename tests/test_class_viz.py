@@ -16,7 +16,7 @@ SPEC = METHODS["class-viz"]
 
 def run(ctx, on_frame=None, **params):
     frames = []
-    result = drive(SPEC.run(ctx, **SPEC.bind(params)), on_frame=on_frame or frames.append)
+    result = drive(SPEC.start(ctx, params), on_frame=on_frame or frames.append)
     return result, frames
 
 
@@ -133,7 +133,7 @@ def test_the_pixel_priors_do_what_they_say():
     ({"objective": "channel", "layer": "classifier"}, "no channels on a spatial grid"),
     ({"objective": "channel", "layer": "features.3", "channel": 16}, "channels 0-15"),
     ({"objective": "channel", "layer": "features.3", "channel": None}, "needs one channel"),
-    ({"objective": "neuron", "layer": "features.3", "at": "9,0"}, "off the layer's 8x8 grid"),
+    ({"objective": "neuron", "layer": "features.3", "at": "9,0"}, "outside features.3's 8x8 map"),
     ({"objective": "neuron", "layer": "features.3", "at": "middle"}, "as Y,X"),
     ({"param": "wavelet"}, "must be one of pixel, fourier"),
 ])

@@ -136,7 +136,7 @@ def test_main_py_runs_the_cli_as_a_subprocess(tmp_path, chelsea_path):
 def test_out_of_memory_exits_3_with_one_line(capsys, monkeypatch, chelsea_path):
     from engine import methods
 
-    def greedy(ctx, **params):
+    def greedy(ctx, p):
         raise MemoryError()
         yield  # a generator, like every method
 

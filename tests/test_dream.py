@@ -16,7 +16,7 @@ from engine.data.images import LoadedImage, load_image
 from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
 from engine.methods import dream as dream_module
-from engine.methods.dream import DreamObjective, guided_term, parse_layer_weights
+from engine.methods.dream import DreamObjective, guided_term
 from engine.data.samples import sample_path
 from engine.optvis.tiling import output_shapes, tile_windows, tiled_gradient, tiling_geometry
 from tests.conftest import make_tiny_model
@@ -25,7 +25,7 @@ from tests.conftest import make_tiny_model
 def run(ctx, **params):
     spec = METHODS["dream"]
     frames = []
-    result = drive(spec.run(ctx, **spec.bind(params)), on_frame=frames.append)
+    result = drive(spec.start(ctx, params), on_frame=frames.append)
     return result, frames
 
 
@@ -58,9 +58,10 @@ def relative_error(a, b):
 
 # -- several layers ----------------------------------------------------------------------
 def test_layer_weights_are_read_from_pairs_with_keywords_and_default_weights():
-    assert parse_layer_weights("early:1.0, stages.3.2.expand_relu6:0.5,late") == [
-        ("early", 1.0), ("stages.3.2.expand_relu6", 0.5), ("late", 1.0)]
-    assert parse_layer_weights(" middle : -0.25 ,") == [("middle", -0.25)]
+    layers = METHODS["dream"].param("layers")
+    assert layers.coerce("early:1.0, stages.3.2.expand_relu6:0.5,late") == (
+        ("early", 1.0), ("stages.3.2.expand_relu6", 0.5), ("late", 1.0))
+    assert layers.coerce(" middle : -0.25 ,") == (("middle", -0.25),)
 
 
 @pytest.mark.parametrize("layers, message", [

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from engine.data.embedding import parse_grid, snap_to_grid, tsne_2d
+from engine.data.embedding import snap_to_grid, tsne_2d
 from engine.core.errors import JobCancelled, MethodInputError
 from engine.data.extraction import extract
 from engine.data.datasets import open_dataset
@@ -19,7 +19,7 @@ from tests.conftest import make_tiny_model
 def run(ctx, **params):
     spec = METHODS["embed"]
     frames = []
-    return drive(spec.run(ctx, **spec.bind(params)), on_frame=frames.append), frames
+    return drive(spec.start(ctx, params), on_frame=frames.append), frames
 
 
 def test_pca_layout_is_scikit_learns(labelled_folder, tmp_path):
@@ -75,8 +75,7 @@ def test_tsne_job_streams_frames_and_cancels(labelled_folder):
     model = make_tiny_model(size=32)
     cancel = CancelToken()
     ctx = MethodContext(model=model, image=None, cancel=cancel)
-    job = METHODS["embed"].run(ctx, **METHODS["embed"].bind({"dataset": str(labelled_folder), "layer": "features.4",
-                                                             "algo": "tsne", "perplexity": 2}))
+    job = METHODS["embed"].start(ctx, dataset=str(labelled_folder), layer="features.4", algo="tsne", perplexity=2)
     with pytest.raises(JobCancelled):
         for event in job:
             if isinstance(event, Frame):
@@ -107,7 +106,7 @@ def test_grid_picture_is_a_mosaic_of_clickable_images(labelled_folder):
 def test_bad_grid_and_tiny_datasets_are_clear(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path))
     with pytest.raises(MethodInputError, match="20x15"):
-        parse_grid("twenty")
+        METHODS["embed"].param("grid").coerce("twenty")
     folder = tmp_path / "one"
     folder.mkdir()
     shutil.copy(sample_paths()["coffee"], folder / "coffee.png")

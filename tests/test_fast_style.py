@@ -58,7 +58,7 @@ def train(ctx, save, steps, cancel_at=None, **overrides):
         if cancel_at is not None and frame.step == cancel_at:
             ctx.cancel.cancel()
 
-    job = TRAIN.run(ctx, **TRAIN.bind(values))
+    job = TRAIN.start(ctx, values)
     try:
         result = drive(job, on_progress=lambda p: messages.append(p.message), on_frame=on_frame)
     except JobCancelled:
@@ -160,7 +160,7 @@ def test_cancel_keeps_finished_work_and_resume_matches_an_uninterrupted_run(bund
     ctx = context(bundled)
     values = {"style": [str(sample_path("coffee"))], "steps": 8, "size": 32, "batch": 2,
               "save": str(target), "preview_every": 4, **TINY_NET, **common}
-    job = TRAIN.run(ctx, **TRAIN.bind(values))
+    job = TRAIN.start(ctx, values)
     with pytest.raises(JobCancelled):
         drive(job, on_frame=lambda f: (on_step(f), ctx.cancel.cancel() if f.step == 5 else None))
     assert periodic == [4]
@@ -216,7 +216,7 @@ def test_two_styles_train_one_network_and_fast_style_blends_them(bundled, cache,
     assert trained.display.rgb.shape[1] > 2 * trained.display.rgb.shape[0]  # the preview shows both styles
 
     def stylise(**values):
-        return drive(STYLISE.run(context(bundled, chelsea), **STYLISE.bind({"style_model": "pair", "size": 32, **values})))
+        return drive(STYLISE.start(context(bundled, chelsea), {"style_model": "pair", "size": 32, **values}))
 
     first, again = stylise(style_mix="1,0"), stylise(style_mix="2, 0")
     assert first.array.shape == (32, 48, 3)  # chelsea is 451 x 300: shorter side 32
@@ -229,14 +229,14 @@ def test_two_styles_train_one_network_and_fast_style_blends_them(bundled, cache,
     assert stylise(style_mix="0.7,0.3").metrics["mix"] == [0.7, 0.3]
     with pytest.raises(MethodInputError, match="needs 2 weights"):
         stylise(style_mix="1,0,0")
-    with pytest.raises(MethodInputError, match="comma-separated weights"):
+    with pytest.raises(MethodInputError, match="weights, numbers separated by commas"):
         stylise(style_mix="much,less")
 
 
 def test_single_style_network_ignores_the_mix(bundled, cache, content_folder, chelsea, tmp_path):
     train(context(bundled), tmp_path / "one.pt", steps=1, dataset=str(content_folder))
-    run = lambda **v: drive(STYLISE.run(context(bundled, chelsea),  # noqa: E731
-                                        **STYLISE.bind({"style_model": str(tmp_path / "one.pt"), "size": 24, **v})))
+    run = lambda **v: drive(STYLISE.start(context(bundled, chelsea),  # noqa: E731
+                                          {"style_model": str(tmp_path / "one.pt"), "size": 24, **v}))
     plain, mixed = run(), run(style_mix="0.3,0.7")
     assert (plain.array == mixed.array).all() and mixed.metrics["mix_ignored"] and "ignored" in mixed.display.note
     # A training checkpoint is a usable network too.
@@ -246,7 +246,7 @@ def test_single_style_network_ignores_the_mix(bundled, cache, content_folder, ch
 
 def test_malformed_or_unknown_style_models_are_explained(bundled, cache, chelsea, chelsea_path, tmp_path):
     def stylise(spec):
-        return drive(STYLISE.run(context(bundled, chelsea), **STYLISE.bind({"style_model": spec, "size": 16})))
+        return drive(STYLISE.start(context(bundled, chelsea), {"style_model": spec, "size": 16}))
 
     with pytest.raises(MethodInputError, match="needs --style-model.*library .* is empty"):
         stylise(None)

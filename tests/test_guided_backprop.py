@@ -24,7 +24,7 @@ from tests.test_methods import random_image
 
 def run(method, ctx, **params):
     spec = METHODS[method]
-    return drive(spec.run(ctx, **spec.bind(params)))
+    return drive(spec.start(ctx, params))
 
 
 def guided_gradient(model, pixels, target):

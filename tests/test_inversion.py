@@ -17,7 +17,7 @@ SPEC = METHODS["inversion"]
 
 def run(ctx, **params):
     frames = []
-    result = drive(SPEC.run(ctx, **SPEC.bind(params)), on_frame=frames.append)
+    result = drive(SPEC.start(ctx, params), on_frame=frames.append)
     return result, frames
 
 

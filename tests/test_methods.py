@@ -18,7 +18,7 @@ from tests.cancelling import frames_before_cancel
 def run(spec_id, ctx, **params):
     spec = METHODS[spec_id]
     frames = []
-    result = drive(spec.run(ctx, **spec.bind(params)), on_frame=frames.append)
+    result = drive(spec.start(ctx, params), on_frame=frames.append)
     return result, frames
 
 
@@ -186,7 +186,7 @@ def test_dream_is_reproducible_for_a_seed(bundled, chelsea):
 def test_cancelled_dream_returns_no_result(bundled, chelsea):
     cancel = CancelToken()
     ctx = MethodContext(model=bundled, image=chelsea, cancel=cancel)
-    job = METHODS["dream"].run(ctx, **METHODS["dream"].bind({"steps": 50, "size": 96}))
+    job = METHODS["dream"].start(ctx, {"steps": 50, "size": 96})
     assert frames_before_cancel(job, cancel, after=2) == 2
 
 

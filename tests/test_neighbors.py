@@ -21,7 +21,7 @@ def photo_folder(labelled_folder):
 
 def run(ctx, **params):
     spec = METHODS["neighbors"]
-    return drive(spec.run(ctx, **spec.bind(params)))
+    return drive(spec.start(ctx, params))
 
 
 def test_a_duplicate_comes_first_and_the_query_itself_is_left_out(photo_folder):

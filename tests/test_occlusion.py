@@ -24,7 +24,7 @@ SPEC = METHODS["occlusion"]
 
 def run(ctx, **params):
     frames, progress = [], []
-    result = drive(SPEC.run(ctx, **SPEC.bind(params)), on_progress=progress.append, on_frame=frames.append)
+    result = drive(SPEC.start(ctx, params), on_progress=progress.append, on_frame=frames.append)
     return result, frames, progress
 
 
@@ -187,7 +187,7 @@ def test_cancelling_keeps_no_result():
     cancel = CancelToken()
     model, image = sharp_tiny_model(), block_image()
     ctx = MethodContext(model=model, image=image, cancel=cancel)
-    job = SPEC.run(ctx, **SPEC.bind({"window": WINDOW, "stride": STRIDE, "batch": 5}))
+    job = SPEC.start(ctx, {"window": WINDOW, "stride": STRIDE, "batch": 5})
     assert frames_before_cancel(job, cancel) == 1
 
 
@@ -229,7 +229,7 @@ def test_bad_parameters_are_clear():
     with pytest.raises(MethodInputError, match="--stride must be at least 1, not 0"):
         run(ctx, stride=0)
     with pytest.raises(MethodInputError, match="--stride must be at least 1, not 0"):
-        drive(SPEC.run(ctx, window=4, stride=0))  # called directly, without the checks of bind
+        drive(SPEC.start(ctx, window=4, stride=0))  # refused by bind, before the method runs
     with pytest.raises(MethodInputError, match="--stride 9 is larger than --window 8"):
         run(ctx, window=8, stride=9)
     with pytest.raises(MethodInputError, match="--fill must be one of gray, mean, blur"):
@@ -329,7 +329,7 @@ def test_the_probability_view_is_the_mean_probability_of_the_covering_windows():
     model = make_tiny_model(size=16)
     ctx = MethodContext(model=model, image=random_image((16, 16)))
     spec = METHODS["occlusion"]
-    result = drive(spec.run(ctx, **spec.bind({"window": 4, "stride": 2, "target": 1, "show": "probability"})))
+    result = drive(spec.start(ctx, {"window": 4, "stride": 2, "target": 1, "show": "probability"}))
     expected = drop_map(result.array.astype(np.float64), covering(16, 4, 2), covering(16, 4, 2))
     np.testing.assert_allclose(result.display.scalar, expected, rtol=1e-6)
     assert result.display.levels == (0.0, pytest.approx(result.metrics["base_prob"]))

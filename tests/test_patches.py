@@ -9,7 +9,7 @@ from torch import nn
 from engine.core.errors import MethodInputError
 from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
-from engine.methods.patches import parse_channels
+from engine.methods.params import require_channel
 from engine.models.preprocessing import Preprocessing
 from engine.models.registry import LoadedModel
 
@@ -48,8 +48,8 @@ def squares(tmp_path, monkeypatch):
 def test_patches_are_the_field_around_each_maximum(squares):
     folder, where = squares
     spec = METHODS["patches"]
-    result = drive(spec.run(MethodContext(model=colour_detector(), image=None),
-                            **spec.bind({"dataset": str(folder), "layer": "0", "channels": "0", "top": 3})))
+    result = drive(spec.start(MethodContext(model=colour_detector(), image=None),
+                              dataset=str(folder), layer="0", channels="0", top=3))
     red = result.metrics["patches"]["0"]
     assert [p["path"].rsplit("/", 1)[1] for p in red] == ["square4.png", "square2.png", "square0.png"]
     assert [p["value"] for p in red] == sorted((p["value"] for p in red), reverse=True)
@@ -66,15 +66,16 @@ def test_patches_are_the_field_around_each_maximum(squares):
 
 
 def test_channels_are_parsed_and_checked():
-    assert parse_channels("0-3,7", 10) == [0, 1, 2, 3, 7]
+    channels = METHODS["patches"].param("channels")
+    assert channels.coerce("0-3,7") == (0, 1, 2, 3, 7)
     with pytest.raises(MethodInputError, match="channels 0-9"):
-        parse_channels("12", 10)
+        require_channel("channels", 12, 10, "features.3")
     with pytest.raises(MethodInputError, match="0-7"):
-        parse_channels("a-b", 10)
+        channels.coerce("a-b")
 
 
 def test_a_layer_without_a_map_is_refused(squares):
     folder, _ = squares
     spec = METHODS["patches"]
     with pytest.raises(MethodInputError, match="no spatial map"):
-        drive(spec.run(MethodContext(model=colour_detector(), image=None), **spec.bind({"dataset": str(folder), "layer": "2"})))
+        drive(spec.start(MethodContext(model=colour_detector(), image=None), dataset=str(folder), layer="2"))

@@ -21,7 +21,7 @@ SPEC = METHODS["sanity-check"]
 
 def run(ctx, **params):
     frames = []
-    result = drive(SPEC.run(ctx, **SPEC.bind(params)), on_frame=frames.append)
+    result = drive(SPEC.start(ctx, params), on_frame=frames.append)
     return result, frames
 
 
@@ -58,13 +58,12 @@ def test_saliency_stops_resembling_itself_as_the_model_is_randomised(bundled, ch
 def test_similarities_are_computed_as_stated(tiny_model):
     ctx = MethodContext(model=tiny_model, image=random_image((16, 16)))
     result, _ = run(ctx, methods="saliency", steps=1, seed=1)
-    original = drive(METHODS["saliency"].run(ctx, **METHODS["saliency"].bind({"target": result.target["index"]}))).array
+    original = drive(METHODS["saliency"].start(ctx, {"target": result.target["index"]})).array
     twin = randomise.model_copy(tiny_model)
     for block in randomise.parameter_blocks(twin.module, list(blank_output_shapes(tiny_model))):
         randomise.reinitialise(twin.module, block, 1)
     saliency = METHODS["saliency"]
-    randomised = drive(saliency.run(MethodContext(model=twin, image=ctx.image),
-                                    **saliency.bind({"target": result.target["index"]}))).array
+    randomised = drive(saliency.start(MethodContext(model=twin, image=ctx.image), target=result.target["index"])).array
     expected = spearmanr(np.abs(original).ravel(), np.abs(randomised).ravel()).statistic
     assert result.metrics["spearman"]["saliency"][0] == pytest.approx(expected, abs=1e-6)
     assert ssim_similarity(original, original) == pytest.approx(1.0)
@@ -133,17 +132,16 @@ def test_unknown_or_unusable_methods_are_clear(tiny_model):
 def test_cancelling_between_steps_keeps_no_result_and_the_model(tiny_model):
     before = snapshot(tiny_model.module)
     cancel = CancelToken()
-    job = SPEC.run(MethodContext(model=tiny_model, image=random_image((16, 16)), cancel=cancel),
-                   **SPEC.bind({"methods": "saliency"}))
+    job = SPEC.start(MethodContext(model=tiny_model, image=random_image((16, 16)), cancel=cancel), methods="saliency")
     assert frames_before_cancel(job, cancel) == 1  # of three steps
     assert_unchanged(tiny_model.module, before)
 
 
 def test_a_method_that_refuses_a_randomised_network_counts_as_a_blank_map(tiny_model, monkeypatch):
     from engine.core.jobs import Result
-    from engine.methods.base import MethodSpec, Param
+    from engine.methods import MethodSpec, Param
 
-    def refuses_random_weights(ctx, target=None):
+    def refuses_random_weights(ctx, p):
         if "randomised" in ctx.model.name:
             raise MethodInputError("the gradient is zero everywhere")
         yield from ()

@@ -20,7 +20,7 @@ EYES = [(170, 113), (316, 136)]  # the pupils, x, y
 
 
 def run(ctx, **params):
-    return drive(SPEC.run(ctx, **SPEC.bind(params)))
+    return drive(SPEC.start(ctx, params))
 
 
 def polygon_mask(points, size):
@@ -85,7 +85,7 @@ def test_bad_parameters_are_clear(bundled, chelsea):
     with pytest.raises(MethodInputError, match="--iterations must be at least 1"):
         run(ctx, iterations=0)
     with pytest.raises(MethodInputError, match="--smooth must not be negative"):
-        drive(SPEC.run(ctx, smooth=-1))
+        drive(SPEC.start(ctx, smooth=-1))
     with pytest.raises(MethodInputError, match="needs an image"):
         run(MethodContext(model=bundled, image=None))
 
@@ -93,7 +93,7 @@ def test_bad_parameters_are_clear(bundled, chelsea):
 def test_cancelling_between_grabcut_iterations_keeps_no_result(bundled, chelsea):
     cancel = CancelToken()
     small = LoadedImage(chelsea.image.resize((150, 100)), path="small.png")
-    job = SPEC.run(MethodContext(model=bundled, image=small, cancel=cancel), **SPEC.bind({"iterations": 5}))
+    job = SPEC.start(MethodContext(model=bundled, image=small, cancel=cancel), {"iterations": 5})
     seen = []
     with pytest.raises(JobCancelled):
         for event in job:

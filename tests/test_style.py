@@ -28,7 +28,7 @@ LAYERS = {"content_layers": "features.4", "style_layers": "features.1,features.4
 
 def run(ctx, **params):
     frames = []
-    result = drive(SPEC.run(ctx, **SPEC.bind({**LAYERS, **params})), on_frame=frames.append)
+    result = drive(SPEC.start(ctx, {**LAYERS, **params}), on_frame=frames.append)
     return result, frames
 
 
@@ -159,7 +159,7 @@ def test_bad_style_inputs_say_what_to_do(ctx, tmp_path):
 def test_cancelled_style_returns_no_result(ctx, tmp_path):
     cancel = CancelToken()
     ctx.cancel = cancel
-    job = SPEC.run(ctx, **SPEC.bind({**LAYERS, "style": [save(tmp_path, "dots", "dots")], "steps": 20}))
+    job = SPEC.start(ctx, {**LAYERS, "style": [save(tmp_path, "dots", "dots")], "steps": 20})
     assert frames_before_cancel(job, cancel, after=2) == 2
 
 

@@ -25,7 +25,7 @@ TINY_LAYERS = "features.1,features.4"
 
 def run(ctx, **params):
     frames = []
-    result = drive(SPEC.run(ctx, **SPEC.bind(params)), on_frame=frames.append)
+    result = drive(SPEC.start(ctx, params), on_frame=frames.append)
     return result, frames
 
 
@@ -131,7 +131,7 @@ def test_unknown_layer_and_cancel():
         run(ctx, layers="features.9", steps=2)
     cancel = CancelToken()
     ctx = MethodContext(model=make_tiny_model(size=24), image=stripes_image(), cancel=cancel)
-    assert frames_before_cancel(SPEC.run(ctx, **SPEC.bind({"layers": TINY_LAYERS, "steps": 20})), cancel, after=2) == 2
+    assert frames_before_cancel(SPEC.start(ctx, {"layers": TINY_LAYERS, "steps": 20}), cancel, after=2) == 2
 
 
 # -- classic ------------------------------------------------------------------------------------

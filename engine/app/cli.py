@@ -16,8 +16,13 @@ import sys
 from pathlib import Path
 
 from engine.core.errors import ConvScopeError, JobCancelled
+from engine.methods.params import Param
 
 COMMANDS = ("models", "layers", "classify", "run")
+# The CLI's own numbers, read and bounded as the methods' parameters are. A layer listing
+# runs one forward pass at the size asked for; 2048 px is the largest picture any method makes.
+LAYERS_SIZE = Param("size", "int", None, "input size (default: the model's)", minimum=1, maximum=2048)
+FPS = Param("fps", "float", 12.0, "frames per second of --animation", above=0.0, maximum=120.0)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("models", help="list the models")
     layers = commands.add_parser("layers", help="list a model's layers with shapes and receptive fields")
     _add_model_options(layers)
-    layers.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
+    layers.add_argument("--size", default=None, help=f"{LAYERS_SIZE.help}; at most {LAYERS_SIZE.maximum}")
     classify = commands.add_parser("classify", help="top-5 classes of an image as JSON")
     _add_model_options(classify)
     classify.add_argument("--image", required=True)
@@ -62,13 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         if spec.streams_frames:
             method.add_argument("--animation", default=None,
                                 help="also write the run's frames as an animation (.gif or .mp4)")
-            method.add_argument("--fps", type=float, default=12.0, help="frames per second of --animation (default: 12)")
+            method.add_argument("--fps", default=None, help=f"{FPS.help} (default: {FPS.default:g})")
         names = {p.name for p in spec.params}
         for common in ("layer", "target", "seed"):
             if common not in names:
                 method.add_argument(f"--{common}", default=None, help=f"(not used by {spec.id})")
         for param in spec.params:
-            kwargs = {"dest": param.name, "default": None, "help": f"{param.help} (default: {param.default})"}
+            kwargs = {"dest": param.name, "default": None,
+                      "help": f"{param.help} (default: {param.text(param.default) or 'none'})"}
             if param.kind == "bool":
                 kwargs["action"] = argparse.BooleanOptionalAction
             elif param.kind == "images":
@@ -119,6 +125,8 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "layers":
         return _print_layers(args)
+    if args.command == "run":
+        bound = _bind_flags(args)  # before the model loads: a bad flag costs nothing
     model = _load_model(args)
     from engine.data.images import load_image
 
@@ -129,12 +137,14 @@ def _dispatch(args) -> int:
         top5 = [{"index": i, "label": label, "prob": round(p, 6)} for i, label, p in features.top_k(model.labels)]
         print(json.dumps({"model": model.name, "image": args.image, "top5": top5}))
         return 0
-    return _run_method(args, model)
+    return _run_method(args, model, *bound)
 
 
 def _print_layers(args) -> int:
     from engine.core.errors import WeightsMissingError
     from engine.anatomy.layer_tree import build_layer_tree, format_layers
+
+    size = LAYERS_SIZE.coerce(args.size)
 
     try:
         model = _load_model(args)
@@ -147,7 +157,7 @@ def _print_layers(args) -> int:
 
         print(f"note: {exc.filename} is not on this machine; listing the architecture without weights", file=sys.stderr)
         module, preprocessing, device = build_architecture(args.model).eval(), model_spec(args.model).preprocessing, resolve_device(args.device)
-    width, height = preprocessing.input_size(1, 1, size=args.size)
+    width, height = preprocessing.input_size(1, 1, size=size)
     print(format_layers(build_layer_tree(module, (height, width), device=device)))
     return 0
 
@@ -165,25 +175,35 @@ def _print_download_progress(fraction: float, message: str) -> None:
     print(f"\r{message} ({fraction:.0%})", end="" if fraction < 1 else "\n", file=sys.stderr, flush=True)
 
 
-def _run_method(args, model) -> int:
+def _bind_flags(args):
+    """The method, its parameters bound from the flags, the seed for torch (None: not given)
+    and the animation's frame rate."""
+    from engine.methods import METHODS
+    from engine.methods.params import SEED
+
+    spec = METHODS[args.method]
+    params = spec.bind({p.name: getattr(args, p.name) for p in spec.params if getattr(args, p.name, None) is not None})
+    seed = None if args.seed is None else params["seed"] if "seed" in params else SEED.coerce(args.seed)
+    fps = FPS.coerce(getattr(args, "fps", None))
+    return spec, params, seed, fps
+
+
+def _run_method(args, model, spec, params, seed, fps) -> int:
     import torch
 
     from engine.data.images import load_image
     from engine.core.jobs import Stopwatch, drive
-    from engine.methods import METHODS, MethodContext
+    from engine.methods import MethodContext
     from engine.view.render import compose
 
-    spec = METHODS[args.method]
-    values = {p.name: getattr(args, p.name) for p in spec.params if getattr(args, p.name, None) is not None}
-    params = spec.bind(values)
-    if args.seed is not None:
-        torch.manual_seed(int(args.seed))
+    if seed is not None:
+        torch.manual_seed(seed)
     image = load_image(args.image) if args.image else None
     if spec.needs_image and image is None:
         raise ConvScopeError(f"{spec.id} needs an image: add --image PATH")
     ctx = MethodContext(model=model, image=image)
     watch = Stopwatch()
-    result = drive(spec.run(ctx, **params))
+    result = drive(spec.start(ctx, params))
     seconds = watch.seconds
     top5 = [[label, round(p, 6)] for _i, label, p in ctx.image_features().top_k(model.labels)] if image else []
 
@@ -192,7 +212,7 @@ def _run_method(args, model) -> int:
         from engine.view.export import build_sidecar, export_png
 
         sidecar = build_sidecar(model=model.name, weights=model.weights, layer=result.layer, method=spec.id,
-                                params=result.params or params, image_path=args.image,
+                                params=result.params, image_path=args.image,
                                 preprocessing=model.preprocessing.as_dict(), device=str(model.device),
                                 metrics=result.metrics, target=result.target)
         png, _json = export_png(args.out, compose(result.display), sidecar, overwrite=True)
@@ -209,7 +229,7 @@ def _run_method(args, model) -> int:
 
         if not result.frames:
             raise ConvScopeError(f"{spec.id} recorded no frames to animate")
-        write_animation(result.frames, Path(animation), fps=args.fps, overwrite=True)
+        write_animation(result.frames, Path(animation), fps=fps, overwrite=True)
     line = {
         "method": spec.id,
         "model": model.name,
@@ -220,7 +240,7 @@ def _run_method(args, model) -> int:
         "out": out,
         "save_array": args.save_array,
         "animation": animation,
-        "params": result.params or params,
+        "params": result.params,
         "metrics": result.metrics,
     }
     from engine.view.export import to_jsonable

@@ -122,7 +122,7 @@ class Workbench:
         ctx = MethodContext(model=self._require_model(), image=self.image, cancel=cancel, features=self.features)
         if spec.needs_image:
             ctx.require_image()
-        return spec.run(ctx, **bound)
+        return spec.start(ctx, bound)
 
     # -- helpers ------------------------------------------------------------------
     def _require_model(self) -> LoadedModel:

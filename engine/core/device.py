@@ -33,7 +33,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
+    # The CPU allocator says "DefaultCPUAllocator: can't allocate memory: you tried to allocate ...".
+    text = str(exc).lower()
+    return (oom is not None and isinstance(exc, oom)) or "out of memory" in text or "can't allocate memory" in text
 
 
 OUT_OF_MEMORY_MESSAGE = (

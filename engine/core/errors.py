@@ -36,6 +36,23 @@ class MethodInputError(ConvScopeError):
     """A method's parameters do not fit the model or the image."""
 
 
+class ParamError(MethodInputError):
+    """A value that does not fit its parameter: ``name`` is the parameter, ``problem`` the
+    message without the flag, for a form to show beside its field. The message is the
+    flag followed by the problem, unless ``message`` words it otherwise."""
+
+    def __init__(self, name: str, problem: str, message: str | None = None):
+        self.name = name
+        self.flag = flag_of(name)
+        self.problem = problem
+        super().__init__(message or f"{self.flag} {problem}")
+
+
+def flag_of(name: str) -> str:
+    """The CLI flag of a parameter: --name-with-dashes."""
+    return "--" + name.replace("_", "-")
+
+
 class JobCancelled(ConvScopeError):
     """The user cancelled the job; no result is reported."""
 

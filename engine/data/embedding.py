@@ -79,20 +79,6 @@ def umap_2d(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
     return umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, len(vectors) - 1)).fit_transform(vectors).astype(np.float32)
 
 
-def parse_grid(text: str) -> tuple[int, int] | None:
-    """'20x15' -> (20 columns, 15 rows); '' -> None."""
-    text = (text or "").strip().lower()
-    if not text:
-        return None
-    try:
-        columns, rows = (int(part) for part in text.split("x"))
-    except ValueError:
-        raise MethodInputError(f"--grid must look like 20x15 (columns x rows), not '{text}'") from None
-    if not (1 <= columns <= 100 and 1 <= rows <= 100):
-        raise MethodInputError("--grid must be between 1x1 and 100x100")
-    return columns, rows
-
-
 def snap_to_grid(layout: np.ndarray, columns: int, rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Assign points to the cells of a columns x rows grid, keeping neighbours together.
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from engine.methods.base import MethodContext, MethodSpec, Param
+from engine.methods.base import MethodContext
+from engine.methods.params import MethodSpec, Param
 
 FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Weights and activations", ("filters", "activations")),
@@ -25,7 +26,7 @@ FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 def _discover() -> dict[str, MethodSpec]:
     found: dict[str, MethodSpec] = {}
     for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_") or info.name == "base":
+        if info.name.startswith("_") or info.name in ("base", "params"):
             continue
         spec = getattr(importlib.import_module(f"{__name__}.{info.name}"), "SPEC", None)
         if isinstance(spec, MethodSpec):

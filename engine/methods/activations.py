@@ -13,33 +13,33 @@ from engine.core.errors import MethodInputError
 from engine.core.jobs import Progress, Result
 from engine.view.display import Display
 from engine.view.render import grid_shape, normalise_tiles, tile_grid
-from engine.methods.base import LAYER, MethodSpec, Param
+from engine.methods.params import LAYER, MethodSpec, Param, require_channel
 
 MAX_TILES = 256
 
 
-def run(ctx, layer: str = "middle", channel: int | None = None, sort: str = "none", scale: str = "tile", page: int = 1):
+def run(ctx, p):
     features = ctx.image_features()
-    path = ctx.resolve_layer(layer)
+    path = ctx.resolve_layer(p.layer)
+    p.record(layer=path)
+    channel, sort, page = p.channel, p.sort, p.page
     if path not in features.activations:
         raise MethodInputError(f"layer '{path}' did not run in the forward pass, so it has no activations")
     output = features.activations[path][0].numpy()  # drop the batch axis
     yield Progress(0.5, path)
-    params = {"layer": path, "channel": channel, "sort": sort, "scale": scale, "page": page}
     metrics = {"shape": list(output.shape), "mean": float(output.mean()), "max": float(output.max()),
                "fraction_zero": float((output == 0).mean())}
 
     if output.ndim == 1 or (output.ndim == 3 and output.shape[1:] == (1, 1)):
         vector = output.reshape(-1)
         display = Display(bars=vector, legend="activation", note=f"{vector.size} units")
-        return Result(display=display, array=vector, layer=path, metrics=metrics, params=params)
+        return Result(display=display, array=vector, layer=path, metrics=metrics)
     if output.ndim != 3:
         raise MethodInputError(f"layer '{path}' outputs a {output.ndim}-D tensor; activations shows C x H x W maps or vectors")
 
     channels = output.shape[0]
     if channel is not None:
-        if not 0 <= channel < channels:
-            raise MethodInputError(f"--channel must be between 0 and {channels - 1} for {path}")
+        require_channel("channel", channel, channels, path)
         single = output[channel]
         display = Display(rgb=ctx.image.to_array(), scalar=single, overlay=True, colormap="inferno",
                           levels=(float(single.min()), float(single.max()) or 1.0),
@@ -47,7 +47,7 @@ def run(ctx, layer: str = "middle", channel: int | None = None, sort: str = "non
         metrics.update(channel_mean=float(single.mean()), channel_max=float(single.max()),
                        argmax=[int(v) for v in np.unravel_index(single.argmax(), single.shape)])
         yield Progress(1.0, path)
-        return Result(display=display, array=single, layer=path, metrics=metrics, params=params)
+        return Result(display=display, array=single, layer=path, metrics=metrics)
 
     order = np.argsort(-output.reshape(channels, -1).mean(axis=1), kind="stable") if sort == "mean" else np.arange(channels)
     first = (page - 1) * MAX_TILES
@@ -55,7 +55,7 @@ def run(ctx, layer: str = "middle", channel: int | None = None, sort: str = "non
         raise MethodInputError(f"page {page} is past the last of {(channels - 1) // MAX_TILES + 1} pages")
     shown = order[first:first + MAX_TILES]
     tiles = output[shown]
-    per_tile = scale == "tile"
+    per_tile = p.scale == "tile"
     tiles = normalise_tiles(tiles, per_tile=per_tile)
     rows, columns = grid_shape(len(shown))
     grid = tile_grid(tiles, rows, columns, gap=1)
@@ -69,7 +69,7 @@ def run(ctx, layer: str = "middle", channel: int | None = None, sort: str = "non
                       tile_shape=(rows, columns), tile_size=output.shape[1:], tile_gap=1)
     metrics["channel_order"] = [int(c) for c in shown]
     yield Progress(1.0, path)
-    return Result(display=display, array=output, layer=path, metrics=metrics, params=params)
+    return Result(display=display, array=output, layer=path, metrics=metrics)
 
 
 SPEC = MethodSpec(

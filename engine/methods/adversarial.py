@@ -39,7 +39,7 @@ from engine.anatomy.hooks import first_tensor
 from engine.core.jobs import Frame, Progress, Result
 from engine.view.display import Display
 from engine.models.preprocessing import unit_tensor_to_rgb
-from engine.methods.base import MethodSpec, Param
+from engine.methods.params import MethodSpec, Param, ParamError
 
 LOSSES = ("ce", "margin")
 DEFAULT_EPS = 2 / 255
@@ -90,24 +90,21 @@ def _loss(logits: torch.Tensor, target: int, kind: str, confidence: float) -> to
     return torch.clamp(others.max() - logits[0, target], min=-confidence)
 
 
-def run(ctx, target=None, eps=DEFAULT_EPS, steps=50, lr=0.0, confidence=0.0, loss="ce"):
+def check(p) -> None:
+    if p.target is None:
+        raise ParamError("target", "is needed: the class the image should be mistaken for",
+                         "adversarial needs --target: the class the image should be mistaken for "
+                         "(an index or a label, e.g. --target goldfish)")
+
+
+def run(ctx, p):
     image = ctx.require_image()
-    if target is None or str(target).strip() == "":
-        raise MethodInputError("adversarial needs --target: the class the image should be mistaken for "
-                               "(an index or a label, e.g. --target goldfish)")
-    if loss not in LOSSES:
-        raise MethodInputError(f"--loss must be one of {', '.join(LOSSES)}, not '{loss}'")
-    eps, steps, lr, confidence = float(eps), int(steps), float(lr), float(confidence)
-    if not 0 < eps <= 1:
-        raise MethodInputError(f"--eps must be above 0 and at most 1 (pixel values run from 0 to 1), not {eps}")
-    if steps < 1:
-        raise MethodInputError(f"--steps must be at least 1, not {steps}")
-    if lr < 0 or confidence < 0:
-        raise MethodInputError("--lr and --confidence must not be negative")
-    lr = lr or eps / 4
+    eps, steps, confidence, loss = p.eps, p.steps, p.confidence, p.loss
+    lr = p.lr or eps / 4
     model = ctx.model
-    goal = ctx.resolve_target(target)
+    goal = ctx.resolve_target(p.target)
     index = goal["index"]
+    p.record(target=index, lr=lr)
     original = model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
     with torch.no_grad():
         start_logits = _logits(model, original)
@@ -187,9 +184,8 @@ def run(ctx, target=None, eps=DEFAULT_EPS, steps=50, lr=0.0, confidence=0.0, los
             f"perturbation shown magnified x{1 / (2 * eps):.0f}")
     mosaic = _mosaic(original, adversarial, eps, names, (start_probs[source], start_probs[index]),
                      (final_probs[source], final_probs[index]))
-    params = {"target": index, "eps": eps, "steps": steps, "lr": lr, "confidence": confidence, "loss": loss}
     return Result(display=Display(rgb=mosaic, note=note), array=adversarial[0].permute(1, 2, 0).cpu().numpy(),
-                  metrics=metrics, target=goal, params=params, frames=recorder.finish(mosaic))
+                  metrics=metrics, target=goal, frames=recorder.finish(mosaic))
 
 
 def _lead_after_rounding(model, unit: torch.Tensor, target: int) -> float:
@@ -226,15 +222,17 @@ SPEC = MethodSpec(
     params=(
         Param("target", "target", None, "the class the image should be mistaken for (required)"),
         Param("eps", "float", DEFAULT_EPS, "largest change of any pixel, on the 0..1 scale (2/255 by default)",
-              minimum=0.0, maximum=1.0),
+              above=0.0, maximum=1.0),
         Param("steps", "int", 50, "most gradient steps; stops as soon as the target is the top-1", minimum=1, maximum=10000),
         Param("lr", "float", 0.0, "change of each pixel per step, on the 0..1 scale (0: eps / 4)", minimum=0.0,
-              special="eps / 4"),
+              maximum=1.0, special="eps / 4"),
+        # A logit lead of 1000 is p = 1 - e^-1000: beyond any float.
         Param("confidence", "float", 0.0, "keep going until the target's logit leads the runner-up by this much",
-              minimum=0.0),
+              minimum=0.0, maximum=1000.0),
         Param("loss", "choice", "ce", "ce: -log p(target); margin: best other logit minus the target's (Carlini & Wagner)",
               choices=LOSSES),
     ),
     run=run,
     streams_frames=True,
+    check=check,
 )

@@ -29,23 +29,10 @@ from engine.optvis.parameterisation import PARAMETERISATIONS, make_image_param
 from engine.optvis.regularisers import centre_bias as centre_bias_penalty, clip_small_contribution, clip_small_norm, gaussian_blur, \
     l2_decay, l2_penalty, total_variation
 from engine.optvis.transforms import compose, jitter as jitter_transform, scale_rotate
-from engine.methods.base import LAYER, SEED, MethodSpec, Param
+from engine.methods.params import (JITTER_LIMIT, LAYER, LR_LIMIT, SEED, WEIGHT_LIMIT, MethodSpec, Param, require_channel,
+                                   require_position)
 
 OBJECTIVES = ("class", "channel", "neuron")
-
-
-def parse_position(text: str, grid: tuple[int, int]) -> tuple[int, int]:
-    """'Y,X' -> a position on a layer's grid (rows, columns); '' -> the centre."""
-    height, width = grid
-    if not str(text or "").strip():
-        return height // 2, width // 2
-    try:
-        y, x = (int(v) for v in str(text).replace(" ", "").split(","))
-    except ValueError:
-        raise MethodInputError(f"--at takes a grid position as Y,X (e.g. 3,4), not '{text}'") from None
-    if not (0 <= y < height and 0 <= x < width):
-        raise MethodInputError(f"--at {y},{x} is off the layer's {height}x{width} grid: use 0..{height - 1},0..{width - 1}")
-    return y, x
 
 
 def _unit_objective(ctx, objective, layer, channel, at, size):
@@ -59,60 +46,60 @@ def _unit_objective(ctx, objective, layer, channel, at, size):
                                "pick a convolution-stage layer, or --objective class")
     if channel is None:
         raise MethodInputError(f"the {objective} objective needs one channel: give --channel (0-{shape[1] - 1})")
-    if not 0 <= channel < shape[1]:
-        raise MethodInputError(f"channel {channel} does not exist: '{path}' has channels 0-{shape[1] - 1}")
+    require_channel("channel", channel, shape[1], path)
     if objective == "channel":
         return path, channel_objective(path, channel), f"channel {channel} of {path}", None
-    y, x = parse_position(at, shape[2:])
+    grid = tuple(shape[2:])
+    y, x = (grid[0] // 2, grid[1] // 2) if at is None else require_position("at", at, grid, path)
     return path, neuron_objective(path, channel, y, x), f"channel {channel} of {path} at {y},{x}", (y, x)
 
 
-def run(ctx, objective="class", target=None, layer="middle", channel=0, at="", param="fourier", steps=64, lr=0.1,
-        size=0, facets=1, diversity=10.0, diversity_layer="middle", l2=0.0, decay=0.0, tv=0.0, centre_bias=0.0,
-        blur_every=4, blur_sigma=0.5, clip_norm=0.0, clip_contribution=0.0, jitter=8, scale=0.1, rotate=10.0, seed=0):
-    size = size or ctx.model.preprocessing.size
+def run(ctx, p):
+    objective, channel, steps, facets, param = p.objective, p.channel, p.steps, p.facets, p.param
+    size = p.size or ctx.model.preprocessing.size
     mean = torch.tensor(ctx.model.preprocessing.mean, device=ctx.device).view(1, 3, 1, 1)
     resolved, path, position = None, None, None
     if objective == "class":
-        if target is None and ctx.image is None:
+        if p.target is None and ctx.image is None:
             raise MethodInputError("which class? give --target (an index or a label such as goldfish), "
                                    "or open an image to visualise its top-1 class")
-        resolved = ctx.resolve_target(target)
+        resolved = ctx.resolve_target(p.target)
         goal, what = class_logit(resolved["index"]), f"class '{resolved['label']}'"
     else:
-        path, goal, what, position = _unit_objective(ctx, objective, layer, channel, at, size)
+        path, goal, what, position = _unit_objective(ctx, objective, p.layer, channel, p.at, size)
 
     # Priors as loss terms, each averaged over the picture's pixels so a weight means the
     # same at every size; the centred picture has the model's mean colour at 0.
     pixels = facets * size * size
     loss = goal
-    if l2 > 0:
-        loss = loss + (l2 / pixels) * penalty("l2", lambda p: l2_penalty(p - mean))
-    if tv > 0:
-        loss = loss + (tv / pixels) * penalty("tv", total_variation)
-    if centre_bias > 0:
-        loss = loss + (centre_bias / pixels) * penalty("centre", lambda p: centre_bias_penalty(p - mean))
-    spread_layer = ctx.resolve_layer(diversity_layer) if facets > 1 else None
-    if spread_layer and diversity > 0:
-        loss = loss + diversity * diversity_objective(spread_layer)
+    if p.l2 > 0:
+        loss = loss + (p.l2 / pixels) * penalty("l2", lambda x: l2_penalty(x - mean))
+    if p.tv > 0:
+        loss = loss + (p.tv / pixels) * penalty("tv", total_variation)
+    if p.centre_bias > 0:
+        loss = loss + (p.centre_bias / pixels) * penalty("centre", lambda x: centre_bias_penalty(x - mean))
+    spread_layer = ctx.resolve_layer(p.diversity_layer) if facets > 1 else None
+    if spread_layer and p.diversity > 0:
+        loss = loss + p.diversity * diversity_objective(spread_layer)
 
     projections = []
-    if decay > 0:
-        projections.append(Projection("decay", lambda x, _g: l2_decay(x, decay)))
-    if blur_every > 0 and blur_sigma > 0:
-        projections.append(Projection("blur", lambda x, _g: gaussian_blur(x, blur_sigma), every=blur_every))
-    if clip_norm > 0:
-        projections.append(Projection("clip norm", lambda x, _g: clip_small_norm(x, clip_norm)))
-    if clip_contribution > 0:
-        projections.append(Projection("clip contribution", lambda x, g: clip_small_contribution(x, g, clip_contribution)))
+    if p.decay > 0:
+        projections.append(Projection("decay", lambda x, _g: l2_decay(x, p.decay)))
+    if p.blur_every > 0 and p.blur_sigma > 0:
+        projections.append(Projection("blur", lambda x, _g: gaussian_blur(x, p.blur_sigma), every=p.blur_every))
+    if p.clip_norm > 0:
+        projections.append(Projection("clip norm", lambda x, _g: clip_small_norm(x, p.clip_norm)))
+    if p.clip_contribution > 0:
+        projections.append(Projection("clip contribution",
+                                      lambda x, g: clip_small_contribution(x, g, p.clip_contribution)))
 
-    generator = ctx.generator(seed)
+    generator = ctx.generator(p.seed)
     image = make_image_param(param, (facets, 3, size, size), generator, device=ctx.device)
     recorder = FrameRecorder()
     yield Progress(0.0, f"optimising for {what}")
     optimised = yield from optimise(
-        ctx.model, image, loss, steps=steps, lr=lr, generator=generator, cancel=ctx.cancel,
-        transform=compose(jitter_transform(jitter), scale_rotate(scale, rotate)), projections=projections,
+        ctx.model, image, loss, steps=steps, lr=p.lr, generator=generator, cancel=ctx.cancel,
+        transform=compose(jitter_transform(p.jitter), scale_rotate(p.scale, p.rotate)), projections=projections,
         recorder=recorder, label="step")
 
     final = optimised.image
@@ -130,15 +117,11 @@ def run(ctx, objective="class", target=None, layer="middle", channel=0, at="", p
     mosaic, _regions = render_gallery([("", tiles)], tile=size, caption_lines=1)
     recorder.finish(side_by_side(final))
     array = final.permute(0, 2, 3, 1).cpu().numpy()
-    params = {"objective": objective, "target": resolved["index"] if resolved else None, "layer": path,
-              "channel": channel if path else None, "at": list(position) if position else None, "param": param,
-              "steps": steps, "lr": lr, "size": size, "facets": facets, "diversity": diversity,
-              "diversity_layer": spread_layer, "l2": l2, "decay": decay, "tv": tv, "centre_bias": centre_bias,
-              "blur_every": blur_every, "blur_sigma": blur_sigma, "clip_norm": clip_norm,
-              "clip_contribution": clip_contribution, "jitter": jitter, "scale": scale, "rotate": rotate, "seed": seed}
+    p.record(target=resolved["index"] if resolved else None, layer=path, channel=channel if path else None,
+             at=position, size=size, diversity_layer=spread_layer)
     note = f"{what}: {steps} steps, {param} parameterisation" + (f", {facets} facets" if facets > 1 else "")
     return Result(display=Display(rgb=mosaic, note=note), array=array[0] if facets == 1 else array,
-                  metrics=metrics, layer=path, target=resolved, params=params, frames=recorder.frames)
+                  metrics=metrics, layer=path, target=resolved, frames=recorder.frames)
 
 
 def _measure(ctx, final, objective, resolved, path, channel, position, metrics) -> list[str]:
@@ -169,29 +152,31 @@ SPEC = MethodSpec(
         Param("target", "target", None, "class index or label (default: the image's top-1 class)"),
         LAYER,
         Param("channel", "channel", 0, "channel of --layer (channel and neuron objectives)", minimum=0),
-        Param("at", "str", "", "neuron position Y,X on the layer's grid (default: the centre)"),
+        Param("at", "position", None, "neuron position Y,X on the layer's grid (default: the centre)"),
         Param("param", "choice", "fourier", "pixels, or a decorrelated Fourier spectrum (Olah et al. 2017)",
               choices=PARAMETERISATIONS),
         Param("steps", "int", 64, "optimisation steps", minimum=1, maximum=10000),
-        Param("lr", "float", 0.1, "Adam's step size", minimum=0.0),
+        Param("lr", "float", 0.1, "Adam's step size", minimum=0.0, maximum=LR_LIMIT),
         Param("size", "int", 0, "side of the square picture in pixels (0: the model's input size)", minimum=0,
               maximum=1024, special="model's size"),
         Param("facets", "int", 1, "how many diverse pictures to make at once, shown side by side", minimum=1, maximum=8),
         Param("diversity", "float", 10.0, "weight of the term that keeps the facets apart (raise it if they look alike)",
-              minimum=0.0),
+              minimum=0.0, maximum=WEIGHT_LIMIT),
         Param("diversity_layer", "layer", "middle", "layer whose Gram matrices the facets must differ in"),
-        Param("l2", "float", 0.0, "L2 penalty weight: lambda * ||I - mean||^2 per pixel (0: off)", minimum=0.0),
+        Param("l2", "float", 0.0, "L2 penalty weight: lambda * ||I - mean||^2 per pixel (0: off)", minimum=0.0,
+              maximum=WEIGHT_LIMIT),
         Param("decay", "float", 0.0, "L2 decay: shrink the picture towards the mean colour by this fraction each step",
               minimum=0.0, maximum=1.0),
-        Param("tv", "float", 0.0, "total variation weight, per pixel (0: off)", minimum=0.0),
-        Param("centre_bias", "float", 0.0, "weight of an L2 penalty that grows towards the edges (0: off)", minimum=0.0),
-        Param("blur_every", "int", 4, "blur the picture every N steps (0: off)", minimum=0),
+        Param("tv", "float", 0.0, "total variation weight, per pixel (0: off)", minimum=0.0, maximum=WEIGHT_LIMIT),
+        Param("centre_bias", "float", 0.0, "weight of an L2 penalty that grows towards the edges (0: off)", minimum=0.0,
+              maximum=WEIGHT_LIMIT),
+        Param("blur_every", "int", 4, "blur the picture every N steps (0: off)", minimum=0, maximum=10000),
         Param("blur_sigma", "float", 0.5, "the blur's Gaussian sigma in pixels", minimum=0.0, maximum=20.0),
         Param("clip_norm", "float", 0.0, "percentile: grey out pixels whose colour norm is below it (0: off)",
               minimum=0.0, maximum=100.0),
         Param("clip_contribution", "float", 0.0,
               "percentile: grey out pixels whose |pixel x gradient| is below it (0: off)", minimum=0.0, maximum=100.0),
-        Param("jitter", "int", 8, "random shift in pixels before each step (0: off)", minimum=0),
+        Param("jitter", "int", 8, "random shift in pixels before each step (0: off)", minimum=0, maximum=JITTER_LIMIT),
         Param("scale", "float", 0.1, "random zoom of up to this fraction before each step (0: off)", minimum=0.0,
               maximum=0.9),
         Param("rotate", "float", 10.0, "random rotation of up to this many degrees before each step (0: off)",

@@ -32,33 +32,12 @@ from engine.view.display import Display
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.optvis.tiling import Window, output_shapes, tile_windows, tiled_gradient, tiled_statistics, tiling_geometry
 from engine.optvis.transforms import random_shift, resize, roll
-from engine.methods.base import LAYER, SEED, MethodSpec, Param
+from engine.methods.params import JITTER_LIMIT, LAYER, SEED, MethodSpec, Param, ParamError
 
 # Guide matching compares every dream position with every guide position; the comparison
 # is done in chunks of at most this many dot products, so an early layer of a large tile
 # never builds a gigabyte matrix.
 _MATCH_CHUNK = 1 << 23
-
-
-def parse_layer_weights(text: str) -> list[tuple[str, float]]:
-    """``"early:1, stages.3.2.expand_relu6:0.5, late"`` -> [(name, weight), ...] (weight 1 if left out)."""
-    pairs = []
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        name, weight = item, "1"
-        if ":" in item:
-            name, _, weight = item.rpartition(":")
-        name = name.strip()
-        try:
-            value = float(weight)
-        except ValueError:
-            value = math.nan
-        if not name or not math.isfinite(value):
-            raise MethodInputError(f"--layers: cannot read '{item}'; write layer:weight pairs separated by commas, "
-                                   "e.g. 'early:1,late:0.5'")
-        pairs.append((name, value))
-    return pairs
 
 
 class DreamObjective:
@@ -124,8 +103,14 @@ def guided_term(activation: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
     return (flat * guide[:, best]).sum()
 
 
-def _layer_weights(ctx, layer: str, layers: str) -> dict[str, float]:
-    pairs = parse_layer_weights(layers) if layers and layers.strip() else [(layer, 1.0)]
+def check(p) -> None:
+    if p.layers is not None and not any(weight for _name, weight in p.layers):
+        raise ParamError("layers", "gives every layer weight 0, so there is nothing to dream; give one a weight",
+                         "--layers: every weight is 0, so there is nothing to dream; give at least one layer a weight")
+
+
+def _layer_weights(ctx, layer: str, layers: tuple[tuple[str, float], ...] | None) -> dict[str, float]:
+    pairs = layers or ((layer, 1.0),)
     weights: dict[str, float] = {}
     for name, weight in pairs:
         path = ctx.resolve_layer(name)
@@ -133,8 +118,6 @@ def _layer_weights(ctx, layer: str, layers: str) -> dict[str, float]:
             raise MethodInputError(f"--layers names {path} twice" + (f" ('{name}' is {path})" if name != path else "")
                                    + "; give each layer once with its weight")
         weights[path] = weight
-    if not any(weights.values()):
-        raise MethodInputError("--layers: every weight is 0, so there is nothing to dream; give at least one layer a weight")
     return weights
 
 
@@ -194,25 +177,25 @@ def _statistics(objective: DreamObjective, unit: torch.Tensor, tiles: _Tiles | N
     return tiled_statistics(lambda crop, window: objective(crop, window, tiles.numel), unit, tiles.windows())
 
 
-def run(ctx, layer="middle", layers="", guide=None, steps=10, lr=0.01, octaves=3, octave_scale=1.4, jitter=16, tile=512,
-        size=0, seed=0):
+def run(ctx, p):
     image = ctx.require_image()
-    weights = _layer_weights(ctx, layer, layers)
+    guide, steps, lr, octaves, tile = p.guide, p.steps, p.lr, p.octaves, p.tile
+    weights = _layer_weights(ctx, p.layer, p.layers)
     order = {path: index for index, path in enumerate(ctx.output_shapes())}
     last = max(weights, key=lambda path: order.get(path, -1))
     objective = DreamObjective(ctx.model, weights, last)
     if guide:
         objective.guides = _guide_features(ctx, guide, objective)
     shown = next(iter(weights))  # the layer whose norm the frames and metrics report
-    generator = ctx.generator(seed)
+    generator = ctx.generator(p.seed)
     # The tile grid's offsets come from a stream of their own, so tiling leaves the jitter
     # unchanged: where tiling is exact, a tiled dream is the untiled dream.
-    grid_generator = ctx.generator(seed + 1_000_003)
-    base = ctx.model.preprocessing.to_unit_tensor(image.image, size or None).to(ctx.device)
+    grid_generator = ctx.generator(p.seed + 1_000_003)
+    base = ctx.model.preprocessing.to_unit_tensor(image.image, p.size or None).to(ctx.device)
     full_size = tuple(base.shape[-2:])
     pyramid = [base]
     for octave in range(1, octaves):
-        factor = octave_scale ** octave
+        factor = p.octave_scale ** octave
         pyramid.append(resize(base, (max(1, round(full_size[0] / factor)), max(1, round(full_size[1] / factor)))))
     pyramid.reverse()  # smallest first
 
@@ -234,7 +217,7 @@ def run(ctx, layer="middle", layers="", guide=None, steps=10, lr=0.01, octaves=3
         tiles = full_tiles if tuple(octave_base.shape[-2:]) == full_size else tiles_for(tuple(octave_base.shape[-2:]))
         for step in range(steps):
             ctx.cancel.check()
-            shift = random_shift(generator, jitter)
+            shift = random_shift(generator, p.jitter)
             pixels = roll(dreamt, shift)
             if tiles is None:
                 pixels.requires_grad_(True)
@@ -268,14 +251,13 @@ def run(ctx, layer="middle", layers="", guide=None, steps=10, lr=0.01, octaves=3
     if len(weights) > 1:
         metrics["layer_norms_first"] = {path: math.sqrt(value) for path, value in squares_first.items()}
         metrics["layer_norms_last"] = {path: math.sqrt(value) for path, value in squares_last.items()}
-    params = {"layer": shown, "layers": dict(weights), "guide": guide, "steps": steps, "lr": lr, "octaves": octaves,
-              "octave_scale": octave_scale, "jitter": jitter, "tile": tile, "size": size, "seed": seed}
+    p.record(layer=shown, layers=dict(weights))
     what = ", ".join(f"{path} x{weight:g}" for path, weight in weights.items()) if len(weights) > 1 else shown
     note = f"DeepDream on {what}" + (" guided by " + guide.replace("\\", "/").rsplit("/", 1)[-1] if guide else "")
     if full_tiles is not None:
         note += (f"; in {windows} tiles of {tile} px with {full_tiles.margin} px overlap"
                  + ("" if full_tiles.exact else ", the grid moving every step (the layer sees further than the overlap)"))
-    return Result(display=Display(rgb=final_rgb, note=note), array=result, layer=shown, metrics=metrics, params=params,
+    return Result(display=Display(rgb=final_rgb, note=note), array=result, layer=shown, metrics=metrics,
                   frames=recorder.finish(final_rgb))
 
 
@@ -285,14 +267,16 @@ SPEC = MethodSpec(
     summary="Amplify what a layer sees: ascend 0.5*||activation||^2 with jitter and octaves.",
     params=(
         LAYER,
-        Param("layers", "str", "", "several layers with weights, e.g. 'early:1,late:0.5' (replaces --layer)"),
+        Param("layers", "layer_weights", None, "several layers with weights, e.g. 'early:1,late:0.5' (replaces --layer)",
+              minimum=-1000.0, maximum=1000.0),
         Param("guide", "image", None,
               "grow what this image contains: pull each position towards the guide's best-matching feature"),
         Param("steps", "int", 10, "gradient steps per octave", minimum=1, maximum=1000),
-        Param("lr", "float", 0.01, "step size in 0..1 pixel units, after normalising the gradient", minimum=0.0),
+        Param("lr", "float", 0.01, "step size in 0..1 pixel units, after normalising the gradient", minimum=0.0,
+              maximum=1.0),
         Param("octaves", "int", 3, "number of scales, smallest first", minimum=1, maximum=8),
         Param("octave_scale", "float", 1.4, "size ratio between octaves", minimum=1.0, maximum=3.0),
-        Param("jitter", "int", 16, "random shift in pixels before each step", minimum=0),
+        Param("jitter", "int", 16, "random shift in pixels before each step", minimum=0, maximum=JITTER_LIMIT),
         Param("tile", "int", 512, "compute the gradient in tiles of this many pixels, so large images fit in memory",
               minimum=0, maximum=4096, special="whole image at once"),
         Param("size", "int", 0, "shorter side of the dreamt image in pixels (0: the model's input size)", minimum=0, maximum=2048,
@@ -301,4 +285,5 @@ SPEC = MethodSpec(
     ),
     run=run,
     streams_frames=True,
+    check=check,
 )

@@ -13,24 +13,24 @@ from pathlib import Path
 import numpy as np
 
 from engine.data.datasets import open_dataset
-from engine.data.embedding import ALGORITHMS, parse_grid, pca_2d, snap_to_grid, tsne_2d, umap_2d, write_csv
+from engine.data.embedding import ALGORITHMS, pca_2d, snap_to_grid, tsne_2d, umap_2d, write_csv
 from engine.core.errors import MethodInputError
 from engine.data.extraction import extract, skipped_list, skipped_note
 from engine.view.gallery import Tile, render_gallery
 from engine.data.images import load_image
 from engine.core.jobs import Frame, Progress, Result, within
 from engine.view.display import Display, Points
-from engine.methods.base import DATASET, FEATURE_LAYER, SEED, MethodSpec, Param
+from engine.methods.params import DATASET, FEATURE_LAYER, SEED, MethodSpec, Param
 
 GRID_TILE = 48
 
 
-def run(ctx, dataset="samples", layer="penultimate", algo="tsne", color="auto", grid="", perplexity=30.0, seed=0, csv=""):
-    data = open_dataset(dataset)
-    cells = parse_grid(grid)
-    path = ctx.resolve_layer(layer, default="penultimate")
-    if color == "auto":
-        color = "label" if data.classes else "prediction"
+def run(ctx, p):
+    algo, cells, seed, csv = p.algo, p.grid, p.seed, p.csv
+    data = open_dataset(p.dataset)
+    path = ctx.resolve_layer(p.layer, default="penultimate")
+    color = p.color if p.color != "auto" else "label" if data.classes else "prediction"
+    p.record(layer=path, color=color)
     # Extraction takes the first 60% of the progress bar (half of it for the predictions).
     features = yield from within(extract(ctx.model, data, path, cancel=ctx.cancel), 0.0, 0.3 if color == "prediction" else 0.6)
     try:
@@ -57,7 +57,7 @@ def run(ctx, dataset="samples", layer="penultimate", algo="tsne", color="auto", 
     elif algo == "umap":
         layout = umap_2d(vectors, seed)
     else:
-        job = tsne_2d(vectors, perplexity, seed)
+        job = tsne_2d(vectors, p.perplexity, seed)
         try:
             step = 0
             while True:
@@ -81,8 +81,7 @@ def run(ctx, dataset="samples", layer="penultimate", algo="tsne", color="auto", 
     else:
         display = Display(points=Points(layout, paths, groups, title),
                           note=f"{title}; hover for the image, click to open it{skipped_note(failures)}")
-    params = {"dataset": dataset, "layer": path, "algo": algo, "color": color, "grid": grid, "perplexity": perplexity, "seed": seed}
-    return Result(display=display, array=layout, layer=path, metrics=metrics, params=params)
+    return Result(display=display, array=layout, layer=path, metrics=metrics)
 
 
 def grid_picture(layout: np.ndarray, paths: list[str], columns: int, rows: int, seed: int = 0):
@@ -116,10 +115,11 @@ SPEC = MethodSpec(
         Param("algo", "choice", "tsne", "the reduction", ALGORITHMS),
         Param("color", "choice", "auto", "colour points by the dataset's labels or the model's prediction",
               ("auto", "label", "prediction")),
-        Param("grid", "str", "", "snap to a grid of WxH cells filled with the images, e.g. 20x20"),
+        Param("grid", "grid", None, "snap to a grid of WxH cells filled with the images, e.g. 20x20", minimum=1,
+              maximum=100),
         Param("perplexity", "float", 30.0, "t-SNE's neighbourhood size", minimum=2.0, maximum=100.0),
         SEED,
-        Param("csv", "str", "", "also write the coordinates to this CSV file"),
+        Param("csv", "save_file", None, "also write the coordinates to this CSV file"),
     ),
     run=run,
     needs_image=False,

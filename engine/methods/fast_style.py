@@ -18,26 +18,16 @@ from engine.view.display import Display
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.style.style_library import list_styles, load_style
 from engine.style.style_net import MIN_SIDE, style_mix as normalised_mix
-from engine.methods.base import MethodSpec, Param
+from engine.methods.params import WEIGHT_LIMIT, MethodSpec, Param
 
 
-def parse_mix(text: str | None) -> list[float] | None:
-    """'0.7,0.3' -> [0.7, 0.3]; empty -> None (equal weights)."""
-    parts = [part.strip() for part in str(text or "").split(",") if part.strip()]
-    if not parts:
-        return None
-    try:
-        return [float(part) for part in parts]
-    except ValueError:
-        raise MethodInputError(f"--style-mix takes comma-separated weights such as 0.7,0.3, not '{text}'") from None
-
-
-def run(ctx, style_model=None, style_mix=None, size=512):
+def run(ctx, p):
     image = ctx.require_image()
+    size = p.size
     yield Progress(-1.0, "loading the style network")
-    loaded = load_style(style_model, ctx.device)
+    loaded = load_style(p.style_model, ctx.device)
     net = loaded.net
-    asked = parse_mix(style_mix)
+    asked = p.style_mix
     mix = normalised_mix(asked, net.styles)
     unit = (ctx.model.preprocessing.to_unit_tensor(image.image, size) if size else _as_loaded(image.image)).to(ctx.device)
     if min(unit.shape[-2:]) < MIN_SIDE:
@@ -60,9 +50,9 @@ def run(ctx, style_model=None, style_mix=None, size=512):
     height, width = unit.shape[-2:]
     metrics = {"styles": loaded.style_names, "mix": weights, "mix_ignored": ignored, "size": [int(width), int(height)],
                "style_model": str(loaded.path), "trained_steps": loaded.info.get("steps")}
-    params = {"style_model": str(loaded.path), "style_mix": weights, "size": size}
+    p.record(style_model=str(loaded.path), style_mix=weights)
     return Result(display=Display(rgb=rgb, note=note), array=stylised[0].permute(1, 2, 0).cpu().numpy(),
-                  metrics=metrics, params=params)
+                  metrics=metrics)
 
 
 def _as_loaded(picture) -> torch.Tensor:
@@ -79,8 +69,8 @@ SPEC = MethodSpec(
     params=(
         Param("style_model", "file", None, "a style network file from fast-style-train, or the name of a style in "
               "the library", suggest=lambda: [entry.name for entry in list_styles()]),
-        Param("style_mix", "str", "", "for a network of several styles: one weight per style, e.g. 0.7,0.3 "
-              "(normalised; empty: equal)"),
+        Param("style_mix", "weights", None, "for a network of several styles: one weight per style, e.g. 0.7,0.3 "
+              "(normalised; empty: equal)", maximum=WEIGHT_LIMIT),
         Param("size", "int", 512, "shorter side of the stylised picture in pixels (0: the image as loaded)",
               minimum=0, maximum=4096, special="image size"),
     ),

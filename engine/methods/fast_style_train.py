@@ -48,7 +48,7 @@ from engine.style.perceptual import (Features, PerceptualLayers, PerceptualLoss,
 from engine.style.style_library import (CHECKPOINT_FORMAT, FORMAT_VERSION, checkpoint_path, read_torch_file, save_path,
                              save_style, style_payload, write_torch_file)
 from engine.style.style_net import StyleNet, build_style_net, one_hot_mix
-from engine.methods.base import SEED, MethodSpec, Param
+from engine.methods.params import SEED, TEMPERATURE_LIMIT, WEIGHT_LIMIT, MethodSpec, Param, ParamError
 
 PREVIEW_GAP = 4  # pixels between the styles of a multi-style preview
 
@@ -254,23 +254,27 @@ class Training:
         self.saved_step = self.step
 
 
-def run(ctx, dataset="samples", style=None, steps=1000, batch=4, size=256, style_size=0, lr=1e-3,
-        content_weight=1.0, style_weight=2.0, tv_weight=1.0, content_layers="", style_layers="",
-        feature_transform="none", temperature=DEFAULT_TEMPERATURE, width=32, blocks=5, save=None, checkpoint_every=100,
-        preview_every=10, restart=False, seed=0):
-    styles = [str(path) for path in (style or []) if str(path).strip()]
-    if not styles:
-        raise MethodInputError("fast-style-train needs a style picture: add --style IMAGE (repeat it to train "
-                               "several styles into one network)")
+def check(p) -> None:
+    if p.style is None:
+        raise ParamError("style", "needs a style picture",
+                         "fast-style-train needs a style picture: add --style IMAGE (repeat it to train "
+                         "several styles into one network)")
+
+
+def run(ctx, p):
+    styles = list(p.style)
+    steps, batch, size, lr, temperature, width, blocks = p.steps, p.batch, p.size, p.lr, p.temperature, p.width, p.blocks
+    content_weight, style_weight, tv_weight, seed = p.content_weight, p.style_weight, p.tv_weight, p.seed
+    style_size, save, checkpoint_every, preview_every = p.style_size, p.save, p.checkpoint_every, p.preview_every
     style_images = [load_image(path) for path in styles]
-    data = open_dataset(dataset)
+    data = open_dataset(p.dataset)
     shapes = ctx.output_shapes()
     known = perceptual_layers(ctx.model, shapes)
-    content_paths = layer_list(content_layers, johnson_content(known), ctx.resolve_layer, "--content-layers")
-    style_paths = layer_list(style_layers, known.style, ctx.resolve_layer, "--style-layers")
+    content_paths = layer_list(p.content_layers, johnson_content(known), ctx.resolve_layer, "--content-layers")
+    style_paths = layer_list(p.style_layers, known.style, ctx.resolve_layer, "--style-layers")
     _require_spatial(content_paths, shapes, "--content-layers")
     _require_spatial(style_paths, shapes, "--style-layers")
-    transform_name, transform = choose_transform(feature_transform, known, temperature)
+    transform_name, transform = choose_transform(p.feature_transform, known, temperature)
     features = Features(ctx.model, content_paths + style_paths, transform)
     content_features = Features(ctx.model, content_paths, transform)
     target = save_path(save, styles)
@@ -294,7 +298,7 @@ def run(ctx, dataset="samples", style=None, steps=1000, batch=4, size=256, style
             "dataset": data.name, "style_files": styles}
 
     # ---- start fresh, or resume from the checkpoint
-    if restart:
+    if p.restart:
         checkpoint_file.unlink(missing_ok=True)
     checkpoint = _read_checkpoint(checkpoint_file, identity) if checkpoint_file.is_file() else None
     generator = ctx.generator(seed)
@@ -354,10 +358,10 @@ def run(ctx, dataset="samples", style=None, steps=1000, batch=4, size=256, style
     resumed = f", resumed from step {resumed_from}" if resumed_from else ""
     note = (f"{' | '.join(training.style_names)} after {training.step} steps{resumed}; saved as {target.name}"
             f"{skipped_note(failures)}")
-    params = {**info, "style": styles, "steps": steps, "width": width, "blocks": blocks, "save": str(target),
-              "checkpoint_every": checkpoint_every}
+    p.record(dataset=data.name, content_layers=content_paths, style_layers=style_paths, feature_transform=transform_name,
+             style_size=style_size or size, save=str(target))
     return Result(display=Display(rgb=rgb, note=note), array=final[0].permute(1, 2, 0).cpu().numpy(),
-                  metrics=metrics, params=params, frames=recorder.finish(rgb))
+                  metrics=metrics, frames=recorder.finish(rgb))
 
 
 def _read_checkpoint(path: Path, identity: dict) -> dict:
@@ -391,28 +395,32 @@ SPEC = MethodSpec(
         Param("size", "int", 256, "side of the square content crops, in pixels", minimum=16, maximum=1024),
         Param("style_size", "int", 0, "shorter side of the style pictures when measuring their Grams (0: --size)",
               minimum=0, maximum=2048, special="--size"),
-        Param("lr", "float", 1e-3, "Adam learning rate", minimum=0.0),
-        Param("content_weight", "float", 1.0, "weight of the content loss", minimum=0.0),
-        Param("style_weight", "float", 2.0, "weight of the style (Gram) loss, relative to its targets' size", minimum=0.0),
-        Param("tv_weight", "float", 1.0, "weight of the total-variation smoothness loss", minimum=0.0),
-        Param("content_layers", "str", "", "comma-separated layers for the content loss (default: chosen per model)"),
-        Param("style_layers", "str", "", "comma-separated layers for the style loss (default: chosen per model)"),
+        Param("lr", "float", 1e-3, "Adam learning rate", minimum=0.0, maximum=1.0),
+        Param("content_weight", "float", 1.0, "weight of the content loss", minimum=0.0, maximum=WEIGHT_LIMIT),
+        Param("style_weight", "float", 2.0, "weight of the style (Gram) loss, relative to its targets' size", minimum=0.0,
+              maximum=WEIGHT_LIMIT),
+        Param("tv_weight", "float", 1.0, "weight of the total-variation smoothness loss", minimum=0.0,
+              maximum=WEIGHT_LIMIT),
+        Param("content_layers", "layers", None, "comma-separated layers for the content loss (default: chosen per model)"),
+        Param("style_layers", "layers", None, "comma-separated layers for the style loss (default: chosen per model)"),
         Param("feature_transform", "choice", "none", "applied to the loss network's features before both losses "
               "(auto: softmax on non-VGG models, as the style method does; none suits a trained network better)",
               choices=("auto", *TRANSFORMS)),
-        Param("temperature", "float", DEFAULT_TEMPERATURE, "softmax temperature", minimum=1e-3),
+        Param("temperature", "float", DEFAULT_TEMPERATURE, "softmax temperature", minimum=1e-3,
+              maximum=TEMPERATURE_LIMIT),
         Param("width", "int", 32, "channels of the network's first layer (Johnson: 32; smaller is faster)",
               minimum=4, maximum=128),
         Param("blocks", "int", 5, "residual blocks (Johnson: 5)", minimum=0, maximum=16),
         Param("save", "save_file", None, "where to save the network: a file, or a name in the style library "
               "(default: named after the style pictures); its .ckpt checkpoint sits beside it"),
         Param("checkpoint_every", "int", 100, "write a resumable checkpoint every N steps (0: only at cancel and end)",
-              minimum=0),
-        Param("preview_every", "int", 10, "restyle the preview picture every N steps", minimum=1),
+              minimum=0, maximum=1_000_000),
+        Param("preview_every", "int", 10, "restyle the preview picture every N steps", minimum=1, maximum=1_000_000),
         Param("restart", "bool", False, "ignore an existing checkpoint and train from scratch"),
         SEED,
     ),
     run=run,
     needs_image=False,
     streams_frames=True,
+    check=check,
 )

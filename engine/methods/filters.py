@@ -14,21 +14,23 @@ from engine.core.jobs import Progress, Result
 from engine.view.display import Display
 from engine.anatomy.layers import conv_layers, find_module, nearest_conv
 from engine.view.render import grid_shape, normalise_tiles, tile_grid
-from engine.methods.base import MethodSpec, Param
+from engine.methods.params import MethodSpec, Param
 
 MAX_ROWS = 64
 MAX_COLUMNS = 64
 
 
-def run(ctx, layer: str = "first", scale: str = "auto", page: int = 1):
+def run(ctx, p):
     model = ctx.model.module
-    if layer in (None, "", "first"):
+    scale, page = p.scale, p.page
+    if p.layer == "first":
         convs = conv_layers(model)
         if not convs:
             raise MethodInputError("this model has no convolution layers, so it has no filters to show")
         path = convs[0]
     else:
-        path = nearest_conv(model, ctx.resolve_layer(layer))
+        path = nearest_conv(model, ctx.resolve_layer(p.layer))
+    p.record(layer=path)
     conv = find_module(model, path)
     weight = conv.weight.detach().float().cpu().numpy()  # out x in/groups x kh x kw
     out_channels, in_per_group, kh, kw = weight.shape
@@ -68,8 +70,7 @@ def run(ctx, layer: str = "first", scale: str = "auto", page: int = 1):
         display = _gray_display(tile_grid(tiles, rows, columns, gap=gap), per_tile, weight, note, rows, columns, (kh, kw), gap)
     yield Progress(1.0, path)
     return Result(display=display, array=weight, layer=path,
-                  metrics={"shape": list(weight.shape), "min": float(weight.min()), "max": float(weight.max())},
-                  params={"layer": path, "scale": scale, "page": page})
+                  metrics={"shape": list(weight.shape), "min": float(weight.min()), "max": float(weight.max())})
 
 
 def _gray_display(grid, per_tile, weight, note, rows, columns, tile_size, gap) -> Display:

@@ -26,16 +26,18 @@ from engine.attribution.maps import (CAM_VARIANTS, automatic_batch, cam_layer, c
                            map_metrics, refuse_blank, score_cam_weights)
 from engine.attribution.gradients import class_score, gradient_network
 from engine.core.jobs import Progress, Result
-from engine.methods.base import CAM_LAYER, OVERLAY, TARGET, MethodSpec, Param
+from engine.methods.params import CAM_LAYER, OVERLAY, TARGET, MethodSpec, Param
 
 VARIANT_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM"}
 
 
-def run(ctx, target=None, layer="late", variant="gradcam", overlay=True):
+def run(ctx, p):
     image = ctx.require_image()
-    resolved = ctx.resolve_target(target)
+    resolved = ctx.resolve_target(p.target)
     label = resolved["label"]
-    path = cam_layer(ctx, layer)
+    path = cam_layer(ctx, p.layer)
+    p.record(target=resolved["index"], layer=path)
+    variant = p.variant
     name = VARIANT_NAMES[variant]
     yield Progress(0.1, f"{name} of '{label}' at {path}")
     unit = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
@@ -52,13 +54,12 @@ def run(ctx, target=None, layer="late", variant="gradcam", overlay=True):
     refuse_blank(values, f"{name} of '{label}' at {path} is zero everywhere: no part of that layer's map raises the "
                          f"score of '{label}'. Try the top class or an earlier layer")
     grid, size = f"{cam.shape[1]}x{cam.shape[2]}", f"{values.shape[1]}x{values.shape[0]}"
-    display = map_display(image, values, signed=False, overlay=overlay, legend=f"{name} of '{label}'",
+    display = map_display(image, values, signed=False, overlay=p.overlay, legend=f"{name} of '{label}'",
                           note=f"{name} of '{label}' at {path} ({grid}, upsampled to {size})")
     metrics = {**map_metrics(values), "score": float(scores[0]), "layer_grid": [int(cam.shape[1]), int(cam.shape[2])],
                "channels": int(activation.shape[1])}
     yield Progress(1.0, "done")
-    return Result(display=display, array=values, target=resolved, layer=path, metrics=metrics,
-                  params={"target": resolved["index"], "layer": path, "variant": variant, "overlay": overlay})
+    return Result(display=display, array=values, target=resolved, layer=path, metrics=metrics)
 
 
 SPEC = MethodSpec(

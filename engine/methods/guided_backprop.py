@@ -35,7 +35,7 @@ from engine.attribution.gradients import class_score, gradient_network, network_
 from engine.attribution.guided import RULES, guided_relus
 from engine.core.jobs import Progress, Result
 from engine.anatomy.layer_tree import cached_layer_tree
-from engine.methods.base import OVERLAY, SHOW, TARGET, MethodSpec, Param
+from engine.methods.params import OVERLAY, SHOW, TARGET, MethodSpec, Param, require_channel, require_position
 
 
 @dataclass(frozen=True)
@@ -53,21 +53,9 @@ class Unit:
         return f"{self.path} channel {self.channel}{where}"
 
 
-def parse_position(text: str) -> tuple[int, int]:
-    """'Y,X' (row, column) -> (y, x)."""
-    parts = [part.strip() for part in str(text).replace(";", ",").split(",")]
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        return int(parts[0]), int(parts[1])
-    except ValueError:
-        raise MethodInputError(f"--at takes a row and a column of the layer's map, such as 3,5; not '{text}'") from None
-
-
-def pick_unit(ctx, layer: str | None, channel: int | None, at: str | None) -> Unit | None:
+def pick_unit(ctx, layer: str | None, channel: int | None, at: tuple[int, int] | None) -> Unit | None:
     """The neuron the user asked for, with the defaults filled in; None for the class score."""
-    at = (at or "").strip() or None
-    if not (layer or "").strip():
+    if layer is None:
         if channel is not None or at is not None:
             raise MethodInputError("--channel and --at pick a unit of a layer: give --layer too "
                                    "(or leave all three empty for the class score)")
@@ -85,8 +73,7 @@ def pick_unit(ctx, layer: str | None, channel: int | None, at: str | None) -> Un
     channels = output.shape[0]
     if channel is None:  # the channel with the strongest response anywhere
         channel = int(output.reshape(channels, -1).amax(dim=1).argmax())
-    if not 0 <= channel < channels:
-        raise MethodInputError(f"--channel must be between 0 and {channels - 1} for {path}, not {channel}")
+    require_channel("channel", channel, channels, path)
     if output.dim() == 1:
         if at is not None:
             raise MethodInputError(f"layer '{path}' is a vector of {channels} units with no map: leave --at empty")
@@ -95,10 +82,7 @@ def pick_unit(ctx, layer: str | None, channel: int | None, at: str | None) -> Un
     if at is None:
         y, x = divmod(int(output[channel].argmax()), width)
     else:
-        y, x = parse_position(at)
-        if not (0 <= y < height and 0 <= x < width):
-            raise MethodInputError(f"--at {y},{x} is outside {path}'s {height}x{width} map: rows 0-{height - 1}, "
-                                   f"columns 0-{width - 1}")
+        y, x = require_position("at", at, (height, width), path)
     return Unit(path, channel, (y, x), float(output[channel, y, x]))
 
 
@@ -109,16 +93,19 @@ def receptive_box(ctx, unit: Unit, input_hw: tuple[int, int]) -> tuple[float, fl
     return field.box(*unit.position) if field is not None and unit.position is not None else None
 
 
-def run(ctx, target=None, layer="", channel=None, at=None, rule="guided", show="map", overlay=True):
+def run(ctx, p):
     image = ctx.require_image()
-    unit = pick_unit(ctx, layer, channel, at)
+    rule, show = p.rule, p.show
+    unit = pick_unit(ctx, p.layer, p.channel, p.at)
     pixels = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
     if unit is None:
-        resolved = ctx.resolve_target(target)
+        resolved = ctx.resolve_target(p.target)
         score, what = class_score(resolved["index"]), f"'{resolved['label']}'"
+        p.record(target=resolved["index"])
     else:
         resolved = None
         score, what = unit_score(unit.path, unit.channel, unit.position), unit.name
+        p.record(target=None, layer=unit.path, channel=unit.channel, at=unit.position)
     kind = "guided backprop" if rule == "guided" else "DeconvNet backprop"
     yield Progress(0.1, f"{kind} of {what}")
     network = gradient_network(ctx.model, pixels, layer=None if unit is None else unit.path)
@@ -148,15 +135,11 @@ def run(ctx, target=None, layer="", channel=None, at=None, rule="guided", show="
         display = picture_display(gradient_picture(gradient), legend=f"{adjective} d {what} / d pixel (gray: 0)",
                                   note=note, boxes=boxes)
     else:
-        display = map_display(image, values, signed=False, overlay=overlay, legend=f"|{adjective} d {what} / d pixel|",
+        display = map_display(image, values, signed=False, overlay=p.overlay, legend=f"|{adjective} d {what} / d pixel|",
                               note=note, boxes=boxes)
     yield Progress(1.0, "done")
-    params = {"target": resolved["index"] if resolved else None, "layer": unit.path if unit else "",
-              "channel": unit.channel if unit else None,
-              "at": f"{unit.position[0]},{unit.position[1]}" if unit and unit.position else None,
-              "rule": rule, "show": show, "overlay": overlay}
     return Result(display=display, array=values, target=resolved, layer=unit.path if unit else None,
-                  metrics=metrics, params=params)
+                  metrics=metrics)
 
 
 SPEC = MethodSpec(
@@ -166,10 +149,10 @@ SPEC = MethodSpec(
             "the image parts that drive it (Springenberg et al. 2015).",
     params=(
         TARGET,
-        Param("layer", "layer", "", "a layer, to explain one of its neurons (empty: the class score)"),
+        Param("layer", "layer", None, "a layer, to explain one of its neurons (empty: the class score)"),
         Param("channel", "channel", None, "the neuron's channel in --layer (empty: the strongest)",
               special="strongest"),
-        Param("at", "str", None, "the neuron's position Y,X in --layer's map (empty: where the channel is largest)"),
+        Param("at", "position", None, "the neuron's position Y,X in --layer's map (empty: where the channel is largest)"),
         Param("rule", "choice", "guided", "guided: positive gradient where the input was positive (Springenberg et al.); "
               "deconvnet: positive gradient everywhere (Zeiler & Fergus)", choices=RULES),
         SHOW,

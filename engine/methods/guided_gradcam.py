@@ -18,14 +18,15 @@ from engine.attribution.maps import (cam_layer, grad_cam, gradient_picture, laye
 from engine.attribution.gradients import class_score, gradient_network, network_input
 from engine.attribution.guided import guided_relus
 from engine.core.jobs import Progress, Result
-from engine.methods.base import CAM_LAYER, OVERLAY, SHOW, TARGET, MethodSpec
+from engine.methods.params import CAM_LAYER, OVERLAY, SHOW, TARGET, MethodSpec
 
 
-def run(ctx, target=None, layer="late", show="map", overlay=True):
+def run(ctx, p):
     image = ctx.require_image()
-    resolved = ctx.resolve_target(target)
+    resolved = ctx.resolve_target(p.target)
     label = resolved["label"]
-    path = cam_layer(ctx, layer)
+    path = cam_layer(ctx, p.layer)
+    p.record(target=resolved["index"], layer=path)
     pixels = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
     yield Progress(0.1, f"guided Grad-CAM of '{label}' at {path}")
     network = gradient_network(ctx.model, pixels, layer=path)
@@ -39,16 +40,15 @@ def run(ctx, target=None, layer="late", show="map", overlay=True):
     refuse_blank(values, f"guided Grad-CAM of '{label}' at {path} is zero everywhere: Grad-CAM finds no part of that "
                          f"layer's map raising the score. Try the top class or an earlier layer")
     note = f"guided Grad-CAM of '{label}' at {path} ({cam.shape[1]}x{cam.shape[2]}); {guide.note}"
-    if show == "rgb":
+    if p.show == "rgb":
         display = picture_display(gradient_picture(product), legend=f"guided Grad-CAM of '{label}' (gray: 0)", note=note)
     else:
-        display = map_display(image, values, signed=False, overlay=overlay, legend=f"|guided Grad-CAM of '{label}'|",
+        display = map_display(image, values, signed=False, overlay=p.overlay, legend=f"|guided Grad-CAM of '{label}'|",
                               note=note)
     metrics = {**map_metrics(values), "score": float(scores[0]), "cam_max": float(upsampled.max()),
                "layer_grid": [int(cam.shape[1]), int(cam.shape[2])], "guided_units": guide.units}
     yield Progress(1.0, "done")
-    return Result(display=display, array=values, target=resolved, layer=path, metrics=metrics,
-                  params={"target": resolved["index"], "layer": path, "show": show, "overlay": overlay})
+    return Result(display=display, array=values, target=resolved, layer=path, metrics=metrics)
 
 
 SPEC = MethodSpec(

@@ -26,7 +26,7 @@ from engine.core.errors import MethodInputError
 from engine.attribution.gradients import class_score, gradient_network, run_score
 from engine.core.jobs import Progress, Result, within
 from engine.optvis.regularisers import gaussian_blur
-from engine.methods.base import BATCH, OVERLAY, TARGET, MethodSpec, Param
+from engine.methods.params import BATCH, OVERLAY, TARGET, MethodSpec, Param
 
 BASELINES = ("black", "white", "blur")
 BLUR_FRACTION = 0.1  # the blur baseline's sigma, as a fraction of the input's shorter side
@@ -49,17 +49,17 @@ def gauss_legendre(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(0.5 * (nodes + 1)).float(), torch.from_numpy(0.5 * weights).float()
 
 
-def run(ctx, target=None, steps=32, baseline="black", batch=0, overlay=True):
+def run(ctx, p):
     image = ctx.require_image()
-    if baseline not in BASELINES:
-        raise MethodInputError(f"--baseline must be one of {', '.join(BASELINES)}, not '{baseline}'")
-    resolved = ctx.resolve_target(target)
+    steps, baseline = p.steps, p.baseline
+    resolved = ctx.resolve_target(p.target)
     label = resolved["label"]
     score = class_score(resolved["index"])
     unit = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
     start = baseline_image(unit, baseline)
     height, width = unit.shape[-2:]
-    batch = min(batch or automatic_batch(ctx.device, height, width), steps)
+    batch = min(p.batch or automatic_batch(ctx.device, height, width), steps)
+    p.record(target=resolved["index"], batch=batch)
     alphas, weights = gauss_legendre(steps)
     alphas = alphas.to(ctx.device)
     path = unit - start
@@ -83,13 +83,12 @@ def run(ctx, target=None, steps=32, baseline="black", batch=0, overlay=True):
                          f"baseline give '{label}' the same score along the whole path; try another baseline")
     note = (f"integrated gradients of '{label}' from a {baseline} baseline, {steps} steps; "
             f"sum {total:.3g} vs score change {change:.3g}")
-    display = map_display(image, values, signed=True, overlay=overlay, legend=f"contribution to score({label})",
+    display = map_display(image, values, signed=True, overlay=p.overlay, legend=f"contribution to score({label})",
                           note=note)
     metrics = {**map_metrics(values), "score": image_score, "baseline_score": baseline_score, "attribution_sum": total,
                "completeness_gap": gap, "relative_gap": abs(gap) / max(abs(change), 1e-12), "steps": steps,
                "batch": batch}
-    params = {"target": resolved["index"], "steps": steps, "baseline": baseline, "batch": batch, "overlay": overlay}
-    return Result(display=display, array=values, target=resolved, metrics=metrics, params=params)
+    return Result(display=display, array=values, target=resolved, metrics=metrics)
 
 
 SPEC = MethodSpec(

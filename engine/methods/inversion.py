@@ -31,7 +31,7 @@ from engine.optvis.optimise import activation_clip, optimise, probe_model, side_
 from engine.optvis.parameterisation import PARAMETERISATIONS, make_image_param
 from engine.optvis.regularisers import total_variation
 from engine.optvis.transforms import jitter as jitter_transform
-from engine.methods.base import LAYER, SEED, MethodSpec, Param
+from engine.methods.params import JITTER_LIMIT, LAYER, LR_LIMIT, SEED, WEIGHT_LIMIT, MethodSpec, Param
 
 AUTO_STRIP = ("early", "middle", "late")
 BLANK = 40 / 255  # the gallery's background, for strip slots not yet inverted
@@ -43,31 +43,21 @@ def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def strip_layers(strip: str) -> list[str]:
-    """'auto' -> early, middle, late; 'A,B,C' -> those layers (paths or keywords) in order."""
-    text = str(strip or "").strip()
-    if text == "auto":
-        return list(AUTO_STRIP)
-    layers = [part.strip() for part in text.split(",") if part.strip()]
-    if not layers:
-        raise MethodInputError("--strip takes layers separated by commas, or 'auto' for early, middle and late")
-    return layers
-
-
-def run(ctx, layer="middle", strip="", tv=1.0, beta=2.0, steps=96, lr=0.05, param="fourier", size=0, jitter=0, seed=0):
+def run(ctx, p):
     image = ctx.require_image()
-    original = ctx.model.preprocessing.to_unit_tensor(image.image, size or None).to(ctx.device)
+    tv, beta, steps, param = p.tv, p.beta, p.steps, p.param
+    original = ctx.model.preprocessing.to_unit_tensor(image.image, p.size or None).to(ctx.device)
     height, width = original.shape[-2:]
-    names = strip_layers(strip) if str(strip or "").strip() else [layer]
+    names = list(AUTO_STRIP if p.strip == ("auto",) else p.strip or (p.layer,))
     paths = [ctx.resolve_layer(name) for name in names]
     if len(set(paths)) < len(paths):
         raise MethodInputError(f"--strip names one layer twice ({', '.join(paths)}); give each layer once")
     labels = [name if name in DEPTH_KEYWORDS else path for name, path in zip(names, paths)]
 
-    generator = ctx.generator(seed)
+    generator = ctx.generator(p.seed)
     recorder = FrameRecorder()
     slots = [original] + [torch.full_like(original, BLANK) for _ in paths]
-    transform = jitter_transform(jitter) if jitter else None
+    transform = jitter_transform(p.jitter) if p.jitter else None
     inverted = []
     for index, path in enumerate(paths):
         yield Progress(index / len(paths), f"inverting {path}")
@@ -85,7 +75,7 @@ def run(ctx, layer="middle", strip="", tv=1.0, beta=2.0, steps=96, lr=0.05, para
             return Display(rgb=side_by_side(torch.cat(slots)))
 
         optimised = yield from optimise(
-            ctx.model, picture, objective, steps=steps, lr=lr, generator=generator, cancel=ctx.cancel,
+            ctx.model, picture, objective, steps=steps, lr=p.lr, generator=generator, cancel=ctx.cancel,
             transform=transform, show=show, recorder=recorder, label=f"{labels[index]}: step",
             progress=(index / len(paths), (index + 1) / len(paths)))
         final = optimised.image
@@ -111,10 +101,9 @@ def run(ctx, layer="middle", strip="", tv=1.0, beta=2.0, steps=96, lr=0.05, para
     note = "; ".join(f"{e['layer']}: PSNR {e['psnr']:.1f} dB, feature loss {e['feature_loss']:.3f}" for e in per_layer)
     note = f"inverted from noise ({param}, {steps} steps, TV {tv}, beta {beta}). {note}"
     arrays = np.stack([entry["image"][0].permute(1, 2, 0).cpu().numpy() for entry in inverted])
-    params = {"layer": paths[0] if len(paths) == 1 else None, "strip": paths if len(paths) > 1 else None, "tv": tv,
-              "beta": beta, "steps": steps, "lr": lr, "param": param, "size": size, "jitter": jitter, "seed": seed}
+    p.record(layer=paths[0] if len(paths) == 1 else None, strip=paths if len(paths) > 1 else None)
     return Result(display=Display(rgb=mosaic, note=note), array=arrays[0] if len(paths) == 1 else arrays,
-                  metrics=metrics, layer=",".join(paths), params=params, frames=recorder.frames)
+                  metrics=metrics, layer=",".join(paths), frames=recorder.frames)
 
 
 SPEC = MethodSpec(
@@ -123,15 +112,16 @@ SPEC = MethodSpec(
     summary="Reconstruct the picture from one layer's features, from noise (Mahendran & Vedaldi 2015).",
     params=(
         LAYER,
-        Param("strip", "str", "", "invert several layers side by side: LAYER,LAYER,... or 'auto' (early, middle, late)"),
-        Param("tv", "float", 1.0, "lambda: weight of TV_beta per pixel (0: off)", minimum=0.0),
+        Param("strip", "layers", None, "invert several layers side by side: LAYER,LAYER,... or 'auto' "
+                                       "(early, middle, late)"),
+        Param("tv", "float", 1.0, "lambda: weight of TV_beta per pixel (0: off)", minimum=0.0, maximum=WEIGHT_LIMIT),
         Param("beta", "float", 2.0, "the TV exponent beta; below 2 keeps sharper edges", minimum=1.0, maximum=4.0),
         Param("steps", "int", 96, "optimisation steps per layer", minimum=1, maximum=10000),
-        Param("lr", "float", 0.05, "Adam's step size", minimum=0.0),
+        Param("lr", "float", 0.05, "Adam's step size", minimum=0.0, maximum=LR_LIMIT),
         Param("param", "choice", "fourier", "pixels, or a decorrelated Fourier spectrum", choices=PARAMETERISATIONS),
         Param("size", "int", 0, "shorter side in pixels (0: the model's input size)", minimum=0, maximum=1024,
               special="model's size"),
-        Param("jitter", "int", 0, "random shift in pixels before each step (0: off)", minimum=0),
+        Param("jitter", "int", 0, "random shift in pixels before each step (0: off)", minimum=0, maximum=JITTER_LIMIT),
         SEED,
     ),
     run=run,

@@ -19,20 +19,22 @@ from engine.view.gallery import Tile, render_gallery
 from engine.data.images import load_image
 from engine.core.jobs import Progress, Result, within
 from engine.view.display import Display
-from engine.methods.base import DATASET, FEATURE_LAYER, MethodSpec, Param
+from engine.methods.params import DATASET, FEATURE_LAYER, MethodSpec, Param
 
 
-def run(ctx, dataset="samples", layer="penultimate", k=8, metric="l2", space="both", query=""):
-    data = open_dataset(dataset)
-    if query:
-        query_path = str(Path(query).resolve())
+def run(ctx, p):
+    k, metric, space = p.k, p.metric, p.space
+    data = open_dataset(p.dataset)
+    if p.query is not None:
+        query_path = str(Path(p.query).resolve())
         query_image = load_image(query_path).image
         query_source = query_path
     else:
         image = ctx.require_image()
         query_source, query_path = image, image.path
         query_image = image.image
-    path = ctx.resolve_layer(layer, default="penultimate")
+    path = ctx.resolve_layer(p.layer, default="penultimate")
+    p.record(layer=path, query=query_path)
     spaces = ("feature", "pixel") if space == "both" else (space,)
 
     found: dict[str, list[dict]] = {}
@@ -63,8 +65,7 @@ def run(ctx, dataset="samples", layer="penultimate", k=8, metric="l2", space="bo
     note = (f"{len(main)} nearest of {len(data)} images in {data.name}; features: {path} "
             f"(averaged over space), pixels: {PIXEL_SIDE}x{PIXEL_SIDE} RGB; click an image to open it{skipped_note(failures)}")
     return Result(display=Display(rgb=mosaic, regions=regions, note=note),
-                  array=np.array([n["distance"] for n in main], dtype=np.float32), layer=path, metrics=metrics,
-                  params={"dataset": dataset, "layer": path, "k": k, "metric": metric, "space": space, "query": query_path})
+                  array=np.array([n["distance"] for n in main], dtype=np.float32), layer=path, metrics=metrics)
 
 
 def _share(index: int, count: int) -> tuple[float, float]:
@@ -105,7 +106,7 @@ SPEC = MethodSpec(
         Param("k", "int", 8, "how many neighbours", minimum=1, maximum=100),
         Param("metric", "choice", "l2", "distance", ("l2", "cosine")),
         Param("space", "choice", "both", "feature space, pixel space, or both side by side", ("both", "feature", "pixel")),
-        Param("query", "str", "", "an image file to query with (default: the current image)"),
+        Param("query", "image", None, "an image file to query with (default: the current image)"),
     ),
     run=run,
     needs_image=False,

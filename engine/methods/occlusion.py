@@ -51,7 +51,7 @@ from engine.anatomy.fast_copy import inference_copy
 from engine.core.jobs import Frame, Progress, Result
 from engine.view.display import Display
 from engine.core.memory import keep_freed_memory
-from engine.methods.base import TARGET, MethodSpec, Param
+from engine.methods.params import TARGET, MethodSpec, Param, ParamError
 
 FILLS = ("gray", "mean", "blur")
 GRAY = 0.5  # in 0..1 pixel units
@@ -146,17 +146,10 @@ def automatic_batch(device: torch.device, height: int, width: int) -> int:
     return max(1, min(MAX_BATCH, budget // (height * width)))
 
 
-def _check(window: int, stride: int, height: int, width: int) -> None:
-    if window < 1:
-        raise MethodInputError(f"--window must be at least 1, not {window}")
-    if stride < 1:
-        raise MethodInputError(f"--stride must be at least 1, not {stride}")
-    if window > min(height, width):
-        raise MethodInputError(f"--window {window} is larger than the model input ({width}x{height} pixels): "
-                               f"use at most {min(height, width)}")
-    if stride > window:
-        raise MethodInputError(f"--stride {stride} is larger than --window {window}: pixels between the windows "
-                               f"would never be hidden; use a stride of at most {window}")
+def check(p) -> None:
+    if p.stride > p.window:
+        raise ParamError("stride", f"{p.stride} is larger than --window {p.window}: pixels between the windows "
+                                   f"would never be hidden; use a stride of at most {p.window}")
 
 
 def _probabilities(module, batch: torch.Tensor, index: int) -> np.ndarray:
@@ -172,18 +165,16 @@ def _probabilities(module, batch: torch.Tensor, index: int) -> np.ndarray:
         return torch.softmax(logits.float(), dim=1)[:, index].cpu().numpy()
 
 
-def run(ctx, target=None, window=16, stride=8, fill="gray", batch=0, show="drop"):
+def run(ctx, p):
     image = ctx.require_image()
-    window, stride, batch = int(window), int(stride), int(batch)
-    if fill not in FILLS:
-        raise MethodInputError(f"--fill must be one of {', '.join(FILLS)}, not '{fill}'")
-    if batch < 0:
-        raise MethodInputError(f"--batch must be at least 0 (0: automatic), not {batch}")
+    window, stride, fill, show = p.window, p.stride, p.fill, p.show
     preprocessing = ctx.model.preprocessing
     unit = preprocessing.to_unit_tensor(image.image).to(ctx.device)
     height, width = unit.shape[-2:]
-    _check(window, stride, height, width)
-    resolved = ctx.resolve_target(target)
+    if window > min(height, width):
+        raise ParamError("window", f"{window} is larger than the model input ({width}x{height} pixels): "
+                                   f"use at most {min(height, width)}")
+    resolved = ctx.resolve_target(p.target)
     index = resolved["index"]
     keep_freed_memory()
 
@@ -191,7 +182,8 @@ def run(ctx, target=None, window=16, stride=8, fill="gray", batch=0, show="drop"
     rows, cols = len(row_starts), len(col_starts)
     total = rows * cols
     row_cover, col_cover = covering(height, window, stride), covering(width, window, stride)
-    batch = min(batch or automatic_batch(ctx.device, height, width), total)
+    batch = min(p.batch or automatic_batch(ctx.device, height, width), total)
+    p.record(target=index, batch=batch)
 
     # Normalisation is per pixel, so pasting normalised fill pixels into the normalised
     # input gives exactly the normalised occluded image. Channels-last, as the batches are.
@@ -255,8 +247,7 @@ def run(ctx, target=None, window=16, stride=8, fill="gray", batch=0, show="drop"
         "input_size": [int(width), int(height)],
         "batch": batch,
     }
-    params = {"target": index, "window": window, "stride": stride, "fill": fill, "batch": batch, "show": show}
-    return Result(display=display, array=probabilities, target=resolved, metrics=metrics, params=params)
+    return Result(display=display, array=probabilities, target=resolved, metrics=metrics)
 
 
 def _display(rgb, probabilities, base_prob, row_cover, col_cover, label, note, show="drop") -> Display:
@@ -280,8 +271,9 @@ SPEC = MethodSpec(
     summary="Slide a patch over the image and map how much the class probability drops where it hides (Zeiler & Fergus 2014).",
     params=(
         TARGET,
-        Param("window", "int", 16, "side of the square patch, in model-input pixels", minimum=1),
-        Param("stride", "int", 8, "step between patch positions, in model-input pixels (at most the window)", minimum=1),
+        Param("window", "int", 16, "side of the square patch, in model-input pixels", minimum=1, maximum=4096),
+        Param("stride", "int", 8, "step between patch positions, in model-input pixels (at most the window)", minimum=1,
+              maximum=4096),
         Param("fill", "choice", "gray", "what hides the patch: gray (0.5), the image's mean colour, or a blurred copy",
               choices=FILLS),
         Param("batch", "int", 0, "occluded images per forward pass (0: automatic)", minimum=0, maximum=MAX_BATCH,
@@ -291,4 +283,5 @@ SPEC = MethodSpec(
     ),
     run=run,
     streams_frames=True,
+    check=check,
 )

@@ -20,44 +20,20 @@ from engine.data.images import load_image
 from engine.core.jobs import Progress, Result, within
 from engine.view.display import Display
 from engine.anatomy.layer_tree import cached_layer_tree
-from engine.methods.base import DATASET, MethodSpec, Param
+from engine.methods.params import DATASET, MethodSpec, Param, require_channel
 
 MAX_CHANNELS = 64
 
 
-def parse_channels(text: str, count: int) -> list[int]:
-    """'0-7', '3,17,42' or '0-3,10' -> channel indices, each checked against ``count``."""
-    channels: list[int] = []
-    try:
-        for part in str(text).replace(" ", "").split(","):
-            if not part:
-                continue
-            if "-" in part:
-                first, last = (int(v) for v in part.split("-", 1))
-                channels.extend(range(first, last + 1))
-            else:
-                channels.append(int(part))
-    except ValueError:
-        raise MethodInputError(f"--channels takes indices and ranges such as 0-7 or 3,17,42, not '{text}'") from None
-    if not channels:
-        raise MethodInputError("--channels is empty")
-    bad = [c for c in channels if not 0 <= c < count]
-    if bad:
-        raise MethodInputError(f"channel {bad[0]} does not exist: this layer has channels 0-{count - 1}")
-    if len(channels) > MAX_CHANNELS:
-        raise MethodInputError(f"at most {MAX_CHANNELS} channels at a time ({len(channels)} asked for)")
-    return list(dict.fromkeys(channels))
-
-
-def run(ctx, dataset="samples", layer="middle", channels="0-7", top=8):
-    data = open_dataset(dataset)
-    path = ctx.resolve_layer(layer)
+def run(ctx, p):
+    data = open_dataset(p.dataset)
+    path = ctx.resolve_layer(p.layer)
     size = ctx.model.preprocessing.size
     node = cached_layer_tree(ctx.model.module, (size, size), ctx.device).find(path)
     field = node.receptive_field if node else None
     if field is None or node.output_shape is None or len(node.output_shape) != 4:
         raise MethodInputError(f"'{path}' has no spatial map with a receptive field; pick a convolution-stage layer")
-    picked = parse_channels(channels, node.output_shape[1])
+    picked = [require_channel("channels", channel, node.output_shape[1], path) for channel in p.channels]
 
     scan = yield from within(extract(ctx.model, data, path, kind="channel-max", cancel=ctx.cancel), 0.0, 0.9)
     try:
@@ -69,7 +45,8 @@ def run(ctx, dataset="samples", layer="middle", channels="0-7", top=8):
         raise MethodInputError("no image of the dataset could be read")
     yield Progress(0.9, "cropping the patches")
 
-    top = min(top, len(paths))
+    top = min(p.top, len(paths))
+    p.record(layer=path, top=top)
     rows, found, values = [], {}, np.zeros((len(picked), top), np.float32)
     cache: dict[str, Image.Image] = {}
     for column, channel in enumerate(picked):
@@ -91,8 +68,7 @@ def run(ctx, dataset="samples", layer="middle", channels="0-7", top=8):
             f"around the channel's maximum; click a patch to open its image{skipped_note(failures)}")
     return Result(display=Display(rgb=mosaic, regions=regions, note=note), array=values, layer=path,
                   metrics={"patches": found, "receptive_field": str(field), "images": len(paths), "dataset": data.name,
-                           "skipped": skipped_list(failures)},
-                  params={"dataset": dataset, "layer": path, "channels": picked, "top": top})
+                           "skipped": skipped_list(failures)})
 
 
 def _in_picture(box, size: int, image_size: tuple[int, int]) -> tuple[float, float, float, float]:
@@ -126,7 +102,8 @@ SPEC = MethodSpec(
     params=(
         DATASET,
         Param("layer", "layer", "middle", "a layer with a spatial map (convolution stages)"),
-        Param("channels", "str", "0-7", "channels to show: ranges and lists, e.g. 0-7 or 3,17,42"),
+        Param("channels", "channels", "0-7", "channels to show: ranges and lists, e.g. 0-7 or 3,17,42",
+              most=MAX_CHANNELS),
         Param("top", "int", 8, "patches per channel", minimum=1, maximum=64),
     ),
     run=run,

@@ -2,7 +2,7 @@
 
 Cascading randomisation: the weights of a *copy* of the model are re-initialised block by
 block from the classifier down to the first convolution (``engine.attribution.randomise``), and after
-each step every chosen attribution method is run again, through its own ``SPEC.run``, on
+each step every chosen attribution method is run again, through its own ``SPEC.start``, on
 the same image for the same class (the original model's top-1, or ``--target``). A map
 that stays the same while the network under it turns into noise explains the image, not
 the model.
@@ -35,7 +35,8 @@ from engine.view.gallery import Tile, render_gallery
 from engine.core.jobs import Frame, Progress, Result
 from engine.view.display import Display
 from engine.view.render import apply_colormap
-from engine.methods.base import SEED, TARGET, MethodContext, MethodSpec, Param
+from engine.methods.base import MethodContext
+from engine.methods.params import SEED, TARGET, MethodSpec, Param
 
 # The attribution methods compared by default, those of them that exist when it runs.
 ATTRIBUTION_METHODS = ("saliency", "guided-backprop", "integrated-gradients", "gradcam", "smoothgrad")
@@ -43,24 +44,22 @@ METRICS = ("spearman", "ssim")
 TILE = 160  # a map tile, in pixels: captions of about 25 characters fit under it
 
 
-def choose_methods(spec: str | None, available: dict) -> list[str]:
-    """The method ids to check: the list given, or every attribution method that exists."""
-    if spec is None or not str(spec).strip():
+def choose_methods(asked: tuple[str, ...] | None, available: dict) -> list[str]:
+    """The method ids to check: those asked for, or every attribution method that exists."""
+    if not asked:
         chosen = [method_id for method_id in ATTRIBUTION_METHODS if method_id in available]
         if not chosen:
             raise MethodInputError("no attribution method is available to check")
         return chosen
     chosen = []
-    for method_id in (part.strip() for part in str(spec).split(",")):
-        if not method_id or method_id in chosen:
+    for method_id in asked:
+        if method_id in chosen:
             continue
         if method_id not in available or method_id == SPEC.id:
             known = ", ".join(m for m in ATTRIBUTION_METHODS if m in available)
             raise MethodInputError(f"--methods: there is no attribution method '{method_id}'; "
                                    f"give a comma-separated list of method ids such as {known}")
         chosen.append(method_id)
-    if not chosen:
-        raise MethodInputError("--methods names no method: give a comma-separated list such as saliency,gradcam")
     return chosen
 
 
@@ -104,7 +103,7 @@ def _run_method(spec, ctx, target: int, seed: int) -> np.ndarray:
     """One attribution method run to its result; returns its map. Progress stays inside."""
     names = {param.name for param in spec.params}
     values = {key: value for key, value in (("target", target), ("seed", seed)) if key in names}
-    job = spec.run(ctx, **spec.bind(values))
+    job = spec.start(ctx, values)
     while True:
         try:
             next(job)  # its own frames and progress are not this job's
@@ -132,19 +131,16 @@ def _grid(method_ids, originals, maps, labels, scores) -> np.ndarray:
     return rgb
 
 
-def run(ctx, methods="", steps=0, target=None, metric="spearman", seed=0):
+def run(ctx, p):
     from engine.methods import METHODS  # at run time: methods written later are found too
 
     image = ctx.require_image()
-    if metric not in METRICS:
-        raise MethodInputError(f"--metric must be one of {', '.join(METRICS)}, not '{metric}'")
-    steps, seed = int(steps), int(seed)
-    if steps < 0:
-        raise MethodInputError(f"--steps must be at least 0 (0: one step per block), not {steps}")
-    method_ids = choose_methods(methods, METHODS)
+    steps, metric, seed = p.steps, p.metric, p.seed
+    method_ids = choose_methods(p.methods, METHODS)
     specs = [METHODS[method_id] for method_id in method_ids]
-    resolved = ctx.resolve_target(target)
+    resolved = ctx.resolve_target(p.target)
     index = resolved["index"]
+    p.record(methods=method_ids, target=index)
 
     blocks = randomise.parameter_blocks(ctx.model.module, list(ctx.output_shapes()))
     if not blocks:
@@ -210,9 +206,8 @@ def run(ctx, methods="", steps=0, target=None, metric="spearman", seed=0):
     note = (f"cascading randomisation of a copy of {ctx.model.name}, from {labels[0]} down to {labels[-1]}; "
             f"captions: the lowest block randomised and the {metric} similarity to the trained model's map "
             f"for '{resolved['label']}'")
-    params = {"methods": ",".join(method_ids), "steps": steps, "target": index, "metric": metric, "seed": seed}
     return Result(display=Display(rgb=_grid(method_ids, originals, maps, labels, chosen), note=note), array=matrix,
-                  metrics=metrics, target=resolved, params=params)
+                  metrics=metrics, target=resolved)
 
 
 SPEC = MethodSpec(
@@ -221,7 +216,7 @@ SPEC = MethodSpec(
     summary="Randomise the model's weights from the top down and see whether each attribution map changes "
             "(Adebayo et al. 2018).",
     params=(
-        Param("methods", "str", "", "comma-separated method ids (default: every attribution method available: "
+        Param("methods", "methods", None, "comma-separated method ids (default: every attribution method available: "
               + ", ".join(ATTRIBUTION_METHODS) + ")"),
         Param("steps", "int", 0, "randomisation steps from the classifier down (0: one per block)", minimum=0,
               maximum=1000, special="one per block"),

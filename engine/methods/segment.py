@@ -30,7 +30,7 @@ import numpy as np
 from engine.core.errors import MethodInputError
 from engine.core.jobs import Progress, Result, within
 from engine.view.display import Display
-from engine.methods.base import SEED, TARGET, MethodSpec, Param
+from engine.methods.params import SEED, TARGET, MethodSpec, Param, ParamError
 
 WORK_SIDE = 480  # GrabCut's working resolution (longer side), in pixels: about 1.3 s of CPU at 480x320
 # A picture whose colours vary less than this (standard deviation in 8-bit levels, in
@@ -64,19 +64,18 @@ def _working_size(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def run(ctx, target=None, fg_percentile=95.0, bg_percentile=30.0, iterations=5, smooth=0.03, seed=0):
+def check(p) -> None:
+    if not p.bg_percentile < p.fg_percentile:
+        raise ParamError("bg_percentile", f"({p.bg_percentile:g}) must be below --fg-percentile ({p.fg_percentile:g}), "
+                                          "both between 0 and 100")
+
+
+def run(ctx, p):
     from engine.methods import METHODS  # looked up at run time: the registry is being built while this module loads
 
     image = ctx.require_image()
     cv2 = _opencv()
-    fg_percentile, bg_percentile, iterations, smooth = float(fg_percentile), float(bg_percentile), int(iterations), float(smooth)
-    if not 0 <= bg_percentile < fg_percentile <= 100:
-        raise MethodInputError(f"--bg-percentile ({bg_percentile:g}) must be below --fg-percentile ({fg_percentile:g}), "
-                               "both between 0 and 100")
-    if iterations < 1:
-        raise MethodInputError(f"--iterations must be at least 1, not {iterations}")
-    if smooth < 0:
-        raise MethodInputError(f"--smooth must not be negative, not {smooth:g}")
+    fg_percentile, bg_percentile, iterations = p.fg_percentile, p.bg_percentile, p.iterations
     rgb = image.to_array()
     height, width = rgb.shape[:2]
     work_w, work_h = _working_size(width, height)
@@ -86,13 +85,13 @@ def run(ctx, target=None, fg_percentile=95.0, bg_percentile=30.0, iterations=5, 
         raise MethodInputError(f"the picture is one flat colour (standard deviation {float(spread.max()):.1f} of 255 "
                                "levels): there is no object to segment; open a photo with an object in it")
 
-    resolved = ctx.resolve_target(target)
-    saliency_spec = METHODS["saliency"]
-    found = yield from within(saliency_spec.run(ctx, **saliency_spec.bind({"target": resolved["index"]})), 0.0, 0.4)
+    resolved = ctx.resolve_target(p.target)
+    p.record(target=resolved["index"])
+    found = yield from within(METHODS["saliency"].start(ctx, target=resolved["index"]), 0.0, 0.4)
     ctx.cancel.check()
     # The map covers the whole model input, which is the whole picture resized: stretch it corner to corner.
     saliency = cv2.resize(np.asarray(found.array, dtype=np.float32), (work_w, work_h), interpolation=cv2.INTER_LINEAR)
-    sigma = smooth * min(work_w, work_h)
+    sigma = p.smooth * min(work_w, work_h)
     if sigma > 0:
         saliency = cv2.GaussianBlur(saliency, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
     if not np.isfinite(saliency).all() or float(np.ptp(saliency)) == 0.0:
@@ -104,7 +103,7 @@ def run(ctx, target=None, fg_percentile=95.0, bg_percentile=30.0, iterations=5, 
     background_model = np.zeros((1, 65), np.float64)
     foreground_model = np.zeros((1, 65), np.float64)
     bgr = np.ascontiguousarray(work[..., ::-1])
-    cv2.setRNGSeed(int(seed))
+    cv2.setRNGSeed(p.seed)
     # One iteration a call, so the job reports progress and can be cancelled between them:
     # the colour models carry over in the two arrays, so n calls of one iteration are one
     # call of n iterations.
@@ -131,11 +130,9 @@ def run(ctx, target=None, fg_percentile=95.0, bg_percentile=30.0, iterations=5, 
     }
     note = (f"GrabCut seeded by the saliency of '{resolved['label']}': {fraction:.0%} of the picture; "
             f"seeds above the {fg_percentile:g}th / below the {bg_percentile:g}th percentile")
-    params = {"target": resolved["index"], "fg_percentile": fg_percentile, "bg_percentile": bg_percentile,
-              "iterations": iterations, "smooth": smooth, "seed": seed}
     yield Progress(1.0, "done")
     return Result(display=Display(rgb=draw_mask(rgb, mask), note=note), array=mask, target=resolved,
-                  metrics=metrics, params=params)
+                  metrics=metrics)
 
 
 def draw_mask(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -167,4 +164,5 @@ SPEC = MethodSpec(
         SEED,
     ),
     run=run,
+    check=check,
 )

@@ -20,17 +20,19 @@ import torch
 from engine.attribution.maps import accumulate_gradients, automatic_batch, magnitude_map, map_display, map_metrics, refuse_blank
 from engine.attribution.gradients import class_score, gradient_network
 from engine.core.jobs import Progress, Result
-from engine.methods.base import BATCH, OVERLAY, SEED, TARGET, MethodSpec, Param
+from engine.methods.params import BATCH, OVERLAY, SEED, TARGET, MethodSpec, Param
 
 
-def run(ctx, target=None, samples=25, noise=0.15, batch=0, seed=0, overlay=True):
+def run(ctx, p):
     image = ctx.require_image()
-    resolved = ctx.resolve_target(target)
+    samples, noise = p.samples, p.noise
+    resolved = ctx.resolve_target(p.target)
     label = resolved["label"]
     unit = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
     height, width = unit.shape[-2:]
-    batch = min(batch or automatic_batch(ctx.device, height, width), samples)
-    generator = ctx.generator(seed)
+    batch = min(p.batch or automatic_batch(ctx.device, height, width), samples)
+    p.record(target=resolved["index"], batch=batch)
+    generator = ctx.generator(p.seed)
 
     def noisy(start: int, count: int) -> torch.Tensor:
         # One draw per sample, in order: the same noise whatever the batch size.
@@ -46,13 +48,11 @@ def run(ctx, target=None, samples=25, noise=0.15, batch=0, seed=0, overlay=True)
     smooth = magnitude_map(mean_gradient)
     refuse_blank(smooth, f"the gradient of '{label}' is zero everywhere: nothing in this image changes its score")
     note = f"SmoothGrad of '{label}': {samples} samples, noise {noise:g} of the 0..1 range"
-    display = map_display(image, smooth, signed=False, overlay=overlay, legend=f"|mean d score({label}) / d pixel|",
+    display = map_display(image, smooth, signed=False, overlay=p.overlay, legend=f"|mean d score({label}) / d pixel|",
                           note=note)
     metrics = {**map_metrics(smooth), "samples": samples, "sigma": float(noise), "batch": batch,
                "mean_noisy_score": float(scores.mean())}
-    params = {"target": resolved["index"], "samples": samples, "noise": noise, "batch": batch, "seed": seed,
-              "overlay": overlay}
-    return Result(display=display, array=smooth, target=resolved, metrics=metrics, params=params)
+    return Result(display=display, array=smooth, target=resolved, metrics=metrics)
 
 
 SPEC = MethodSpec(

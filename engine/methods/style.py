@@ -36,7 +36,7 @@ from engine.view.display import Display
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.style.perceptual import (DEFAULT_LR, OPTIMIZERS, Descent, Features, PerceptualLoss, blend_grams, choose_transform,
                           gram_targets, layer_list, perceptual_layers, seeded_noise)
-from engine.methods.base import SEED, MethodSpec, Param
+from engine.methods.params import LR_LIMIT, SEED, TEMPERATURE_LIMIT, WEIGHT_LIMIT, MethodSpec, Param, ParamError
 
 # RGB -> YIQ (NTSC 1953, as skimage.color.rgb2yiq): Y is luminance, I and Q chroma.
 YIQ_FROM_RGB = torch.tensor([[0.299, 0.587, 0.114],
@@ -60,34 +60,26 @@ def matched_luminance(style: torch.Tensor, content: torch.Tensor) -> torch.Tenso
     return ((y_style - y_style.mean()) * spread + y_content.mean()).clamp(0, 1)
 
 
-def parse_weights(text: str, count: int) -> list[float]:
-    if not str(text or "").strip():
-        return [1.0] * count
-    try:
-        weights = [float(part) for part in str(text).split(",")]
-    except ValueError:
-        raise MethodInputError(f"--style-weights takes numbers separated by commas (e.g. 0.7,0.3), not '{text}'") from None
-    if len(weights) != count:
-        raise MethodInputError(f"--style-weights gives {len(weights)} weights for {count} --style images; give one per style image")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise MethodInputError(f"--style-weights must be non-negative and not all zero, not '{text}'")
-    return weights
-
-
 def _named_losses(parts: dict[str, float]) -> dict[str, float]:
     """The total as "loss" and each part as "<part>_loss" (0 when its weight is 0), as the
     loss plot and fast-style-train name them."""
     return {"loss": parts["loss"], **{f"{part}_loss": parts.get(part, 0.0) for part in ("content", "style", "tv")}}
 
 
-def run(ctx, style=None, style_weights="", content_layers="", style_layers="", content_weight=1.0, style_weight=1000.0,
-        tv_weight=0.0, init="content", optimizer="lbfgs", lr=0.0, steps=100, size=0, style_scale=1.0,
-        preserve_color=False, feature_transform="auto", temperature=DEFAULT_TEMPERATURE, seed=0):
+def check(p) -> None:
+    if p.style is None:
+        raise ParamError("style", "needs at least one style picture",
+                         "style needs at least one style picture: give --style FILE (repeat it to blend several)")
+    if p.style_weights is not None and len(p.style_weights) != len(p.style):
+        raise ParamError("style_weights", f"gives {len(p.style_weights)} weights for {len(p.style)} --style images; "
+                                          "give one per style image")
+
+
+def run(ctx, p):
     image = ctx.require_image()
-    paths = list(style or [])
-    if not paths:
-        raise MethodInputError("style needs at least one style picture: give --style FILE (repeat it to blend several)")
-    weights = parse_weights(style_weights, len(paths))
+    paths = list(p.style)
+    weights = list(p.style_weights or [1.0] * len(paths))
+    steps, optimizer, preserve_color = p.steps, p.optimizer, p.preserve_color
     styles = []
     for path in paths:
         try:
@@ -96,14 +88,14 @@ def run(ctx, style=None, style_weights="", content_layers="", style_layers="", c
             raise MethodInputError(f"--style: {error}") from None
 
     known = perceptual_layers(ctx.model, ctx.output_shapes())
-    content_paths = layer_list(content_layers, known.content, ctx.resolve_layer, "--content-layers")
-    style_paths = layer_list(style_layers, known.style, ctx.resolve_layer, "--style-layers")
-    transform_name, transform = choose_transform(feature_transform, known, temperature)
+    content_paths = layer_list(p.content_layers, known.content, ctx.resolve_layer, "--content-layers")
+    style_paths = layer_list(p.style_layers, known.style, ctx.resolve_layer, "--style-layers")
+    transform_name, transform = choose_transform(p.feature_transform, known, p.temperature)
     features = Features(ctx.model, content_paths + style_paths, transform)
 
     preprocessing = ctx.model.preprocessing
-    content = preprocessing.to_unit_tensor(image.image, size or None).to(ctx.device)
-    style_side = max(16, round(min(content.shape[-2:]) * style_scale))
+    content = preprocessing.to_unit_tensor(image.image, p.size or None).to(ctx.device)
+    style_side = max(16, round(min(content.shape[-2:]) * p.style_scale))
     style_units = [preprocessing.to_unit_tensor(s.image, style_side).to(ctx.device) for s in styles]
     if preserve_color:
         chroma = rgb_to_yiq(content)[:, 1:]
@@ -120,13 +112,13 @@ def run(ctx, style=None, style_weights="", content_layers="", style_layers="", c
         grams = gram_targets({path: value for path, value in features.targets(unit).items() if path in style_paths})
         style_grams.append(grams)
     loss = PerceptualLoss(features, content=content_targets, style=blend_grams(style_grams, weights),
-                          content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight)
+                          content_weight=p.content_weight, style_weight=p.style_weight, tv_weight=p.tv_weight)
 
-    if init == "content":
+    if p.init == "content":
         start = content_y if preserve_color else content
     else:
         channels = 1 if preserve_color else 3
-        start = seeded_noise((1, channels, *content.shape[-2:]), ctx.generator(seed)).to(ctx.device)
+        start = seeded_noise((1, channels, *content.shape[-2:]), ctx.generator(p.seed)).to(ctx.device)
     pixels = start.clone().requires_grad_(True)
 
     def as_network_input(picture: torch.Tensor) -> torch.Tensor:
@@ -139,7 +131,7 @@ def run(ctx, style=None, style_weights="", content_layers="", style_layers="", c
 
     recorder = FrameRecorder()
     first: dict[str, float] = {}
-    descent = Descent(pixels, lambda p: loss(as_network_input(p)), steps, optimizer, lr, ctx.cancel)
+    descent = Descent(pixels, lambda picture: loss(as_network_input(picture)), steps, optimizer, p.lr, ctx.cancel)
     for step, parts in descent:
         parts = _named_losses(parts)
         first = first or parts
@@ -158,14 +150,11 @@ def run(ctx, style=None, style_weights="", content_layers="", style_layers="", c
                "style_size": [[unit.shape[-1], unit.shape[-2]] for unit in style_units],
                "feature_transform": transform_name, "content_layers": content_paths, "style_layers": style_paths,
                "style_weights": blend}
-    params = {"style": paths, "style_weights": blend, "content_layers": content_paths, "style_layers": style_paths,
-              "content_weight": content_weight, "style_weight": style_weight, "tv_weight": tv_weight, "init": init,
-              "optimizer": optimizer, "lr": lr or DEFAULT_LR[optimizer], "steps": steps, "size": size,
-              "style_scale": style_scale, "preserve_color": preserve_color, "feature_transform": transform_name,
-              "temperature": temperature, "seed": seed}
+    p.record(style_weights=blend, content_layers=content_paths, style_layers=style_paths,
+             lr=p.lr or DEFAULT_LR[optimizer], feature_transform=transform_name)
     note = f"loss {metrics['loss_first']:.3g} -> {metrics['loss_last']:.3g} (features: {transform_name})"
     return Result(display=Display(rgb=rgb, note=note), array=result[0].permute(1, 2, 0).cpu().numpy().astype(np.float32),
-                  metrics=metrics, params=params, frames=recorder.finish(rgb))
+                  metrics=metrics, frames=recorder.finish(rgb))
 
 
 SPEC = MethodSpec(
@@ -174,15 +163,18 @@ SPEC = MethodSpec(
     summary="Repaint the image in the style of other pictures: match content features and style Grams (Gatys 2016).",
     params=(
         Param("style", "images", None, "style picture(s); repeat the flag to blend several"),
-        Param("style_weights", "str", "", "blend of the style pictures' Grams, e.g. 0.7,0.3 (empty: equal)"),
-        Param("content_layers", "str", "", "content layers, comma-separated (empty: per model; VGG: conv4_2)"),
-        Param("style_layers", "str", "", "style layers, comma-separated (empty: per model; VGG: conv1_1..conv5_1)"),
-        Param("content_weight", "float", 1.0, "weight of the content loss", minimum=0.0),
-        Param("style_weight", "float", 1000.0, "weight of the style loss", minimum=0.0),
-        Param("tv_weight", "float", 0.0, "weight of the total-variation smoothness penalty", minimum=0.0),
+        Param("style_weights", "weights", None, "blend of the style pictures' Grams, e.g. 0.7,0.3 (empty: equal)",
+              maximum=WEIGHT_LIMIT),
+        Param("content_layers", "layers", None, "content layers, comma-separated (empty: per model; VGG: conv4_2)"),
+        Param("style_layers", "layers", None, "style layers, comma-separated (empty: per model; VGG: conv1_1..conv5_1)"),
+        Param("content_weight", "float", 1.0, "weight of the content loss", minimum=0.0, maximum=WEIGHT_LIMIT),
+        Param("style_weight", "float", 1000.0, "weight of the style loss", minimum=0.0, maximum=WEIGHT_LIMIT),
+        Param("tv_weight", "float", 0.0, "weight of the total-variation smoothness penalty", minimum=0.0,
+              maximum=WEIGHT_LIMIT),
         Param("init", "choice", "content", "start from the content image or from seeded noise", choices=("content", "noise")),
         Param("optimizer", "choice", "lbfgs", "L-BFGS (as Gatys) or Adam", choices=OPTIMIZERS),
-        Param("lr", "float", 0.0, "step size (0: 1 for L-BFGS, 0.02 for Adam)", minimum=0.0, special="per optimizer"),
+        Param("lr", "float", 0.0, "step size (0: 1 for L-BFGS, 0.02 for Adam)", minimum=0.0, maximum=LR_LIMIT,
+              special="per optimizer"),
         Param("steps", "int", 100, "optimisation steps", minimum=1, maximum=5000),
         Param("size", "int", 0, "shorter side of the result in pixels (0: the model's input size)", minimum=0,
               maximum=2048, special="model's size"),
@@ -194,9 +186,10 @@ SPEC = MethodSpec(
                                                      "bundled model (its ReLU6 layers stylise well plainly), softmax "
                                                      "on other models", choices=("auto", *TRANSFORMS)),
         Param("temperature", "float", DEFAULT_TEMPERATURE, "softmax temperature T: softmax(F / T) (1 as the paper)",
-              minimum=1e-3),
+              minimum=1e-3, maximum=TEMPERATURE_LIMIT),
         SEED,
     ),
     run=run,
     streams_frames=True,
+    check=check,
 )

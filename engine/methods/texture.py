@@ -29,7 +29,7 @@ from engine.anatomy.layer_tree import cached_layer_tree
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.style.perceptual import (DEFAULT_LR, OPTIMIZERS, Descent, Features, PerceptualLoss, choose_transform, gram_targets,
                           layer_list, perceptual_layers, seeded_noise)
-from engine.methods.base import SEED, MethodSpec, Param
+from engine.methods.params import LR_LIMIT, SEED, TEMPERATURE_LIMIT, MethodSpec, Param, ParamError
 
 CLASSIC_SAMPLE = 48  # default shorter side of the sample for --classic, in pixels
 CLASSIC_SIZE = 64  # default output side for --classic
@@ -37,18 +37,31 @@ CLASSIC_MAX = 160  # --classic grows pixel by pixel; beyond this it takes minute
 STRIP_TILE = 160  # pixels per picture in the --strip gallery
 
 
-def run(ctx, layers="", size=0, sample_size=0, steps=100, optimizer="lbfgs", lr=0.0, feature_transform="none",
-        temperature=DEFAULT_TEMPERATURE, strip=False, classic=False, window=11, seed=0):
+def check(p) -> None:
+    if not p.classic:
+        return
+    if p.window % 2 == 0:
+        raise ParamError("window", f"must be odd so that it has a centre pixel, not {p.window}")
+    side, sample_side = p.size or CLASSIC_SIZE, p.sample_size or CLASSIC_SAMPLE
+    if side > CLASSIC_MAX or sample_side > CLASSIC_MAX:
+        raise ParamError("size" if side > CLASSIC_MAX else "sample_size",
+                         f"is at most {CLASSIC_MAX} px with --classic, which copies one pixel at a time",
+                         f"--classic copies one pixel at a time: keep --size and --sample-size at most "
+                         f"{CLASSIC_MAX} px (got {side} and {sample_side})")
+
+
+def run(ctx, p):
     image = ctx.require_image()
-    if classic:
-        return (yield from _classic(ctx, image, size, sample_size, window, seed))
+    if p.classic:
+        return (yield from _classic(ctx, image, p))
+    steps, optimizer, strip = p.steps, p.optimizer, p.strip
     known = perceptual_layers(ctx.model, ctx.output_shapes())
-    paths = layer_list(layers, known.texture, ctx.resolve_layer, "--layers")
-    transform_name, transform = choose_transform(feature_transform, known, temperature)
-    sample = ctx.model.preprocessing.to_unit_tensor(image.image, sample_size or None).to(ctx.device)
-    shape = (size, size) if size else tuple(sample.shape[-2:])
+    paths = layer_list(p.layers, known.texture, ctx.resolve_layer, "--layers")
+    transform_name, transform = choose_transform(p.feature_transform, known, p.temperature)
+    sample = ctx.model.preprocessing.to_unit_tensor(image.image, p.sample_size or None).to(ctx.device)
+    shape = (p.size, p.size) if p.size else tuple(sample.shape[-2:])
     # One noise picture for every synthesis, so the strip's pictures differ only by layer.
-    noise = seeded_noise((1, 3, *shape), ctx.generator(seed)).to(ctx.device)
+    noise = seeded_noise((1, 3, *shape), ctx.generator(p.seed)).to(ctx.device)
     groups = [[path] for path in paths] if strip else [paths]
     recorder = FrameRecorder()
     results, firsts, lasts = [], [], []
@@ -59,7 +72,7 @@ def run(ctx, layers="", size=0, sample_size=0, steps=100, optimizer="lbfgs", lr=
         pixels = noise.clone().requires_grad_(True)
         label = f"layer {index + 1}/{len(groups)} ({group[0]}), " if strip else ""
         losses = []
-        descent = Descent(pixels, loss, steps, optimizer, lr, ctx.cancel)
+        descent = Descent(pixels, loss, steps, optimizer, p.lr, ctx.cancel)
         for step, parts in descent:
             losses.append(parts["loss"])
             rgb = unit_tensor_to_rgb(pixels.detach())
@@ -71,18 +84,17 @@ def run(ctx, layers="", size=0, sample_size=0, steps=100, optimizer="lbfgs", lr=
         firsts.append(losses[0])
         lasts.append(descent.final["loss"])
 
-    params = {"layers": paths, "size": list(shape[::-1]), "sample_size": list(sample.shape[-1:-3:-1]), "steps": steps,
-              "optimizer": optimizer, "lr": lr or DEFAULT_LR[optimizer], "feature_transform": transform_name,
-              "temperature": temperature, "strip": strip, "seed": seed}
+    p.record(layers=paths, size=list(shape[::-1]), sample_size=list(sample.shape[-1:-3:-1]),
+             lr=p.lr or DEFAULT_LR[optimizer], feature_transform=transform_name)
     metrics = {"loss_first": firsts[0] if not strip else firsts, "loss_last": lasts[0] if not strip else lasts,
                "steps": steps, "size": list(shape[::-1]), "layers": paths, "feature_transform": transform_name}
     if not strip:
         rgb = (np.clip(results[0], 0, 1) * 255 + 0.5).astype(np.uint8)
         note = f"texture from {len(paths)} layers; Gram loss {firsts[0]:.3g} -> {lasts[0]:.3g}"
-        return Result(display=Display(rgb=rgb, note=note), array=results[0], metrics=metrics, params=params,
+        return Result(display=Display(rgb=rgb, note=note), array=results[0], metrics=metrics,
                       frames=recorder.finish(rgb))
     mosaic, note = _strip(ctx, sample, results, paths)
-    return Result(display=Display(rgb=mosaic, note=note), array=np.stack(results), metrics=metrics, params=params,
+    return Result(display=Display(rgb=mosaic, note=note), array=np.stack(results), metrics=metrics,
                   frames=recorder.finish())
 
 
@@ -101,19 +113,15 @@ def _strip(ctx, sample: torch.Tensor, results: list[np.ndarray], paths: list[str
     return mosaic, "one layer each, shallow to deep: " + ", ".join(names)
 
 
-def _classic(ctx, image, size, sample_size, window, seed):
-    sample_side = sample_size or CLASSIC_SAMPLE
-    side = size or CLASSIC_SIZE
-    if side > CLASSIC_MAX or sample_side > CLASSIC_MAX:
-        raise MethodInputError(f"--classic copies one pixel at a time: keep --size and --sample-size at most "
-                               f"{CLASSIC_MAX} px (got {side} and {sample_side})")
-    if window % 2 == 0:
-        raise MethodInputError(f"--window must be odd so that it has a centre pixel, not {window}")
+def _classic(ctx, image, p):
+    sample_side = p.sample_size or CLASSIC_SAMPLE
+    side = p.size or CLASSIC_SIZE
+    window = p.window
     sample = np.asarray(ctx.model.preprocessing.resize(image.image, sample_side), dtype=np.uint8)
     if min(sample.shape[:2]) < window:
         raise MethodInputError(f"--window {window} is larger than the sample ({sample.shape[1]}x{sample.shape[0]} px); "
                                "use a smaller window or a larger --sample-size")
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(p.seed)
     recorder = FrameRecorder()
     growth = synthesise(sample, (side, side), window, rng, report_every=max(64, side * side // 64))
     step = 0
@@ -130,10 +138,10 @@ def _classic(ctx, image, size, sample_size, window, seed):
         yield Progress(done / total, f"{done}/{total} pixels")
     metrics = {"size": [side, side], "sample_size": [sample.shape[1], sample.shape[0]], "window": window,
                "pixels": side * side}
-    params = {"classic": True, "size": side, "sample_size": sample_side, "window": window, "seed": seed}
+    p.record(size=side, sample_size=sample_side)
     return Result(display=Display(rgb=texture, note=f"Efros-Leung, window {window}, from a "
                                                     f"{sample.shape[1]}x{sample.shape[0]} sample"),
-                  array=texture.astype(np.float32) / 255.0, metrics=metrics, params=params, frames=recorder.finish(texture))
+                  array=texture.astype(np.float32) / 255.0, metrics=metrics, frames=recorder.finish(texture))
 
 
 SPEC = MethodSpec(
@@ -142,7 +150,7 @@ SPEC = MethodSpec(
     summary="Synthesise a texture like the image: match its Gram matrices from noise (Gatys 2015), "
             "or copy pixels by neighbourhood (--classic, Efros & Leung 1999).",
     params=(
-        Param("layers", "str", "", "Gram layers, comma-separated paths or early/middle/late (empty: per model; "
+        Param("layers", "layers", None, "Gram layers, comma-separated paths or early/middle/late (empty: per model; "
                                    "VGG: relu1_1, pool1-pool4 as Gatys; EfficientNet-Lite0: a ReLU6 at each of 4 scales)"),
         Param("size", "int", 0, "output side in pixels, square; may exceed the sample (0: the sample's size; "
                                 "with --classic, 64)", minimum=0, maximum=2048, special="sample's size"),
@@ -150,11 +158,13 @@ SPEC = MethodSpec(
                                        "--classic, 48)", minimum=0, maximum=2048, special="model's size"),
         Param("steps", "int", 100, "optimisation steps (per layer with --strip)", minimum=1, maximum=5000),
         Param("optimizer", "choice", "lbfgs", "L-BFGS (as Gatys) or Adam", choices=OPTIMIZERS),
-        Param("lr", "float", 0.0, "step size (0: 1 for L-BFGS, 0.02 for Adam)", minimum=0.0, special="per optimizer"),
+        Param("lr", "float", 0.0, "step size (0: 1 for L-BFGS, 0.02 for Adam)", minimum=0.0, maximum=LR_LIMIT,
+              special="per optimizer"),
         Param("feature_transform", "choice", "none", "applied to features before the Grams: none, or Wang et al. "
                                                      "2021's softmax (auto: as the style method chooses per model)",
               choices=("auto", *TRANSFORMS)),
-        Param("temperature", "float", DEFAULT_TEMPERATURE, "softmax temperature", minimum=1e-3),
+        Param("temperature", "float", DEFAULT_TEMPERATURE, "softmax temperature", minimum=1e-3,
+              maximum=TEMPERATURE_LIMIT),
         Param("strip", "bool", False, "synthesise from each layer alone and show them beside the sample"),
         Param("classic", "bool", False, "Efros & Leung's non-parametric synthesis instead (small sizes)"),
         Param("window", "int", 11, "--classic: neighbourhood window in pixels (odd)", minimum=3, maximum=31),
@@ -162,4 +172,5 @@ SPEC = MethodSpec(
     ),
     run=run,
     streams_frames=True,
+    check=check,
 )

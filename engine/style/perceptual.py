@@ -331,9 +331,8 @@ class Descent:
 
 
 # -- options shared by the texture and style methods --------------------------------------------
-def layer_list(text: str | None, default: Sequence[str], resolve: Callable[[str], str], flag: str) -> list[str]:
-    """Module paths from a comma list (each a path or early/middle/late), or ``default``."""
-    names = [part.strip() for part in (text or "").split(",") if part.strip()]
+def layer_list(names: Sequence[str] | None, default: Sequence[str], resolve: Callable[[str], str], flag: str) -> list[str]:
+    """The module paths of ``names`` (each a path or early/middle/late), or ``default``."""
     if not names:
         return list(default)
     try:

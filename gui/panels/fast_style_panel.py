@@ -12,7 +12,7 @@ from PySide6.QtWidgets import QGridLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
 from engine.core.errors import ConvScopeError
 
-from gui.panels.method_panel import MethodPanel
+from gui.panels.method_panel import Editor, MethodPanel
 
 SLIDER_STEPS = 100
 
@@ -95,6 +95,9 @@ class StyleMixer(QWidget):
 
 
 class FastStylePanel(MethodPanel):
+    custom_editors = {"style_mix": Editor(lambda _param, _labels: StyleMixer(), lambda mixer: mixer.text() or None,
+                                          lambda mixer, param, value: mixer.setText(param.text(value)))}
+
     def __init__(self, spec, labels: list[str], parent=None) -> None:
         self.has_run = False
         super().__init__(spec, labels, parent)
@@ -103,11 +106,6 @@ class FastStylePanel(MethodPanel):
         picker = self.editors["style_model"]
         picker.edit.textChanged.connect(self.style_model_changed)
         self.style_model_changed(picker.edit.text())
-
-    def _editor_for(self, param, labels: list[str]) -> QWidget:
-        if param.name == "style_mix":
-            return StyleMixer()
-        return super()._editor_for(param, labels)
 
     def style_model_changed(self, text: str) -> None:
         from engine.style.style_library import style_names_of  # imports torch: not before the window is on screen

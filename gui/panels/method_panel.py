@@ -2,16 +2,174 @@
 
 The form is generated from the method's ``Param`` declarations, the same list the CLI
 turns into flags, so the panel and the command line can never disagree on an option.
+``EDITORS`` is the one table from a parameter's kind to its field (magicgui's type map
+has the same shape): how to build it, read it and fill it. What a field holds is read as
+a flag would give it, and checked by the method's own ``bind`` before a run starts; a
+value that does not fit is said under its field.
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from engine.core.errors import MethodInputError, ParamError
+
 TOP1 = "top-1 prediction"
 LAYER_KEYWORDS = ("early", "middle", "late")
+SPIN_LIMIT = 1_000_000  # a number field's range where its parameter states none
+
+
+class ExactDoubleSpinBox(QDoubleSpinBox):
+    """A float field that gives back exactly the value it was set to (2/255, not the 0.0078
+    it shows) until the user changes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._exact: float | None = None
+
+    def setValue(self, value: float) -> None:  # noqa: N802 - Qt's name
+        super().setValue(value)
+        self._exact = float(value) if self.minimum() <= value <= self.maximum() else None
+
+    def value(self) -> float:
+        shown = super().value()
+        if self._exact is not None and round(self._exact, self.decimals()) == round(shown, self.decimals()):
+            return self._exact
+        return shown
+
+
+def _int_spin(param, _labels) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(int(param.minimum if param.minimum is not None else -SPIN_LIMIT),
+                  int(param.maximum if param.maximum is not None else SPIN_LIMIT))
+    spin.setSpecialValueText(param.special)
+    return spin
+
+
+def _put_int(spin: QSpinBox, param, value) -> None:
+    spin.setValue(int(param.coerce(None) if value is None else value))
+
+
+def _float_spin(param, _labels) -> QDoubleSpinBox:
+    spin = ExactDoubleSpinBox()
+    spin.setDecimals(4)
+    spin.setSingleStep(0.01 if abs(param.default or 0) < 1 else 0.1)
+    low = param.minimum if param.minimum is not None else param.above if param.above is not None else -SPIN_LIMIT
+    spin.setRange(float(low), float(param.maximum if param.maximum is not None else SPIN_LIMIT))
+    return spin
+
+
+def _put_float(spin: QDoubleSpinBox, param, value) -> None:
+    spin.setValue(float(param.coerce(None) if value is None else value))
+
+
+def _channel_spin(param, _labels) -> QSpinBox:
+    spin = QSpinBox()
+    if param.minimum is not None:  # a channel is required
+        spin.setRange(int(param.minimum), SPIN_LIMIT)
+    else:  # -1 stands for "no channel", which each method names (all of them, the strongest)
+        spin.setRange(-1, SPIN_LIMIT)
+        spin.setSpecialValueText(param.special or "all")
+    return spin
+
+
+def _check_box(_param, _labels) -> QCheckBox:
+    return QCheckBox()
+
+
+def _choice_box(param, _labels) -> QComboBox:
+    box = QComboBox()
+    box.addItems([str(choice) for choice in param.choices])
+    return box
+
+
+def _put_choice(box: QComboBox, _param, value) -> None:
+    box.setCurrentIndex(max(0, box.findText(str(value))))
+
+
+def _layer_box(param, _labels) -> QComboBox:
+    box = QComboBox()
+    box.setEditable(True)
+    box.addItems(([param.default] if param.default not in (*LAYER_KEYWORDS, None) else []) + list(LAYER_KEYWORDS))
+    return box
+
+
+def _combo_text(box) -> str | None:
+    return box.currentText().strip() or None
+
+
+def _put_combo_text(box, param, value) -> None:
+    box.setCurrentText(param.text(value))
+
+
+def _target_box(_param, labels: list[str]) -> QComboBox:
+    box = QComboBox()
+    box.setEditable(True)
+    box.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+    _list_targets(box, labels)
+    box.completer().setFilterMode(Qt.MatchFlag.MatchContains)
+    box.completer().setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+    return box
+
+
+def _list_targets(box: QComboBox, labels: list[str]) -> None:
+    box.clear()
+    box.addItem(TOP1)
+    box.addItems([f"{i}: {label}" for i, label in enumerate(labels)])
+
+
+def _target_value(box: QComboBox) -> str | None:
+    text = box.currentText().strip()
+    return None if not text or text == TOP1 else text.split(":", 1)[0].strip()
+
+
+def _put_target(box: QComboBox, param, value) -> None:
+    box.setCurrentText(TOP1 if value is None else param.text(value))
+
+
+def _line_edit(_param, _labels) -> QLineEdit:
+    return QLineEdit()
+
+
+def _put_text(field, param, value) -> None:
+    field.setText(param.text(value))
+
+
+@dataclass(frozen=True)
+class Editor:
+    """A field for one kind of parameter: ``make(param, labels)`` builds it, ``get`` reads
+    what it holds (None when left empty), ``put(field, param, value)`` shows a value."""
+
+    make: Callable[[Any, list[str]], QWidget]
+    get: Callable[[QWidget], Any]
+    put: Callable[[QWidget, Any, Any], None]
+
+
+_TEXT = Editor(_line_edit, lambda field: field.text().strip() or None, _put_text)
+_FILE = Editor(lambda param, _labels: FilePicker(param.kind, param.suggest), lambda picker: picker.value(),
+               lambda picker, _param, value: picker.set_value(value))
+
+EDITORS: dict[str, Editor] = {
+    "int": Editor(_int_spin, lambda spin: spin.value(), _put_int),
+    "float": Editor(_float_spin, lambda spin: spin.value(), _put_float),
+    "bool": Editor(_check_box, lambda check: check.isChecked(), lambda check, _param, value: check.setChecked(bool(value))),
+    "choice": Editor(_choice_box, lambda box: box.currentText(), _put_choice),
+    "layer": Editor(_layer_box, _combo_text, _put_combo_text),
+    "target": Editor(_target_box, _target_value, _put_target),
+    "channel": Editor(_channel_spin, lambda spin: None if spin.value() < 0 else spin.value(),
+                      lambda spin, _param, value: spin.setValue(-1 if value is None else int(value))),
+    "dataset": Editor(lambda _param, _labels: DatasetPicker(), _combo_text, _put_combo_text),
+    "image": _FILE, "images": _FILE, "file": _FILE, "save_file": _FILE,
+    # structured values, typed as the CLI spells them: 3,5 / 0.7,0.3 / early:1,late:0.5 / 0-7,9 / 20x15 / a,b
+    "position": _TEXT, "weights": _TEXT, "layer_weights": _TEXT, "channels": _TEXT, "grid": _TEXT,
+    "layers": _TEXT, "methods": _TEXT,
+}
 
 
 class MethodPanel(QWidget):
@@ -20,27 +178,37 @@ class MethodPanel(QWidget):
 
     # Panels that redraw whenever the user clicks another layer in the tree.
     follows_layer = False
+    # Fields a panel draws its own way, by parameter name (the fast-style panel's sliders).
+    custom_editors: dict[str, Editor] = {}
 
     def __init__(self, spec, labels: list[str], parent=None) -> None:
         super().__init__(parent)
         self.spec = spec
         self.method_id = spec.id
         self.editors: dict[str, QWidget] = {}
+        self.field_errors: dict[str, QLabel] = {}
         self.running = False
 
         title = QLabel(f"<b>{spec.title}</b>")
         summary = QLabel(spec.summary)
         summary.setWordWrap(True)
         summary.setStyleSheet("color: #555;")
-        form = QFormLayout()
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.form = QFormLayout()
+        self.form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         for param in spec.params:
-            editor = self._editor_for(param, labels)
+            editor = self._editor(param).make(param, labels)
             editor.setToolTip(param.help)
             self.editors[param.name] = editor
-            label = QLabel(param.name.replace("_", " "))
+            self.set_value(param.name, param.default)
+            label = QLabel(param.label)
             label.setToolTip(param.help)
-            form.addRow(label, editor)
+            self.form.addRow(label, editor)
+            error = QLabel()
+            error.setWordWrap(True)
+            error.setStyleSheet("color: #b00020;")
+            self.form.addRow("", error)
+            self.form.setRowVisible(error, False)
+            self.field_errors[param.name] = error
 
         self.run_button = QPushButton("Run")
         self.run_button.setDefault(True)
@@ -58,7 +226,7 @@ class MethodPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(title)
         layout.addWidget(summary)
-        layout.addLayout(form)
+        layout.addLayout(self.form)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
         self.loss_plot = None
@@ -70,115 +238,60 @@ class MethodPanel(QWidget):
             layout.addWidget(self.loss_plot)
         layout.addStretch(1)
 
-    # -- editors --------------------------------------------------------------------
-    def _editor_for(self, param, labels: list[str]) -> QWidget:
-        kind = param.kind
-        if kind == "layer":
-            box = QComboBox()
-            box.setEditable(True)
-            box.addItems(([param.default] if param.default not in LAYER_KEYWORDS else []) + list(LAYER_KEYWORDS))
-            box.setCurrentText(str(param.default))
-            return box
-        if kind == "dataset":
-            return DatasetPicker(str(param.default or ""))
-        if kind in FilePicker.KINDS:
-            return FilePicker(kind, param.default, param.suggest)
-        if kind == "target":
-            box = QComboBox()
-            box.setEditable(True)
-            box.addItem(TOP1)
-            box.addItems([f"{i}: {label}" for i, label in enumerate(labels)])
-            box.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
-            box.completer().setFilterMode(Qt.MatchFlag.MatchContains)
-            box.completer().setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
-            return box
-        if kind == "channel":
-            spin = QSpinBox()
-            if param.minimum is not None:  # a channel is required
-                spin.setRange(int(param.minimum), 100_000)
-            else:  # -1 stands for "no channel", which each method names (all of them, the strongest)
-                spin.setRange(-1, 100_000)
-                spin.setSpecialValueText(param.special or "all")
-            spin.setValue(-1 if param.default is None else int(param.default))
-            return spin
-        if kind == "bool":
-            check = QCheckBox()
-            check.setChecked(bool(param.default))
-            return check
-        if param.choices:
-            box = QComboBox()
-            box.addItems([str(c) for c in param.choices])
-            box.setCurrentText(str(param.default))
-            return box
-        if kind == "int":
-            spin = QSpinBox()
-            spin.setRange(int(param.minimum if param.minimum is not None else -1_000_000),
-                          int(param.maximum if param.maximum is not None else 1_000_000))
-            spin.setValue(int(param.default))
-            spin.setSpecialValueText(param.special)
-            return spin
-        if kind == "float":
-            spin = QDoubleSpinBox()
-            spin.setDecimals(4)
-            spin.setSingleStep(0.01 if abs(param.default or 0) < 1 else 0.1)
-            spin.setRange(float(param.minimum if param.minimum is not None else -1e6),
-                          float(param.maximum if param.maximum is not None else 1e6))
-            spin.setValue(float(param.default))
-            return spin
-        edit = QLineEdit()
-        edit.setText("" if param.default is None else str(param.default))
-        return edit
+    # -- the form -------------------------------------------------------------------------
+    def _editor(self, param) -> Editor:
+        return self.custom_editors.get(param.name) or EDITORS[param.kind]
 
     def values(self) -> dict:
-        values = {}
-        for param in self.spec.params:
-            editor = self.editors[param.name]
-            if param.kind in ("layer", "dataset"):
-                values[param.name] = editor.currentText().strip() or None
-            elif isinstance(editor, FilePicker):
-                values[param.name] = editor.value()
-            elif param.kind == "target":
-                text = editor.currentText().strip()
-                values[param.name] = None if not text or text == TOP1 else text.split(":", 1)[0].strip()
-            elif param.kind == "channel":
-                values[param.name] = None if editor.value() < 0 else editor.value()
-            elif param.kind == "bool":
-                values[param.name] = editor.isChecked()
-            elif isinstance(editor, QComboBox):
-                values[param.name] = editor.currentText()
-            elif isinstance(editor, (QSpinBox, QDoubleSpinBox)):
-                values[param.name] = editor.value()
-            else:
-                values[param.name] = editor.text() or None
-        return values
+        """What each field holds, as a flag would give it (None: left empty)."""
+        return {param.name: self._editor(param).get(self.editors[param.name]) for param in self.spec.params}
 
     def set_value(self, name: str, value) -> None:
-        editor = self.editors[name]
-        if isinstance(editor, FilePicker):
-            editor.set_value(value)
-        elif isinstance(editor, DatasetPicker):
-            editor.setCurrentText(str(value))
-        elif isinstance(editor, QComboBox):
-            if editor.isEditable():
-                editor.setCurrentText(str(value))
-            else:
-                editor.setCurrentIndex(max(0, editor.findText(str(value))))
-        elif isinstance(editor, QCheckBox):
-            editor.setChecked(bool(value))
-        elif isinstance(editor, QSpinBox):
-            editor.setValue(-1 if value is None else int(value))
-        elif isinstance(editor, QDoubleSpinBox):
-            editor.setValue(float(value))
-        else:
-            editor.setText(str(value))
+        param = self.spec.param(name)
+        self._editor(param).put(self.editors[name], param, value)
+
+    def check_values(self, values: dict) -> bool:
+        """Bind ``values`` as the run will; say under each field what does not fit. True when all do."""
+        for error in self.field_errors.values():
+            error.clear()
+            self.form.setRowVisible(error, False)
+        failed = False
+        for param in self.spec.params:
+            try:
+                param.coerce(values.get(param.name))
+            except ParamError as error:
+                self._show_field_error(error)
+                failed = True
+        if not failed:
+            try:
+                self.spec.bind(values)
+            except ParamError as error:
+                self._show_field_error(error)
+                failed = True
+            except MethodInputError as error:
+                self.show_status(str(error))
+                return False
+        if failed:
+            self.show_status("Some options do not fit: see the messages under them.")
+        return not failed
+
+    def _show_field_error(self, error) -> None:
+        label = self.field_errors.get(error.name)
+        if label is None:
+            self.show_status(str(error))
+            return
+        label.setText(self._in_field_words(error.problem))
+        self.form.setRowVisible(label, True)
+
+    def _in_field_words(self, text: str) -> str:
+        """A message that names flags (--fg-percentile) naming this form's fields instead."""
+        names = {param.name.replace("_", "-"): param.label for param in self.spec.params}
+        return re.sub(r"--([a-z][a-z0-9-]*)", lambda m: f"'{names[m[1]]}'" if m[1] in names else m[0], text)
 
     def set_labels(self, labels: list[str]) -> None:
         for param in self.spec.params:
             if param.kind == "target":
-                box = self.editors[param.name]
-                box.clear()
-                box.addItem(TOP1)
-                box.addItems([f"{i}: {label}" for i, label in enumerate(labels)])
+                _list_targets(self.editors[param.name], labels)
 
     # -- the window's calls -------------------------------------------------------------
     def layer_clicked(self, path: str) -> bool:
@@ -194,7 +307,9 @@ class MethodPanel(QWidget):
                 self.set_value(param.name, preset if preset and param.default == "middle" else param.default)
 
     def request_run(self) -> None:
-        self.run_requested.emit(self.method_id, self.values())
+        values = self.values()
+        if self.check_values(values):
+            self.run_requested.emit(self.method_id, values)
 
     def set_running(self, running: bool) -> None:
         if running and self.loss_plot is not None:  # a new run: a new curve
@@ -219,12 +334,11 @@ class DatasetPicker(QWidget):
 
     BUILT_IN = ("samples", "digits")
 
-    def __init__(self, default: str) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.box = QComboBox()
         self.box.setEditable(True)
         self.box.addItems(self.BUILT_IN)
-        self.box.setCurrentText(default)
         browse = QPushButton("Browse…")
         browse.clicked.connect(self.browse)
         layout = QHBoxLayout(self)
@@ -259,7 +373,7 @@ class FilePicker(QWidget):
     IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.tif *.tiff *.webp);;All files (*)"
     SEPARATOR = ";"
 
-    def __init__(self, kind: str, default, suggest=None) -> None:
+    def __init__(self, kind: str, suggest=None) -> None:
         super().__init__()
         self.kind = kind
         if suggest is None:
@@ -269,7 +383,6 @@ class FilePicker(QWidget):
             self.edit = self.field.lineEdit()
         self.edit.setPlaceholderText({"image": "an image file", "images": "one or more image files",
                                       "file": "a file", "save_file": "where to save"}[kind])
-        self.set_value(default)
         browse = QPushButton("Browse…")
         browse.clicked.connect(self.browse)
         layout = QHBoxLayout(self)

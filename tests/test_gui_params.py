@@ -1,0 +1,114 @@
+"""The method panels' forms: every kind of field gives back what was put in it, and a value
+that does not fit is said under its field instead of starting a run."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.methods import METHODS
+from gui.panels import panel_for
+from gui.panels.method_panel import EDITORS, TOP1
+from tests.test_params import BOUND_SAMPLES
+
+LABELS = [f"class {i}" for i in range(10)]
+
+
+def sample(param):
+    """A value the field can hold, other than its default, as bound."""
+    if param.kind == "choice":
+        return param.choices[-1]
+    if param.kind in ("int", "float"):
+        low = param.minimum if param.minimum is not None else param.above if param.above is not None else 0
+        high = param.maximum if param.maximum is not None else 1000
+        value = min(max(BOUND_SAMPLES[param.kind] + (param.default or 0), low), high)
+        return int(value) if param.kind == "int" else value
+    if param.kind == "bool":
+        return not param.default
+    return BOUND_SAMPLES[param.kind]
+
+
+def test_every_kind_has_one_editor():
+    from engine.methods.params import KINDS
+
+    assert set(EDITORS) == set(KINDS)
+
+
+@pytest.mark.parametrize("spec", list(METHODS.values()), ids=list(METHODS))
+def test_every_field_gives_back_the_value_put_in_it(qtbot, spec):
+    panel = panel_for(spec, LABELS)
+    qtbot.addWidget(panel)
+    for param in spec.params:
+        if param.name in panel.custom_editors:
+            continue  # the fast-style sliders: tests/test_gui_style.py
+        for value in (sample(param), param.coerce(param.default)):
+            panel.set_value(param.name, value)
+            assert param.coerce(panel.values()[param.name]) == param.coerce(value), (param.name, value)
+        if param.kind == "channel" and param.minimum is None:
+            panel.set_value(param.name, None)
+            assert panel.values()[param.name] is None
+    if "target" in panel.editors:
+        panel.set_value("target", None)
+        assert panel.editors["target"].currentText() == TOP1 and panel.values()["target"] is None
+
+
+def test_a_float_field_keeps_the_exact_default(qtbot):
+    panel = panel_for(METHODS["adversarial"], LABELS)
+    qtbot.addWidget(panel)
+    assert panel.values()["eps"] == 2 / 255  # shown as 0.0078, which would be 1.99 levels, not 2
+    panel.editors["eps"].setValue(0.5)
+    assert panel.values()["eps"] == 0.5
+
+
+def errors_shown(panel) -> dict[str, str]:
+    return {name: label.text() for name, label in panel.field_errors.items() if panel.form.isRowVisible(label)}
+
+
+def test_a_value_that_does_not_fit_is_said_under_its_field_and_nothing_runs(qtbot):
+    panel = panel_for(METHODS["guided-backprop"], LABELS)
+    qtbot.addWidget(panel)
+    panel.set_value("layer", "middle")
+    panel.set_value("channel", 5)
+    panel.editors["at"].setText("three")
+    with qtbot.assertNotEmitted(panel.run_requested):
+        panel.run_button.click()
+    assert errors_shown(panel) == {"at": "takes a row and a column of the layer's map as Y,X, such as 3,5; not 'three'"}
+    assert "under them" in panel.status.text()
+    panel.editors["at"].setText("3, 5")
+    with qtbot.waitSignal(panel.run_requested) as sent:
+        panel.run_button.click()
+    assert errors_shown(panel) == {} and sent.args == ["guided-backprop", panel.values()]
+
+
+def test_a_relation_between_fields_is_said_in_the_forms_words(qtbot):
+    panel = panel_for(METHODS["segment"], LABELS)
+    qtbot.addWidget(panel)
+    panel.set_value("fg_percentile", 50.0)
+    panel.set_value("bg_percentile", 60.0)
+    with qtbot.assertNotEmitted(panel.run_requested):
+        panel.request_run()
+    assert errors_shown(panel) == {"bg_percentile": "(60) must be below 'fg percentile' (50), both between 0 and 100"}
+    style = panel_for(METHODS["style"], LABELS)
+    qtbot.addWidget(style)
+    with qtbot.assertNotEmitted(style.run_requested):
+        style.request_run()
+    assert errors_shown(style) == {"style": "needs at least one style picture"}
+    adversarial = panel_for(METHODS["adversarial"], LABELS)
+    qtbot.addWidget(adversarial)
+    with qtbot.assertNotEmitted(adversarial.run_requested):
+        adversarial.request_run()
+    assert errors_shown(adversarial) == {"target": "is needed: the class the image should be mistaken for"}
+    adversarial.set_value("target", "3")
+    with qtbot.waitSignal(adversarial.run_requested):
+        adversarial.request_run()
+    assert errors_shown(adversarial) == {}
+
+
+def test_every_bad_text_field_is_marked_at_once(qtbot):
+    panel = panel_for(METHODS["style"], LABELS)
+    qtbot.addWidget(panel)
+    panel.set_value("style", ["a.png"])
+    panel.editors["style_weights"].setText("a,b")
+    panel.editors["content_layers"].setText(", ,")
+    with qtbot.assertNotEmitted(panel.run_requested):
+        panel.request_run()
+    assert set(errors_shown(panel)) == {"style_weights", "content_layers"}
