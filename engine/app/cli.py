@@ -18,6 +18,10 @@ from pathlib import Path
 from engine.core.errors import ConvScopeError, JobCancelled
 
 COMMANDS = ("models", "layers", "classify", "run")
+# The largest input side `layers` traces: the largest any method works at (dream's --size).
+# Tracing allocates every layer's output at that size, so a side of 100,000 pixels would
+# ask for 120 GB before the first layer.
+LAYERS_MAX_SIZE = 2048
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +42,16 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
+def _layers_size(text: str) -> int:
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of pixels, not '{text}'") from None
+    if not 1 <= size <= LAYERS_MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"must lie in 1 .. {LAYERS_MAX_SIZE} pixels, not {size}")
+    return size
+
+
 def build_parser() -> argparse.ArgumentParser:
     from engine.methods import METHODS
 
@@ -46,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("models", help="list the models")
     layers = commands.add_parser("layers", help="list a model's layers with shapes and receptive fields")
     _add_model_options(layers)
-    layers.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
+    layers.add_argument("--size", type=_layers_size, default=None,
+                        help=f"input side in pixels, 1 to {LAYERS_MAX_SIZE} (default: the model's)")
     classify = commands.add_parser("classify", help="top-5 classes of an image as JSON")
     _add_model_options(classify)
     classify.add_argument("--image", required=True)
@@ -92,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         print("cancelled", file=sys.stderr)
         return 130
     except ConvScopeError as exc:
+        from engine.core.device import OUT_OF_MEMORY_MESSAGE, is_out_of_memory
+
+        if is_out_of_memory(exc):  # a failed allocation that was reported as bad input
+            print(f"error: {OUT_OF_MEMORY_MESSAGE}", file=sys.stderr)
+            return 3
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
