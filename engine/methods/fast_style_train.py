@@ -45,7 +45,7 @@ from engine.view.display import Display
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.style.perceptual import (Features, PerceptualLayers, PerceptualLoss, choose_transform, gram_targets, layer_list,
                           perceptual_layers)
-from engine.style.style_library import (CHECKPOINT_FORMAT, FORMAT_VERSION, checkpoint_path, read_torch_file, save_path,
+from engine.style.style_library import (CHECKPOINT_FORMAT, FORMAT_VERSION, checkpoint_path, read_convscope_file, save_path,
                              save_style, style_payload, write_torch_file)
 from engine.style.style_net import StyleNet, build_style_net, one_hot_mix
 from engine.methods.base import SEED, MethodSpec, Param
@@ -362,7 +362,7 @@ def run(ctx, dataset="samples", style=None, steps=1000, batch=4, size=256, style
 
 def _read_checkpoint(path: Path, identity: dict) -> dict:
     """The checkpoint at ``path``, if it belongs to this training; else a clear error."""
-    checkpoint = read_torch_file(path, "training checkpoint")
+    checkpoint = read_convscope_file(path, "training checkpoint")
     if checkpoint.get("format") != CHECKPOINT_FORMAT or not isinstance(checkpoint.get("identity"), dict):
         raise MethodInputError(f"{path} is not a fast-style-train checkpoint; move it away or rerun with --restart")
     if checkpoint.get("version", 0) > FORMAT_VERSION:
