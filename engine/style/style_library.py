@@ -30,6 +30,7 @@ import torch
 
 from engine.core.cache_dir import cache_dir
 from engine.core.errors import ConvScopeError, MethodInputError, UntrustedFileError
+from engine.core.part_files import create_part_file, remove_stale_parts
 from engine.core.torch_files import read_torch_file
 from engine.data.images import write_atomically
 from engine.style.style_net import StyleNet, build_style_net
@@ -104,6 +105,38 @@ def style_payload(net: StyleNet, style_names: list[str], info: dict[str, Any]) -
         "style_names": list(style_names),
         "info": dict(info),
     }
+
+
+def prepare_save_place(target: Path) -> None:
+    """Refuse, before any training, a ``--save`` place that cannot be written, so a long run
+    never dies at its first checkpoint; and remove what killed runs left there.
+
+    Checked for real: the folder is created if need be, and a file is created in it and
+    removed again, so a read-only folder, a missing permission, a file standing where a
+    folder should be, or a folder under the checkpoint's name is found now.
+    """
+    checkpoint = checkpoint_path(target)
+    for path in (target, checkpoint):
+        if path.is_dir():
+            raise MethodInputError(f"--save {target}: {path} is a folder; give a file name, such as {path / 'style.pt'}")
+    blocking = next((parent for parent in target.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise MethodInputError(f"--save {target}: {blocking} is a file, not a folder; give a file in a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = create_part_file(target)
+        os.close(descriptor)
+        probe.unlink()
+    except OSError as exc:
+        raise MethodInputError(f"--save {target}: cannot write there ({write_failure(exc)}); give a file in a "
+                               "folder you can write to") from None
+    for path in (target, checkpoint):
+        remove_stale_parts(path.parent, path.name)
+
+
+def write_failure(exc: OSError) -> str:
+    """Why a write failed, in a few plain words ("no space left on device")."""
+    return (exc.strerror or str(exc) or type(exc).__name__).lower()
 
 
 def write_torch_file(path: Path, payload: dict[str, Any]) -> Path:
@@ -209,6 +242,7 @@ def list_styles() -> list[StyleEntry]:
     folder = library_dir()
     if not folder.is_dir():
         return []
+    remove_stale_parts(folder)  # style models and checkpoints whose writer was killed
     entries = []
     for path in sorted(folder.glob("*" + SUFFIX)):
         try:
