@@ -38,3 +38,38 @@ def test_boxes_are_drawn_on_export_and_on_the_picture():
     boxed = draw_boxes(rgb, [(10, 20, 30, 40)])
     assert tuple(boxed[10, 25]) == BOX and tuple(boxed[20, 30]) == (0, 0, 0)
     np.testing.assert_array_equal(compose(Display(rgb=rgb, boxes=[(10, 20, 30, 40)])), boxed)
+
+
+def test_a_box_under_a_pixel_still_shows_as_one_pixel():
+    """A small image's receptive field at an early layer can be narrower than a pixel."""
+    rgb = np.zeros((64, 96, 3), np.uint8)
+    boxed = draw_boxes(rgb, [(0.29, 0.29, 1.14, 1.14)])  # stem.conv at (1, 1) of a 96 x 64 photo
+    assert np.argwhere(np.any(boxed != 0, axis=-1)).tolist() == [[0, 0]]
+    assert tuple(boxed[0, 0]) == BOX
+    # Zero size, and a sliver past the right edge: the pixel its centre falls in, inside the picture.
+    assert np.argwhere(np.any(draw_boxes(rgb, [(10.0, 20.0, 10.0, 20.0)]) != 0, axis=-1)).tolist() == [[10, 20]]
+    assert np.argwhere(np.any(draw_boxes(rgb, [(5.2, 95.8, 5.6, 96.3)]) != 0, axis=-1)).tolist() == [[5, 95]]
+
+
+def test_inverted_boxes_draw_as_their_ordered_box():
+    rgb = np.zeros((50, 60, 3), np.uint8)
+    np.testing.assert_array_equal(draw_boxes(rgb, [(30, 40, 10, 20)]), draw_boxes(rgb, [(10, 20, 30, 40)]))
+
+
+def test_boxes_without_a_place_in_the_picture_draw_nothing():
+    rgb = np.full((50, 60, 3), 7, np.uint8)
+    nan, inf = float("nan"), float("inf")
+    for box in [(nan, 0, 10, 10), (0, 0, inf, 10), (-inf, -inf, inf, inf), (60, 70, 80, 90), (-20, -20, -5, -5),
+                (None, 0, 10, 10)]:
+        np.testing.assert_array_equal(draw_boxes(rgb, [box]), rgb, err_msg=str(box))
+
+
+def test_a_box_far_past_the_picture_keeps_its_outer_edges_outside():
+    """Only the edges inside are drawn (a receptive field that covers padding), however far out the rest is."""
+    rgb = np.zeros((50, 60, 3), np.uint8)
+    boxed = draw_boxes(rgb, [(10, 20, 1e12, 1e15)])
+    assert tuple(boxed[10, 30]) == BOX and tuple(boxed[30, 20]) == BOX  # the top and left edges
+    drawn = np.any(boxed != 0, axis=-1)
+    assert np.flatnonzero(drawn[49]).tolist() == [20, 21]  # the left edge runs on; no bottom edge
+    assert np.flatnonzero(drawn[:, 59]).tolist() == [10, 11]  # the top edge runs on; no right edge
+    np.testing.assert_array_equal(boxed, draw_boxes(rgb, [(10, 20, 70, 80)]))

@@ -329,3 +329,21 @@ def test_hooks_are_removed_when_the_block_fails():
         with guided_relus(model.module, x):
             raise RuntimeError("boom")
     assert not any(module._forward_hooks for module in model.module.modules())
+
+
+def test_a_neuron_on_a_small_photo_exports_with_its_sub_pixel_receptive_box(capsys, tmp_path):
+    """A 96 x 64 photo at stem.conv: the unit's 3 px field is under a pixel of the photo, and still marked."""
+    from PIL import Image
+
+    from engine.app.cli import main
+    from engine.view.gallery import BOX
+
+    photo, out = tmp_path / "small.png", tmp_path / "unit.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(photo)
+    code = main(["run", "guided-backprop", "--image", str(photo), "--layer", "stem.conv", "--channel", "0",
+                 "--at", "1,1", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err == ""
+    picture = np.asarray(Image.open(out).convert("RGB"))
+    assert picture.shape == (64, 96, 3) and tuple(picture[0, 0]) == BOX

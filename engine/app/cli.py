@@ -98,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         print("cancelled", file=sys.stderr)
         return 130
     except ConvScopeError as exc:
+        from engine.core.device import OUT_OF_MEMORY_MESSAGE, is_out_of_memory
+
+        if is_out_of_memory(exc):  # a failed allocation that was reported as bad input
+            print(f"error: {OUT_OF_MEMORY_MESSAGE}", file=sys.stderr)
+            return 3
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

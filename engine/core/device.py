@@ -29,13 +29,33 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
+# What the allocators say when memory runs out. CUDA and MPS: "... out of memory ...".
+# PyTorch's CPU allocator (c10/core/impl/alloc_cpu.cpp) on Linux and macOS:
+# "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes. Error code 12
+# (Cannot allocate memory)"; on Windows: "DefaultCPUAllocator: not enough memory: you tried
+# to allocate N bytes."
+OUT_OF_MEMORY_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+
+
+def is_out_of_memory(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an error it was raised from (``raise ... from exc``), is a failed allocation.
+
+    A ConvScope error's own words are never taken for an allocator's, only its cause:
+    code that turns a RuntimeError into a message for the user may have wrapped an
+    allocation that failed.
+    """
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    # The CPU allocator says "DefaultCPUAllocator: can't allocate memory: you tried to allocate ...".
-    text = str(exc).lower()
-    return (oom is not None and isinstance(exc, oom)) or "out of memory" in text or "can't allocate memory" in text
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MemoryError) or (oom is not None and isinstance(exc, oom)):
+            return True
+        if not isinstance(exc, ConvScopeError):
+            text = str(exc).lower()
+            if any(phrase in text for phrase in OUT_OF_MEMORY_PHRASES):
+                return True
+        exc = exc.__cause__
+    return False
 
 
 OUT_OF_MEMORY_MESSAGE = (

@@ -27,8 +27,6 @@ rendered once to 64x64 PNGs in the cache, labels "0" to "9").
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from engine.core.errors import MethodInputError
+from engine.core.part_files import part_folder, remove_stale_parts
 from engine.data.images import IMAGE_SUFFIXES, load_image
 
 if TYPE_CHECKING:  # torch is imported lazily, by the code paths that decode
@@ -212,8 +211,8 @@ def render_digits(folder: Path) -> None:
         raise MethodInputError("the digits dataset comes with scikit-learn, which is not installed") from None
     digits = load_digits()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    scratch = folder.with_name(f".{folder.name}-{secrets.token_hex(4)}.part")
-    try:
+    remove_stale_parts(folder.parent)  # renders a killed process left behind
+    with part_folder(folder) as scratch:
         block = DIGITS_SIDE // digits.images.shape[1]
         pixels = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
         for index, (image, target) in enumerate(zip(pixels, digits.target)):
@@ -226,8 +225,6 @@ def render_digits(folder: Path) -> None:
         except OSError:
             if not folder.is_dir():  # not "another process finished first"
                 raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------ pixels

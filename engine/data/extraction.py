@@ -6,7 +6,9 @@ first and runs only the missing ones through the model, as far as the layer and 
 further, a batch at a time while the next batches decode in the background. Each batch
 is appended to the store (on a writer thread, while the next batch runs), so a cancel
 keeps every finished batch, a crash all but the last, and running again computes only
-the rest. Cancel is also checked inside the forward pass, block by block, so it never
+the rest. Two processes asked for the same dataset's features at once do the work once:
+the second waits for the first (``FeatureStore.fill_lock``) and then finds the rows
+stored, or computes what a killed or cancelled first one left. Cancel is also checked inside the forward pass, block by block, so it never
 waits for a whole batch.
 
 What is stored per image (``kind``):
@@ -43,7 +45,7 @@ import torch
 from engine.data.datasets import (LOADER_VERSION, Dataset, DatasetItem, batch_to_input, iter_batches, load_square,
                        square_pixels)
 from engine.core.errors import MethodInputError
-from engine.data.feature_store import FeatureStore
+from engine.data.feature_store import FeatureStore, FillLock
 from engine.anatomy.hooks import forward_to, is_hookable
 from engine.anatomy.fast_copy import inference_copy, run_in_fast_layout
 from engine.core.jobs import CancelToken, Progress
@@ -53,6 +55,8 @@ from engine.models.registry import LoadedModel
 KINDS = {"avgpool": np.float16, "channel-max": np.float32}
 _READ_ROWS = 8192  # rows read from the store at a time where only some columns are wanted
 PIXEL_SIDE = 32  # pixel-space vectors: 32 x 32 x 3 = 3,072 values, as CIFAR-sized thumbnails
+WAIT_POLL_S = 0.25  # how often a process waiting for another's extraction checks its lock and cancel
+WAIT_COUNT_S = 2.0  # how often it counts the rows stored so far, for its progress message
 
 
 @dataclass
@@ -209,8 +213,10 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, si
     """
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convscope-store")
     landing: list = []  # [(indices, future)] of the append in flight, at most one
+    lock = store.fill_lock(f"{dataset.name}\n{dataset.root}")
     try:
         items = dataset.items
+        yield from _wait_for_another_extraction(lock, store, items, cancel)
         rows = store.lookup(items)
         missing = np.flatnonzero(rows < 0)
         failures = list(dataset.failures)
@@ -252,6 +258,33 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, si
         raise
     finally:
         writer.shutdown(wait=True)
+        lock.release()  # after the last append has landed, so whoever waits finds every row there
+
+
+def _wait_for_another_extraction(lock: FillLock, store: FeatureStore, items: list[DatasetItem],
+                                 cancel: CancelToken) -> Generator[Progress, None, None]:
+    """Wait, cancellably, while another process fills ``store`` with the same dataset.
+
+    Without this, two processes (two windows, a window and the CLI, batch jobs) asked for
+    the same features would each compute all of them. The second waits instead and then
+    computes only what the first did not store: nothing if it finished, the rest if it
+    was cancelled or killed midway (its lock goes with it).
+    """
+    if lock.acquire():
+        return
+    counted = float("-inf")
+    while True:
+        cancel.check()
+        now = time.monotonic()
+        if now - counted >= WAIT_COUNT_S:  # counting the stored rows is a query over every file
+            stored = int(np.count_nonzero(store.lookup(items) >= 0))
+            counted = now
+        yield Progress(stored / len(items) if items else -1.0,
+                       f"another ConvScope process is extracting these features; waiting for it "
+                       f"({stored} of {len(items)} images stored)")
+        time.sleep(WAIT_POLL_S)
+        if lock.acquire():
+            return
 
 
 def skipped_note(failures: list[tuple[str, str]]) -> str:

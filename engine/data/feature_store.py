@@ -30,6 +30,10 @@ Why this design:
   overwritten by the next append. The row counter lives in the same transaction, and
   ``BEGIN IMMEDIATE`` serialises writers, so two processes appending to one store get
   distinct rows.
+- Filling a store is claimed, not just its rows: two processes extracting the same
+  dataset into one store would each compute every row (consistent, but the work done
+  twice). ``fill_lock`` gives one of them the work; the other waits and then finds the
+  rows already there (see ``engine.data.extraction``).
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 FORMAT = 1
 SHARD_BYTES = 1 << 30  # rows per shard are chosen so a full shard file is 1 GiB
@@ -127,6 +136,11 @@ class FeatureStore:
             store.close()
             raise ValueError(f"the store in {folder} holds {store._dim} features per row, not {dim}")
         return store
+
+    def fill_lock(self, what: str) -> "FillLock":
+        """The lock on filling this store with ``what`` (a dataset), shared by every process."""
+        digest = hashlib.sha256(what.encode("utf-8")).hexdigest()[:16]
+        return FillLock(self.folder / f"fill-{digest}.lock")
 
     def close(self) -> None:
         with self._lock:
@@ -325,6 +339,47 @@ class FeatureStore:
                     self._maps[(shard, suffix)] = cached
                 out.append(cached[1])
         return out
+
+
+class FillLock:
+    """One process at a time fills a store with one dataset's rows.
+
+    An exclusive ``flock`` on a small file in the store's folder. The kernel drops it when
+    its process ends, however it ends (a kill -9 included), so an extraction that died
+    never blocks the next one, which then finds every batch the dead one committed and
+    computes the rest. Where locks are not supported (Windows; a network file system
+    without lock support) ``acquire`` always succeeds: each process then fills the store
+    itself, as before, which is correct but does the work twice.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._descriptor: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock if no other process holds it; True when this one may fill the store."""
+        if self._descriptor is not None:
+            return True
+        if fcntl is None:
+            return True
+        try:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            return True  # the folder cannot hold a lock file: fill without one
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            return False
+        except OSError:
+            pass  # no lock support here: hold the file, lock nothing
+        self._descriptor = descriptor
+        return True
+
+    def release(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)  # closing the file drops the lock
+            self._descriptor = None
 
 
 class _Damaged(Exception):

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.core.errors import ImageLoadError
+from engine.core.part_files import create_part_file, remove_stale_parts
 
 # A decoded image larger than this is refused before any pixel is decoded: at 4 bytes a
 # pixel it would already need gigabytes. 120 MP still admits medium-format photos.
@@ -168,6 +169,7 @@ def write_atomically(path: str | os.PathLike, write, *, overwrite: bool = False)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(path.parent, path.name)  # what a killed earlier write of this file left
     fd, tmp = _create_temporary_sibling(path)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -185,18 +187,14 @@ def write_atomically(path: str | os.PathLike, write, *, overwrite: bool = False)
 
 
 def _create_temporary_sibling(path: Path) -> tuple[int, Path]:
-    """Open a new, uniquely named file next to ``path`` for writing.
+    """Open a new, uniquely named ``.part`` file next to ``path`` for writing, locked while
+    open so that no other process takes it for the leftover of a killed one
+    (``engine.core.part_files``).
 
     Created with mode 0o666 so the umask applies and the final file gets the permissions
     any new file of the user's would; tempfile.mkstemp would leave it private (0o600).
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue  # another writer picked the same name; draw again
+    return create_part_file(path)
 
 
 def save_png(path: str | os.PathLike, rgb: np.ndarray, *, overwrite: bool = False) -> Path:

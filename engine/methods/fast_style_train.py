@@ -45,8 +45,8 @@ from engine.view.display import Display
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.style.perceptual import (Features, PerceptualLayers, PerceptualLoss, choose_transform, gram_targets, layer_list,
                           perceptual_layers)
-from engine.style.style_library import (CHECKPOINT_FORMAT, FORMAT_VERSION, checkpoint_path, read_torch_file, save_path,
-                             save_style, style_payload, write_torch_file)
+from engine.style.style_library import (CHECKPOINT_FORMAT, FORMAT_VERSION, checkpoint_path, prepare_save_place,
+                             read_convscope_file, save_path, save_style, style_payload, write_failure, write_torch_file)
 from engine.style.style_net import StyleNet, build_style_net, one_hot_mix
 from engine.methods.params import SEED, TEMPERATURE_LIMIT, WEIGHT_LIMIT, MethodSpec, Param, ParamError
 
@@ -238,6 +238,17 @@ class Training:
     def write_checkpoint(self) -> None:
         if self.updating or self.step == self.saved_step:
             return  # the weights are half-updated, or nothing is new since the last one
+        try:
+            self._write_checkpoint_file()
+        except OSError as exc:  # a full disk, a folder gone read-only: the checkpoint on disk is still whole
+            kept = (f"the checkpoint {self.checkpoint_file} from step {self.saved_step} is intact: run again "
+                    "with the same --save to continue from it" if self.saved_step and self.checkpoint_file.is_file()
+                    else "no checkpoint was written before it: run again to start over")
+            raise ConvScopeError(f"could not write the checkpoint {self.checkpoint_file} at step {self.step} "
+                                 f"({write_failure(exc)}), so training stopped; once that is fixed, {kept}") from None
+        self.saved_step = self.step
+
+    def _write_checkpoint_file(self) -> None:
         write_torch_file(self.checkpoint_file, {
             "format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION,
             "model": style_payload(self.net, self.style_names, {**self.info, "steps": self.step}),
@@ -251,7 +262,6 @@ class Training:
             "loss_first": self.loss_first,
             "last": dict(self.last),
         })
-        self.saved_step = self.step
 
 
 def check(p) -> None:
@@ -280,6 +290,7 @@ def run(ctx, p):
     target = save_path(save, styles)
     if target.is_dir():
         raise MethodInputError(f"--save {save}: that is a folder; give a file name, such as {target / 'style.pt'}")
+    prepare_save_place(target)  # a place that cannot be written fails now, not at the first checkpoint
     checkpoint_file = checkpoint_path(target)
     identity = {
         "loss_model": ctx.model.name,
@@ -341,7 +352,12 @@ def run(ctx, p):
 
     # ---- save and report
     training.write_checkpoint()
-    save_style(target, net, training.style_names, {**info, "steps": training.step})
+    try:
+        save_style(target, net, training.style_names, {**info, "steps": training.step})
+    except OSError as exc:
+        raise ConvScopeError(f"could not save the trained network to {target} ({write_failure(exc)}); the checkpoint "
+                             f"{checkpoint_file} holds all {training.step} steps: once that is fixed, run again "
+                             "with the same --save to save it") from None
     final = _stylise_preview(net, picture)
     rgb = unit_tensor_to_rgb(final)
     failures = sorted(stream.failures.items())
@@ -366,7 +382,7 @@ def run(ctx, p):
 
 def _read_checkpoint(path: Path, identity: dict) -> dict:
     """The checkpoint at ``path``, if it belongs to this training; else a clear error."""
-    checkpoint = read_torch_file(path, "training checkpoint")
+    checkpoint = read_convscope_file(path, "training checkpoint")
     if checkpoint.get("format") != CHECKPOINT_FORMAT or not isinstance(checkpoint.get("identity"), dict):
         raise MethodInputError(f"{path} is not a fast-style-train checkpoint; move it away or rerun with --restart")
     if checkpoint.get("version", 0) > FORMAT_VERSION:

