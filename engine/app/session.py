@@ -319,6 +319,18 @@ class Session:
             return None
         return ExplainNeuron(result.layer, int(channel), *cell)
 
+    def click_hint(self) -> str:
+        """What a click on the shown picture does, for the status bar ("" when nothing)."""
+        shown = self.shown
+        if shown is None or shown.method != "activations":
+            return ""
+        if shown.display.tile_shape is not None:
+            return ("Click a tile to see its channel over the image; "
+                    "Shift+click a place on it for guided backprop of that neuron")
+        if shown.provenance.params.get("channel") is not None:
+            return "Click the image for guided backprop of this channel's neuron there"
+        return ""
+
     # -- export -------------------------------------------------------------------------------
     def output_paths(self, picture=None, array=None, animation=None) -> dict[Path, str]:
         """Every file an export to these names writes, each with what it holds ("picture",
