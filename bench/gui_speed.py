@@ -49,11 +49,11 @@ def run(clicks: int = 12) -> list[Row]:
     panel.set_value("size", 224)
     before = window.canvas.frames_shown
     panel.request_run()
-    spin_until(lambda: window.last_result is not None and window.last_result[0] == "dream")
+    spin_until(lambda: window.session.shown is not None and window.session.shown.method == "dream")
     timer.stop()
     gaps = [b - a for a, b in zip(ticks, ticks[1:])]
     frames = window.canvas.frames_shown - before
-    steps = window.last_result[1].metrics["steps"]
+    steps = window.session.shown.result.metrics["steps"]
 
     cancel_latencies = []
     for _ in range(3):

@@ -2,7 +2,7 @@
 
 One pyqtgraph ``ImageItem`` holds the picture and a second one the scalar map, drawn
 through the same colour lookup tables the engine uses for PNG output, so what is
-exported is what is seen. Zoom and pan come from the ViewBox (wheel, drag); ``fit``
+exported (the session's composite, with this canvas's ``view_settings``) is what is seen. Zoom and pan come from the ViewBox (wheel, drag); ``fit``
 frames the picture.
 """
 
@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QSizePolicy, QSli
 from engine.view.display import Display
 from engine.view.gallery import draw_boxes
 from engine.view.render import COLORMAPS, apply_colormap, colormap_lut, overlay_map
+from engine.view.view_settings import ViewSettings
 
 from gui.scatter import ScatterView
 
@@ -146,21 +147,10 @@ class Canvas(QWidget):
     def current_opacity(self) -> float:
         return self.opacity.value() / 100.0
 
-    def rendered_image(self) -> np.ndarray:
-        """Exactly what the canvas shows, as an RGB array (for export)."""
-        from engine.view.render import compose
-
-        if self.display is None:
-            raise ValueError("nothing to export yet")
-        if self.display.bars is not None or self.display.points is not None:
-            from pyqtgraph.exporters import ImageExporter
-
-            plot = self.plot if self.display.bars is not None else self.scatter.plot
-            image = ImageExporter(plot.plotItem).export(toBytes=True)
-            image = image.convertToFormat(image.Format.Format_RGB888)
-            buffer = np.frombuffer(image.constBits(), dtype=np.uint8)
-            return buffer.reshape(image.height(), image.bytesPerLine())[:, : image.width() * 3].reshape(image.height(), image.width(), 3).copy()
-        return compose(self.display, opacity=self.current_opacity(), colormap=self.current_colormap())
+    def view_settings(self) -> ViewSettings:
+        """The colormap and opacity the user chose, for the exported picture and its sidecar."""
+        chosen = self.colormap_box.currentText()
+        return ViewSettings(colormap=None if chosen == "auto" else chosen, overlay_opacity=self.current_opacity())
 
     # -- drawing ----------------------------------------------------------------------
     def _extent(self) -> tuple[int, int] | None:

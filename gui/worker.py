@@ -1,31 +1,34 @@
-"""The engine thread: one QThread runs jobs one at a time and reports through signals.
+"""The engine thread: one QThread runs jobs one at a time; each job reports through its handle.
 
-Jobs are callables ``job(workbench, handle)`` submitted from the UI thread; the
-``JobHandle`` carries the cancel token and a ``report(fraction, message)`` callback for
-work that is not a generator (a weights download). A job that
-returns a generator is driven event by event (a method: progress, frames, result); one
-that returns a value is finished at once (open an image, load a model). The engine, and
-with it torch, is imported on this thread when it starts, so the window is on screen
-before the heavy imports begin.
+``submit(fn, description)`` queues ``fn(session, job)`` and returns at once a ``JobHandle``,
+a QObject of the UI thread carrying that one job's signals, in superqt's shape:
+``started``, ``progress(fraction, message)``, ``frame(Frame)``, ``finished(result)``,
+``failed(exception)`` and ``cancelled``; ``handle.cancel()`` asks the job to stop. The job
+itself gets the same handle: ``job.token`` to pass on to the engine, and ``job.report``
+for work that is not a generator (a weights download). A job that returns a generator is
+driven event by event (a method: progress, frames, then its value); one that returns a
+value is finished at once (open an image, load a model). The engine, and with it torch,
+is imported on this thread when it starts, so the window is on screen before the heavy
+imports begin; and the model is only ever touched from here.
 
-Frames are never queued: the newest replaces the one before it, and ``frame_ready`` is
-emitted only when the window has taken the previous one. A slow canvas therefore sees
-fewer frames, never an ever-growing backlog. Cancel is a flag the job polls between
-steps; a cancelled job emits ``cancelled`` and never a result.
+Frames are never queued: the newest replaces the one before it, and the handle hands a
+frame to the UI thread only once the previous one has been taken, so a slow canvas sees
+fewer frames, never an ever-growing backlog. A cancelled job, or one superseded by a
+newer job (``submit(..., replaces=old)``), emits ``cancelled`` and never its result or a
+late frame, even if the engine had already finished it.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
 import threading
 import traceback
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from PySide6.QtCore import QThread, Signal
+from PySide6.QtCore import QObject, QThread, Signal
 
 # engine.core.jobs and engine.core.errors need only numpy: cheap enough for the UI thread.
 from engine.core.errors import ConvScopeError, JobCancelled
@@ -35,162 +38,209 @@ log = logging.getLogger("convscope")
 
 
 @dataclass
-class _Request:
-    job_id: int
-    owner: str
-    fn: Callable
-    cancel: CancelToken
-    description: str = ""
-
-
-class JobHandle:
-    """What a job gets besides the workbench: its cancel token and a progress reporter."""
-
-    def __init__(self, worker: "EngineWorker", job_id: int, cancel: CancelToken) -> None:
-        self._worker = worker
-        self.job_id = job_id
-        self.cancel = cancel
-
-    def report(self, fraction: float, message: str = "") -> None:
-        self.cancel.check()
-        self._worker.progress.emit(self.job_id, fraction, message)
+class _Finished:
+    result: Any
 
 
 @dataclass
-class _Running:
-    request: _Request
-    latest_frame: Any = None
-    frame_pending: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
+class _Failed:
+    error: BaseException
+
+
+class _Cancelled:
+    pass
+
+
+class JobHandle(QObject):
+    """One submitted job: its signals (emitted on the UI thread) and its cancel."""
+
+    started = Signal()
+    progress = Signal(float, str)  # fraction 0..1 (negative: unknown), message
+    frame = Signal(object)  # the newest Frame
+    finished = Signal(object)  # the job's value
+    failed = Signal(object)  # the exception itself
+    cancelled = Signal()
+
+    # From the engine thread to this object; queued into the UI thread, where the public
+    # signals above are emitted.
+    _began = Signal()
+    _progressed = Signal(float, str)
+    _frame_waiting = Signal()
+    _ended = Signal(object)
+
+    def __init__(self, worker: "EngineWorker", fn: Callable, description: str) -> None:
+        super().__init__()
+        self.description = description
+        self.token = CancelToken()
+        self.done = False
+        self._fn = fn
+        self._worker = worker
+        self._lock = threading.Lock()
+        self._latest_frame: Frame | None = None
+        self._frame_pending = False
+        self._began.connect(self._on_began)
+        self._progressed.connect(self.progress)
+        self._frame_waiting.connect(self._on_frame_waiting)
+        self._ended.connect(self._on_ended)
+
+    # -- the UI thread ---------------------------------------------------------------------
+    def cancel(self) -> None:
+        self.token.cancel()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.token.cancelled
+
+    def _on_began(self) -> None:
+        if not self.token.cancelled:
+            self.started.emit()
+            self._worker.job_started.emit(self)
+
+    def _on_frame_waiting(self) -> None:
+        with self._lock:
+            frame, self._latest_frame, self._frame_pending = self._latest_frame, None, False
+        if frame is not None and not self.done and not self.token.cancelled:
+            self.frame.emit(frame)
+
+    def _on_ended(self, outcome) -> None:
+        self.done = True
+        self._worker._forget(self)  # so a slot asking is_busy() already sees this job as over
+        if self.token.cancelled or isinstance(outcome, _Cancelled):
+            self.cancelled.emit()
+            self._worker.job_cancelled.emit(self)
+        elif isinstance(outcome, _Failed):
+            self.failed.emit(outcome.error)
+            self._worker.job_failed.emit(self, outcome.error)
+        else:
+            self.finished.emit(outcome.result)
+            self._worker.job_finished.emit(self, outcome.result)
+
+    # -- the engine thread -----------------------------------------------------------------
+    def report(self, fraction: float, message: str = "") -> None:
+        """Progress of work that is not a generator; raises JobCancelled once cancelled."""
+        self.token.check()
+        self._progressed.emit(fraction, message)
+
+    def _offer_frame(self, frame: Frame) -> None:
+        with self._lock:
+            self._latest_frame = frame
+            notify = not self._frame_pending
+            self._frame_pending = True
+        if notify:
+            self._frame_waiting.emit()
+
+    def _run(self, session) -> None:
+        self._ended.emit(self._outcome(session))
+
+    def _outcome(self, session):
+        try:
+            self.token.check()
+            self._began.emit()
+            value = self._fn(session, self)
+            if isinstance(value, types.GeneratorType):
+                value = self._drive(value)
+            self.token.check()
+            return _Finished(value)
+        except JobCancelled:
+            return _Cancelled()
+        except Exception as error:  # noqa: BLE001 - the window must survive any engine failure
+            if not isinstance(error, ConvScopeError) and not _is_out_of_memory(error):
+                log.error("job %r failed:\n%s", self.description, traceback.format_exc())
+            return _Failed(error)
+
+    def _drive(self, job):
+        while True:
+            self.token.check()
+            try:
+                event = next(job)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(event, Frame):
+                self._offer_frame(event)
+            elif isinstance(event, Progress):
+                self._progressed.emit(event.fraction, event.message)
 
 
 class EngineWorker(QThread):
-    engine_ready = Signal(object)  # the Workbench, once torch and the engine are imported
+    engine_ready = Signal(object)  # the Session, once torch and the engine are imported
     engine_failed = Signal(str)
-    job_started = Signal(int, str, str)  # id, owner, description
-    progress = Signal(int, float, str)
-    frame_ready = Signal(int)
-    job_finished = Signal(int, str, object)  # id, owner, result
-    job_failed = Signal(int, str, str, str)  # id, owner, message, error kind (exception class name)
-    job_cancelled = Signal(int, str)
+    # Every job's start and end, after its handle's own signal: for observers that watch
+    # all jobs (a benchmark, a test); the window listens to the handles.
+    job_started = Signal(object)  # handle
+    job_finished = Signal(object, object)  # handle, result
+    job_failed = Signal(object, object)  # handle, exception
+    job_cancelled = Signal(object)  # handle
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        self._queue: queue.Queue[_Request | None] = queue.Queue()
-        self._ids = itertools.count(1)
+        self._queue: queue.Queue[JobHandle | None] = queue.Queue()
         self._lock = threading.Lock()
-        self._pending: dict[int, _Request] = {}
-        self._running: _Running | None = None
-        self._cancel_type = None
-        self.workbench = None
+        self._pending: list[JobHandle] = []  # submitted, and their end not yet delivered
+        self.session = None
 
     # -- called from the UI thread --------------------------------------------------
-    def submit(self, fn: Callable, owner: str, description: str = "", supersede: bool = True) -> int:
-        """Queue a job; an earlier job of the same owner is cancelled first."""
-        if supersede:
-            self.cancel_owner(owner)
-        request = _Request(next(self._ids), owner, fn, CancelToken(), description)
+    def submit(self, fn: Callable, description: str = "", replaces: JobHandle | None = None) -> JobHandle:
+        """Queue ``fn(session, job)``; ``replaces``, an earlier job doing the same thing, is
+        cancelled first (asking again replaces the job that was asked before)."""
+        if replaces is not None:
+            replaces.cancel()
+        handle = JobHandle(self, fn, description)
         with self._lock:
-            self._pending[request.job_id] = request
-        self._queue.put(request)
-        return request.job_id
-
-    def cancel_owner(self, owner: str) -> None:
-        with self._lock:
-            targets = [r for r in self._pending.values() if r.owner == owner]
-        for request in targets:
-            request.cancel.cancel()
+            self._pending.append(handle)
+        self._queue.put(handle)
+        return handle
 
     def cancel_all(self) -> None:
         with self._lock:
-            targets = list(self._pending.values())
-        for request in targets:
-            request.cancel.cancel()
+            targets = list(self._pending)
+        for handle in targets:
+            handle.cancel()
 
     def is_busy(self) -> bool:
         with self._lock:
             return bool(self._pending)
-
-    def take_frame(self, job_id: int):
-        running = self._running
-        if running is None or running.request.job_id != job_id:
-            return None
-        with running.lock:
-            frame, running.latest_frame, running.frame_pending = running.latest_frame, None, False
-        return frame
 
     def stop(self) -> None:
         self.cancel_all()
         self._queue.put(None)
         self.wait(5000)
 
+    def _forget(self, handle: JobHandle) -> None:
+        with self._lock:
+            if handle in self._pending:
+                self._pending.remove(handle)
+
     # -- the engine thread ------------------------------------------------------------
     def run(self) -> None:
         try:
-            from engine.app.session import Workbench
+            from engine.app.session import Session
 
-            self.workbench = Workbench()
+            self.session = Session()
         except Exception as exc:  # the engine could not even import: say so and stop
             log.error("engine failed to start:\n%s", traceback.format_exc())
             self.engine_failed.emit(f"The engine could not start: {type(exc).__name__}: {exc}")
             return
-        self.engine_ready.emit(self.workbench)
+        self.engine_ready.emit(self.session)
         while True:
-            request = self._queue.get()
-            if request is None:
+            handle = self._queue.get()
+            if handle is None:
                 return
-            self._execute(request)
+            handle._run(self.session)
 
-    def _execute(self, request: _Request) -> None:
-        job_id, owner = request.job_id, request.owner
-        running = _Running(request)
-        self._running = running
-        try:
-            signal, args = self._outcome(request, running)
-        finally:
-            # Leave the pending set before the last signal goes out, so a slot that asks
-            # is_busy() on receiving it already sees this job as over.
-            with self._lock:
-                self._pending.pop(job_id, None)
-            self._running = None
-        signal.emit(job_id, owner, *args)
 
-    def _outcome(self, request: _Request, running: _Running) -> tuple[Any, tuple]:
-        """Run one job; return the terminal signal and its arguments after (id, owner)."""
-        from engine.core.device import OUT_OF_MEMORY_MESSAGE, is_out_of_memory
+def describe_failure(error: BaseException, description: str) -> str:
+    """A failed job's message for a person: the error's own words when it is one we
+    raise for the user, a hint when memory ran out, else what failed and how."""
+    if isinstance(error, ConvScopeError):
+        return str(error)
+    if _is_out_of_memory(error):
+        from engine.core.device import OUT_OF_MEMORY_MESSAGE
 
-        job_id, owner = request.job_id, request.owner
-        try:
-            if request.cancel.cancelled:
-                raise JobCancelled()
-            self.job_started.emit(job_id, owner, request.description)
-            outcome = request.fn(self.workbench, JobHandle(self, job_id, request.cancel))
-            if isinstance(outcome, types.GeneratorType):
-                while True:
-                    request.cancel.check()
-                    try:
-                        event = next(outcome)
-                    except StopIteration as stop:
-                        outcome = stop.value
-                        break
-                    if isinstance(event, Frame):
-                        with running.lock:
-                            running.latest_frame = event
-                            notify = not running.frame_pending
-                            running.frame_pending = True
-                        if notify:
-                            self.frame_ready.emit(job_id)
-                    elif isinstance(event, Progress):
-                        self.progress.emit(job_id, event.fraction, event.message)
-            request.cancel.check()
-            return self.job_finished, (outcome,)
-        except JobCancelled:
-            return self.job_cancelled, ()
-        except ConvScopeError as exc:
-            return self.job_failed, (str(exc), type(exc).__name__)
-        except Exception as exc:  # noqa: BLE001 - the window must survive any engine failure
-            if is_out_of_memory(exc):
-                return self.job_failed, (OUT_OF_MEMORY_MESSAGE, "OutOfMemory")
-            log.error("job %s (%s) failed:\n%s", job_id, owner, traceback.format_exc())
-            return self.job_failed, (f"{request.description or owner} failed: {type(exc).__name__}: {exc}",
-                                     type(exc).__name__)
+        return OUT_OF_MEMORY_MESSAGE
+    return f"{description or 'The job'} failed: {type(error).__name__}: {error}"
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    from engine.core.device import is_out_of_memory  # imports torch: only after the engine started
+
+    return is_out_of_memory(error)

@@ -43,9 +43,9 @@ def main(out: str, method: str = "activations", layer: str = "stages.2.1.expand_
         panel.set_value(name, value)
     if not panel.follows_layer:
         panel.request_run()
-    wait(lambda: window.last_result is not None and window.last_result[0] == method, seconds=900)
+    wait(lambda: window.session.shown is not None and window.session.shown.method == method, seconds=900)
     if scroll_to_bottom:
-        bar = window._panel_pages[method].verticalScrollBar()
+        bar = window.methods.pages[method].verticalScrollBar()
         bar.setValue(bar.maximum())
     wait(lambda: False, seconds=1.0)  # let the window paint
     subprocess.run(["import", "-window", "root", "-crop", "1500x900+0+0", out], check=True)

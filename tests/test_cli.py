@@ -163,3 +163,117 @@ def test_dataset_methods_report_and_skip_a_corrupt_file(capsys, tmp_path, monkey
         assert [s["path"].rsplit("/", 1)[1] for s in result["metrics"]["skipped"]] == ["broken.jpg"], method
     xy = np.load(tmp_path / "xy.npy")
     assert xy.shape == (9, 2) and len(result["metrics"]["patches"]["0"]) == 2
+
+
+# --------------------------------------------------------------------------- writing the outputs
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("flag", ["--out", "--save-array", "--animation"])
+def test_an_output_naming_a_folder_exits_2_before_the_run(capsys, tmp_path, monkeypatch, flag, chelsea_path):
+    from engine.app import session
+
+    folder = tmp_path / ("taken.gif" if flag == "--animation" else "taken")
+    folder.mkdir()
+    monkeypatch.setattr(session, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    code, out, err = cli(capsys, "run", "dream", "--image", chelsea_path, flag, folder, "--steps", "1", "--size", "32")
+    assert code == 2 and out == ""
+    assert one_line(err) == f"error: cannot write {folder} ({flag}): it is a folder"
+
+
+def test_an_output_under_a_file_exits_2(capsys, tmp_path, chelsea_path):
+    (tmp_path / "notes.txt").write_text("a file")
+    target = tmp_path / "notes.txt" / "out.png"
+    code, out, err = cli(capsys, "run", "saliency", "--image", chelsea_path, "--out", target)
+    assert code == 2 and out == ""
+    assert one_line(err) == f"error: cannot write {target} (--out): {tmp_path / 'notes.txt'} is a file, not a folder"
+
+
+def test_existing_files_are_refused_without_overwrite(capsys, tmp_path, chelsea_path):
+    out = tmp_path / "saliency.png"
+    assert cli(capsys, "run", "saliency", "--image", chelsea_path, "--out", out)[0] == 0
+    before = out.read_bytes(), out.with_suffix(".json").read_bytes()
+    code, printed, err = cli(capsys, "run", "saliency", "--image", chelsea_path, "--target", "1", "--out", out)
+    assert code == 2 and printed == ""
+    assert one_line(err) == f"error: {out} (--out) exists already; add --overwrite to replace it"
+    assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == before
+    out.unlink()  # the sidecar alone is in the way too
+    code, _printed, err = cli(capsys, "run", "saliency", "--image", chelsea_path, "--out", out)
+    assert code == 2 and "saliency.json (the sidecar of --out) exists already" in one_line(err)
+    code, _printed, err = cli(capsys, "run", "saliency", "--image", chelsea_path, "--target", "1", "--out", out, "--overwrite")
+    assert code == 0, err
+    assert json.loads(out.with_suffix(".json").read_text())["target"]["index"] == 1
+
+
+def test_a_full_disk_exits_2_and_writes_none_of_the_outputs(capsys, tmp_path, monkeypatch, chelsea_path):
+    from engine.data import images
+
+    real_stage = images._stage
+
+    def disk_full_for_the_animation(target, write):
+        if Path(target).suffix == ".gif":
+            raise OSError(28, "No space left on device")
+        return real_stage(target, write)
+
+    monkeypatch.setattr(images, "_stage", disk_full_for_the_animation)
+    out, array, animation = tmp_path / "d.png", tmp_path / "d.npy", tmp_path / "d.gif"
+    code, printed, err = cli(capsys, "run", "dream", "--image", chelsea_path, "--steps", "2", "--octaves", "1", "--size", "32",
+                             "--out", out, "--save-array", array, "--animation", animation)
+    assert code == 2 and printed == ""
+    assert one_line(err) == f"error: cannot write {animation} (--animation): the disk is full"
+    assert list(tmp_path.iterdir()) == []  # the picture, its sidecar and the array were not left without it
+
+
+def test_a_read_only_folder_exits_2(capsys, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from engine.data import images
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if os.geteuid() != 0:  # root writes anyway: there the refusal is injected below
+        folder.chmod(0o500)
+        try:
+            code, _out, err = cli(capsys, "run", "filters", "--out", folder / "f.png")
+            assert code == 2 and "no permission to write in" in one_line(err)
+        finally:
+            folder.chmod(0o700)
+    monkeypatch.setattr(images, "_stage", lambda *a, **k: (_ for _ in ()).throw(PermissionError(errno.EACCES, "denied")))
+    code, _out, err = cli(capsys, "run", "filters", "--save-array", folder / "f.npy")
+    assert code == 2
+    assert one_line(err) == f"error: cannot write {folder / 'f.npy'} (--save-array): no permission to write in {folder}"
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--animation", "{tmp}/run.avi"], "run.avi: an animation is written as .gif or .mp4, not '.avi'"),
+    (["--out", "{tmp}/a.png", "--save-array", "{tmp}/a.json"], "the sidecar is written there too"),
+    (["--out", "{tmp}/a.json"], "give the picture a .png name"),
+])
+def test_output_names_that_cannot_work_exit_2_before_the_run(capsys, tmp_path, args, message):
+    code, out, err = cli(capsys, "run", "dream", "--steps", "1", "--size", "32", *[a.format(tmp=tmp_path) for a in args])
+    assert code == 2 and out == "" and message in one_line(err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_window_and_the_command_line_write_the_same_sidecar(capsys, tmp_path, chelsea_path, bundled):
+    from engine.app.session import Session
+    from engine.core.jobs import CancelToken, drive
+
+    out = tmp_path / "cli.png"
+    assert cli(capsys, "run", "saliency", "--image", chelsea_path, "--target", "tabby", "--out", out)[0] == 0
+    session = Session()
+    session.model = bundled
+    session.open_image(chelsea_path)
+    session.show(drive(session.start("saliency", {"target": "tabby"}, CancelToken())))
+    from_cli = json.loads(out.with_suffix(".json").read_text())
+    from_session = session.sidecar()
+    drop = {"created", "metrics"}  # the time, and the float noise of two runs
+    assert {k: v for k, v in from_cli.items() if k not in drop} == {k: v for k, v in from_session.items() if k not in drop}
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), session.picture())

@@ -213,17 +213,142 @@ def test_json_name_is_refused(tmp_path, picture, sidecar):
 
 
 def test_failed_sidecar_write_removes_the_new_png(tmp_path, picture, sidecar, monkeypatch):
-    real_write = export.write_atomically
+    from engine.data import images
+
+    real_stage = images._stage
 
     def disk_full_for_json(path, write, **kwargs):
         if Path(path).suffix == ".json":
             raise OSError(28, "No space left on device")
-        return real_write(path, write, **kwargs)
+        return real_stage(path, write, **kwargs)
 
-    monkeypatch.setattr(export, "write_atomically", disk_full_for_json)
+    monkeypatch.setattr(images, "_stage", disk_full_for_json)
     with pytest.raises(OSError, match="No space"):
         export_png(tmp_path / "out.png", picture, sidecar)
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- writing files together
+
+
+def _fail_on_call(real, failing_call: int, error: OSError):
+    """``real`` wrapped so that its ``failing_call``-th call (from 1) raises ``error``."""
+    calls = [0]
+
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == failing_call:
+            raise error
+        return real(*args, **kwargs)
+
+    return wrapper, calls
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("step", ["stage", "link", "replace"])
+def test_a_failure_at_any_step_leaves_all_old_or_all_new(tmp_path, picture, sidecar, monkeypatch, step):
+    """A new export over an old one, failing at every single step in turn (a full disk while
+    writing, a failing hard link, a failing rename): afterwards the folder holds exactly the
+    old pair or exactly the new pair, and no temporary file."""
+    import errno
+    import os
+
+    from engine.data import images
+
+    work = tmp_path / "work"
+    inverted, changed = 255 - picture, {**sidecar, "method": "saliency"}
+    export_png(work / "out.png", inverted, changed)
+    new_png = (work / "out.png").read_bytes()
+    targets = {"stage": (images, "_stage"), "link": (os, "link"), "replace": (os, "replace")}
+    owner, name = targets[step]
+    rolled_back = 0
+    for failing_call in range(1, 6):
+        export_png(work / "out.png", picture, sidecar, overwrite=True)
+        old = _snapshot(work)
+        wrapper, calls = _fail_on_call(getattr(owner, name), failing_call, OSError(errno.ENOSPC, "No space left on device"))
+        with monkeypatch.context() as patch:
+            patch.setattr(owner, name, wrapper)
+            try:
+                export_png(work / "out.png", inverted, changed, overwrite=True)
+            except OSError as error:
+                assert error.errno == errno.ENOSPC and Path(error.filename).name in ("out.png", "out.json")
+                assert _snapshot(work) == old  # all old, nothing else in the folder
+                rolled_back += 1
+            else:
+                after = _snapshot(work)
+                assert set(after) == {"out.png", "out.json"}  # no temporary file left behind
+                assert after["out.png"] == new_png and json.loads(after["out.json"])["method"] == "saliency"
+        if calls[0] < failing_call:
+            break  # this step happens fewer times than that: every place has been tried
+    if step == "link":
+        assert rolled_back == 0  # no hard links there: the old file is moved aside instead, and all goes on
+    else:
+        assert rolled_back == 2  # a failure on the PNG and one on the sidecar, each undone
+
+
+def test_the_old_files_are_put_back_when_the_second_rename_fails(tmp_path, picture, sidecar, monkeypatch):
+    import errno
+    import os
+
+    export_png(tmp_path / "out.png", picture, sidecar)
+    before = _snapshot(tmp_path)
+    wrapper, _calls = _fail_on_call(os.replace, 2, OSError(errno.EIO, "Input/output error"))
+    monkeypatch.setattr(os, "replace", wrapper)
+    with pytest.raises(OSError, match="Input/output") as caught:
+        export_png(tmp_path / "out.png", 255 - picture, {**sidecar, "method": "x"}, overwrite=True)
+    monkeypatch.undo()
+    assert Path(caught.value.filename).name == "out.json"  # the file whose move failed, not a temporary
+    assert _snapshot(tmp_path) == before  # the PNG moved in first was put back
+
+
+def test_without_hard_links_the_old_file_is_moved_aside_and_back(tmp_path, picture, sidecar, monkeypatch):
+    import errno
+    import os
+
+    export_png(tmp_path / "out.png", picture, sidecar)
+    before = _snapshot(tmp_path)
+    monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EPERM, "Operation not permitted")))
+    real_replace = os.replace
+    moves = []
+
+    def replace_failing_on_the_json(source, target):
+        moves.append((Path(source).name, Path(target).name))
+        if Path(source).suffix == ".part" and Path(target).name == "out.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_failing_on_the_json)
+    with pytest.raises(OSError):
+        export_png(tmp_path / "out.png", 255 - picture, sidecar, overwrite=True)
+    monkeypatch.undo()
+    assert _snapshot(tmp_path) == before
+    assert any(target.startswith(".out.png.") for _source, target in moves)  # the old PNG was moved aside
+
+
+@pytest.mark.parametrize("case", ["folder", "parent is a file"])
+def test_a_folder_or_a_file_in_the_way_is_refused_before_writing(tmp_path, picture, sidecar, case):
+    import errno
+
+    if case == "folder":
+        (tmp_path / "out.png").mkdir()
+        target, expected = tmp_path / "out.png", errno.EISDIR
+    else:
+        (tmp_path / "notes").write_text("a file")
+        target, expected = tmp_path / "notes" / "deeper" / "out.png", errno.ENOTDIR
+    with pytest.raises(OSError) as caught:
+        export_png(target, picture, sidecar, overwrite=True)
+    assert caught.value.errno == expected
+    assert export.describe_write_failure(target, caught.value) == (
+        "it is a folder" if case == "folder" else f"{tmp_path / 'notes'} is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == (["out.png"] if case == "folder" else ["notes"])
+
+
+@pytest.mark.parametrize("code, words", [(28, "the disk is full"), (30, "read-only"), (13, "no permission")])
+def test_write_failures_are_said_in_plain_words(tmp_path, code, words):
+    assert words in export.describe_write_failure(tmp_path / "a.png", OSError(code, "raw"))
 
 
 def test_importing_export_loads_neither_torch_nor_qt():

@@ -42,13 +42,13 @@ def test_clicking_layers_changes_the_activation_grid(qtbot, window):
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         click_layer(qtbot, window, "stages.1.1.expand_relu6")
     first = window.canvas.display
-    assert window.last_result[1].layer == "stages.1.1.expand_relu6"
+    assert window.session.shown.result.layer == "stages.1.1.expand_relu6"
     assert first.tile_shape is not None and window.canvas.note.text().startswith("144 channels")
 
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         click_layer(qtbot, window, "head.relu6")
     second = window.canvas.display
-    assert window.last_result[1].layer == "head.relu6"
+    assert window.session.shown.result.layer == "head.relu6"
     assert second.scalar.shape != first.scalar.shape
 
 
@@ -58,10 +58,12 @@ def test_clicking_a_tile_shows_that_channel_over_the_image(qtbot, window):
         click_layer(qtbot, window, "head.relu6")
     display = window.canvas.display
     tile_h, tile_w = display.tile_size
+    x, y = 1 * (tile_w + 1) + 2, 0 + 2  # row 0, column 1
+    assert window.session.canvas_click(x, y).values() == {"channel": 1}
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
-        window._on_canvas_click(1 * (tile_w + 1) + 2, 0 + 2)  # row 0, column 1
+        window.canvas.clicked.emit(x, y)
     assert window.canvas.display.overlay
-    assert window.last_result[1].params["channel"] == 1  # unsorted tiles: tile 1 is channel 1
+    assert window.session.shown.result.params["channel"] == 1  # unsorted tiles: tile 1 is channel 1
 
 
 def test_dream_streams_frames_then_shows_the_result(qtbot, window):
@@ -72,10 +74,11 @@ def test_dream_streams_frames_then_shows_the_result(qtbot, window):
     before = window.canvas.frames_shown
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT) as blocker:
         panel.run_button.click()
-    assert blocker.args[1] == "method:dream"
+    assert blocker.args[1].method == "dream"
     assert window.canvas.frames_shown - before >= 3
-    assert window.last_result[0] == "dream"
-    assert window.last_result[1].metrics["norm_last"] > window.last_result[1].metrics["norm_first"]
+    assert window.session.shown.method == "dream"
+    metrics = window.session.shown.result.metrics
+    assert metrics["norm_last"] > metrics["norm_first"]
     assert "norm" in panel.status.text()
     # The loss plot follows the run and starts afresh with the next one.
     steps, losses = panel.loss_plot.series["loss"]
@@ -90,13 +93,13 @@ def test_escape_cancels_a_running_dream(qtbot, window):
     panel = window.select_method("dream")
     panel.set_value("steps", 500)
     panel.set_value("size", 128)
-    with qtbot.waitSignal(window.worker.frame_ready, timeout=TIMEOUT):
+    with qtbot.waitSignal(window.canvas.display_changed, timeout=TIMEOUT):  # the first frame
         panel.run_button.click()
     assert window.cancel_button.isEnabled() and panel.cancel_button.isEnabled()
     with qtbot.waitSignal(window.worker.job_cancelled, timeout=10_000):
         qtbot.keyClick(window, Qt.Key.Key_Escape)
     qtbot.waitUntil(lambda: not window.worker.is_busy(), timeout=10_000)
-    assert window.last_result is None or window.last_result[0] != "dream"
+    assert window.session.shown is None or window.session.shown.method != "dream"
     assert panel.status.text() == "cancelled" and not window.cancel_button.isEnabled()
 
 
@@ -104,13 +107,13 @@ def test_asking_again_supersedes_the_running_job(qtbot, window):
     panel = window.select_method("dream")
     panel.set_value("steps", 500)
     panel.set_value("size", 96)
-    with qtbot.waitSignal(window.worker.frame_ready, timeout=TIMEOUT):
+    with qtbot.waitSignal(window.canvas.display_changed, timeout=TIMEOUT):  # the first frame
         panel.run_button.click()
     panel.set_value("steps", 2)
     panel.set_value("octaves", 1)
     with qtbot.waitSignals([window.worker.job_cancelled, window.worker.job_finished], timeout=TIMEOUT):
         panel.run_button.click()
-    assert window.last_result[0] == "dream" and window.last_result[1].metrics["steps"] == 2
+    assert window.session.shown.method == "dream" and window.session.shown.result.metrics["steps"] == 2
 
 
 def test_export_writes_png_and_sidecar_and_asks_before_replacing(qtbot, window, tmp_path, monkeypatch):
@@ -119,7 +122,7 @@ def test_export_writes_png_and_sidecar_and_asks_before_replacing(qtbot, window, 
         click_layer(qtbot, window, "stages.2.0.expand_relu6")
     target = tmp_path / "out" / "grid.png"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target.with_suffix("")), "PNG image (*.png)"))
-    window.export_action.trigger()
+    window.menus.export_action.trigger()
     sidecar = json.loads(target.with_suffix(".json").read_text())
     assert sidecar["method"] == "activations" and sidecar["layer"] == "stages.2.0.expand_relu6"
     assert sidecar["model"] == "efficientnet_lite0" and sidecar["params"]["sort"] == "none"
@@ -132,10 +135,10 @@ def test_export_writes_png_and_sidecar_and_asks_before_replacing(qtbot, window, 
 
     window.show_image()
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.No)
-    window.export_action.trigger()
+    window.menus.export_action.trigger()
     assert target.read_bytes() == before
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
-    window.export_action.trigger()
+    window.menus.export_action.trigger()
     assert target.read_bytes() != before
     assert json.loads(target.with_suffix(".json").read_text())["method"] == "image"
 
@@ -161,24 +164,7 @@ def test_drop_and_recent_files(qtbot, window, chelsea_path):
         window.dropEvent(event)
     assert Path(window.image_info.path).name == "coffee.png"
     assert window.recent_files()[:2] == [coffee, chelsea_path]
-    assert [a.text() for a in window.recent_menu.actions()][:2] == [coffee, chelsea_path]
-
-
-def test_the_worker_keeps_only_the_newest_frame(qtbot, window):
-    """A canvas that falls behind gets the latest frame, never a backlog."""
-    emitted = []
-    window.worker.frame_ready.disconnect(window._on_frame_ready)
-    window.worker.frame_ready.connect(emitted.append)
-
-    def burst(bench, job):
-        for step in range(200):
-            yield Frame(Display(rgb=np.full((4, 4, 3), step, np.uint8)), step=step)
-        return Result(display=Display(rgb=np.zeros((4, 4, 3), np.uint8)), array=None)
-
-    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
-        job_id = window.worker.submit(burst, owner="burst")
-    # Nobody took a frame, so after the first notification no other was sent.
-    assert emitted == [job_id]
+    assert [a.text() for a in window.menus.recent_menu.actions()][:2] == [coffee, chelsea_path]
 
 
 def test_missing_weights_offer_to_open_the_file(qtbot, window, tmp_path, monkeypatch):
@@ -190,9 +176,11 @@ def test_missing_weights_offer_to_open_the_file(qtbot, window, tmp_path, monkeyp
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    from engine.core.errors import WeightsMissingError
+
     with qtbot.waitSignal(window.worker.job_failed, timeout=TIMEOUT) as failed:
         window.load_model("squeezenet1_1")
-    assert failed.args[3] == "WeightsMissingError"
+    assert isinstance(failed.args[1], WeightsMissingError)
     assert "squeezenet1_1-b8a52dc0.pth" in window.last_error and "Open weights file" in window.last_error
     assert window.model_info.name == "efficientnet_lite0"  # nothing lost
 
@@ -239,35 +227,40 @@ def test_a_zoo_download_shows_its_progress(qtbot, window, tmp_path, monkeypatch)
     monkeypatch.setattr(zoo, "DOWNLOAD_CHUNK_SIZE", 256 * 1024)
     monkeypatch.setattr(zoo, "PROGRESS_INTERVAL_S", 0.0)
     reports = []
-    window.worker.progress.connect(lambda _job, fraction, message: reports.append((fraction, message)))
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
-        window.load_model("squeezenet1_1")
+        handle = window.load_model("squeezenet1_1")
+        handle.progress.connect(lambda fraction, message: reports.append((fraction, message)))
     downloads = [r for r in reports if served.name in r[1]]
     assert len(downloads) > 3 and downloads[-1][0] == 1.0
     assert window.model_info.name == "squeezenet1_1"
     assert (tmp_path / "hub" / "hub" / "checkpoints" / served.name).exists()  # $TORCH_HOME/hub
 
 
-def test_out_of_memory_is_a_message_and_the_window_carries_on(qtbot, window):
+def test_out_of_memory_is_a_message_and_the_window_carries_on(qtbot, window, monkeypatch):
     import torch
 
-    def greedy(bench, job):
+    def greedy(method_id, values, cancel):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    with qtbot.waitSignal(window.worker.job_failed, timeout=TIMEOUT) as failed:
-        window.worker.submit(greedy, owner="method:dream")
-    assert failed.args[3] == "OutOfMemory" and "ran out of memory" in window.last_error
+    with monkeypatch.context() as patch:
+        patch.setattr(window.session, "start", greedy)
+        with qtbot.waitSignal(window.worker.job_failed, timeout=TIMEOUT) as failed:
+            window.select_method("dream").request_run()
+    assert isinstance(failed.args[1], torch.OutOfMemoryError) and "ran out of memory" in window.last_error
+    assert not window.panels["dream"].cancel_button.isEnabled() and window.panels["dream"].status.text() == "failed"
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         window.select_method("saliency").request_run()
-    assert window.last_result[0] == "saliency"
+    assert window.session.shown.method == "saliency"
 
 
-def test_an_unexpected_engine_error_is_reported_without_a_traceback(qtbot, window):
-    def broken(bench, job):
+def test_an_unexpected_engine_error_is_reported_without_a_traceback(qtbot, window, monkeypatch):
+    def broken(method_id, values, cancel):
         raise ValueError("something inside went wrong")
 
-    with qtbot.waitSignal(window.worker.job_failed, timeout=TIMEOUT):
-        window.worker.submit(broken, owner="method:saliency", description="Saliency")
+    monkeypatch.setattr(window.session, "start", broken)
+    with qtbot.waitSignal(window.worker.job_failed, timeout=TIMEOUT) as failed:
+        window.select_method("saliency").request_run()
+    assert isinstance(failed.args[1], ValueError)  # the exception itself, not its name
     assert window.last_error == "Saliency failed: ValueError: something inside went wrong"
 
 
@@ -298,7 +291,7 @@ def test_exported_overlay_is_what_the_canvas_draws(qtbot, window):
     assert drawn.shape == display.rgb.shape[:2]  # the 7x11 channel resampled to the photo
     opacity = window.canvas.current_opacity()
     expected = (1 - opacity) * display.rgb + opacity * apply_colormap(drawn, display.levels, window.canvas.current_colormap())
-    assert np.abs(window.canvas.rendered_image().astype(float) - expected).max() <= 1.0
+    assert np.abs(window.session.picture(window.canvas.view_settings()).astype(float) - expected).max() <= 1.0
 
 
 def test_occlusion_fills_in_live_and_ends_with_the_drop_map(qtbot, window):
@@ -310,43 +303,71 @@ def test_occlusion_fills_in_live_and_ends_with_the_drop_map(qtbot, window):
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         panel.run_button.click()
     assert window.canvas.frames_shown - before >= 2  # partial maps arrived before the result
-    result = window.last_result[1]
-    assert window.last_result[0] == "occlusion" and window.canvas.display.overlay
+    result = window.session.shown.result
+    assert window.session.shown.method == "occlusion" and window.canvas.display.overlay
     assert result.array.shape == tuple(result.metrics["grid"]) and not np.isnan(result.array).any()
     assert window.canvas.overlay_item.image.shape == window.canvas.display.rgb.shape[:2]
 
 
 def test_a_superseded_runs_late_frame_never_reaches_the_canvas(qtbot, window):
     panel = window.select_method("dream")
-    window._job_owner[901] = "method:dream"
-    window._panel_job["dream"] = 902  # a newer run owns the panel
-    window.worker._running = type("R", (), {})()
+    panel.set_value("steps", 500)
+    panel.set_value("size", 64)
+    first = window.run_method("dream", panel.values())
+    panel.set_value("steps", 2)
+    panel.set_value("octaves", 1)
+    newer = window.run_method("dream", panel.values())  # supersedes the first
     stale = Frame(Display(rgb=np.zeros((8, 8, 3), np.uint8)), step=1, metrics={"loss": 1.0})
-    window.worker.take_frame = lambda job_id: stale
     before = window.canvas.frames_shown
-    window._on_frame_ready(901)
+    first._offer_frame(stale)  # as if the engine thread had just made it
     assert window.canvas.frames_shown == before and "loss" not in panel.loss_plot.series
+    with qtbot.waitSignal(newer.finished, timeout=TIMEOUT):
+        pass
+    assert first.done and window.session.shown.result.metrics["steps"] == 2
 
 
 def test_raw_array_and_animation_export(qtbot, window, tmp_path, monkeypatch):
+    from gui import export_dialogs
+
     errors = []
     monkeypatch.setattr(window, "show_error", lambda title, message: errors.append(message))
     frames = [np.full((12, 16, 3), value, np.uint8) for value in (0, 120, 240)]
     array = np.linspace(0, 1, 20, dtype=np.float64).reshape(4, 5)
-    window.last_result = ("dream", Result(display=Display(rgb=frames[-1]), array=array, frames=frames))
-    written = window.export_array_to(str(tmp_path / "map.npy"))
+    session = window.session
+    session.show(session.result_shown("dream", Result(display=Display(rgb=frames[-1]), array=array, frames=frames)))
+    written = export_dialogs.export_array_to(window, str(tmp_path / "map.npy"))
     saved = np.load(written)
     assert saved.dtype == np.float32 and np.allclose(saved, array)
-    gif = window.export_animation_to(str(tmp_path / "run.gif"))
+    gif = export_dialogs.export_animation_to(window, str(tmp_path / "run.gif"))
     from PIL import Image
 
     with Image.open(gif) as animation:
         assert animation.n_frames == 3 and animation.size == (16, 12)
-    window.last_result = ("saliency", Result(display=Display(rgb=frames[0]), array=None))
-    assert window.export_array_to(str(tmp_path / "none.npy")) is None
-    assert window.export_animation_to(str(tmp_path / "none.gif")) is None
+    session.show(session.result_shown("saliency", Result(display=Display(rgb=frames[0]), array=None)))
+    assert export_dialogs.export_array_to(window, str(tmp_path / "none.npy")) is None
+    assert export_dialogs.export_animation_to(window, str(tmp_path / "none.gif")) is None
     assert "no raw array" in errors[0] and "frames to animate" in errors[1]
     assert not (tmp_path / "none.npy").exists() and not (tmp_path / "none.gif").exists()
+
+
+def test_a_failed_export_is_a_message_naming_the_file(qtbot, window, tmp_path, monkeypatch):
+    import errno
+
+    from engine.data import images
+    from gui import export_dialogs
+
+    errors = []
+    monkeypatch.setattr(window, "show_error", lambda title, message: errors.append((title, message)))
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    in_the_way = folder / "notes.txt"
+    in_the_way.write_text("a file, not a folder")
+    assert export_dialogs.export_picture_to(window, str(in_the_way / "out.png")) is None
+    monkeypatch.setattr(images, "_stage", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+    assert export_dialogs.export_picture_to(window, str(folder / "full.png")) is None
+    assert errors == [("Export failed", f"cannot write {in_the_way / 'out.png'}: {in_the_way} is a file, not a folder"),
+                      ("Export failed", f"cannot write {folder / 'full.png'}: the disk is full")]
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
 
 
 def test_clicking_the_single_channel_view_runs_guided_backprop_for_that_neuron(qtbot, window):
@@ -356,13 +377,13 @@ def test_clicking_the_single_channel_view_runs_guided_backprop_for_that_neuron(q
     activations.set_value("channel", 5)
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         activations.request_run()
-    single = window.last_result[1]
+    single = window.session.shown.result
     grid_h, grid_w = single.display.scalar.shape
     image_h, image_w = single.display.rgb.shape[:2]
     y, x = np.unravel_index(int(np.argmax(single.array)), single.array.shape)  # an active unit
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
-        window._on_canvas_click((x + 0.5) * image_w / grid_w, (y + 0.5) * image_h / grid_h)
-    method, result = window.last_result
+        window.canvas.clicked.emit((x + 0.5) * image_w / grid_w, (y + 0.5) * image_h / grid_h)
+    method, result = window.session.shown.method, window.session.shown.result
     assert method == "guided-backprop" and window.current_panel() is window.panels["guided-backprop"]
     assert result.metrics["unit"] == {"layer": "stages.3.2.expand_relu6", "channel": 5, "at": [int(y), int(x)],
                                       "value": result.metrics["unit"]["value"]}
@@ -371,7 +392,7 @@ def test_clicking_the_single_channel_view_runs_guided_backprop_for_that_neuron(q
 
 def test_a_long_method_form_scrolls_inside_the_dock(qtbot, window):
     panel = window.select_method("class-viz")
-    page = window._panel_pages["class-viz"]
+    page = window.methods.pages["class-viz"]
     assert window.current_panel() is panel and page.widget() is panel
     window.resize(1200, 600)
     qtbot.waitUntil(lambda: page.verticalScrollBar().maximum() > 0, timeout=5_000)
@@ -402,10 +423,10 @@ def test_the_window_module_imports_no_torch_so_the_window_shows_before_the_model
 
 
 def test_a_results_first_and_last_losses_read_as_one_change():
-    from gui.main_window import _summarise
+    from engine.app.session import summarise
 
     result = Result(display=Display(rgb=np.zeros((2, 2, 3), np.uint8)), array=None,
                     metrics={"loss_first": 846.7, "style_loss_first": 846.7, "tv_loss_first": 0.0, "loss_last": 43.77,
                              "style_loss_last": 43.39, "tv_loss_last": 0.0, "steps": 40, "mixed": True,
                              "psnr_last": 20.4, "size": [385, 256]})
-    assert _summarise(result) == "loss 846.7 → 43.77; style loss 846.7 → 43.39; steps 40; psnr last 20.4"
+    assert summarise(result) == "loss 846.7 → 43.77; style loss 846.7 → 43.39; steps 40; psnr last 20.4"

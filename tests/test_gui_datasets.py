@@ -11,8 +11,8 @@ def run_panel(qtbot, window, method, **values):
         panel.set_value(name, value)
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT) as finished:
         panel.run_button.click()
-    assert finished.args[1] == f"method:{method}", window.last_error
-    return window.last_result[1]
+    assert finished.args[1].method == method, window.last_error
+    return window.session.shown.result
 
 
 def test_neighbours_gallery_opens_the_clicked_image(qtbot, window):
@@ -44,7 +44,7 @@ def test_embedding_scatter_streams_and_exports_csv(qtbot, window, tmp_path, monk
     assert len(window.canvas.scatter.paths) == 9
     target = tmp_path / "embedding.png"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
-    window.export_action.trigger()
+    window.menus.export_action.trigger()
     assert target.exists() and target.with_suffix(".json").exists()
     lines = target.with_suffix(".csv").read_text().splitlines()
     assert lines[0] == "path,group,x,y" and len(lines) == 10

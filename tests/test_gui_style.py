@@ -41,15 +41,15 @@ def test_trained_styles_are_offered_and_the_sliders_blend_them(qtbot, window):
 
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         panel.run_button.click()
-    assert window.last_result[0] == "fast-style" and window.last_result[1].metrics["mix"] == [0.5, 0.5]
-    even = window.last_result[1].array
+    assert window.session.shown.method == "fast-style" and window.session.shown.result.metrics["mix"] == [0.5, 0.5]
+    even = window.session.shown.result.array
 
     brick, coffee = panel.mixer.sliders
     coffee.setValue(0)
     assert panel.mixer.shares[0].text() == "100%"
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         coffee.sliderReleased.emit()  # letting go of a slider restyles: one forward pass
-    result = window.last_result[1]  # the blend's arithmetic is checked in test_fast_style
+    result = window.session.shown.result  # the blend's arithmetic is checked in test_fast_style
     assert result.metrics["mix"] == [1.0, 0.0] and result.array.shape == even.shape
     assert np.abs(result.array - even).mean() > 0.01
 
@@ -72,8 +72,8 @@ def run_panel(qtbot, window, method_id: str, **values):
     before = window.canvas.frames_shown
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         panel.run_button.click()
-    assert window.last_result[0] == method_id, window.statusBar().currentMessage()
-    return panel, window.canvas.frames_shown - before, window.last_result[1]
+    assert window.session.shown.method == method_id, window.statusBar().currentMessage()
+    return panel, window.canvas.frames_shown - before, window.session.shown.result
 
 
 def test_style_transfer_streams_frames_and_plots_falling_losses(qtbot, window):

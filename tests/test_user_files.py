@@ -224,14 +224,14 @@ def test_torchscript_model_explains_what_it_cannot_show(tmp_path, chelsea_path):
 
     from engine.core.errors import MethodInputError
     from engine.core.jobs import CancelToken, drive
-    from engine.app.session import Workbench
+    from engine.app.session import Session
     from tests.conftest import TinyNet
 
     path = tmp_path / "tiny.pt"
     torch.jit.save(torch.jit.trace(TinyNet(classes=1000).eval(), torch.zeros(1, 3, 32, 32)), str(path))
-    bench = Workbench()
-    bench.load_model(str(path))
-    bench.open_image(chelsea_path)
-    assert drive(bench.run("saliency", {}, CancelToken())).array.shape == (224, 337)
+    session = Session()
+    session.load_model(str(path))
+    session.open_image(chelsea_path)
+    assert drive(session.start("saliency", {}, CancelToken())).result.array.shape == (224, 337)
     with pytest.raises(MethodInputError, match="TorchScript"):
-        drive(bench.run("activations", {}, CancelToken()))
+        drive(session.start("activations", {}, CancelToken()))

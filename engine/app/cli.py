@@ -11,6 +11,7 @@ Bad input exits with status 2 and one line on stderr; nothing here imports Qt.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         method.add_argument("--image", default=None, help="input image")
         method.add_argument("--out", default=None, help="write the picture as PNG (plus a JSON sidecar)")
         method.add_argument("--save-array", default=None, help="write the raw float result as .npy")
+        method.add_argument("--overwrite", action="store_true",
+                            help="replace files that --out, --save-array or --animation name; without it an existing "
+                                 "file is an error, found before the run starts")
         if spec.streams_frames:
             method.add_argument("--animation", default=None,
                                 help="also write the run's frames as an animation (.gif or .mp4)")
@@ -131,18 +135,15 @@ def _dispatch(args) -> int:
     if args.command == "layers":
         return _print_layers(args)
     if args.command == "run":
-        bound = _bind_flags(args)  # before the model loads: a bad flag costs nothing
-    model = _load_model(args)
+        return _run_method(args, *_bind_flags(args))  # flags bound before the model loads
+    from engine.anatomy.activations import compute_features
     from engine.data.images import load_image
 
-    if args.command == "classify":
-        from engine.anatomy.activations import compute_features
-
-        features = compute_features(model, load_image(args.image))
-        top5 = [{"index": i, "label": label, "prob": round(p, 6)} for i, label, p in features.top_k(model.labels)]
-        print(json.dumps({"model": model.name, "image": args.image, "top5": top5}))
-        return 0
-    return _run_method(args, model, *bound)
+    model = _load_model(args)
+    features = compute_features(model, load_image(args.image))
+    top5 = [{"index": i, "label": label, "prob": round(p, 6)} for i, label, p in features.top_k(model.labels)]
+    print(json.dumps({"model": model.name, "image": args.image, "top5": top5}))
+    return 0
 
 
 def _print_layers(args) -> int:
@@ -193,62 +194,66 @@ def _bind_flags(args):
     return spec, params, seed, fps
 
 
-def _run_method(args, model, spec, params, seed, fps) -> int:
+def _run_method(args, spec, params, seed, fps) -> int:
     import torch
 
-    from engine.data.images import load_image
-    from engine.core.jobs import Stopwatch, drive
-    from engine.methods import MethodContext
-    from engine.view.render import compose
+    from engine.app.session import Session
+    from engine.core.jobs import CancelToken, Stopwatch, drive
+    from engine.models.registry import BUNDLED_MODEL
 
+    outputs = {"picture": args.out, "array": args.save_array, "animation": getattr(args, "animation", None)}
+    session = Session(device=args.device)
+    with _outputs_named_by_flag(session, outputs):
+        session.check_outputs(**outputs, overwrite=args.overwrite)  # before the run, not after it
+    session.load_model(args.model or BUNDLED_MODEL, weights_path=args.weights, trust=args.trust,
+                       progress=_print_download_progress)
     if seed is not None:
         torch.manual_seed(seed)
-    image = load_image(args.image) if args.image else None
-    if spec.needs_image and image is None:
+    if args.image:
+        session.open_image(args.image)
+    if spec.needs_image and session.image is None:
         raise ConvScopeError(f"{spec.id} needs an image: add --image PATH")
-    ctx = MethodContext(model=model, image=image)
     watch = Stopwatch()
-    result = drive(spec.start(ctx, params))
+    shown = session.show(drive(session.start(spec.id, params, CancelToken())))
     seconds = watch.seconds
-    top5 = [[label, round(p, 6)] for _i, label, p in ctx.image_features().top_k(model.labels)] if image else []
-
-    out = None
-    if args.out:
-        from engine.view.export import build_sidecar, export_png
-
-        sidecar = build_sidecar(model=model.name, weights=model.weights, layer=result.layer, method=spec.id,
-                                params=result.params, image_path=args.image,
-                                preprocessing=model.preprocessing.as_dict(), device=str(model.device),
-                                metrics=result.metrics, target=result.target)
-        png, _json = export_png(args.out, compose(result.display), sidecar, overwrite=True)
-        out = str(png)
-    if args.save_array:
-        if result.array is None:
-            raise ConvScopeError(f"{spec.id} has no array to save")
-        from engine.view.export import save_array
-
-        save_array(args.save_array, result.array)
-    animation = getattr(args, "animation", None)
-    if animation:
-        from engine.view.animation import write_animation
-
-        if not result.frames:
-            raise ConvScopeError(f"{spec.id} recorded no frames to animate")
-        write_animation(result.frames, Path(animation), fps=fps, overwrite=True)
+    with _outputs_named_by_flag(session, outputs):
+        written = session.export(**outputs, fps=fps, overwrite=args.overwrite)
+    origin = shown.provenance
     line = {
         "method": spec.id,
-        "model": model.name,
-        "layer": result.layer,
-        "target": result.target,
+        "model": origin.model,
+        "layer": origin.layer,
+        "target": origin.target,
         "seconds": round(seconds, 4),
-        "top5": top5,
-        "out": out,
+        "top5": [[label, round(p, 6)] for _i, label, p in session.top5()],
+        "out": str(written[0]) if args.out else None,
         "save_array": args.save_array,
-        "animation": animation,
-        "params": result.params,
-        "metrics": result.metrics,
+        "animation": outputs["animation"],
+        "params": origin.params,
+        "metrics": origin.metrics,
     }
     from engine.view.export import to_jsonable
 
     print(json.dumps(to_jsonable(line)))
     return 0
+
+
+@contextlib.contextmanager
+def _outputs_named_by_flag(session, outputs: dict):
+    """A failed write said in one line with the flag that named the file."""
+    from engine.core.errors import OutputExistsError, OutputWriteError
+
+    flags = {"picture": "--out", "sidecar": "the sidecar of --out", "array": "--save-array", "animation": "--animation"}
+    try:
+        yield
+    except OutputWriteError as error:
+        try:
+            kinds = session.output_paths(**outputs)
+        except ConvScopeError:
+            kinds = {}
+        path = Path(error.path)
+        kind = kinds.get(path, "picture" if path.suffix == ".csv" else None)
+        named = f"{error.path} ({flags[kind]})" if kind else error.path
+        if isinstance(error, OutputExistsError):
+            raise ConvScopeError(f"{named} exists already; add --overwrite to replace it") from None
+        raise ConvScopeError(f"cannot write {named}: {error.reason}") from None

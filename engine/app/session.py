@@ -1,24 +1,43 @@
-"""The state one window works on: a model, an image, their cached activations.
+"""The working session the window and the command line share.
 
-The GUI's engine thread owns one ``Workbench`` and calls it from jobs; the window itself
-only ever sees the plain values these methods return (numpy arrays, dicts, strings), so
-no tensor crosses into the UI thread.
+A ``Session`` holds the loaded model, the open image with its cached activations, and
+what is shown: a method's result (or the photo itself) with its provenance, which
+method, with which resolved parameters, on which model, weights, layer and target. From
+that one place come the summary a panel prints, the picture an export writes (the same
+composite the canvas draws), the JSON sidecar beside it, the raw array, the animation
+and the file name an export dialog suggests. Like napari's ViewerModel it knows nothing
+of Qt, so everything here is tested headless.
+
+Threads: in the window, one engine thread calls what touches the model (``load_model``,
+``open_image``, ``start`` and the job it returns); the UI thread calls ``show`` with the
+finished ``Shown`` and everything that reads it (``picture``, ``export``...). A ``Shown``
+carries its own provenance, captured on the engine thread when the run ended, so the
+UI thread never reads the model while a job uses it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
 
 import numpy as np
 
-from engine.core.device import available_devices, resolve_device
-from engine.core.errors import MethodInputError
 from engine.anatomy.activations import FeatureCache
-from engine.data.images import LoadedImage, load_image
-from engine.core.jobs import CancelToken, Job
 from engine.anatomy.layer_tree import LayerNode, cached_layer_tree
+from engine.core.device import available_devices, resolve_device
+from engine.core.errors import (ConvScopeError, MethodInputError, NothingToExportError, OutputExistsError,
+                                OutputWriteError)
+from engine.core.jobs import CancelToken, Job, Result
+from engine.data.images import LoadedImage, check_targets, load_image, write_together
 from engine.methods import METHODS, MethodContext, MethodSpec, family_of
 from engine.models.registry import BUNDLED_MODEL, LoadedModel, available_models, load_model
+from engine.view.display import Display
+from engine.view.export import build_sidecar, describe_write_failure, sidecar_path_for
+from engine.view.hit_test import map_cell_at, tile_at
+from engine.view.view_settings import ViewSettings
+
+PHOTO = "image"  # the method name recorded when the photo itself is shown
 
 
 @dataclass
@@ -41,14 +60,84 @@ class ImageInfo:
     tree: LayerNode | None = None  # the layer tree at this image's input size
 
 
-class Workbench:
-    def __init__(self) -> None:
+@dataclass(frozen=True)
+class Provenance:
+    """How a shown picture was made: what the sidecar records."""
+
+    method: str  # a method id, or PHOTO
+    params: dict
+    model: Optional[str]
+    weights: Optional[str]
+    layer: Optional[str]
+    target: Optional[dict]
+    image_path: Optional[str]
+    preprocessing: dict
+    device: str
+    metrics: dict
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What the canvas shows when no job is streaming frames, and how it was made."""
+
+    display: Display
+    provenance: Provenance
+    result: Optional[Result] = None  # None when the photo itself is shown
+
+    @property
+    def method(self) -> str:
+        return self.provenance.method
+
+    @property
+    def summary(self) -> str:
+        return summarise(self.result) if self.result is not None else ""
+
+
+@dataclass(frozen=True)
+class ShowChannel:
+    """A click on an activation tile: show that channel over the photo.
+
+    A click's action names the ``method`` to run, the form ``values()`` it sets, and
+    whether that method's panel comes to the front."""
+
+    channel: int
+
+    method = "activations"
+    opens_panel = False  # the grid's own panel runs again
+
+    def values(self) -> dict:
+        return {"channel": self.channel}
+
+
+@dataclass(frozen=True)
+class ExplainNeuron:
+    """A click that asks what one unit responds to: guided backprop of the neuron at
+    (y, x) of ``channel`` in ``layer``, for the image's top-1 class."""
+
+    layer: str
+    channel: int
+    y: int
+    x: int
+
+    method = "guided-backprop"
+    opens_panel = True  # the user sees the guided-backprop form that ran, and can change it
+
+    def values(self) -> dict:
+        return {"layer": self.layer, "channel": self.channel, "at": f"{self.y},{self.x}"}
+
+
+CanvasAction = Union[ShowChannel, ExplainNeuron]
+
+
+class Session:
+    def __init__(self, device: str = "cpu") -> None:
         self.model: LoadedModel | None = None
         self.image: LoadedImage | None = None
         self.features = FeatureCache()
-        self.device = resolve_device("cpu")
+        self.device = resolve_device(device)
+        self.shown: Shown | None = None
 
-    # -- what the window asks for -------------------------------------------------
+    # -- what there is to choose from ----------------------------------------------
     @staticmethod
     def methods() -> dict[str, MethodSpec]:
         return dict(METHODS)
@@ -66,6 +155,18 @@ class Workbench:
     def devices() -> list[str]:
         return available_devices()
 
+    @staticmethod
+    def describe_dataset(spec: str) -> str:
+        """One line on what a dataset holds (the listing only: nothing is decoded)."""
+        from engine.data.datasets import open_dataset
+
+        dataset = open_dataset(spec)
+        classes = dataset.classes
+        labelled = f" in {len(classes)} labels" if classes else " (no subfolders, so no labels)"
+        skipped = f"; {len(dataset.failures)} could not be listed" if dataset.failures else ""
+        return f"{dataset.name}: {len(dataset):,} images{labelled}{skipped}"
+
+    # -- the model and the image (the engine thread) ------------------------------------
     def load_model(self, name: str = BUNDLED_MODEL, weights_path: str | None = None, trust: bool = False,
                    progress=None, cancel: CancelToken | None = None) -> ModelInfo:
         model = load_model(name, weights_path=weights_path, device=self.device, trust=trust, progress=progress, cancel=cancel)
@@ -91,20 +192,14 @@ class Workbench:
 
     def image_info(self) -> ImageInfo:
         image = self._require_image()
-        top5 = self.features.get(self.model, image).top_k(self.model.labels) if self.model else []
-        return ImageInfo(path=image.path, rgb=image.to_array(), notes=list(image.notes), top5=top5,
+        return ImageInfo(path=image.path, rgb=image.to_array(), notes=list(image.notes), top5=self.top5(),
                          tree=self.layer_tree() if self.model else None)
 
-    @staticmethod
-    def describe_dataset(spec: str) -> str:
-        """One line on what a dataset holds (the listing only: nothing is decoded)."""
-        from engine.data.datasets import open_dataset
-
-        dataset = open_dataset(spec)
-        classes = dataset.classes
-        labelled = f" in {len(classes)} labels" if classes else " (no subfolders, so no labels)"
-        skipped = f"; {len(dataset.failures)} could not be listed" if dataset.failures else ""
-        return f"{dataset.name}: {len(dataset):,} images{labelled}{skipped}"
+    def top5(self) -> list[tuple[int, str, float]]:
+        """The model's five likeliest classes for the image: (index, label, probability)."""
+        if self.model is None or self.image is None:
+            return []
+        return self.features.get(self.model, self.image).top_k(self.model.labels)
 
     def layer_tree(self) -> LayerNode:
         model = self._require_model()
@@ -114,17 +209,206 @@ class Workbench:
             height = width = model.preprocessing.size
         return cached_layer_tree(model.module, (height, width), device=model.device)
 
-    def run(self, method_id: str, params: dict, cancel: CancelToken) -> Job:
+    # -- running a method (the engine thread) ---------------------------------------------
+    def start(self, method_id: str, values: dict, cancel: CancelToken) -> Job:
+        """The job that runs ``method_id`` with the ``values`` a form or the flags gave
+        (None: the method's default). It yields the method's progress and frames and
+        returns a ``Shown`` with its provenance. Bad values fail here, before any work."""
         spec = METHODS.get(method_id)
         if spec is None:
             raise MethodInputError(f"unknown method '{method_id}'")
-        bound = spec.bind({k: v for k, v in params.items() if v is not None})
-        ctx = MethodContext(model=self._require_model(), image=self.image, cancel=cancel, features=self.features)
+        bound = spec.bind({name: value for name, value in values.items() if value is not None})
+        context = MethodContext(model=self._require_model(), image=self.image, cancel=cancel, features=self.features)
         if spec.needs_image:
-            ctx.require_image()
-        return spec.start(ctx, bound)
+            context.require_image()
+        return self._shown_when_done(spec.id, spec.start(context, bound), bound)
 
-    # -- helpers ------------------------------------------------------------------
+    def _shown_when_done(self, method_id: str, job: Job, bound: dict) -> Job:
+        result = yield from job
+        return self.result_shown(method_id, result, bound)
+
+    def result_shown(self, method_id: str, result: Result, bound: dict | None = None) -> Shown:
+        """``result`` with its provenance: the current model, weights, device and image."""
+        return Shown(display=result.display, result=result,
+                     provenance=self._provenance(method_id, params=result.params or bound or {}, layer=result.layer,
+                                                 target=result.target, metrics=result.metrics))
+
+    def _provenance(self, method: str, params: dict, layer=None, target=None, metrics=None) -> Provenance:
+        model, image = self.model, self.image
+        return Provenance(method=method, params=dict(params), layer=layer, target=target, metrics=dict(metrics or {}),
+                          model=model.name if model else None, weights=model.weights if model else None,
+                          image_path=image.path if image else None,
+                          preprocessing=model.preprocessing.as_dict() if model else {},
+                          device=str(model.device) if model else str(self.device))
+
+    # -- what is shown (the UI thread, or the command line) -----------------------------------
+    def show(self, shown: Shown) -> Shown:
+        self.shown = shown
+        return shown
+
+    def show_photo(self, box: tuple | None = None) -> Shown:
+        """Show the open photo itself; ``box`` (top, left, bottom, right) is drawn on it."""
+        image = self._require_image()
+        rgb = image.to_array()
+        height, width = rgb.shape[:2]
+        notes = "; ".join(image.notes)
+        note = f"{Path(image.path).name}: {width}x{height}" + (f" ({notes})" if notes else "")
+        display = Display(rgb=rgb, boxes=[box] if box else [], note=note)
+        return self.show(Shown(display=display, provenance=self._provenance(PHOTO, params={})))
+
+    def summary(self) -> str:
+        """The shown result's numbers, as its panel prints them."""
+        return self.shown.summary if self.shown is not None else ""
+
+    def picture(self, view: ViewSettings | None = None) -> np.ndarray:
+        """The RGB picture of what is shown, exactly as the canvas composes it with ``view``;
+        bars and scatters drawn by the engine (``engine.view.plots``), so the window and
+        the command line export the same pixels."""
+        from engine.view.render import compose
+
+        view = view or ViewSettings()
+        return compose(self._require_shown().display, opacity=view.overlay_opacity, colormap=view.colormap)
+
+    def sidecar(self, view: ViewSettings | None = None) -> dict:
+        """The JSON sidecar of what is shown: its provenance, the software's versions, and
+        the view settings the picture was drawn with."""
+        shown = self._require_shown()
+        origin = shown.provenance
+        view = view or ViewSettings()
+        sidecar = build_sidecar(model=origin.model, weights=origin.weights, layer=origin.layer, method=origin.method,
+                                params=origin.params, image_path=origin.image_path, preprocessing=origin.preprocessing,
+                                device=origin.device, metrics=origin.metrics, target=origin.target)
+        sidecar["view"] = {"colormap": view.colormap or shown.display.colormap, "overlay_opacity": view.overlay_opacity}
+        return sidecar
+
+    def suggested_export_name(self, suffix: str = ".png") -> str:
+        """photo_method_layer.png beside the photo (or in the home folder without one)."""
+        image = self.image
+        folder = Path(image.path).parent if image else Path.home()
+        stem = Path(image.path).stem if image else "convscope"
+        origin = self.shown.provenance if self.shown else None
+        method = origin.method if origin else PHOTO
+        layer = (origin.layer or "") if origin else ""
+        name = "_".join(part for part in (stem, method, layer.replace(".", "-")) if part)
+        return str(folder / f"{name}{suffix}")
+
+    def canvas_click(self, x: float, y: float, shift: bool = False) -> CanvasAction | None:
+        """What a click at (x, y) of the shown picture asks for, if anything.
+
+        On an activation grid a click shows that tile's channel over the photo, and
+        Shift+click explains the neuron under the pointer; on one channel over the photo a
+        click explains that channel's neuron at the place clicked.
+        """
+        shown = self.shown
+        if shown is None or shown.method != "activations" or shown.result is None:
+            return None
+        result, display = shown.result, shown.display
+        if display.tile_shape is not None:
+            hit = tile_at(display, x, y)
+            order = result.metrics.get("channel_order", [])
+            if hit is None or hit.index >= len(order):
+                return None
+            if not shift:
+                return ShowChannel(int(order[hit.index]))
+            if hit.y is None:  # on the gap between tiles
+                return None
+            return ExplainNeuron(result.layer, int(order[hit.index]), hit.y, hit.x)
+        cell = map_cell_at(display, x, y)
+        channel = result.params.get("channel")
+        if cell is None or channel is None:
+            return None
+        return ExplainNeuron(result.layer, int(channel), *cell)
+
+    def click_hint(self) -> str:
+        """What a click on the shown picture does, for the status bar ("" when nothing)."""
+        shown = self.shown
+        if shown is None or shown.method != "activations":
+            return ""
+        if shown.display.tile_shape is not None:
+            return ("Click a tile to see its channel over the image; "
+                    "Shift+click a place on it for guided backprop of that neuron")
+        if shown.provenance.params.get("channel") is not None:
+            return "Click the image for guided backprop of this channel's neuron there"
+        return ""
+
+    # -- export -------------------------------------------------------------------------------
+    def output_paths(self, picture=None, array=None, animation=None) -> dict[Path, str]:
+        """Every file an export to these names writes, each with what it holds ("picture",
+        "sidecar", "array", "animation"); a name no export can take is refused here."""
+        from engine.view.animation import check_animation_path
+
+        paths: dict[Path, str] = {}
+        if picture:
+            picture = Path(picture)
+            if sidecar_path_for(picture) == picture:
+                raise OutputWriteError(picture, "the sidecar takes the .json name; give the picture a .png name")
+            paths[picture] = "picture"
+            paths[sidecar_path_for(picture)] = "sidecar"
+        for path, kind in ((array, "array"), (animation, "animation")):
+            if not path:
+                continue
+            path = Path(path)
+            if kind == "animation":
+                check_animation_path(path)
+            if path in paths:
+                raise OutputWriteError(path, f"the {paths[path]} is written there too; give each output its own name")
+            paths[path] = kind
+        return paths
+
+    def check_outputs(self, picture=None, array=None, animation=None, overwrite: bool = False) -> None:
+        """Refuse names that cannot be written (a folder, a file where a folder should be, a
+        file that exists without ``overwrite``) before a long run, not after it."""
+        paths = self.output_paths(picture, array, animation)
+        try:
+            check_targets(paths, overwrite=overwrite)
+        except OSError as error:
+            raise _output_error(error) from None
+
+    def existing_outputs(self, picture=None, array=None, animation=None) -> list[Path]:
+        """The files an export to these names would replace."""
+        return [path for path in self.output_paths(picture, array, animation) if path.exists()]
+
+    def export(self, picture=None, array=None, animation=None, *, view: ViewSettings | None = None,
+               fps: float = 12.0, overwrite: bool = False) -> list[Path]:
+        """Write what is shown: ``picture`` the PNG of ``picture(view)`` with its sidecar (and,
+        for an embedding, its coordinates as CSV beside them), ``array`` the raw result as
+        .npy, ``animation`` the run's frames as GIF or MP4.
+
+        All the files are written together: either all are new or all are as they were
+        (a full disk halfway leaves no new picture beside an old sidecar). Returns the
+        paths written; raises OutputExistsError for a file that exists unless ``overwrite``,
+        OutputWriteError naming the file and the reason when a write fails, and
+        NothingToExportError when what is shown has no such output.
+        """
+        from engine.view.animation import animation_file
+        from engine.view.export import array_file, picture_files
+
+        shown = self._require_shown()
+        self.output_paths(picture, array, animation)  # refuses impossible names before any encoding
+        files = []
+        if picture:
+            files += picture_files(picture, self.picture(view), self.sidecar(view))
+            points = shown.display.points
+            if points is not None:  # an embedding: its coordinates too, beside the picture
+                from engine.data.embedding import layout_csv
+
+                content = layout_csv(points.paths, points.groups, points.xy)
+                files.append((Path(picture).with_suffix(".csv"), lambda handle: handle.write(content)))
+        if array:
+            if shown.result is None or shown.result.array is None:
+                raise NothingToExportError(f"{shown.method} has no raw array to export")
+            files.append(array_file(array, shown.result.array))
+        if animation:
+            if shown.result is None or not shown.result.frames:
+                raise NothingToExportError(f"{shown.method} recorded no frames to animate: only an optimisation run "
+                                           "(DeepDream, class visualisation, style…) has frames")
+            files.append(animation_file(shown.result.frames, animation, fps))
+        try:
+            return write_together(files, overwrite=overwrite)
+        except OSError as error:
+            raise _output_error(error) from None
+
+    # -- helpers ----------------------------------------------------------------------------------
     def _require_model(self) -> LoadedModel:
         if self.model is None:
             raise MethodInputError("no model is loaded yet")
@@ -134,3 +418,45 @@ class Workbench:
         if self.image is None:
             raise MethodInputError("no image is open: open one with File > Open image")
         return self.image
+
+    def _require_shown(self) -> Shown:
+        if self.shown is None:
+            raise NothingToExportError("there is nothing to export yet")
+        return self.shown
+
+
+def _output_error(error: OSError) -> ConvScopeError:
+    target = error.filename or "the file"
+    if isinstance(error, FileExistsError):
+        return OutputExistsError(target)
+    return OutputWriteError(target, describe_write_failure(target, error))
+
+
+def summarise(result: Result) -> str:
+    """A result's numbers for its panel: "style loss 846.7 → 43.39" for a metric's first
+    and last values, a term that stayed 0 left out."""
+    parts = []
+    if result.layer:
+        parts.append(f"layer {result.layer}")
+    if result.target:
+        parts.append(f"class {result.target['label']}")
+    metrics = result.metrics
+
+    def number(value) -> str | None:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return None
+
+    for key, value in metrics.items():
+        shown = number(value)
+        if shown is None or key.endswith("_last") and key[:-len("_last")] + "_first" in metrics:
+            continue
+        name = key[:-len("_first")] if key.endswith("_first") else key
+        last = number(metrics.get(name + "_last")) if key.endswith("_first") else None
+        if last is None:
+            parts.append(f"{key.replace('_', ' ')} {shown}")
+        elif value or metrics[name + "_last"]:
+            parts.append(f"{name.replace('_', ' ')} {shown} → {last}")
+    return "; ".join(parts)

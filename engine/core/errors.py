@@ -58,3 +58,23 @@ class JobCancelled(ConvScopeError):
 
     def __init__(self, message: str = "Cancelled"):
         super().__init__(message)
+
+
+class OutputWriteError(ConvScopeError):
+    """A file the user asked for could not be written; ``reason`` says why in plain words."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class OutputExistsError(OutputWriteError):
+    """A file the user named exists already and replacing it was not allowed."""
+
+    def __init__(self, path):
+        super().__init__(path, "it exists already")
+
+
+class NothingToExportError(ConvScopeError):
+    """What is shown has no such output: no raw array, no recorded frames, nothing at all."""

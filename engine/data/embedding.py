@@ -105,9 +105,15 @@ def snap_to_grid(layout: np.ndarray, columns: int, rows: int, seed: int = 0) -> 
 
 def write_csv(path: str | os.PathLike, paths: list[str], groups: list[str], layout: np.ndarray) -> Path:
     """The layout as CSV: one row per image with its path, group and coordinates."""
+    content = layout_csv(paths, groups, layout)
+    return write_atomically(path, lambda handle: handle.write(content), overwrite=True)
+
+
+def layout_csv(paths: list[str], groups: list[str], layout: np.ndarray) -> bytes:
+    """The CSV ``write_csv`` writes, as bytes: a header, then path, group, x, y per image."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "group", "x", "y"])
     for image, group, (x, y) in zip(paths, groups, layout):
         writer.writerow([image, group, f"{x:.6g}", f"{y:.6g}"])
-    return write_atomically(path, lambda handle: handle.write(buffer.getvalue().encode()), overwrite=True)
+    return buffer.getvalue().encode()

@@ -9,6 +9,8 @@ with a message that says which.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import secrets
@@ -184,6 +186,133 @@ def write_atomically(path: str | os.PathLike, write, *, overwrite: bool = False)
             pass
         raise
     return path
+
+
+def write_together(files, *, overwrite: bool = False) -> list[Path]:
+    """Write several files so that either all of them are new or all are as they were.
+
+    ``files`` is a sequence of ``(path, write)`` pairs; ``write(handle)`` writes one file's
+    bytes. Every file is first written in full to a temporary sibling, so a full disk or a
+    failing writer changes nothing under the final names. Then the files are moved into
+    place one by one, each existing one kept under a hidden name until all are in: if a
+    move fails, those already moved are put back. (Only a kill in the microseconds between
+    two moves can leave a mix.) A picture and its sidecar are written this way, so the new
+    PNG never sits beside the old run's JSON.
+
+    Raises what ``check_targets`` raises before anything is written; any later OSError
+    carries in ``filename`` the target it was writing, not a temporary name.
+    """
+    targets = check_targets([path for path, _write in files], overwrite=overwrite)
+    staged: list[Path] = []
+    try:
+        for target, (_path, write) in zip(targets, files):
+            with _failing_as(target):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                staged.append(_stage(target, write))
+        _move_into_place(targets, staged)
+    finally:
+        for tmp in staged:
+            _remove_quietly(tmp)
+    return targets
+
+
+@contextlib.contextmanager
+def _failing_as(target: Path):
+    """An OSError inside names ``target``, not the temporary file it happened on."""
+    try:
+        yield
+    except OSError as exc:
+        exc.filename = str(target)
+        raise
+
+
+def check_targets(paths, *, overwrite: bool = False) -> list[Path]:
+    """The paths, if files can be written there; the OSError a write would meet otherwise.
+
+    Checked: no name twice, no folder under a file's name, no file where a parent folder
+    should be, and (unless ``overwrite``) no file that exists already. Cheap, so a long
+    job can check its outputs before it starts.
+    """
+    targets = [Path(path) for path in paths]
+    if len(set(targets)) != len(targets):
+        raise ValueError("the same file is named twice: " + ", ".join(str(t) for t in targets))
+    for target in targets:
+        if target.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(target))
+        blocking = _file_among_parents(target)
+        if blocking is not None:
+            raise NotADirectoryError(errno.ENOTDIR, f"{blocking} is a file, not a folder", str(target))
+        if target.exists() and not overwrite:
+            raise FileExistsError(errno.EEXIST, "already exists", str(target))
+    return targets
+
+
+def _stage(target: Path, write) -> Path:
+    """``write`` into a temporary sibling of ``target``, flushed to the disk; its path."""
+    fd, tmp = _create_temporary_sibling(target)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return tmp
+
+
+def _move_into_place(targets: list[Path], staged: list[Path]) -> None:
+    moved: list[tuple[Path, Path | None]] = []  # each target moved so far, and where its old file waits
+    try:
+        for target, tmp in zip(targets, staged):
+            with _failing_as(target):
+                kept = _keep_old(target) if target.exists() else None
+                moved.append((target, kept))
+                os.replace(tmp, target)
+    except BaseException:
+        for target, kept in reversed(moved):
+            try:
+                if kept is None:
+                    target.unlink(missing_ok=True)
+                elif target.exists() and os.path.samefile(kept, target):
+                    os.unlink(kept)  # its move never happened (renaming a link onto itself would do nothing)
+                else:
+                    os.replace(kept, target)
+            except OSError:
+                pass  # the error being raised says what went wrong; nothing better to do here
+        raise
+    for _target, kept in moved:
+        if kept is not None:
+            _remove_quietly(kept)
+
+
+def _keep_old(target: Path) -> Path:
+    """A hidden second name for ``target``'s current file, so it can be put back."""
+    while True:
+        kept = target.with_name(f".{target.name}.{secrets.token_hex(4)}.replaced")
+        try:
+            os.link(target, kept)  # the file stays in place: no moment without it
+            return kept
+        except FileExistsError:
+            continue
+        except OSError:  # a file system without hard links: move it aside instead
+            os.replace(target, kept)
+            return kept
+
+
+def _file_among_parents(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is not a folder (a file in the way)."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _create_temporary_sibling(path: Path) -> tuple[int, Path]:

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from engine.core.errors import ConvScopeError
-from engine.data.images import write_atomically
+from engine.data.images import write_together
 
 
 class FrameRecorder:
@@ -73,20 +73,32 @@ def write_animation(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: 
                     overwrite: bool = False) -> Path:
     """Write frames (HxWx3 uint8, all one size, oldest first) as an animated GIF or an MP4.
 
-    The format follows the suffix. The file is written atomically (``write_atomically``):
-    an interrupted export leaves nothing under ``path``, and an existing file is replaced
-    only with ``overwrite``. MP4 needs the package imageio-ffmpeg, which ships ffmpeg.
+    The format follows the suffix. The file is written through a temporary sibling
+    (``write_together``): an interrupted export leaves nothing under ``path``, and an
+    existing file is replaced only with ``overwrite``. MP4 needs the package
+    imageio-ffmpeg, which ships ffmpeg.
     """
+    return write_together([animation_file(frames, path, fps)], overwrite=overwrite)[0]
+
+
+def check_animation_path(path: str | os.PathLike) -> Path:
+    """``path`` if its suffix names a format we write; AnimationExportError otherwise."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in ANIMATION_SUFFIXES:
+    if path.suffix.lower() not in ANIMATION_SUFFIXES:
         raise AnimationExportError(f"{path.name}: an animation is written as .gif or .mp4, not '{path.suffix or 'no suffix'}'")
+    return path
+
+
+def animation_file(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float) -> tuple[Path, object]:
+    """The animation as a ``(path, write)`` pair for ``write_together``; bad frames, a bad
+    frame rate or an unknown suffix fail here, before anything is written."""
+    path = check_animation_path(path)
     if not fps > 0 or not np.isfinite(fps):
         raise AnimationExportError(f"the frame rate must be a positive number of frames per second, not {fps}")
     frames = _checked_frames(frames)
-    if suffix == ".gif":
-        return _write_gif(frames, path, fps, overwrite)
-    return _write_mp4(frames, path, fps, overwrite)
+    if path.suffix.lower() == ".gif":
+        return path, _gif_writer(frames, fps)
+    return path, _mp4_writer(frames, fps)
 
 
 def _checked_frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -104,7 +116,7 @@ def _checked_frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
     return frames
 
 
-def _write_gif(frames: list[np.ndarray], path: Path, fps: float, overwrite: bool) -> Path:
+def _gif_writer(frames: list[np.ndarray], fps: float):
     # One palette for the whole animation, built from a sample of its frames: a palette per
     # frame would make still regions flicker from frame to frame.
     sample = frames[:: max(1, len(frames) // 16)]
@@ -119,10 +131,10 @@ def _write_gif(frames: list[np.ndarray], path: Path, fps: float, overwrite: bool
         pictures[0].save(handle, format="GIF", save_all=True, append_images=pictures[1:], duration=duration, loop=0,
                          optimize=False, disposal=1)
 
-    return write_atomically(path, write, overwrite=overwrite)
+    return write
 
 
-def _write_mp4(frames: list[np.ndarray], path: Path, fps: float, overwrite: bool) -> Path:
+def _mp4_writer(frames: list[np.ndarray], fps: float):
     try:
         import imageio_ffmpeg
 
@@ -133,16 +145,20 @@ def _write_mp4(frames: list[np.ndarray], path: Path, fps: float, overwrite: bool
     # H.264 in yuv420p (what every player reads) needs even sides: repeat the last row or column.
     height, width = frames[0].shape[:2]
     pad = ((0, height % 2), (0, width % 2), (0, 0))
-    with tempfile.TemporaryDirectory(prefix="convscope-mp4-") as folder:
-        encoded = Path(folder) / "animation.mp4"
-        writer = imageio_ffmpeg.write_frames(str(encoded), (width + width % 2, height + height % 2), fps=fps,
-                                             codec="libx264", pix_fmt_out="yuv420p", quality=8, macro_block_size=1,
-                                             ffmpeg_log_level="error")
-        writer.send(None)  # start ffmpeg
-        try:
-            for frame in frames:
-                writer.send(np.ascontiguousarray(np.pad(frame, pad, mode="edge")))
-        finally:
-            writer.close()
-        with open(encoded, "rb") as source:
-            return write_atomically(path, lambda handle: shutil.copyfileobj(source, handle), overwrite=overwrite)
+
+    def write(handle) -> None:
+        with tempfile.TemporaryDirectory(prefix="convscope-mp4-") as folder:
+            encoded = Path(folder) / "animation.mp4"
+            writer = imageio_ffmpeg.write_frames(str(encoded), (width + width % 2, height + height % 2), fps=fps,
+                                                 codec="libx264", pix_fmt_out="yuv420p", quality=8, macro_block_size=1,
+                                                 ffmpeg_log_level="error")
+            writer.send(None)  # start ffmpeg
+            try:
+                for frame in frames:
+                    writer.send(np.ascontiguousarray(np.pad(frame, pad, mode="edge")))
+            finally:
+                writer.close()
+            with open(encoded, "rb") as source:
+                shutil.copyfileobj(source, handle)
+
+    return write

@@ -2,8 +2,9 @@
 
 The sidecar records what is needed to reproduce the picture (model, weights, layer,
 method and parameters, source image, preprocessing, device) and the versions of the
-software that drew it. Both files are written atomically, so an interrupted export never
-leaves half a file under the user's chosen name.
+software that drew it. The files are written together (``write_together``): an
+interrupted or failed export leaves either all of them new or all as they were, never
+half a file under the user's chosen name, nor a new picture beside an old sidecar.
 
 This module is imported by the GUI at start-up, so it stays cheap: no Qt ever, and torch
 is only imported when its version is asked for.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import functools
 import importlib
 import io
@@ -27,7 +29,7 @@ import numpy as np
 import PIL
 
 from engine import __version__
-from engine.data.images import image_from_array, write_atomically
+from engine.data.images import image_from_array, write_together
 
 # Bumped whenever a sidecar key changes meaning, so readers can tell old files apart.
 SIDECAR_FORMAT = 1
@@ -134,33 +136,60 @@ def export_png(
 ) -> tuple[Path, Path]:
     """Write ``rgb`` (HxWx3 uint8) as a PNG at ``path`` and ``sidecar`` as JSON next to it.
 
-    Unless ``overwrite`` is true, nothing is written if either file exists already
-    (FileExistsError names it). Returns the paths of the PNG and the sidecar.
+    The pair is written together (``write_together``): either both files are new or both
+    are as they were. Unless ``overwrite`` is true, nothing is written if either file
+    exists already (FileExistsError names it). Returns the paths of the PNG and the sidecar.
+    """
+    png_path = Path(path)
+    written = write_together(picture_files(png_path, rgb, sidecar), overwrite=overwrite)
+    return written[0], written[1]
+
+
+def picture_files(path: str | os.PathLike, rgb: np.ndarray, sidecar: dict) -> list[tuple[Path, object]]:
+    """The PNG and its sidecar as ``(path, write)`` pairs for ``write_together``.
+
+    Everything that can fail short of the disk (a wrong array, a .json name) fails here,
+    before the first byte is written.
     """
     png_path = Path(path)
     json_path = sidecar_path_for(png_path)
     if json_path == png_path:
         raise ValueError(f"{png_path}: a picture cannot be exported under a .json name")
-
-    # Everything that can fail is done before the first byte reaches the disk.
     png_bytes = _encode_png(rgb)
     json_bytes = (
         json.dumps(to_jsonable(sidecar), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     ).encode("utf-8")
-    if not overwrite:
-        for existing in (png_path, json_path):
-            if existing.exists():
-                raise FileExistsError(f"{existing} already exists; choose another name or allow overwriting")
+    return [(png_path, _writing(png_bytes)), (json_path, _writing(json_bytes))]
 
-    write_atomically(png_path, lambda handle: handle.write(png_bytes), overwrite=overwrite)
-    try:
-        write_atomically(json_path, lambda handle: handle.write(json_bytes), overwrite=overwrite)
-    except BaseException:
-        if not overwrite:
-            # The PNG is new (it was checked above): don't leave it without its sidecar.
-            png_path.unlink(missing_ok=True)
-        raise
-    return png_path, json_path
+
+def array_file(path: str | os.PathLike, array: np.ndarray) -> tuple[Path, object]:
+    """A raw result as float32 ``.npy``, as a ``(path, write)`` pair for ``write_together``."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, dtype=np.float32))
+    return Path(path), _writing(buffer.getvalue())
+
+
+def _writing(content: bytes):
+    return lambda handle: handle.write(content)
+
+
+def describe_write_failure(target: str | os.PathLike, error: OSError) -> str:
+    """Why ``target`` could not be written, in words a person can act on."""
+    target = Path(target)
+    blocking = next((parent for parent in target.parents if parent.exists()), None)
+    if isinstance(error, IsADirectoryError) or target.is_dir():
+        return "it is a folder"
+    if blocking is not None and not blocking.is_dir():
+        return f"{blocking} is a file, not a folder"
+    if error.errno == errno.ENOSPC:
+        return "the disk is full"
+    if error.errno == errno.EDQUOT:
+        return "the disk quota is used up"
+    if error.errno == errno.EROFS:
+        return "the file system is read-only"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"no permission to write in {target.parent}"
+    return error.strerror or str(error)
 
 
 def _encode_png(rgb: np.ndarray) -> bytes:
@@ -175,8 +204,4 @@ def _encode_png(rgb: np.ndarray) -> bytes:
 
 def save_array(path: str | os.PathLike, array: np.ndarray) -> Path:
     """A method's raw result as float32 ``.npy``, written atomically (replacing any old file)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(array, dtype=np.float32))
-    target = Path(path)
-    write_atomically(target, lambda handle: handle.write(buffer.getvalue()), overwrite=True)
-    return target
+    return write_together([array_file(path, array)], overwrite=True)[0]
