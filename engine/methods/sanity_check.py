@@ -35,6 +35,7 @@ from engine.view.gallery import Tile, render_gallery
 from engine.core.jobs import Frame, Progress, Result
 from engine.view.display import Display
 from engine.view.render import apply_colormap
+from engine.methods.registry import METHODS  # read when run: engine.methods fills it after importing this module
 from engine.methods.base import SEED, TARGET, MethodContext, MethodSpec, Param
 
 # The attribution methods compared by default, those of them that exist when it runs.
@@ -133,8 +134,6 @@ def _grid(method_ids, originals, maps, labels, scores) -> np.ndarray:
 
 
 def run(ctx, methods="", steps=0, target=None, metric="spearman", seed=0):
-    from engine.methods import METHODS  # at run time: methods written later are found too
-
     image = ctx.require_image()
     if metric not in METRICS:
         raise MethodInputError(f"--metric must be one of {', '.join(METRICS)}, not '{metric}'")

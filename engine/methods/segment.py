@@ -30,6 +30,7 @@ import numpy as np
 from engine.core.errors import MethodInputError
 from engine.core.jobs import Progress, Result, within
 from engine.view.display import Display
+from engine.methods.registry import METHODS  # read when run: engine.methods fills it after importing this module
 from engine.methods.base import SEED, TARGET, MethodSpec, Param
 
 WORK_SIDE = 480  # GrabCut's working resolution (longer side), in pixels: about 1.3 s of CPU at 480x320
@@ -65,8 +66,6 @@ def _working_size(width: int, height: int) -> tuple[int, int]:
 
 
 def run(ctx, target=None, fg_percentile=95.0, bg_percentile=30.0, iterations=5, smooth=0.03, seed=0):
-    from engine.methods import METHODS  # looked up at run time: the registry is being built while this module loads
-
     image = ctx.require_image()
     cv2 = _opencv()
     fg_percentile, bg_percentile, iterations, smooth = float(fg_percentile), float(bg_percentile), int(iterations), float(smooth)
