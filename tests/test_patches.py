@@ -11,7 +11,7 @@ from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
 from engine.methods.patches import parse_channels
 from engine.models.preprocessing import Preprocessing
-from engine.models.registry import LoadedModel
+from engine.models.model import LoadedModel
 
 
 def colour_detector() -> LoadedModel:

@@ -16,7 +16,7 @@ from engine.core.errors import MethodInputError
 from engine.anatomy.activations import FeatureCache
 from engine.data.images import LoadedImage, load_image
 from engine.core.jobs import CancelToken, Job
-from engine.anatomy.layer_tree import LayerNode, cached_layer_tree
+from engine.anatomy.layer_tree import LayerNode
 from engine.methods import METHODS, MethodContext, MethodSpec, family_of
 from engine.models.registry import BUNDLED_MODEL, LoadedModel, available_models, load_model
 
@@ -112,7 +112,7 @@ class Workbench:
             width, height = model.preprocessing.input_size(*self.image.size)
         else:
             height = width = model.preprocessing.size
-        return cached_layer_tree(model.module, (height, width), device=model.device)
+        return model.state.layer_tree((height, width))
 
     def run(self, method_id: str, params: dict, cancel: CancelToken) -> Job:
         spec = METHODS.get(method_id)

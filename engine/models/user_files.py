@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from engine.core.errors import ModelLoadError, UntrustedFileError
-from engine.models.registry import _first_line
+from engine.models.model import first_line
 
 # Training checkpoints often wrap the weights (or the model) in a dict under one of these.
 CHECKPOINT_KEYS = ("state_dict", "model")
@@ -121,7 +121,7 @@ def _load_torchscript(path: Path) -> nn.Module:
         try:
             return torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # a damaged archive can fail in many ways; say which file and why
-            raise _unreadable(path, _first_line(exc)) from None
+            raise _unreadable(path, first_line(exc)) from None
 
 
 def _load_weights_only(path: Path) -> Any:
@@ -138,7 +138,7 @@ def _load_weights_only(path: Path) -> Any:
             raise _unreadable(path, "not a readable pickle") from None
         raise UntrustedFileError(_untrusted_message(path, code_names)) from None
     except Exception as exc:  # torch.load fails in many ways on a file that is not a checkpoint
-        raise _unreadable(path, _first_line(exc)) from None
+        raise _unreadable(path, first_line(exc)) from None
 
 
 def _load_trusted(path: Path) -> Any:
@@ -146,11 +146,11 @@ def _load_trusted(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (AttributeError, ImportError) as exc:
         raise ModelLoadError(
-            f"cannot load {path.name}: {_first_line(exc)}. A pickled model needs the Python code that "
+            f"cannot load {path.name}: {first_line(exc)}. A pickled model needs the Python code that "
             f"defined its classes to be importable; a TorchScript export of it does not"
         ) from None
     except Exception as exc:  # anything can go wrong while running someone else's pickle
-        raise _unreadable(path, _first_line(exc)) from None
+        raise _unreadable(path, first_line(exc)) from None
 
 
 def _pickled_code_names(path: Path) -> list[str] | None:

@@ -37,7 +37,7 @@ from torchvision.models import WeightsEnum, get_model, get_model_weights
 from engine.core.errors import ModelLoadError, WeightsMissingError
 from engine.core.jobs import CancelToken
 from engine.models.preprocessing import Preprocessing
-from engine.models.registry import ModelSpec, ProgressCallback
+from engine.models.model import ModelSpec, ProgressCallback
 from engine.models.user_files import load_state_dict_file
 
 DOWNLOAD_TIMEOUT_S = 30  # socket timeout for connecting and for each read
