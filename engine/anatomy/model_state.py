@@ -33,6 +33,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from numbers import Integral
 from types import MappingProxyType
 from typing import Callable, Iterable, TypeVar
 
@@ -106,8 +107,8 @@ class ModelState:
     def _size(self, size: Size) -> InputSize:
         if size is None:
             return self.input_size
-        if isinstance(size, int):
-            return (size, size)
+        if isinstance(size, Integral):
+            return (int(size), int(size))
         return (int(size[0]), int(size[1]))
 
     # -- shapes, receptive fields, the layer tree --------------------------------------------

@@ -47,6 +47,7 @@ from torch.nn import functional as F
 
 from engine.core.device import is_out_of_memory
 from engine.core.errors import MethodInputError
+from engine.anatomy.hooks import first_tensor
 from engine.core.jobs import Frame, Progress, Result
 from engine.view.display import Display
 from engine.core.memory import keep_freed_memory
@@ -165,9 +166,7 @@ def _probabilities(module, batch: torch.Tensor, index: int) -> np.ndarray:
     mode would leak into whatever code runs between its events.
     """
     with torch.inference_mode():
-        logits = module(batch)
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
+        logits = first_tensor(module(batch))
         return torch.softmax(logits.float(), dim=1)[:, index].cpu().numpy()
 
 
