@@ -20,7 +20,8 @@ from engine.data.images import load_image
 from engine.core.jobs import drive
 from engine.core.memory import keep_freed_memory
 from engine.methods import METHODS, MethodContext
-from engine.models.registry import LoadedModel, load_model
+from engine.models.model import LoadedModel
+from engine.models.registry import load_model
 from engine.data.samples import sample_path
 
 from bench.common import Row, median_time, median_times_interleaved

@@ -27,7 +27,7 @@ from torch import nn
 
 from engine.core.memory import keep_freed_memory
 from engine.models.preprocessing import Preprocessing
-from engine.models.registry import LoadedModel
+from engine.models.model import LoadedModel
 from engine.models.zoo import build_architecture
 from engine.style.perceptual import Features, PerceptualLoss, gram_targets, perceptual_layers
 

@@ -16,7 +16,8 @@ from torch import nn
 
 from engine.data.images import load_image
 from engine.models.preprocessing import Preprocessing
-from engine.models.registry import LoadedModel, load_model
+from engine.models.model import LoadedModel
+from engine.models.registry import load_model
 from engine.data.samples import sample_path
 
 torch.set_num_threads(2)

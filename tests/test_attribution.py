@@ -15,7 +15,7 @@ from engine.data.images import LoadedImage
 from engine.core.jobs import CancelToken, Progress, drive
 from engine.methods import METHODS, MethodContext
 from engine.methods.integrated_gradients import baseline_image
-from engine.models.registry import LoadedModel
+from engine.models.model import LoadedModel
 from engine.view.render import overlay_map
 from tests.conftest import make_tiny_model
 from tests.test_methods import random_image
@@ -91,7 +91,7 @@ class KeepsItsPreActivation(nn.Module):
 
 
 @pytest.mark.parametrize("keep", [False, True])
-def test_gradients_go_through_the_folded_copy_where_its_backward_works(keep):
+def test_gradients_go_through_the_fast_copy_where_its_backward_works(keep):
     torch.manual_seed(0)
     net = KeepsItsPreActivation()
     net.keep = keep
@@ -306,7 +306,7 @@ def test_with_one_positive_gradient_per_channel_layercam_is_gradcam():
 
 
 def test_gradcam_of_a_layer_an_in_place_activation_follows_sees_its_own_values():
-    # The folded copy's ReLU6 runs in place on the batch norm's output (an identity there):
+    # The fast copy's ReLU6 runs in place on the batch norm's output (an identity there):
     # Grad-CAM of "bn" must still weight the pre-activation maps, negative values included.
     torch.manual_seed(0)
     net = KeepsItsPreActivation()

@@ -18,7 +18,7 @@ from engine.methods import METHODS, MethodContext
 from engine.methods import dream as dream_module
 from engine.methods.dream import DreamObjective, guided_term
 from engine.data.samples import sample_path
-from engine.optvis.tiling import output_shapes, tile_windows, tiled_gradient, tiling_geometry
+from engine.optvis.tiling import tile_windows, tiled_gradient, tiling_geometry
 from tests.conftest import make_tiny_model
 
 
@@ -43,10 +43,11 @@ def whole_gradient(objective, unit):
 
 def tiled(objective, model, unit, tile, margin, offset=(0, 0)):
     paths = list(objective.weights)
-    geometry = tiling_geometry(model.module, paths, model.preprocessing.size)
+    geometry = tiling_geometry(model, paths)
     objective.jumps = geometry.jumps
     height, width = unit.shape[-2:]
-    numel = {path: math.prod(shape) for path, shape in output_shapes(model.module, paths, objective.last, height, width).items()}
+    shapes = model.state.output_shapes((height, width), until=objective.last)
+    numel = {path: math.prod(shapes[path]) for path in paths}
     windows = tile_windows(height, width, tile, margin, geometry.align, offset)
     gradient, loss, _ = tiled_gradient(lambda crop, window: objective(crop, window, numel), unit, windows)
     return loss, gradient, geometry, windows
@@ -187,7 +188,7 @@ def test_tiled_gradient_equals_the_whole_images_when_the_margin_covers_the_recep
     unit = torch.rand(1, 3, 41, 36, generator=torch.Generator().manual_seed(2))
     objective = DreamObjective(model, {layer: 1.0}, layer)
     loss, whole = whole_gradient(objective, unit)
-    geometry = tiling_geometry(model.module, [layer], 16)
+    geometry = tiling_geometry(model, [layer], 16)
     for offset in [(0, 0), (3, 6)]:
         tiled_loss, gradient, _, windows = tiled(objective, model, unit, tile=8, margin=geometry.reach, offset=offset)
         assert len(windows) >= 25

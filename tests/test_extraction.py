@@ -15,8 +15,8 @@ from tests.conftest import make_tiny_model
 from engine.data.datasets import load_square, open_dataset
 from engine.core.errors import JobCancelled, MethodInputError
 from engine.data.extraction import extract, image_vector
-from engine.anatomy.fast_copy import inference_copy
 from engine.core.jobs import CancelToken, Progress, drive
+from engine.models.model import LoadedModel
 
 SIZE = 16
 
@@ -54,13 +54,13 @@ def folder(tmp_path) -> Path:
 
 class ForwardCounter:
     """Counts the images the model's forward pass sees, run as it is or as its fast copy
-    (the one ``engine.anatomy.fast_copy`` caches, which extraction runs)."""
+    (the one ``model.state`` keeps, which extraction runs)."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    def __init__(self, model: LoadedModel) -> None:
         self.images = 0
         self.calls = 0
-        copy = inference_copy(module, torch.zeros(1, 3, SIZE, SIZE))
-        for network in {module, copy}:
+        copy = model.state.fast_copy(torch.zeros(1, 3, SIZE, SIZE))
+        for network in {model.module, copy}:
             network.register_forward_pre_hook(self)
 
     def __call__(self, _module, inputs):
@@ -117,14 +117,14 @@ def test_a_corrupt_file_is_skipped_and_listed_while_the_rest_extract(model, fold
     assert all(Path(path).name in message for path, message in result.failures)
     assert not any(Path(p).name in ("broken.png", "text.jpg") for p in result.paths)
     # the bad files are listed again next time, and still cost no forward pass
-    counter = ForwardCounter(model.module)
+    counter = ForwardCounter(model)
     again, _ = run(model, open_dataset(folder))
     assert counter.images == 0 and len(again.failures) == 2 and np.array_equal(again.vectors, result.vectors)
 
 
 def test_reopening_an_unchanged_dataset_runs_no_forward(model, folder):
     first, _ = run(model, open_dataset(folder))
-    counter = ForwardCounter(model.module)
+    counter = ForwardCounter(model)
     second, events = run(model, open_dataset(folder))
     assert counter.calls == 0 and second.computed == 0
     assert np.array_equal(second.vectors, first.vectors)
@@ -138,7 +138,7 @@ def test_a_modified_file_is_extracted_again_alone(model, folder):
     stat = target.stat()
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # coarse clocks: make sure it differs
     (folder / "new.png").write_bytes((folder / "cat" / "chelsea.png").read_bytes())
-    counter = ForwardCounter(model.module)
+    counter = ForwardCounter(model)
     dataset = open_dataset(folder)
     result, _ = run(model, dataset)
     assert counter.images == 2 and result.computed == 2
@@ -156,7 +156,7 @@ def test_a_cancelled_extraction_keeps_its_finished_batches(model, folder):
         if progress.fraction > 0:
             cancel.cancel()
 
-    counter = ForwardCounter(model.module)
+    counter = ForwardCounter(model)
     with pytest.raises(JobCancelled):
         drive(extract(model, dataset, "features.4", batch_size=2, cancel=cancel), on_progress=cancel_after_first_batch)
     assert counter.images == 2
@@ -184,7 +184,7 @@ def test_a_failing_store_write_stops_the_run_and_keeps_the_batches_before_it(mod
     with pytest.raises(OSError, match="No space left"):
         run(model, dataset, batch_size=3)
     monkeypatch.setattr(FeatureStore, "append", real_append)
-    counter = ForwardCounter(model.module)
+    counter = ForwardCounter(model)
     result, _ = run(model, dataset, batch_size=3)
     assert result.computed == counter.images == len(PHOTOS) - 3  # only the first batch had landed
 
@@ -200,13 +200,13 @@ def test_cancel_interrupts_a_running_batch_and_keeps_the_finished_ones(model, fo
             cancel.cancel()  # the user presses Cancel while batch 2 is half way through the model
 
     reached_layer = []
-    network = inference_copy(model.module, torch.zeros(1, 3, SIZE, SIZE), layer="features.4")  # what extraction runs
+    network = model.state.fast_copy(torch.zeros(1, 3, SIZE, SIZE), layer="features.4")  # what extraction runs
     network.features[2].register_forward_pre_hook(cancel_in_second_batch)
     network.features[4].register_forward_hook(lambda *_: reached_layer.append(1))
     with pytest.raises(JobCancelled):
         drive(extract(model, dataset, "features.4", batch_size=3, cancel=cancel))
     assert len(reached_layer) == 1  # batch 2 stopped before reaching the layer
-    counter = ForwardCounter(model.module)
+    counter = ForwardCounter(model)
     result, _ = run(model, dataset, batch_size=3)
     assert result.computed == counter.images == len(PHOTOS) - 3
 
@@ -229,7 +229,7 @@ def test_channel_max_agrees_with_a_direct_computation(model, folder):
     with pytest.raises(MethodInputError):
         result.channel_maxima([16])
     # a separate store from the pooled features, also cached
-    counter = ForwardCounter(model.module)
+    counter = ForwardCounter(model)
     run(model, dataset, kind="channel-max")
     assert counter.calls == 0
     run(model, dataset, kind="avgpool")

@@ -16,7 +16,7 @@ from engine.attribution.guided import guided_relus
 from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
 from engine.models.preprocessing import Preprocessing
-from engine.models.registry import LoadedModel
+from engine.models.model import LoadedModel
 from tests.conftest import make_tiny_model
 from tests.test_attribution import Normalised, face_density_ratio, tiny, unit_input
 from tests.test_methods import random_image
@@ -30,12 +30,17 @@ def run(method, ctx, **params):
 def guided_gradient(model, pixels, target):
     """As the method takes it: through the model's copy with batch norms folded into the convolutions."""
     network = gradient_network(model, pixels)
-    with guided_relus(network, network_input(model, pixels)):
+    with guided_relus(model, network, network_input(model, pixels)):
         return score_gradient(model, pixels, class_score(target), network)[0]
 
 
 def wrap(module, size, labels=5):
     module = module.eval().requires_grad_(False)
+    return as_model(module, size, labels)
+
+
+def as_model(module, size=8, labels=5):
+    """A LoadedModel around ``module`` as it is (its flags and gradients untouched)."""
     return LoadedModel(name="test", module=module, preprocessing=Preprocessing(size=size, mean=(0.0,) * 3, std=(1.0,) * 3),
                        labels=[f"class {i}" for i in range(labels)], weights="random")
 
@@ -60,7 +65,7 @@ def test_a_relu_like_unit_passes_back_only_positive_gradient_where_its_input_was
     x = torch.tensor([-2.0, -0.5, 0.5, 3.0, 7.0]).repeat(4).view(1, 1, 4, 5)
     w = torch.randn(1, 1, 4, 5)
     module = Hinge(act, w)
-    with guided_relus(module, x):
+    with guided_relus(as_model(module), module, x):
         pixels = x.clone().requires_grad_()
         guided, = torch.autograd.grad(module(pixels).sum(), pixels)
     # zero where the input was <= 0 or the incoming gradient w was negative; ReLU6 also above 6
@@ -142,12 +147,13 @@ def test_the_deconvnet_rule_sends_back_the_positive_gradient_wherever_it_arrives
     net = Residual(inplace).eval()
     net.load_state_dict(reference.state_dict())
     pixels = x.clone().requires_grad_()
-    with guided_relus(net, x[:1], rule="deconvnet") as guide:
+    model = as_model(net)
+    with guided_relus(model, net, x[:1], rule="deconvnet") as guide:
         got, = torch.autograd.grad(net(pixels)[:, 1].sum(), pixels)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-9)
     assert "DeconvNet rule at 3" in guide.note
     pixels = x.clone().requires_grad_()
-    with guided_relus(net, x[:1]):  # the guided rule gives another map
+    with guided_relus(model, net, x[:1]):  # the guided rule gives another map
         guided, = torch.autograd.grad(net(pixels)[:, 1].sum(), pixels)
     assert not torch.allclose(guided, expected)
 
@@ -326,7 +332,7 @@ def test_hooks_are_removed_when_the_block_fails():
     model, _ = tiny()
     x = torch.rand(1, 3, 16, 16)
     with pytest.raises(RuntimeError, match="boom"):
-        with guided_relus(model.module, x):
+        with guided_relus(model, model.module, x):
             raise RuntimeError("boom")
     assert not any(module._forward_hooks for module in model.module.modules())
 

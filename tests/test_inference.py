@@ -1,4 +1,4 @@
-"""The fast inference copy: folding keeps the model's function and every layer's meaning."""
+"""The fast copy: folding keeps the model's function and every layer's meaning."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import torch
 from torch import nn
 
 from engine.data.extraction import layer_rows
-from engine.anatomy.fast_copy import in_fast_layout, inference_copy, run_in_fast_layout
 from engine.models.preprocessing import Preprocessing
-from engine.models.registry import LoadedModel
+from engine.models.model import LoadedModel
 
 
 class ConvNormNet(nn.Module):
@@ -43,6 +42,11 @@ def _trained(net: nn.Module) -> nn.Module:
     return net.eval()
 
 
+def loaded(net: nn.Module, size: int = 12) -> LoadedModel:
+    return LoadedModel(name="conv-norm", module=net, preprocessing=Preprocessing(size=size, mean=(0.0,) * 3, std=(1.0,) * 3),
+                       labels=[str(i) for i in range(4)], weights="random")
+
+
 @pytest.fixture
 def net():
     return _trained(ConvNormNet())
@@ -50,7 +54,7 @@ def net():
 
 def test_the_copy_folds_the_norm_into_the_conv_and_computes_the_same_function(net):
     x = torch.randn(2, 3, 12, 12)
-    twin = inference_copy(net, x[:1])
+    twin = loaded(net).state.fast_copy(x[:1])
     assert twin is not net and isinstance(twin.norm, nn.Identity) and isinstance(net.norm, nn.BatchNorm2d)
     with torch.inference_mode():
         assert torch.allclose(twin(x), net(x), atol=1e-5)
@@ -60,9 +64,12 @@ def test_the_copy_folds_the_norm_into_the_conv_and_computes_the_same_function(ne
 
 def test_a_caller_reading_a_folded_conv_gets_the_model_itself(net):
     sample = torch.randn(1, 3, 12, 12)
-    assert inference_copy(net, sample, layer="conv") is net  # its output would be the norm's
-    assert inference_copy(net, sample, layer="norm") is not net
-    assert inference_copy(net, sample, layer="relu") is not net
+    state = loaded(net).state
+    assert state.fast_copy(sample, layer="conv") is net  # its output would be the norm's
+    assert state.fast_copy(sample, layer="norm") is not net
+    assert state.fast_copy(sample, layer="relu") is not net
+    assert state.gradient_network(sample, layer="conv") is net
+    assert state.gradient_network(sample) is state.fast_copy(sample)  # its backward works
 
 
 @pytest.mark.parametrize("layer, reference", [
@@ -71,9 +78,7 @@ def test_a_caller_reading_a_folded_conv_gets_the_model_itself(net):
     ("relu", lambda net, x: net.relu(net.norm(net.conv(x)))),
 ])
 def test_extracted_rows_mean_the_layer_the_tree_names(net, layer, reference):
-    model = LoadedModel(name="conv-norm", module=net, preprocessing=Preprocessing(size=12, mean=(0.0,) * 3,
-                                                                                 std=(1.0,) * 3),
-                        labels=[str(i) for i in range(4)], weights="random")
+    model = loaded(net)
     x = torch.randn(3, 3, 12, 12)
     with torch.inference_mode():
         expected = reference(net, x).mean(dim=(2, 3)).numpy()
@@ -82,21 +87,31 @@ def test_extracted_rows_mean_the_layer_the_tree_names(net, layer, reference):
 
 def test_a_model_that_cannot_take_channels_last_input_goes_back_to_the_ordinary_layout_for_good():
     net = _trained(ViewNet())
+    state = loaded(net, size=8).state
     x = torch.randn(2, 3, 8, 8)
-    assert in_fast_layout(net, x).is_contiguous(memory_format=torch.channels_last)
+    assert state.in_fast_layout(x).is_contiguous(memory_format=torch.channels_last)
+    calls = []
+
+    def run(batch):
+        calls.append(batch.is_contiguous(memory_format=torch.channels_last))
+        return net(batch)
+
     with torch.inference_mode():
         expected = net(x)
-        assert torch.allclose(run_in_fast_layout(net, net, x), expected)
-    assert in_fast_layout(net, x).is_contiguous()  # remembered: no second failing attempt
+        assert torch.allclose(state.run_in_fast_layout(run, x), expected)
+        assert torch.allclose(state.run_in_fast_layout(run, x), expected)
+    assert calls == [True, False, False]  # remembered: no second failing attempt
+    assert state.in_fast_layout(x).is_contiguous() and not state.channels_last_works
 
 
 def test_other_errors_are_not_taken_for_a_layout_problem(net):
     def broken(_x):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
+    state = loaded(net).state
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-        run_in_fast_layout(net, broken, torch.randn(1, 3, 8, 8))
-    assert in_fast_layout(net, torch.randn(1, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
+        state.run_in_fast_layout(broken, torch.randn(1, 3, 8, 8))
+    assert state.in_fast_layout(torch.randn(1, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("architecture", ["resnet18", "mobilenet_v3_large"])
@@ -117,7 +132,7 @@ def test_extraction_through_the_fast_copy_reads_every_layer_as_the_model_does(ar
     model = LoadedModel(name=architecture, module=net, labels=[str(i) for i in range(1000)], weights="random",
                         preprocessing=Preprocessing(size=64, mean=(0.5,) * 3, std=(0.5,) * 3))
     x = torch.randn(2, 3, 64, 64)
-    assert inference_copy(net, x[:1]) is not net  # the fast path is really taken
+    assert model.state.fast_copy(x[:1]) is not net  # the fast path is really taken
     layers = [name for name, _ in net.named_modules() if name][::5]
     for layer in layers:
         with torch.inference_mode():

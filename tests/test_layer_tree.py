@@ -7,9 +7,8 @@ import torch
 import torchvision
 from torch import nn
 
-from engine.anatomy import layer_tree
 from engine.core.errors import MethodInputError
-from engine.anatomy.layer_tree import LayerTreeCache, build_layer_tree, format_layers
+from engine.anatomy.layer_tree import build_layer_tree, format_layers
 from engine.models.efficientnet_lite import EfficientNetLite0
 from engine.anatomy.receptive_field import ReceptiveField
 
@@ -99,20 +98,28 @@ def test_shared_and_unused_modules():
     assert tree.find("unused").output_shape is None and tree.find("unused").receptive_field is None
 
 
-def test_cache_builds_once_per_model_and_size(monkeypatch):
+def test_the_model_state_builds_one_tree_per_size(monkeypatch):
+    from engine.anatomy import model_state
+    from engine.models.model import LoadedModel
+    from engine.models.preprocessing import Preprocessing
+
     builds = []
-    real_build = layer_tree.build_layer_tree
-    monkeypatch.setattr(layer_tree, "build_layer_tree", lambda *args: builds.append(args) or real_build(*args))
-    cache = LayerTreeCache()
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-    first = cache.get(model, (16, 16))
-    assert cache.get(model, (16, 16)) is first
+    real_trace = model_state.trace_model
+    monkeypatch.setattr(model_state, "trace_model", lambda *args, **kwargs: builds.append(args) or real_trace(*args, **kwargs))
+
+    def loaded(module):
+        return LoadedModel(name="net", module=module, preprocessing=Preprocessing(size=16), labels=["a"], weights="random")
+
+    model = loaded(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
+    first = model.state.layer_tree((16, 16))
+    assert model.state.layer_tree((16, 16)) is first
+    assert model.state.layer_tree() is first  # the model's own size
     assert len(builds) == 1
-    other_size = cache.get(model, (20, 20))
+    other_size = model.state.layer_tree((20, 20))
     assert other_size is not first and other_size.output_shape == (1, 4, 18, 18)
-    assert cache.get(nn.Sequential(nn.Conv2d(3, 4, 3)), (16, 16)) is not first
+    assert loaded(nn.Sequential(nn.Conv2d(3, 4, 3))).state.layer_tree((16, 16)) is not first
     assert len(builds) == 3
-    assert cache.get(model, (20, 20)) is other_size
+    assert model.state.layer_tree((20, 20)) is other_size
 
 
 def test_hooks_removed_after_building(resnet18, resnet18_tree):

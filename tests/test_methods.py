@@ -210,7 +210,7 @@ def test_activations_are_not_overwritten_by_later_in_place_operations(chelsea):
     import torchvision
 
     from engine.models.preprocessing import Preprocessing
-    from engine.models.registry import LoadedModel
+    from engine.models.model import LoadedModel
 
     torch.manual_seed(0)
     resnet = torchvision.models.resnet18(weights=None).eval()

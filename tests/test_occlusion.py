@@ -13,7 +13,7 @@ from engine.core.memory import keep_freed_memory
 from engine.methods import METHODS, MethodContext
 from engine.methods.occlusion import blur_sigma, window_starts
 from engine.models.preprocessing import Preprocessing
-from engine.models.registry import LoadedModel
+from engine.models.model import LoadedModel
 from engine.view.render import overlay_map
 from tests.conftest import make_tiny_model
 
@@ -243,7 +243,7 @@ def test_keeping_freed_memory_is_idempotent():
     assert keep_freed_memory() is first
 
 
-# -- the faster copy of the model (engine.anatomy.fast_copy) ---------------------------------------------
+# -- the fast copy of the model (engine.anatomy.fast_copy) ------------------------------------------------
 class ConvBnNet(nn.Module):
     def __init__(self, reuse: bool = False):
         super().__init__()
@@ -271,29 +271,31 @@ def _eval_with_statistics(net):
     return net.eval().requires_grad_(False)
 
 
-def test_inference_copy_folds_batch_norm_and_leaves_the_model_alone():
-    from engine.anatomy.fast_copy import inference_copy
+def _loaded(net: nn.Module) -> LoadedModel:
+    return LoadedModel(name="conv-bn", module=net, preprocessing=Preprocessing(size=12, mean=(0.0,) * 3, std=(1.0,) * 3),
+                       labels=[str(i) for i in range(4)], weights="random")
 
+
+def test_the_fast_copy_folds_batch_norm_and_leaves_the_model_alone():
     net = _eval_with_statistics(ConvBnNet())
+    state = _loaded(net).state
     x = torch.rand(2, 3, 12, 12)
     weight = net.conv.weight.clone()
-    twin = inference_copy(net, x[:1])
+    twin = state.fast_copy(x[:1])
     assert twin is not net and not any(isinstance(m, nn.BatchNorm2d) for m in twin.modules())
     assert twin.act.inplace and not net.act.inplace and isinstance(net.bn, nn.BatchNorm2d)
     assert torch.equal(net.conv.weight, weight) and twin.head.weight is net.head.weight  # untouched, shared
     with torch.no_grad():
         torch.testing.assert_close(twin(x), net(x), atol=1e-5, rtol=0)
-    assert inference_copy(net, x[:1]) is twin  # cached
+    assert state.fast_copy(x[:1]) is twin  # cached
     with torch.no_grad():
         net.head.weight.mul_(2)  # new weights: a new copy
-    assert inference_copy(net, x[:1]) is not twin
+    assert state.fast_copy(x[:1]) is not twin
 
 
-def test_inference_copy_is_not_used_where_it_would_compute_something_else():
-    from engine.anatomy.fast_copy import inference_copy
-
+def test_the_fast_copy_is_not_used_where_it_would_compute_something_else():
     net = _eval_with_statistics(ConvBnNet(reuse=True))
-    assert inference_copy(net, torch.rand(1, 3, 12, 12)) is net
+    assert _loaded(net).state.fast_copy(torch.rand(1, 3, 12, 12)) is net
 
 
 class ViewNet(nn.Module):

@@ -11,7 +11,7 @@ from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
 from engine.methods.params import require_channel
 from engine.models.preprocessing import Preprocessing
-from engine.models.registry import LoadedModel
+from engine.models.model import LoadedModel
 
 
 def colour_detector() -> LoadedModel:

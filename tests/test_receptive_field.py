@@ -9,14 +9,19 @@ from torch import nn
 from torch.nn import functional as F
 
 from engine.models.efficientnet_lite import EfficientNetLite0
-from engine.anatomy.receptive_field import ReceptiveField, trace_layers, trace_receptive_fields
+from engine.anatomy.layer_tree import trace_model
+from engine.anatomy.receptive_field import ReceptiveField, trace_layers
 
 square = ReceptiveField.square
 
 
 def fields_of(model: nn.Module, height: int, width: int | None = None) -> dict[str, ReceptiveField | None]:
+    """Every module's field from a real forward pass, checked against the shapes-only pass on
+    the meta device that ``trace_model`` (and so ``ModelState``) runs."""
     dtype = next(model.parameters()).dtype
-    return trace_receptive_fields(model, torch.zeros(1, 3, height, width or height, dtype=dtype))
+    real = trace_layers(model, torch.zeros(1, 3, height, width or height, dtype=dtype))
+    assert list(trace_model(model, (height, width or height)).items()) == list(real.items())
+    return {path: trace.receptive_field for path, trace in real.items()}
 
 
 # --- ReceptiveField itself -------------------------------------------------------------

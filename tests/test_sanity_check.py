@@ -11,7 +11,6 @@ from engine.core.errors import MethodInputError
 from engine.core.jobs import CancelToken, drive
 from engine.methods import METHODS, MethodContext
 from engine.methods.sanity_check import TILE, as_map, choose_methods, spearman_similarity, ssim_similarity
-from engine.methods.base import blank_output_shapes
 from tests.test_methods import random_image
 
 from tests.cancelling import frames_before_cancel
@@ -60,7 +59,7 @@ def test_similarities_are_computed_as_stated(tiny_model):
     result, _ = run(ctx, methods="saliency", steps=1, seed=1)
     original = drive(METHODS["saliency"].start(ctx, {"target": result.target["index"]})).array
     twin = randomise.model_copy(tiny_model)
-    for block in randomise.parameter_blocks(twin.module, list(blank_output_shapes(tiny_model))):
+    for block in randomise.parameter_blocks(twin.module, list(tiny_model.state.output_shapes())):
         randomise.reinitialise(twin.module, block, 1)
     saliency = METHODS["saliency"]
     randomised = drive(saliency.start(MethodContext(model=twin, image=ctx.image), target=result.target["index"])).array
@@ -105,7 +104,7 @@ def test_reinitialise_redraws_every_parameter_as_pytorch_would():
 
 
 def test_blocks_of_the_bundled_model_are_its_stages(bundled):
-    blocks = randomise.parameter_blocks(bundled.module, list(blank_output_shapes(bundled)))
+    blocks = randomise.parameter_blocks(bundled.module, list(bundled.state.output_shapes()))
     assert [b.name for b in blocks] == ["classifier", "head", *(f"stages.{i}" for i in range(6, -1, -1)), "stem"]
     groups = randomise.cascade_groups(blocks, 4)
     assert [len(g) for g in groups] == [2, 2, 3, 3]  # smaller groups first: the top changes gradually

@@ -14,7 +14,7 @@ from engine.data.images import LoadedImage
 from engine.core.jobs import CancelToken, drive
 from engine.methods import METHODS, MethodContext
 from engine.models.preprocessing import Preprocessing
-from engine.models.registry import LoadedModel
+from engine.models.model import LoadedModel
 from engine.models.zoo import build_architecture
 from engine.style.perceptual import Descent, blend_grams, choose_transform, perceptual_layers
 from tests.conftest import make_tiny_model

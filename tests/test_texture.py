@@ -104,7 +104,7 @@ def test_strip_synthesises_each_layer_alone_beside_the_sample():
 
 def test_default_layers_per_backbone(bundled):
     vgg = build_architecture("vgg19")
-    from engine.models.registry import LoadedModel
+    from engine.models.model import LoadedModel
     from engine.models.preprocessing import Preprocessing
 
     layers = perceptual_layers(LoadedModel("vgg19", vgg, Preprocessing(), [], "random"), {})

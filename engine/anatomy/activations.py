@@ -8,22 +8,20 @@ image object and the input size, so a new image or model starts a fresh forward.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
 
 from engine.anatomy.hooks import capture_outputs, first_tensor
 from engine.data.images import LoadedImage
-from engine.models.registry import LoadedModel
+from engine.models.model import LoadedModel
 
 
 @dataclass
 class ImageFeatures:
     input: torch.Tensor  # 1x3xHxW, normalised, on the model's device
     logits: torch.Tensor  # 1 x classes, CPU
-    activations: dict[str, torch.Tensor]  # module path -> output, CPU
-    shapes: dict[str, tuple]  # module path -> output shape, in execution order
+    activations: dict[str, torch.Tensor]  # module path -> output, CPU, in execution order
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -58,23 +56,20 @@ def _same_key(old: tuple | None, new: tuple) -> bool:
     return old is not None and old[0] is new[0] and old[1] is new[1] and old[2:] == new[2:]
 
 
-# Per model: the module paths whose outputs the model later overwrites in place, learnt
-# on the first forward so later images need only one pass.
-_COPY_PATHS: "weakref.WeakKeyDictionary[torch.nn.Module, set[str]]" = weakref.WeakKeyDictionary()
-
-
 @torch.no_grad()
 def compute_features(model: LoadedModel, image: LoadedImage, size: int | None = None) -> ImageFeatures:
+    """Every layer's output and the logits for ``image``. Layers the model overwrites in
+    place after their output was taken are captured as copies; which they are is learnt on
+    the first forward (a second pass then) and kept in ``model.state``."""
     x = model.preprocessing.to_tensor(image.image, size).to(model.device)
-    copy = _COPY_PATHS.get(model.module, set())
+    copy = model.state.overwritten_paths()
     with capture_outputs(model.module, copy=copy) as captured:
         logits = model.module(x)
     overwritten = captured.modified_in_place()
     if overwritten:
-        _COPY_PATHS[model.module] = copy | overwritten
-        with capture_outputs(model.module, copy=copy | overwritten) as captured:
+        copy = model.state.learn_overwritten(overwritten)
+        with capture_outputs(model.module, copy=copy) as captured:
             logits = model.module(x)
     logits = first_tensor(logits)
     activations = {path: tensor.float().cpu() for path, tensor in captured.items()}
-    shapes = {path: tuple(tensor.shape) for path, tensor in captured.items()}
-    return ImageFeatures(input=x, logits=logits.float().cpu(), activations=activations, shapes=shapes)
+    return ImageFeatures(input=x, logits=logits.float().cpu(), activations=activations)

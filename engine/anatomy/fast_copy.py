@@ -1,9 +1,11 @@
-"""A faster stand-in for a model when only its outputs are needed, many times over.
+"""The fast copy: a faster stand-in for a model when only its outputs (and input gradients)
+are needed, many times over.
 
-``inference_copy(module, sample)`` returns a copy of the module in which
+``build_fast_copy(module, sample)`` makes a twin of the module (``engine.anatomy.twin``) in which
 
 - every eval-mode ``BatchNorm2d`` that directly normalises a ``Conv2d``'s output is folded
-  into that convolution's weight and bias (and replaced by an identity), and
+  into that convolution's weight and bias (``torch.nn.utils.fusion.fuse_conv_bn_weights``,
+  in double precision) and replaced by an identity, and
 - activation modules that can run in place (ReLU, ReLU6, Hardtanh, ...) do so,
 
 which saves the memory passes those layers make: about 20% of a forward of the bundled
@@ -15,120 +17,104 @@ hooks; the model's code is never parsed. Code that uses a convolution's output t
 an activation's input after the activation, would make the copy compute something else,
 so the copy is used only if it reproduces the model's output on ``sample`` (twice, so
 an in-place activation that damages a tensor the model keeps is noticed); otherwise, and
-for TorchScript modules, the model itself is returned. Folding reorders arithmetic:
-outputs differ by float rounding (1e-5 on the bundled model's logits).
-
-Copies are cached per module and rebuilt when any of its parameters or buffers changes
-(loading other weights into the same module bumps their version counters).
+for TorchScript modules, there is no fast copy and the model itself runs. Folding reorders
+arithmetic: outputs differ by float rounding (1e-5 on the bundled model's logits).
 
 A folded convolution's output is its normalisation's output, so a caller that reads a
 layer's output names the layer: for a folded convolution it gets the model itself.
 
 The CPU's convolutions are also faster in channels-last layout (the bundled model to its
 last layer, batches of 32 on 2 threads: 1.9 s plain, 1.0 s channels-last, 0.56 s folded
-and channels-last). A model that reshapes with ``.view()`` cannot take that layout; its
-first failure (``run_in_fast_layout``) switches it back to the ordinary one for good.
+and channels-last). A model that reshapes with ``.view()`` cannot take that layout.
+
+Which copy a model has, whether backward passes through it work and whether the model
+takes channels-last input are per-model facts: ``engine.anatomy.model_state.ModelState``
+keeps them (``loaded_model.state.fast_copy(sample)``) and rebuilds the copy when the
+model's weights change.
 """
 
 from __future__ import annotations
 
-import copy
-import threading
-import weakref
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from engine.anatomy.hooks import first_tensor, hooked
+from engine.anatomy.twin import has_script_modules, module_twin
 
 INPLACE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid,
                        nn.Mish, nn.SELU, nn.CELU, nn.RReLU, nn.Threshold)
-
-_cache: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
-# Per folded copy: the names of its convolutions that now include their normalisation.
-_folded: "weakref.WeakKeyDictionary[nn.Module, frozenset[str]]" = weakref.WeakKeyDictionary()
-# Models found not to run in channels-last layout.
-_ORDINARY_LAYOUT: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+# How far the fast copy's output may be from the model's, relative to the output's largest
+# value (at least 1), for the copy to be used.
+TOLERANCE = 1e-4
 
 
-def inference_copy(module: nn.Module, sample: torch.Tensor, tolerance: float = 1e-4,
-                   layer: str | None = None) -> nn.Module:
-    """The folded copy of ``module`` (or ``module`` itself when folding is not safe, or
-    when ``layer``, whose output the caller reads, is a convolution that folding changed)."""
-    if isinstance(module, torch.jit.ScriptModule) or module.training:
-        return module
-    key = _state_key(module)
-    with _lock:
-        cached = _cache.get(module)
-    if cached is None or cached[0] != key:
-        try:
-            candidate = _fold(module, sample)
-            chosen = candidate if candidate is not module and _agrees(module, candidate, sample, tolerance) else None
-        except Exception:  # any model we cannot copy or trace simply runs as it is
-            chosen = None
-        cached = (key, chosen)  # None, not the module: a value must not keep its key alive
-        with _lock:
-            _cache[module] = cached
-    chosen = cached[1]
-    if chosen is None or (layer is not None and layer in _folded.get(chosen, ())):
-        return module
-    return chosen
+@dataclass(frozen=True)
+class FastCopy:
+    """A model's fast copy and the names of its convolutions that now include their normalisation."""
+
+    module: nn.Module
+    folded: frozenset[str]
 
 
-def in_fast_layout(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``x`` (an input batch for ``module``) in the layout the network runs fastest in."""
-    if module in _ORDINARY_LAYOUT or x.dim() != 4:
-        return x
-    return x.contiguous(memory_format=torch.channels_last)
+def weights_version(module: nn.Module) -> tuple:
+    """Changes whenever any parameter or buffer of ``module`` does: written in place (loading
+    other weights, the sanity check's randomisation), replaced, or moved to another device
+    or dtype (``module.to`` swaps a parameter's data but keeps the object)."""
+    return tuple((id(t), t._version, t.data_ptr(), t.device, t.dtype)
+                 for t in list(module.parameters()) + list(module.buffers()))
 
 
-def run_in_fast_layout(module: nn.Module, run, x: torch.Tensor):
-    """``run(x)`` with ``x`` in ``module``'s fast layout; ``module`` (the model, not a copy,
-    so all its copies share the finding) goes back to the ordinary layout for good if its
-    code cannot take channels-last input."""
+def can_have_fast_copy(module: nn.Module) -> bool:
+    """TorchScript cannot be copied or traced by hooks, and a model in training mode would
+    fold statistics it is about to change."""
+    return not module.training and not has_script_modules(module)
+
+
+def build_fast_copy(module: nn.Module, sample: torch.Tensor, tolerance: float = TOLERANCE) -> FastCopy | None:
+    """The fast copy of ``module``, checked on ``sample`` (a normalised input batch); None when
+    nothing can be sped up or the copy would compute something else."""
+    if not can_have_fast_copy(module):
+        return None
     try:
-        return run(in_fast_layout(module, x))
-    except RuntimeError as exc:
-        if module in _ORDINARY_LAYOUT or "view size is not compatible" not in str(exc):
-            raise
-        _ORDINARY_LAYOUT.add(module)
-        return run(x)
+        candidate = _fold(module, sample)
+        return candidate if candidate is not None and _agrees(module, candidate.module, sample, tolerance) else None
+    except Exception:  # any model we cannot copy or trace simply runs as it is
+        return None
 
 
-def _state_key(module: nn.Module) -> tuple:
-    tensors = list(module.parameters()) + list(module.buffers())
-    return tuple((id(t), t._version) for t in tensors)
+def backward_works(network: nn.Module, sample: torch.Tensor) -> bool:
+    """Whether an input gradient can be taken through ``network`` (a fast copy): its in-place
+    activations may overwrite a tensor that another operation kept for its backward."""
+    x = sample.clone().requires_grad_(True)
+    try:
+        torch.autograd.grad(first_tensor(network(x)).sum(), x)
+    except RuntimeError:  # "one of the variables needed for gradient computation has been modified by an inplace operation"
+        return False
+    return True
 
 
 def _output(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = module(x)
-    return out[0] if isinstance(out, (tuple, list)) else out
+    return first_tensor(module(x))
 
 
-def _fold(module: nn.Module, sample: torch.Tensor) -> nn.Module:
-    # Share every parameter and buffer; copy only the module objects around them.
-    memo = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
-    twin = copy.deepcopy(module, memo)
-    for part in twin.modules():
-        part._forward_hooks.clear()
-        part._forward_pre_hooks.clear()
-
+def _fold(module: nn.Module, sample: torch.Tensor) -> FastCopy | None:
+    twin = module_twin(module)  # shares every parameter and buffer; copies only the module objects
     pairs = _conv_bn_pairs(twin, sample)
-    if not pairs:
-        changed = False
-    else:
-        parents = {id(child): (parent, name) for parent in twin.modules() for name, child in parent.named_children()}
-        names = {id(part): name for name, part in twin.named_modules()}
-        for conv, norm in pairs:
-            _fold_pair(conv, norm)
-            parent, name = parents[id(norm)]
-            setattr(parent, name, nn.Identity())
-        _folded[twin] = frozenset(names[id(conv)] for conv, _ in pairs)
-        changed = True
+    names = {id(part): name for name, part in twin.named_modules()}
+    parents = {id(child): (parent, name) for parent in twin.modules() for name, child in parent.named_children()}
+    for conv, norm in pairs:
+        _fold_pair(conv, norm)
+        parent, name = parents[id(norm)]
+        setattr(parent, name, nn.Identity())
+    changed = bool(pairs)
     for part in twin.modules():
         if isinstance(part, INPLACE_ACTIVATIONS) and getattr(part, "inplace", None) is False:
             part.inplace = True
             changed = True
-    return twin if changed else module
+    return FastCopy(twin, frozenset(names[id(conv)] for conv, _ in pairs)) if changed else None
 
 
 def _conv_bn_pairs(model: nn.Module, sample: torch.Tensor) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
@@ -149,18 +135,11 @@ def _conv_bn_pairs(model: nn.Module, sample: torch.Tensor) -> list[tuple[nn.Conv
             consumers[id(conv)] = consumers.get(id(conv), 0) + 1
             pairs.append((conv, norm))
 
-    handles = []
-    for part in model.modules():
-        if isinstance(part, nn.Conv2d):
-            handles.append(part.register_forward_hook(after_conv))
-        elif isinstance(part, nn.BatchNorm2d) and _foldable(part):
-            handles.append(part.register_forward_pre_hook(before_norm))
-    try:
+    with hooked(forward=((part, after_conv) for part in model.modules() if isinstance(part, nn.Conv2d)),
+                pre=((part, before_norm) for part in model.modules()
+                     if isinstance(part, nn.BatchNorm2d) and _foldable(part))):
         with torch.inference_mode():
             _output(model, sample)
-    finally:
-        for handle in handles:
-            handle.remove()
     # A module called more than once (shared between places) is left alone.
     counts: dict[int, int] = {}
     for conv, norm in pairs:
@@ -173,18 +152,19 @@ def _foldable(norm: nn.BatchNorm2d) -> bool:
 
 
 def _fold_pair(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
+    # In double precision, rounded once to the weights' dtype. Folding in float gives logits
+    # as close to the model's, but its weights round differently, and a unit at a ReLU6's
+    # kink may then fall the other way: the bundled model's saliency map of the square cat
+    # photo (class 281) is 3.6e-7 from the model's own folded in double, 2.6e-3 in float.
+    def wide(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor.detach().double()
+
     with torch.no_grad():
-        scale = torch.rsqrt(norm.running_var.double() + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight.double()
-        shift = -norm.running_mean.double() * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias.double()
-        if conv.bias is not None:
-            shift = shift + conv.bias.double() * scale
-        weight = conv.weight.double() * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
-        conv.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
-        conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=False)
+        weight, bias = fuse_conv_bn_weights(wide(conv.weight), wide(conv.bias), wide(norm.running_mean),
+                                            wide(norm.running_var), norm.eps, wide(norm.weight), wide(norm.bias))
+    dtype = conv.weight.dtype
+    conv.weight = nn.Parameter(weight.detach().to(dtype), requires_grad=False)
+    conv.bias = nn.Parameter(bias.detach().to(dtype), requires_grad=False)
 
 
 def _agrees(model: nn.Module, twin: nn.Module, sample: torch.Tensor, tolerance: float) -> bool:

@@ -1,28 +1,57 @@
-"""Forward hooks as context managers: they are always removed, even when a job fails."""
+"""Hooks on a model's modules as context managers: they are always removed, even when a job fails.
+
+``hooked`` is the one place that registers module hooks and removes them in ``finally``;
+``capture_outputs``, ``truncate_after`` and every method that watches or changes what a
+module passes on go through it.
+"""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
+from engine.core.errors import MethodInputError
+from engine.anatomy.layers import find_module, is_hookable
 
-def first_tensor(output) -> torch.Tensor | None:
-    """A module's output, or the first tensor of a tuple/list output (e.g. GoogLeNet aux)."""
+ForwardHook = Callable[[nn.Module, tuple, Any], Any]  # (module, inputs, output) -> replacement output or None
+PreHook = Callable[[nn.Module, tuple], Any]  # (module, inputs) -> replacement inputs or None
+
+
+def first_tensor(output: Any) -> torch.Tensor | None:
+    """A module's output, or the first tensor inside it when it returns several (GoogLeNet's
+    auxiliary outputs, a tuple, a list or a dict of outputs), looking inside nested ones."""
     if isinstance(output, torch.Tensor):
         return output
-    if isinstance(output, (tuple, list)):
-        for item in output:
-            if isinstance(item, torch.Tensor):
-                return item
+    items = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    for item in items:
+        found = first_tensor(item)
+        if found is not None:
+            return found
     return None
 
 
-def is_hookable(module: nn.Module) -> bool:
-    """TorchScript modules run compiled code that forward hooks cannot see into."""
-    return not isinstance(module, torch.jit.ScriptModule)
+@contextmanager
+def hooked(forward: Iterable[tuple[nn.Module, ForwardHook]] = (),
+           pre: Iterable[tuple[nn.Module, PreHook]] = ()) -> Iterator[None]:
+    """Within the block, each ``(module, hook)`` of ``forward`` runs after its module's
+    forward and each of ``pre`` before it; all are removed on leaving, even on error.
+
+    The pairs may come from generators: they are registered inside the block's guard, so
+    a failure half way through registering removes the ones already in place.
+    """
+    handles = []
+    try:
+        for module, hook in forward:
+            handles.append(module.register_forward_hook(hook))
+        for module, hook in pre:
+            handles.append(module.register_forward_pre_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class CapturedOutputs(dict):
@@ -54,7 +83,6 @@ def capture_outputs(model: nn.Module, paths: Iterable[str] | None = None, detach
     wanted = None if paths is None else set(paths)
     copied = set(copy)
     captured = CapturedOutputs()
-    handles = []
 
     def make_hook(path: str):
         def hook(_module, _inputs, output):
@@ -71,14 +99,9 @@ def capture_outputs(model: nn.Module, paths: Iterable[str] | None = None, detach
 
         return hook
 
-    try:
-        for path, module in model.named_modules():
-            if (wanted is None or path in wanted) and is_hookable(module):
-                handles.append(module.register_forward_hook(make_hook(path)))
+    with hooked((module, make_hook(path)) for path, module in model.named_modules()
+                if (wanted is None or path in wanted) and is_hookable(module)):
         yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class StopForward(Exception):
@@ -92,12 +115,8 @@ def truncate_after(model: nn.Module, path: str) -> Iterator[dict[str, torch.Tens
     Optimisation methods that only need one layer (DeepDream, inversion) save the rest of
     the network's compute on every step. Use ``forward_to`` to run it.
     """
-    from engine.anatomy.layers import find_module
-
     module = find_module(model, path)
     if not is_hookable(module):
-        from engine.core.errors import MethodInputError
-
         raise MethodInputError(f"'{path}' is compiled TorchScript: ConvScope cannot read its layers' outputs. "
                                "Load the model as an architecture plus a state-dict file instead")
     captured: dict[str, torch.Tensor] = {}
@@ -106,11 +125,8 @@ def truncate_after(model: nn.Module, path: str) -> Iterator[dict[str, torch.Tens
         captured[path] = first_tensor(output)
         raise StopForward
 
-    handle = module.register_forward_hook(hook)
-    try:
+    with hooked([(module, hook)]):
         yield captured
-    finally:
-        handle.remove()
 
 
 def forward_to(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +137,5 @@ def forward_to(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
         except StopForward:
             pass
     if path not in captured or captured[path] is None:
-        from engine.core.errors import MethodInputError
-
         raise MethodInputError(f"layer '{path}' did not run in the forward pass, so it has no output to use")
     return captured[path]

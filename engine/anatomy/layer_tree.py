@@ -1,15 +1,14 @@
 """The model's modules as a tree, with output shapes, parameter counts and receptive fields.
 
-``build_layer_tree`` runs one traced forward pass (see ``receptive_field``) and nests every
-module as ``named_children`` does. The tree depends only on the architecture and the input
-size, so ``LayerTreeCache`` keeps one per (model, input size): the GUI asks for it on every
-click and pays for the forward pass once.
+``trace_model`` runs one traced forward pass (see ``receptive_field``) and ``build_layer_tree``
+nests every module as ``named_children`` does. The tree depends only on the architecture
+and the input size, so ``ModelState.layer_tree`` keeps one per input size: the GUI asks for
+it on every click and pays for the pass once.
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from engine.core.errors import MethodInputError
 from engine.anatomy.receptive_field import LayerTrace, ReceptiveField, trace_layers
+from engine.anatomy.twin import has_script_modules, module_twin
 
 InputSize = tuple[int, int]  # (height, width) of the model input
 Device = str | torch.device
@@ -72,20 +72,54 @@ class LayerNode:
         return node
 
 
-def build_layer_tree(model: nn.Module, input_size: InputSize = (224, 224), device: Device = "cpu") -> LayerNode:
-    """Trace one forward pass of a 1x3xHxW zero image and build the tree of all modules."""
-    height, width = input_size
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    x = torch.zeros(1, 3, height, width, device=device, dtype=dtype)
+def trace_model(model: nn.Module, input_size: InputSize, device: Device | None = None,
+                until: str | None = None) -> dict[str, LayerTrace]:
+    """Output shape and receptive field of every module for a 1x3xHxW input (``input_size``
+    is (H, W)), in the order the modules finished running: the one way ConvScope works out
+    a model's shapes and fields (``ModelState`` keeps what it finds).
+
+    The pass runs on a twin of the model on the meta device: shapes only, with no memory
+    for the maps and no arithmetic, so a 4000 px input costs what a 224 px one does. A
+    model the meta device cannot follow (it looks at values: ``if x.max() > 0``) runs a
+    zero image on ``device`` (default: where its parameters are), on a twin that shares its
+    weights, so the model's own hooks and flags are never touched. ``until``: the pass
+    stops once that module has run. Raises ``MethodInputError`` when the model does not
+    accept an input of that size.
+    """
+    height, width = int(input_size[0]), int(input_size[1])
+    parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    if device is None:
+        device = parameter.device if parameter is not None else torch.device("cpu")
+    if not has_script_modules(model):
+        try:
+            meta = module_twin(model, lambda tensor: tensor.to("meta"))
+            return trace_layers(meta, torch.zeros(1, 3, height, width, device="meta", dtype=dtype), until)
+        except Exception:  # noqa: BLE001 - anything the meta device cannot follow runs for real below
+            pass
     try:
-        traces = trace_layers(model, x)
+        twin = model if has_script_modules(model) else module_twin(model)
+    except Exception:  # noqa: BLE001 - a model that cannot be copied is traced itself, as it stands
+        twin = model
+    try:
+        return trace_layers(twin, torch.zeros(1, 3, height, width, device=device, dtype=dtype), until)
     except (RuntimeError, ValueError) as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise MethodInputError(f"the model does not accept a 1x3x{height}x{width} input: {first_line}") from exc
+
+
+def build_layer_tree(model: nn.Module, input_size: InputSize = (224, 224), device: Device | None = None) -> LayerNode:
+    """The tree of all modules for a 1x3xHxW input, from one ``trace_model`` pass (uncached:
+    ``loaded_model.state.layer_tree(size)`` keeps one per input size)."""
+    return tree_from_traces(model, trace_model(model, input_size, device))
+
+
+def tree_from_traces(model: nn.Module, traces: Mapping[str, LayerTrace]) -> LayerNode:
+    """The tree of all modules, nested as ``named_children`` does, with what ``traces`` found."""
     return _node(model, "", traces, seen={id(model)})
 
 
-def _node(module: nn.Module, path: str, traces: dict[str, LayerTrace], seen: set[int]) -> LayerNode:
+def _node(module: nn.Module, path: str, traces: Mapping[str, LayerTrace], seen: set[int]) -> LayerNode:
     children = []
     for name, child in module.named_children():
         # A module registered twice appears once, under its first path, as in named_modules().
@@ -105,38 +139,6 @@ def _node(module: nn.Module, path: str, traces: dict[str, LayerTrace], seen: set
         children=children,
         is_conv_or_pool=isinstance(module, _CONV_AND_POOL_TYPES),
     )
-
-
-class LayerTreeCache:
-    """Layer trees by (model, input size), each built once.
-
-    Models are held weakly, so a model's trees go when the model does. Safe to share
-    between threads; a tree being built blocks other lookups until it is ready.
-    """
-
-    def __init__(self) -> None:
-        self._trees: weakref.WeakKeyDictionary[nn.Module, dict[InputSize, LayerNode]] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
-
-    def get(self, model: nn.Module, input_size: InputSize = (224, 224), device: Device = "cpu") -> LayerNode:
-        size = (int(input_size[0]), int(input_size[1]))
-        with self._lock:
-            trees = self._trees.setdefault(model, {})
-            if size not in trees:
-                trees[size] = build_layer_tree(model, size, device)
-            return trees[size]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._trees.clear()
-
-
-_shared_cache = LayerTreeCache()
-
-
-def cached_layer_tree(model: nn.Module, input_size: InputSize = (224, 224), device: Device = "cpu") -> LayerNode:
-    """``build_layer_tree`` through one process-wide cache."""
-    return _shared_cache.get(model, input_size, device)
 
 
 def format_layers(tree: LayerNode) -> str:

@@ -1,9 +1,12 @@
-"""Naming layers: module paths, and the "early / middle / late" keywords users start with."""
+"""Naming layers: module paths, the "early / middle / late" keywords users start with, and which
+modules hooks can see into."""
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 
+import torch
 from torch import nn
 
 from engine.core.errors import MethodInputError
@@ -17,6 +20,11 @@ _DEPTH_FRACTIONS = {"early": 0.2, "middle": 0.5, "late": 1.0}
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)
 
 
+def is_hookable(module: nn.Module) -> bool:
+    """TorchScript modules run compiled code that forward hooks cannot see into."""
+    return not isinstance(module, torch.jit.ScriptModule)
+
+
 def find_module(model: nn.Module, path: str) -> nn.Module:
     modules = dict(model.named_modules())
     if path in modules:
@@ -26,13 +34,13 @@ def find_module(model: nn.Module, path: str) -> nn.Module:
     raise MethodInputError(f"the model has no layer '{path}'{hint}")
 
 
-def spatial_layers(model: nn.Module, output_shapes: dict[str, tuple]) -> list[str]:
+def spatial_layers(model: nn.Module, output_shapes: Mapping[str, tuple]) -> list[str]:
     """Leaf modules with a 4-D (N, C, H, W) output, in execution order of the shapes dict."""
     leaves = {name for name, module in model.named_modules() if not list(module.children())}
     return [path for path, shape in output_shapes.items() if path in leaves and shape is not None and len(shape) == 4]
 
 
-def resolve_layer(model: nn.Module, spec: str | None, presets: dict[str, str], output_shapes: dict[str, tuple] | None = None,
+def resolve_layer(model: nn.Module, spec: str | None, presets: dict[str, str], output_shapes: Mapping[str, tuple] | None = None,
                   default: str = "middle") -> str:
     """A module path from a path or a depth keyword."""
     spec = (spec or default).strip()
@@ -47,8 +55,6 @@ def resolve_layer(model: nn.Module, spec: str | None, presets: dict[str, str], o
         if spec in presets:
             return presets[spec]
         candidates = spatial_layers(model, output_shapes or {})
-        from engine.anatomy.hooks import is_hookable
-
         if not candidates and not is_hookable(model):
             raise MethodInputError("this is a compiled TorchScript model: ConvScope cannot read its layers' outputs. "
                                    "Load it as an architecture plus a state-dict file to look inside")
@@ -60,7 +66,7 @@ def resolve_layer(model: nn.Module, spec: str | None, presets: dict[str, str], o
     return spec
 
 
-def penultimate_layer(model: nn.Module, output_shapes: dict[str, tuple]) -> str:
+def penultimate_layer(model: nn.Module, output_shapes: Mapping[str, tuple]) -> str:
     """The layer whose output feeds the final classifier: fc7 of VGG, the pooled features of
     ResNet or EfficientNet. The lecture's nearest neighbours and t-SNE use this space.
 

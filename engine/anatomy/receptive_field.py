@@ -38,7 +38,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["INPUT_PIXEL", "LayerTrace", "ReceptiveField", "trace_layers", "trace_receptive_fields"]
+from engine.anatomy.hooks import StopForward, first_tensor, hooked
+from engine.anatomy.layers import is_hookable
+
+__all__ = ["INPUT_PIXEL", "LayerTrace", "ReceptiveField", "trace_layers"]
 
 
 class _Axis(NamedTuple):
@@ -402,16 +405,14 @@ class _FieldTracer(TorchFunctionMode):
 # --- Tracing a model -------------------------------------------------------------------
 
 
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    return next(_tensors_in(output), None)
-
-
-def trace_layers(model: nn.Module, x: torch.Tensor) -> dict[str, LayerTrace]:
+def trace_layers(model: nn.Module, x: torch.Tensor, until: str | None = None) -> dict[str, LayerTrace]:
     """Output shape and receptive field of every module whose forward ran on ``x``.
 
-    Keys are paths as ``model.named_modules()`` gives them (the model itself is "") and
-    come in that order. One forward pass runs in eval mode without gradients; the model's
-    train/eval flags are restored and the hooks removed afterwards, even on error.
+    Keys are paths as ``model.named_modules()`` gives them (the model itself is ""), in the
+    order the modules finished running (a container after what it contains), as
+    ``capture_outputs`` sees them. With ``until``, the pass stops once that module has run.
+    One forward pass runs in eval mode without gradients; the model's train/eval flags are
+    restored and the hooks removed afterwards, even on error.
     """
     tracer = _FieldTracer()
     traces: dict[str, LayerTrace] = {}
@@ -420,35 +421,30 @@ def trace_layers(model: nn.Module, x: torch.Tensor) -> dict[str, LayerTrace]:
         def record(module: nn.Module, inputs: Any, output: Any) -> None:
             if path in traces:  # called again in the same pass: the first call's output stands
                 return
-            tensor = _first_tensor(output)
+            tensor = first_tensor(output)
             if tensor is None:
                 traces[path] = LayerTrace(None, None)
-                return
-            tracked = tracer.lookup(tensor)
-            traces[path] = LayerTrace(tuple(tensor.shape), None if tracked is None else tracked.field)
+            else:
+                tracked = tracer.lookup(tensor)
+                traces[path] = LayerTrace(tuple(tensor.shape), None if tracked is None else tracked.field)
+            if path == until:
+                raise StopForward
 
         return record
 
     modules = dict(model.named_modules())
     training_flags = [(module, module.training) for module in modules.values()]
-    handles = []
     try:
-        for path, module in modules.items():
-            if not isinstance(module, torch.jit.ScriptModule):
-                handles.append(module.register_forward_hook(recorder(path)))
-        model.eval()
-        with torch.no_grad(), tracer:
-            tracer.track(x, _Tracked(INPUT_PIXEL, (x.dim() - 2, x.dim() - 1)))
-            model(x)
+        with hooked((module, recorder(path)) for path, module in modules.items() if is_hookable(module)):
+            model.eval()
+            with torch.no_grad(), tracer:
+                tracer.track(x, _Tracked(INPUT_PIXEL, (x.dim() - 2, x.dim() - 1)))
+                try:
+                    model(x)
+                except StopForward:
+                    pass
     finally:
-        for handle in handles:
-            handle.remove()
         for module, training in training_flags:
             module.training = training
         tracer.forget_all()
-    return {path: traces[path] for path in modules if path in traces}
-
-
-def trace_receptive_fields(model: nn.Module, x: torch.Tensor) -> dict[str, ReceptiveField | None]:
-    """Receptive field of every module's output (None: global), keyed by module path."""
-    return {path: trace.receptive_field for path, trace in trace_layers(model, x).items()}
+    return traces

@@ -24,7 +24,7 @@ from typing import Optional, Union
 import numpy as np
 
 from engine.anatomy.activations import FeatureCache
-from engine.anatomy.layer_tree import LayerNode, cached_layer_tree
+from engine.anatomy.layer_tree import LayerNode
 from engine.core.device import available_devices, resolve_device
 from engine.core.errors import (ConvScopeError, MethodInputError, NothingToExportError, OutputExistsError,
                                 OutputWriteError)
@@ -207,7 +207,7 @@ class Session:
             width, height = model.preprocessing.input_size(*self.image.size)
         else:
             height = width = model.preprocessing.size
-        return cached_layer_tree(model.module, (height, width), device=model.device)
+        return model.state.layer_tree((height, width))
 
     # -- running a method (the engine thread) ---------------------------------------------
     def start(self, method_id: str, values: dict, cancel: CancelToken) -> Job:

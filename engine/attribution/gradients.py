@@ -11,8 +11,8 @@ pass: a batch of N inputs costs one pass, not N.
 
 Speed (every attribution method takes its gradients this way):
 
-- ``gradient_network`` is ``engine.anatomy.fast_copy``'s copy of the model, with each BatchNorm
-  folded into the convolution before it: the same function, without the normalisations'
+- ``gradient_network`` is the model's fast copy (``engine.anatomy.fast_copy``, kept by
+  ``model.state``), with each BatchNorm folded into the convolution before it: the same function, without the normalisations'
   forward and backward passes (the bundled model, one 224 px image, forward + backward
   on 2 CPU threads: 28 ms instead of 35). The function is the same to float rounding
   only, and a unit sitting exactly at a ReLU's kink may fall the other way: a few pixels
@@ -23,10 +23,10 @@ Speed (every attribution method takes its gradients this way):
   used: one forward and backward pass of the copy on its first image tells. A layer
   output read from the copy could be overwritten by the in-place activation after it, so
   ``unit_score`` stops the forward at its layer and Grad-CAM keeps its layer's output
-  aside (``attribution.layer_pass``).
+  aside (``engine.attribution.maps.layer_pass``).
 - The network runs in channels-last layout, in which the CPU's convolutions are faster
   (the same: 28 ms instead of 35; 17 instead of 23 per image in batches of 8), unless the
-  model cannot take it (``engine.anatomy.fast_copy.run_in_fast_layout``).
+  model cannot take it (``ModelState.run_in_fast_layout``).
 - A method that reads a layer's output passes the layer to ``gradient_network``: where
   that layer is a convolution whose normalisation the copy folded in, the model itself is
   used, so the layer means what the layer tree says.
@@ -34,20 +34,15 @@ Speed (every attribution method takes its gradients this way):
 
 from __future__ import annotations
 
-import weakref
 from typing import Callable
 
 import torch
 from torch import nn
 
 from engine.anatomy.hooks import first_tensor, forward_to
-from engine.anatomy.fast_copy import in_fast_layout, inference_copy, run_in_fast_layout
-from engine.models.registry import LoadedModel
+from engine.models.model import LoadedModel
 
 Score = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (network, normalised batch) -> one value per image
-
-# Per folded copy: whether a backward pass through it works (tried once, on its first image).
-_BACKWARD_WORKS: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
 
 
 def class_score(index: int) -> Score:
@@ -71,38 +66,24 @@ def unit_score(path: str, channel: int, position: tuple[int, int] | None = None)
 
 def network_input(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
     """The normalised model input for 0..1 ``pixels``, in the layout the network runs fastest in."""
-    return in_fast_layout(model.module, model.preprocessing.normalise(pixels))
+    return model.state.in_fast_layout(model.preprocessing.normalise(pixels))
 
 
 def gradient_network(model: LoadedModel, pixels: torch.Tensor, layer: str | None = None) -> nn.Module:
-    """The module to take input gradients through: the folded copy, or the model itself.
+    """The module to take input gradients through: the fast copy, or the model itself.
 
     ``pixels`` is a sample input (0..1); the copy is made and checked on its first image.
     ``layer`` is the layer whose output the caller reads, if any.
     """
     sample = model.preprocessing.normalise(pixels[:1].detach().to(model.device))
-    twin = inference_copy(model.module, sample, layer=layer)
-    if twin is model.module:
-        return twin
-    if twin not in _BACKWARD_WORKS:
-        _BACKWARD_WORKS[twin] = _backward_works(twin, sample)
-    return twin if _BACKWARD_WORKS[twin] else model.module
-
-
-def _backward_works(module: nn.Module, sample: torch.Tensor) -> bool:
-    x = sample.clone().requires_grad_(True)
-    try:
-        torch.autograd.grad(first_tensor(module(x)).sum(), x)
-    except RuntimeError:  # "one of the variables needed for gradient computation has been modified by an inplace operation"
-        return False
-    return True
+    return model.state.gradient_network(sample, layer=layer)
 
 
 def run_score(model: LoadedModel, pixels: torch.Tensor, score: Score, module: nn.Module | None = None) -> torch.Tensor:
     """``score`` of the 0..1 ``pixels`` through ``module`` (default: the model), recording the
     graph when the pixels require grad."""
     module = model.module if module is None else module
-    return run_in_fast_layout(model.module, lambda x: score(module, x), model.preprocessing.normalise(pixels))
+    return model.state.run_in_fast_layout(lambda x: score(module, x), model.preprocessing.normalise(pixels))
 
 
 def score_gradient(model: LoadedModel, pixels: torch.Tensor, score: Score,

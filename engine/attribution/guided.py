@@ -32,14 +32,13 @@ also feeds other operations (a residual branch), whose share of its gradient is 
 A model that applies ReLU as a *function* (``F.relu`` / ``torch.relu`` outside a ReLU
 module, e.g. torchvision's GoogLeNet and Inception in ``BasicConv2d``, DenseNet's
 ``forward``) has ReLUs no module hook can reach: guiding only the module ones would
-return a half-guided map. ``functional_relus`` finds such calls by watching one forward
-pass under a ``TorchFunctionMode`` (as ``engine/receptive_field.py`` traces fields) and
-``guided_relus`` refuses such models with a ``MethodInputError`` that says so.
+return a half-guided map. ``engine.anatomy.relus`` finds such calls (once per model,
+``model.state.functional_relus``) and ``guided_relus`` refuses such models with a
+``MethodInputError`` that says so.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,18 +47,17 @@ from typing import Iterator
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from engine.core.errors import MethodInputError
-from engine.anatomy.hooks import is_hookable
+from engine.anatomy.hooks import hooked
+from engine.anatomy.layers import is_hookable
+from engine.anatomy.relus import is_relu_like
+from engine.models.model import LoadedModel
 
-RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)
 RULES = ("guided", "deconvnet")
 # Common activations that are not ReLU-like, named in messages so the user sees why.
 OTHER_ACTIVATIONS = (nn.Hardswish, nn.SiLU, nn.GELU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.PReLU, nn.RReLU,
                      nn.Softplus, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh)
-# torch functions that compute a ReLU-like activation; hardtanh only with min_val == 0 (ReLU6).
-_RELU_FUNCTIONS = {"relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_"}
 
 
 @dataclass
@@ -86,27 +84,25 @@ class GuidedReLUs:
         return text
 
 
-def is_relu_like(module: nn.Module) -> bool:
-    return isinstance(module, RELU_LIKE)
-
-
 @contextmanager
-def guided_relus(model: nn.Module, sample: torch.Tensor, rule: str = "guided") -> Iterator[GuidedReLUs]:
-    """Within the block, every ReLU-like module of ``model`` passes back guided gradients
-    (or, with ``rule="deconvnet"``, the DeconvNet's: positive gradient wherever it arrives).
+def guided_relus(model: LoadedModel, network: nn.Module, sample: torch.Tensor,
+                 rule: str = "guided") -> Iterator[GuidedReLUs]:
+    """Within the block, every ReLU-like module of ``network`` (``model``'s module or its fast
+    copy) passes back guided gradients (or, with ``rule="deconvnet"``, the DeconvNet's:
+    positive gradient wherever it arrives).
 
     ``sample`` is a model input (normalised, the right size); on the first use of a model
     one forward pass of it checks that no ReLU is applied functionally. Raises
     ``MethodInputError`` for TorchScript models, models without a ReLU-like module and
     models with functional ReLUs. Hooks are removed on leaving, even on error.
     """
-    if not is_hookable(model):
+    if not is_hookable(network):
         raise MethodInputError("this is a compiled TorchScript model: guided backprop cannot change how its ReLUs pass "
                                "gradients. Load it as an architecture plus a state-dict file instead")
-    units = [module for module in model.modules() if is_relu_like(module)]
-    others = Counter(type(m).__name__ for m in model.modules()
+    units = [module for module in network.modules() if is_relu_like(module)]
+    others = Counter(type(m).__name__ for m in network.modules()
                      if isinstance(m, OTHER_ACTIVATIONS) and not is_relu_like(m))
-    functional = functional_relus(model, sample)
+    functional = model.state.functional_relus(sample)
     if functional:
         where = ", ".join(f"'{path or '(the model)'}' ({kind})" for path, kind in list(functional.items())[:3])
         more = f" and {len(functional) - 3} more modules" if len(functional) > 3 else ""
@@ -123,18 +119,13 @@ def guided_relus(model: nn.Module, sample: torch.Tensor, rule: str = "guided") -
         raise ValueError(f"unknown rule '{rule}'; known: {', '.join(RULES)}")
     state = GuidedReLUs(units=len(units), others=dict(others), rule=rule)
     if rule == "guided":
-        handles = [unit.register_forward_hook(partial(_guide, state)) for unit in units]
+        with hooked((unit, partial(_guide, state)) for unit in units):
+            yield state
     else:
-        handles = []
-        for unit in units:
-            hand_over = _DeconvUnit(state)
-            handles += [unit.register_forward_pre_hook(hand_over.watch_input),
-                        unit.register_forward_hook(hand_over.watch_output)]
-    try:
-        yield state
-    finally:
-        for handle in handles:
-            handle.remove()
+        hand_overs = [(unit, _DeconvUnit(state)) for unit in units]
+        with hooked(forward=((unit, hand_over.watch_output) for unit, hand_over in hand_overs),
+                    pre=((unit, hand_over.watch_input) for unit, hand_over in hand_overs)):
+            yield state
 
 
 def _guide(state: GuidedReLUs, module: nn.Module, inputs, output) -> None:
@@ -194,66 +185,3 @@ class _DeconvUnit:
             return None
         # The unit's backward passed kept * relu(g); the DeconvNet passes relu(g) itself.
         return grad + pending.pop("positive_gradient") * (1 - pending["kept"])
-
-
-# -- finding ReLUs applied as functions ------------------------------------------------------
-
-_FUNCTIONAL_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[str, str]]" = weakref.WeakKeyDictionary()
-
-
-def functional_relus(model: nn.Module, sample: torch.Tensor) -> dict[str, str]:
-    """Module path -> class name of each module that calls a ReLU function itself.
-
-    One forward pass of ``sample`` without gradients, remembered per model (the calls a
-    model makes depend on its code, not on the image).
-    """
-    if model not in _FUNCTIONAL_CACHE:
-        _FUNCTIONAL_CACHE[model] = _trace_functional_relus(model, sample)
-    return _FUNCTIONAL_CACHE[model]
-
-
-class _ReluCallWatcher(TorchFunctionMode):
-    """Sees every torch call of a forward pass; notes ReLU calls made outside ReLU modules."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stack: list[tuple[str, nn.Module]] = []  # the modules running, innermost last
-        self.found: dict[str, str] = {}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        if name in _RELU_FUNCTIONS and self._is_relu_like_call(name, args, kwargs):
-            path, module = self.stack[-1] if self.stack else ("", None)
-            if module is None or not is_relu_like(module):
-                self.found.setdefault(path, type(module).__name__ if module is not None else "model")
-        return func(*args, **kwargs)
-
-    @staticmethod
-    def _is_relu_like_call(name: str, args: tuple, kwargs: dict) -> bool:
-        if not name.startswith("hardtanh"):
-            return True
-        low = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
-        return float(low) == 0.0  # hardtanh(x, 0, 6) is ReLU6; hardtanh(x, -1, 1) is not ReLU-like
-
-
-def _trace_functional_relus(model: nn.Module, sample: torch.Tensor) -> dict[str, str]:
-    watcher = _ReluCallWatcher()
-
-    def enter(path: str, module: nn.Module, _inputs) -> None:
-        watcher.stack.append((path, module))
-
-    def leave(_module, _inputs, _output) -> None:
-        watcher.stack.pop()
-
-    handles = []
-    try:
-        for path, module in model.named_modules():
-            handles.append(module.register_forward_pre_hook(partial(enter, path)))
-            handles.append(module.register_forward_hook(leave))
-        with torch.no_grad(), watcher:
-            model(sample)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return watcher.found

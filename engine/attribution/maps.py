@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from engine.core.errors import MethodInputError
 from engine.attribution.gradients import Score, run_score, score_gradient
-from engine.anatomy.hooks import first_tensor
+from engine.anatomy.hooks import first_tensor, hooked
 from engine.attribution.guided import GuidedReLUs
 from engine.data.images import LoadedImage
 from engine.core.jobs import Progress
@@ -38,7 +38,7 @@ from engine.view.display import Display
 from engine.anatomy.layers import conv_layers, find_module
 
 # Automatic batch: this many 224x224 images' worth of pixels per forward + backward pass.
-# Measured on the bundled model's folded copy, 224 px, 2 threads: on a quiet machine 33 /
+# Measured on the bundled model's fast copy, 224 px, 2 threads: on a quiet machine 33 /
 # 22 / 19 / 17 / 17 ms per image in batches of 1 / 2 / 4 / 8 / 16; on one whose cores
 # other processes keep busy, every pass pays a fixed cost (each operation waits for both
 # threads to be scheduled), and 24 images in batches of 8 took twice as long as in one
@@ -210,7 +210,7 @@ def _held_output(module, path: str):
     """Keep layer ``path``'s output (its first call's) and pass the rest of the network a copy.
 
     The copy protects the kept tensor from in-place operations after the layer (the
-    folded copy's activations run in place), which would change its values under Grad-CAM.
+    fast copy's activations run in place), which would change its values under Grad-CAM.
     An output that records no graph (the pixels need no gradient) is kept as a new leaf
     that does, so the score can be differentiated with respect to it.
     """
@@ -223,11 +223,8 @@ def _held_output(module, path: str):
         held["output"] = kept
         return kept.clone()
 
-    handle = find_module(module, path).register_forward_hook(hook)
-    try:
+    with hooked([(find_module(module, path), hook)]):
         yield held
-    finally:
-        handle.remove()
 
 
 CAM_VARIANTS = ("gradcam", "gradcam++", "layercam", "scorecam")

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.models.registry import LoadedModel
+from engine.models.model import LoadedModel
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 NORMALISATIONS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)

@@ -23,7 +23,7 @@ Every image enters the model as a ``size x size`` square (see ``engine.data.data
 all maps of one layer have the same H x W, and (y, x) of a maximum is a position in
 that map; the layer's receptive field turns it into a box of the square input.
 
-The forward pass runs the model's folded, channels-last copy (``engine.anatomy.fast_copy``): on
+The forward pass runs the model's fast copy, folded and channels-last (``engine.anatomy.fast_copy``): on
 2 CPU threads it reaches the bundled model's last layer 3.4x faster than the model as
 loaded, so decoding, not the network, is what a folder of large PNGs waits for.
 """
@@ -46,11 +46,10 @@ from engine.data.datasets import (LOADER_VERSION, Dataset, DatasetItem, batch_to
                        square_pixels)
 from engine.core.errors import MethodInputError
 from engine.data.feature_store import FeatureStore, FillLock
-from engine.anatomy.hooks import forward_to, is_hookable
-from engine.anatomy.fast_copy import inference_copy, run_in_fast_layout
+from engine.anatomy.hooks import forward_to, hooked
 from engine.core.jobs import CancelToken, Progress
-from engine.anatomy.layers import find_module
-from engine.models.registry import LoadedModel
+from engine.anatomy.layers import find_module, is_hookable
+from engine.models.model import LoadedModel
 
 KINDS = {"avgpool": np.float16, "channel-max": np.float32}
 _READ_ROWS = 8192  # rows read from the store at a time where only some columns are wanted
@@ -310,22 +309,18 @@ def _cancellable(module: torch.nn.Module, cancel: CancelToken):
     def check(_module, _inputs):
         cancel.check()
 
-    handles = [sub.register_forward_pre_hook(check) for name, sub in module.named_modules()
-               if name and name.count(".") <= 1 and is_hookable(sub)]
-    try:
+    with hooked(pre=((sub, check) for name, sub in module.named_modules()
+                     if name and name.count(".") <= 1 and is_hookable(sub))):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def layer_rows(model: LoadedModel, layer: str, kind: str, x: torch.Tensor,
                cancel: CancelToken | None = None) -> np.ndarray:
     """The stored rows (``summarise``) of a normalised input batch ``x`` at ``layer``,
     through the model's fast copy; ``cancel`` is checked block by block."""
-    network = inference_copy(model.module, x[:1], layer=layer)
+    network = model.state.fast_copy(x[:1], layer=layer)
     with torch.inference_mode(), _cancellable(network, cancel or CancelToken()):
-        output = run_in_fast_layout(model.module, lambda batch: forward_to(network, layer, batch), x)
+        output = model.state.run_in_fast_layout(lambda batch: forward_to(network, layer, batch), x)
         return summarise(output, kind, layer)
 
 

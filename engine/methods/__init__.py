@@ -1,7 +1,7 @@
 """The method registry: ``METHODS[id]`` is a ``MethodSpec``; one module per method.
 
 Every module in this package that defines ``SPEC`` is a method, so adding a method is
-adding a file. ``FAMILIES`` orders them the way the lecture does, for menus and ``--help``;
+adding a file. The table itself is ``engine.methods.registry.METHODS``, filled here. ``FAMILIES`` orders them the way the lecture does, for menus and ``--help``;
 a method missing from it is listed last rather than left out.
 """
 
@@ -12,6 +12,7 @@ import pkgutil
 
 from engine.methods.base import MethodContext
 from engine.methods.params import MethodSpec, Param
+from engine.methods.registry import METHODS
 
 FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Weights and activations", ("filters", "activations")),
@@ -26,7 +27,7 @@ FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 def _discover() -> dict[str, MethodSpec]:
     found: dict[str, MethodSpec] = {}
     for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_") or info.name in ("base", "params"):
+        if info.name.startswith("_") or info.name in ("base", "params", "registry"):
             continue
         spec = getattr(importlib.import_module(f"{__name__}.{info.name}"), "SPEC", None)
         if isinstance(spec, MethodSpec):
@@ -42,6 +43,6 @@ def family_of(method_id: str) -> str:
     return next((name for name, ids in FAMILIES if method_id in ids), "Other")
 
 
-METHODS: dict[str, MethodSpec] = _discover()
+METHODS.update(_discover())
 
 __all__ = ["FAMILIES", "METHODS", "MethodContext", "MethodSpec", "Param", "family_of"]

@@ -6,7 +6,7 @@ A method module defines ``SPEC = MethodSpec(...)`` and a generator function ``ru
 
 from __future__ import annotations
 
-import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -14,24 +14,13 @@ import torch
 
 from engine.core.errors import MethodInputError
 from engine.anatomy.activations import FeatureCache, ImageFeatures
-from engine.anatomy.hooks import capture_outputs
 from engine.data.images import LoadedImage
 from engine.core.jobs import CancelToken
 from engine.anatomy.layers import resolve_layer
 from engine.models.labels import resolve_class
-from engine.models.registry import LoadedModel
+from engine.models.model import LoadedModel
 
 
-_BLANK_SHAPES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, tuple]]" = weakref.WeakKeyDictionary()
-
-
-def blank_output_shapes(model: LoadedModel) -> dict[str, tuple]:
-    if model.module not in _BLANK_SHAPES:
-        size = model.preprocessing.size
-        with torch.no_grad(), capture_outputs(model.module) as captured:
-            model.module(torch.zeros(1, 3, size, size, device=model.device))
-        _BLANK_SHAPES[model.module] = {path: tuple(t.shape) for path, t in captured.items()}
-    return _BLANK_SHAPES[model.module]
 
 
 @dataclass
@@ -53,12 +42,13 @@ class MethodContext:
     def image_features(self) -> ImageFeatures:
         return self.features.get(self.model, self.require_image())
 
-    def output_shapes(self) -> dict[str, tuple]:
-        """Every module's output shape in execution order: from the image's forward when
-        there is an image, else from one forward of a blank input at the model's size."""
-        if self.image is not None:
-            return self.image_features().shapes
-        return blank_output_shapes(self.model)
+    def output_shapes(self) -> Mapping[str, tuple]:
+        """Every module's output shape in execution order, for the image's model input when
+        there is an image, else for the model's own square input size (``model.state``)."""
+        if self.image is None:
+            return self.model.state.output_shapes()
+        width, height = self.model.preprocessing.input_size(*self.image.size)
+        return self.model.state.output_shapes((height, width))
 
     def resolve_layer(self, spec: str | None, default: str = "middle") -> str:
         return resolve_layer(self.model.module, spec, self.model.layer_presets, self.output_shapes(), default=default)

@@ -30,7 +30,7 @@ from engine.data.images import load_image
 from engine.core.jobs import Frame, Progress, Result
 from engine.view.display import Display
 from engine.models.preprocessing import unit_tensor_to_rgb
-from engine.optvis.tiling import Window, output_shapes, tile_windows, tiled_gradient, tiled_statistics, tiling_geometry
+from engine.optvis.tiling import Window, tile_windows, tiled_gradient, tiled_statistics, tiling_geometry
 from engine.optvis.transforms import random_shift, resize, roll
 from engine.methods.params import JITTER_LIMIT, LAYER, SEED, MethodSpec, Param, ParamError
 
@@ -144,7 +144,7 @@ class _Tiles:
 
     def __init__(self, ctx, objective: DreamObjective, tile: int, height: int, width: int):
         try:
-            geometry = tiling_geometry(ctx.model.module, list(objective.weights), ctx.model.preprocessing.size)
+            geometry = tiling_geometry(ctx.model, list(objective.weights))
         except ValueError as exc:
             raise MethodInputError(f"{exc}; dream on it without tiles (--tile 0) or choose a convolutional layer") from None
         objective.jumps = geometry.jumps
@@ -157,13 +157,8 @@ class _Tiles:
         align = self.align
         self.margin = -(-min(geometry.reach, max(tile // 4, align)) // align) * align  # rounded up to the grid
         self.exact = self.margin >= geometry.reach
-        shapes = output_shapes(ctx.model.module, list(objective.weights), objective.last, height, width)
-        if shapes is None:  # the meta device could not follow the model: count units from the jumps
-            channels = {path: ctx.output_shapes()[path][1] for path in objective.weights}
-            self.numel = {path: channels[path] * math.ceil(height / jump) * math.ceil(width / jump)
-                          for path, jump in geometry.jumps.items()}
-        else:
-            self.numel = {path: math.prod(shape) for path, shape in shapes.items()}
+        shapes = ctx.model.state.output_shapes((height, width), until=objective.last)
+        self.numel = {path: math.prod(shapes[path]) for path in objective.weights}
 
     def windows(self, offset: tuple[int, int] = (0, 0)) -> list[Window]:
         return tile_windows(self.height, self.width, self.tile, self.margin, self.align, offset)

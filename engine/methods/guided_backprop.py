@@ -34,7 +34,6 @@ from engine.core.errors import MethodInputError
 from engine.attribution.gradients import class_score, gradient_network, network_input, score_gradient, unit_score
 from engine.attribution.guided import RULES, guided_relus
 from engine.core.jobs import Progress, Result
-from engine.anatomy.layer_tree import cached_layer_tree
 from engine.methods.params import OVERLAY, SHOW, TARGET, MethodSpec, Param, require_channel, require_position
 
 
@@ -88,7 +87,7 @@ def pick_unit(ctx, layer: str | None, channel: int | None, at: tuple[int, int] |
 
 def receptive_box(ctx, unit: Unit, input_hw: tuple[int, int]) -> tuple[float, float, float, float] | None:
     """(top, left, bottom, right) in model-input pixels of the part of the image the unit sees."""
-    node = cached_layer_tree(ctx.model.module, input_hw, ctx.device).find(unit.path)
+    node = ctx.model.state.layer_tree(input_hw).find(unit.path)
     field = node.receptive_field if node is not None else None
     return field.box(*unit.position) if field is not None and unit.position is not None else None
 
@@ -109,7 +108,7 @@ def run(ctx, p):
     kind = "guided backprop" if rule == "guided" else "DeconvNet backprop"
     yield Progress(0.1, f"{kind} of {what}")
     network = gradient_network(ctx.model, pixels, layer=None if unit is None else unit.path)
-    with guided_relus(network, network_input(ctx.model, pixels), rule) as guide:
+    with guided_relus(ctx.model, network, network_input(ctx.model, pixels), rule) as guide:
         gradient, scores = score_gradient(ctx.model, pixels, score, network)
     ctx.cancel.check()
     values = magnitude_map(gradient)

@@ -30,7 +30,7 @@ def run(ctx, p):
     pixels = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
     yield Progress(0.1, f"guided Grad-CAM of '{label}' at {path}")
     network = gradient_network(ctx.model, pixels, layer=path)
-    with guided_relus(network, network_input(ctx.model, pixels)) as guide:
+    with guided_relus(ctx.model, network, network_input(ctx.model, pixels)) as guide:
         activation, layer_gradient, guided, scores = layer_pass(ctx.model, network, pixels, path,
                                                                 class_score(resolved["index"]), guide=guide)
     ctx.cancel.check()

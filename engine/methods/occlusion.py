@@ -31,8 +31,8 @@ settings; see bench/occlusion_speed.py):
   then one window per image pasted from the filled copy, both already normalised and
   channels-last), so nothing is allocated per position;
 - batches run under ``torch.inference_mode`` in channels-last layout (a 1.4x faster
-  forward on the CPU than the default layout), through ``engine.anatomy.fast_copy``'s copy of
-  the model with BatchNorm folded into the convolutions and activations in place
+  forward on the CPU than the default layout), through the model's fast copy
+  (``engine.anatomy.fast_copy``), with BatchNorm folded into the convolutions and activations in place
   (1.25x), and glibc is told to keep freed memory (``engine.core.memory``), so one batch's
   activations reuse the previous batch's pages instead of faulting in fresh ones (2.5x);
 - the map shown after each batch is summed with prefix sums, not matrix products: numpy's
@@ -47,7 +47,7 @@ from torch.nn import functional as F
 
 from engine.core.device import is_out_of_memory
 from engine.core.errors import MethodInputError
-from engine.anatomy.fast_copy import inference_copy
+from engine.anatomy.hooks import first_tensor
 from engine.core.jobs import Frame, Progress, Result
 from engine.view.display import Display
 from engine.core.memory import keep_freed_memory
@@ -159,9 +159,7 @@ def _probabilities(module, batch: torch.Tensor, index: int) -> np.ndarray:
     mode would leak into whatever code runs between its events.
     """
     with torch.inference_mode():
-        logits = module(batch)
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
+        logits = first_tensor(module(batch))
         return torch.softmax(logits.float(), dim=1)[:, index].cpu().numpy()
 
 
@@ -189,7 +187,7 @@ def run(ctx, p):
     # input gives exactly the normalised occluded image. Channels-last, as the batches are.
     plain = preprocessing.normalise(unit)
     base = plain.contiguous(memory_format=torch.channels_last)
-    module = inference_copy(ctx.model.module, plain)
+    module = ctx.model.state.fast_copy(plain)
     filler = preprocessing.normalise(fill_image(unit, fill, window)).contiguous(memory_format=torch.channels_last)
     probabilities = np.full((rows, cols), np.nan, dtype=np.float32)
     rgb = image.to_array()

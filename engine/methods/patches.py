@@ -19,7 +19,6 @@ from engine.view.gallery import BACKGROUND, Tile, render_gallery
 from engine.data.images import load_image
 from engine.core.jobs import Progress, Result, within
 from engine.view.display import Display
-from engine.anatomy.layer_tree import cached_layer_tree
 from engine.methods.params import DATASET, MethodSpec, Param, require_channel
 
 MAX_CHANNELS = 64
@@ -29,7 +28,7 @@ def run(ctx, p):
     data = open_dataset(p.dataset)
     path = ctx.resolve_layer(p.layer)
     size = ctx.model.preprocessing.size
-    node = cached_layer_tree(ctx.model.module, (size, size), ctx.device).find(path)
+    node = ctx.model.state.layer_tree(size).find(path)
     field = node.receptive_field if node else None
     if field is None or node.output_shape is None or len(node.output_shape) != 4:
         raise MethodInputError(f"'{path}' has no spatial map with a receptive field; pick a convolution-stage layer")

@@ -35,6 +35,7 @@ from engine.view.gallery import Tile, render_gallery
 from engine.core.jobs import Frame, Progress, Result
 from engine.view.display import Display
 from engine.view.render import apply_colormap
+from engine.methods.registry import METHODS  # read when run: engine.methods fills it after importing this module
 from engine.methods.base import MethodContext
 from engine.methods.params import SEED, TARGET, MethodSpec, Param
 
@@ -132,8 +133,6 @@ def _grid(method_ids, originals, maps, labels, scores) -> np.ndarray:
 
 
 def run(ctx, p):
-    from engine.methods import METHODS  # at run time: methods written later are found too
-
     image = ctx.require_image()
     steps, metric, seed = p.steps, p.metric, p.seed
     method_ids = choose_methods(p.methods, METHODS)

@@ -30,6 +30,7 @@ import numpy as np
 from engine.core.errors import MethodInputError
 from engine.core.jobs import Progress, Result, within
 from engine.view.display import Display
+from engine.methods.registry import METHODS  # read when run: engine.methods fills it after importing this module
 from engine.methods.params import SEED, TARGET, MethodSpec, Param, ParamError
 
 WORK_SIDE = 480  # GrabCut's working resolution (longer side), in pixels: about 1.3 s of CPU at 480x320
@@ -71,8 +72,6 @@ def check(p) -> None:
 
 
 def run(ctx, p):
-    from engine.methods import METHODS  # looked up at run time: the registry is being built while this module loads
-
     image = ctx.require_image()
     cv2 = _opencv()
     fg_percentile, bg_percentile, iterations = p.fg_percentile, p.bg_percentile, p.iterations

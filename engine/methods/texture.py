@@ -25,7 +25,6 @@ from engine.style.activation_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
 from engine.view.gallery import Tile, render_gallery
 from engine.core.jobs import Frame, Progress, Result
 from engine.view.display import Display
-from engine.anatomy.layer_tree import cached_layer_tree
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.style.perceptual import (DEFAULT_LR, OPTIMIZERS, Descent, Features, PerceptualLoss, choose_transform, gram_targets,
                           layer_list, perceptual_layers, seeded_noise)
@@ -100,7 +99,7 @@ def run(ctx, p):
 
 def _strip(ctx, sample: torch.Tensor, results: list[np.ndarray], paths: list[str]) -> tuple[np.ndarray, str]:
     """The sample, then one synthesis per layer, captioned with the layer's receptive field."""
-    tree = cached_layer_tree(ctx.model.module, tuple(sample.shape[-2:]), ctx.device)
+    tree = ctx.model.state.layer_tree(tuple(sample.shape[-2:]))
     tiles = [Tile(Image.fromarray(unit_tensor_to_rgb(sample)), caption="sample")]
     names = []
     for index, (path, result) in enumerate(zip(paths, results), start=1):

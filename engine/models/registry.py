@@ -1,57 +1,26 @@
-"""Which models ConvScope knows, and loading one into a ``LoadedModel``.
+"""Which models ConvScope knows, and loading one into a ``LoadedModel`` (``engine.models.model``).
 
 A ``LoadedModel`` carries everything a method needs besides the network itself: how to
 preprocess an image, the class labels, which layers "early", "middle" and "late" mean,
-and a description of the weights for the export sidecar.
+a description of the weights for the export sidecar, and its ``state``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
 from engine.core.errors import ModelLoadError
 from engine.models.labels import generic_labels, imagenet_labels
+from engine.models.model import LoadedModel, ModelSpec, ProgressCallback, first_line
 from engine.models.preprocessing import Preprocessing
+from engine.models.user_files import load_model_file
 
 BUNDLED_MODEL = "efficientnet_lite0"
-
-ProgressCallback = Callable[[float, str], None]
-
-
-@dataclass
-class LoadedModel:
-    name: str
-    module: nn.Module
-    preprocessing: Preprocessing
-    labels: list[str]
-    weights: str  # where the weights came from, for the export sidecar
-    layer_presets: dict[str, str] = field(default_factory=dict)  # early/middle/late -> module path
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    def to(self, device: str | torch.device) -> "LoadedModel":
-        self.device = torch.device(device)
-        self.module.to(self.device)
-        return self
-
-    def named_module(self, path: str) -> nn.Module:
-        from engine.anatomy.layers import find_module
-
-        return find_module(self.module, path)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    description: str
-    source: str  # "bundled" or "torchvision"
-    preprocessing: Preprocessing = Preprocessing()
-    layer_presets: tuple[tuple[str, str], ...] = ()
 
 
 BUNDLED_SPEC = ModelSpec(
@@ -64,7 +33,8 @@ BUNDLED_SPEC = ModelSpec(
 
 
 def available_models() -> list[ModelSpec]:
-    from engine.models.zoo import ZOO_SPECS
+    from engine.models.zoo import ZOO_SPECS  # on first use: torchvision takes seconds to import
+
 
     return [BUNDLED_SPEC, *ZOO_SPECS]
 
@@ -93,8 +63,6 @@ def load_model(
     may be TorchScript or a pickled module; the latter needs ``trust=True``.
     """
     if _looks_like_path(name):
-        from engine.models.user_files import load_model_file
-
         module = load_model_file(name, trust=trust)
         loaded = _wrap_user_module(Path(name).stem, module, weights=str(Path(name).resolve()))
     else:
@@ -106,9 +74,9 @@ def load_model(
             try:
                 module = build_efficientnet_lite0(str(weights_path) if weights_path else None)
             except (RuntimeError, KeyError, ValueError, IndexError) as exc:  # names that do not map onto the layout
-                raise ModelLoadError(f"the weights in {weights_path} do not fit {name}: {_first_line(exc)}") from None
+                raise ModelLoadError(f"the weights in {weights_path} do not fit {name}: {first_line(exc)}") from None
         else:
-            from engine.models.zoo import build_zoo_model
+            from engine.models.zoo import build_zoo_model  # torchvision, only for its models
 
             module, weights = build_zoo_model(name, weights_path=weights_path, progress=progress, cancel=cancel)
         labels = imagenet_labels()
@@ -132,7 +100,7 @@ def _wrap_user_module(name: str, module: nn.Module, weights: str) -> LoadedModel
         try:
             out = module.eval()(torch.zeros(1, 3, preprocessing.size, preprocessing.size))
         except Exception as exc:  # a user's model can fail in any way; say how
-            raise ModelLoadError(f"{name} does not accept a 1x3x224x224 image: {_first_line(exc)}") from None
+            raise ModelLoadError(f"{name} does not accept a 1x3x224x224 image: {first_line(exc)}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise ModelLoadError(f"{name} must return a batch of class scores (N x classes); it returned {type(out).__name__}")
     classes = out.shape[1]
@@ -142,8 +110,3 @@ def _wrap_user_module(name: str, module: nn.Module, weights: str) -> LoadedModel
 
 def _looks_like_path(name: str) -> bool:
     return os.sep in name or name.endswith((".pt", ".pth", ".ts", ".pkl", ".bin")) or Path(name).is_file()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

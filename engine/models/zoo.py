@@ -38,7 +38,7 @@ from engine.core.jobs import CancelToken
 from engine.core.part_files import create_part_file, remove_stale_parts
 from engine.core.torch_files import read_state_dict
 from engine.models.preprocessing import Preprocessing
-from engine.models.registry import ModelSpec, ProgressCallback
+from engine.models.model import ModelSpec, ProgressCallback
 
 DOWNLOAD_TIMEOUT_S = 30  # socket timeout for connecting and for each read
 DOWNLOAD_CHUNK_SIZE = 1 << 20  # bytes read between two cancel checks

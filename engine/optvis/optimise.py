@@ -20,12 +20,12 @@ from torch import nn
 
 from engine.view.animation import FrameRecorder
 from engine.core.errors import MethodInputError
-from engine.anatomy.hooks import StopForward, first_tensor
+from engine.anatomy.hooks import StopForward, first_tensor, hooked
 from engine.core.jobs import CancelToken, Frame, Progress
 from engine.view.display import Display
 from engine.anatomy.layers import find_module
 from engine.models.preprocessing import unit_tensor_to_rgb
-from engine.models.registry import LoadedModel
+from engine.models.model import LoadedModel
 from engine.optvis.objectives import INPUT, LOGITS, PRE, Objective, Probe
 from engine.optvis.parameterisation import ImageParam
 from engine.view.render import tile_grid
@@ -79,7 +79,6 @@ def probe_model(model: LoadedModel, picture: torch.Tensor, needs: Sequence[str],
     probe: Probe = {INPUT: picture}
     wanted = [name for name in needs if name not in (INPUT, LOGITS)]
     stop_early = LOGITS not in needs
-    handles = []
 
     def record(name: str, tensor: torch.Tensor | None) -> None:
         if name in probe or tensor is None:
@@ -88,25 +87,21 @@ def probe_model(model: LoadedModel, picture: torch.Tensor, needs: Sequence[str],
         if stop_early and all(w in probe for w in wanted):
             raise StopForward
 
-    try:
-        for name in wanted:
-            path = name[:-len(PRE)] if name.endswith(PRE) else name
-            module = find_module(model.module, path)
-            if name.endswith(PRE) and isinstance(module, _CLIPPING_ACTIVATIONS):
-                # Copied: an in-place ReLU would overwrite the value it was given.
-                handles.append(module.register_forward_pre_hook(
-                    lambda _m, inputs, name=name: record(name, inputs[0].clone())))
-            else:
-                handles.append(module.register_forward_hook(
-                    lambda _m, _inputs, output, name=name: record(name, first_tensor(output))))
+    forward, pre = [], []
+    for name in wanted:
+        path = name[:-len(PRE)] if name.endswith(PRE) else name
+        module = find_module(model.module, path)
+        if name.endswith(PRE) and isinstance(module, _CLIPPING_ACTIVATIONS):
+            # Copied: an in-place ReLU would overwrite the value it was given.
+            pre.append((module, lambda _m, inputs, name=name: record(name, inputs[0].clone())))
+        else:
+            forward.append((module, lambda _m, _inputs, output, name=name: record(name, first_tensor(output))))
+    with hooked(forward=forward, pre=pre):
         try:
             logits = model.module(model.preprocessing.normalise(model_input))
             probe[LOGITS] = first_tensor(logits)
         except StopForward:
             pass
-    finally:
-        for handle in handles:
-            handle.remove()
     missing = [name for name in wanted if name not in probe]
     if missing:
         layer = missing[0].removesuffix(PRE)

@@ -21,14 +21,13 @@ input pixels) found by ``tiling_geometry``.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import torch
-from torch import nn
 
-from engine.anatomy.hooks import StopForward, capture_outputs, truncate_after
+from engine.core.errors import MethodInputError
+from engine.models.model import LoadedModel
 
 # A loss function for one window: (pixels of the window, the window or None for the whole
 # image) -> (scalar loss to differentiate, statistics to add up over the windows).
@@ -173,66 +172,37 @@ class TilingGeometry:
     reach: int  # half the largest receptive field, in pixels: the margin that makes tiling exact
 
 
-_GEOMETRY: "weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[int, float]]]" = weakref.WeakKeyDictionary()
-
-
-def tiling_geometry(model: nn.Module, paths: Sequence[str], size: int = 224) -> TilingGeometry:
-    """Jumps and receptive fields of ``paths`` (traced once per model at ``size`` px).
+def tiling_geometry(model: LoadedModel, paths: Sequence[str], size: int | None = None) -> TilingGeometry:
+    """Jumps and receptive fields of ``paths`` at a ``size`` px square input (default: the
+    model's own size), from the fields and shapes ``model.state`` traced.
 
     Raises ``ValueError`` for a layer without a regular grid of units over the image (a
     pooled vector, an adaptively pooled map of fixed size), which cannot be cut into tiles:
     a layer has a grid when ``jump`` more input pixels give it one more unit.
     """
-    from engine.anatomy.receptive_field import trace_receptive_fields
-
-    known = _GEOMETRY.setdefault(model, {})
-    missing = [path for path in paths if path not in known]
-    if missing:
-        parameter = next(model.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
-        fields = trace_receptive_fields(model, torch.zeros(1, 3, size, size, device=device))
-        found = {}
-        for path in missing:
-            field = fields.get(path)
-            jumps = field.jump if field is not None else (0.5, 0.5)
-            if field is None or any(j != int(j) or j < 1 for j in jumps) or jumps[0] != jumps[1]:
-                raise ValueError(f"layer '{path}' has no regular grid of units over the image, so it cannot be tiled")
-            found[path] = (int(jumps[0]), max(field.size))
-        step = math.lcm(*(jump for jump, _ in found.values()))
-        small = output_shapes(model, missing, None, size, size)
-        large = output_shapes(model, missing, None, size + 2 * step, size + step)
-        for path, (jump, _) in found.items() if small and large else ():
-            if (large[path][-2] - small[path][-2], large[path][-1] - small[path][-1]) != (2 * step // jump, step // jump):
-                raise ValueError(f"layer '{path}' has no regular grid of units over the image, so it cannot be tiled")
-        known.update(found)
-    jumps = {path: known[path][0] for path in paths}
-    reach = math.ceil(max(known[path][1] for path in paths) / 2)
-    return TilingGeometry(align=math.lcm(*jumps.values()), jumps=jumps, reach=reach)
-
-
-def output_shapes(model: nn.Module, paths: Sequence[str], last: str | None, height: int,
-                  width: int) -> dict[str, tuple] | None:
-    """The output shapes of ``paths`` for a ``height`` x ``width`` input, computed on the
-    meta device: shapes only, no memory for the activations and no arithmetic.
-
-    The tiles need the whole image's map sizes to normalise by them, and the whole image is
-    exactly what must not run. ``last`` is the path that runs last (the forward stops
-    there), or None to run the whole model. None when the model does something the meta
-    device cannot follow (data-dependent control flow).
-    """
-    from contextlib import nullcontext
-
-    from torch.func import functional_call
-
-    state = {name: tensor.to("meta") for name, tensor in list(model.named_parameters()) + list(model.named_buffers())}
+    size = size or model.preprocessing.size
+    state = model.state
+    fields = state.receptive_fields(size)
+    found = {}
+    for path in paths:
+        field = fields.get(path)
+        jumps = field.jump if field is not None else (0.5, 0.5)
+        if field is None or any(j != int(j) or j < 1 for j in jumps) or jumps[0] != jumps[1]:
+            raise ValueError(f"layer '{path}' has no regular grid of units over the image, so it cannot be tiled")
+        found[path] = (int(jumps[0]), max(field.size))
+    step = math.lcm(*(jump for jump, _ in found.values()))
+    small = state.output_shapes(size)
+    order = list(small)
+    last = max(paths, key=order.index)
     try:
-        with capture_outputs(model, paths) as captured, truncate_after(model, last) if last else nullcontext():
-            try:
-                functional_call(model, state, (torch.empty(1, 3, height, width, device="meta"),))
-            except StopForward:
-                pass
-    except Exception:  # noqa: BLE001 - any failure only means "unknown"; the caller estimates
-        return None
-    if set(captured) != set(paths):
-        return None
-    return {path: tuple(captured[path].shape) for path in paths}
+        # Only as far as the deepest of the layers: a head that takes one input size only
+        # (a Linear after a flatten) must not stop a dream on the layers before it.
+        large = state.output_shapes((size + 2 * step, size + step), until=last)
+    except MethodInputError:  # the layers take no other size: there is no grid to check
+        large = {}
+    for path, (jump, _) in found.items() if large else ():
+        if (large[path][-2] - small[path][-2], large[path][-1] - small[path][-1]) != (2 * step // jump, step // jump):
+            raise ValueError(f"layer '{path}' has no regular grid of units over the image, so it cannot be tiled")
+    jumps = {path: jump for path, (jump, _) in found.items()}
+    reach = math.ceil(max(field_size for _, field_size in found.values()) / 2)
+    return TilingGeometry(align=math.lcm(*jumps.values()), jumps=jumps, reach=reach)

@@ -20,7 +20,8 @@ from engine.core.errors import MethodInputError
 from engine.style.activation_transforms import FeatureTransform, feature_transform
 from engine.style.gram import gram_matrix
 from engine.core.jobs import CancelToken
-from engine.models.registry import BUNDLED_MODEL, LoadedModel
+from engine.models.model import LoadedModel
+from engine.models.registry import BUNDLED_MODEL
 from engine.optvis.optimise import probe_model
 from engine.optvis.regularisers import total_variation
 

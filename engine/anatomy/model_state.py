@@ -1,0 +1,224 @@
+"""Everything ConvScope works out about one loaded network, worked out once: ``ModelState``.
+
+A ``LoadedModel`` owns one (``loaded_model.state``), made with it and freed with it; nothing
+about a model is kept anywhere else. What it holds:
+
+- the fast copy (``engine.anatomy.fast_copy``: batch norms folded into their convolutions,
+  activations in place), which of its convolutions were folded, whether input gradients
+  can be taken through it, and whether the model takes channels-last input;
+- per input size: every module's output shape and receptive field (one traced pass,
+  ``engine.anatomy.layer_tree.trace_model``) and the layer tree built from them; the
+  tiling of DeepDream and the patches' boxes read the same fields the tree shows;
+- what the activation capture learnt: the layers whose outputs the model later
+  overwrites in place (``engine.anatomy.activations``);
+- which modules apply ReLU as a function, which guided backprop must refuse.
+
+The fast copy depends on the weights: it is rebuilt when any parameter or buffer changes
+(``fast_copy.weights_version``: other weights loaded into the same module, the sanity
+check's randomisation, a move to another device or dtype). Everything else depends on
+the architecture and the code only, so it stays.
+
+Thread safety: the GUI thread (the layer tree) and the engine thread (a method) may ask at
+the same moment. Each named thing has its own lock (one per key, made under a short
+dictionary lock): the first asker computes while holding only that key's lock, so a second
+asker of the same thing waits for it and receives the same object, and askers of other
+things (another input size) are not held up. A computation that fails publishes nothing:
+the next asker tries again. The fast copy has one lock of its own, because a new weights
+version replaces the old copy instead of adding a key.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from numbers import Integral
+from types import MappingProxyType
+from typing import Callable, Iterable, TypeVar
+
+import torch
+from torch import nn
+
+from engine.anatomy.fast_copy import FastCopy, backward_works, build_fast_copy, can_have_fast_copy, weights_version
+from engine.anatomy.layer_tree import InputSize, LayerNode, trace_model, tree_from_traces
+from engine.anatomy.receptive_field import LayerTrace, ReceptiveField
+from engine.anatomy.relus import functional_relu_calls
+from engine.anatomy.twin import has_script_modules, module_twin
+
+T = TypeVar("T")
+Size = int | tuple[int, int] | None  # an input size: (height, width), a square's side, or None for the model's own
+# Per-size results kept at most (traces, shapes, fields and trees together): a session that
+# opens many pictures of different sizes does not grow without bound.
+KEPT_RESULTS = 64
+
+
+@dataclass
+class _Slot:
+    """One thing worked out once: its lock, and its value once published."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    done: bool = False
+    value: object = None
+
+
+@dataclass
+class _FastCopyRecord:
+    version: tuple  # fast_copy.weights_version of the model the copy was built from
+    copy: FastCopy | None  # None: the model has no fast copy (nothing to fold, or it would compute something else)
+    backward_lock: threading.Lock = field(default_factory=threading.Lock)
+    backward_works: bool | None = None  # found on first use
+
+
+class ModelState:
+    """What is known about ``module``, computed on first use, once; ``input_size`` is the
+    side of the model's square input (``Preprocessing.size``), the size used when none is given."""
+
+    def __init__(self, module: nn.Module, input_size: int) -> None:
+        self.module = module
+        self.input_size: InputSize = (int(input_size), int(input_size))
+        self._lock = threading.Lock()  # guards _slots and _overwritten; never held while computing
+        self._slots: OrderedDict[Hashable, _Slot] = OrderedDict()
+        self._fast_lock = threading.Lock()
+        self._fast: _FastCopyRecord | None = None
+        self._channels_last = True
+        self._overwritten: frozenset[str] = frozenset()
+
+    # -- computed once ----------------------------------------------------------------------
+    def _once(self, key: Hashable, compute: Callable[[], T]) -> T:
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = _Slot()
+                self._forget_oldest()
+            else:
+                self._slots.move_to_end(key)
+        with slot.lock:
+            if not slot.done:
+                slot.value = compute()
+                slot.done = True
+            return slot.value
+
+    def _forget_oldest(self) -> None:
+        finished = [key for key, slot in self._slots.items() if slot.done and isinstance(key, tuple)]
+        for key in finished[:max(0, len(self._slots) - KEPT_RESULTS)]:
+            del self._slots[key]
+
+    def _size(self, size: Size) -> InputSize:
+        if size is None:
+            return self.input_size
+        if isinstance(size, Integral):
+            return (int(size), int(size))
+        return (int(size[0]), int(size[1]))
+
+    # -- shapes, receptive fields, the layer tree --------------------------------------------
+    def layer_traces(self, size: Size = None, until: str | None = None) -> Mapping[str, LayerTrace]:
+        """Each module's output shape and receptive field for a 1x3xHxW input, in the order
+        the modules finished running; with ``until``, only as far as that module (a deep
+        head that cannot take the size then does not matter). Raises ``MethodInputError``
+        when the model does not accept the size."""
+        size = self._size(size)
+        return self._once(("traces", size, until),
+                          lambda: MappingProxyType(trace_model(self.module, size, until=until)))
+
+    def output_shapes(self, size: Size = None, until: str | None = None) -> Mapping[str, tuple]:
+        """Module path -> output shape (of its first call) for a 1x3xHxW input, in the order
+        the modules finished running; modules that did not run or returned no tensor are
+        left out. Read-only: it is shared by every caller."""
+        size = self._size(size)
+        return self._once(("shapes", size, until), lambda: MappingProxyType(
+            {path: trace.output_shape for path, trace in self.layer_traces(size, until).items()
+             if trace.output_shape is not None}))
+
+    def receptive_fields(self, size: Size = None) -> Mapping[str, ReceptiveField | None]:
+        """Module path -> receptive field of its output (None: the unit sees the whole image)."""
+        size = self._size(size)
+        return self._once(("fields", size), lambda: MappingProxyType(
+            {path: trace.receptive_field for path, trace in self.layer_traces(size).items()}))
+
+    def layer_tree(self, size: Size = None) -> LayerNode:
+        """The tree of the model's modules with shapes and fields at this input size."""
+        size = self._size(size)
+        return self._once(("tree", size), lambda: tree_from_traces(self.module, self.layer_traces(size)))
+
+    # -- the fast copy ----------------------------------------------------------------------
+    def _usable_copy(self, sample: torch.Tensor, layer: str | None) -> _FastCopyRecord | None:
+        """The record of the fast copy for the current weights, built on ``sample`` if there is
+        none yet; None where the model itself must run (no copy, or ``layer`` was folded)."""
+        if not can_have_fast_copy(self.module):
+            return None
+        version = weights_version(self.module)
+        with self._fast_lock:
+            if self._fast is None or self._fast.version != version:
+                self._fast = _FastCopyRecord(version, build_fast_copy(self.module, sample))
+            record = self._fast
+        if record.copy is None or (layer is not None and layer in record.copy.folded):
+            return None
+        return record
+
+    def fast_copy(self, sample: torch.Tensor, layer: str | None = None) -> nn.Module:
+        """The network to run for outputs only: the fast copy, or the model itself when it has
+        none, or when ``layer`` (whose output the caller reads) is a convolution the copy
+        folded its normalisation into.
+
+        ``sample`` (a normalised input batch) is what a new copy is built and checked on;
+        the copy stays until the weights change."""
+        record = self._usable_copy(sample, layer)
+        return self.module if record is None else record.copy.module
+
+    def gradient_network(self, sample: torch.Tensor, layer: str | None = None) -> nn.Module:
+        """The network to take input gradients through: the fast copy where a backward pass
+        through it works (tried once per copy, on ``sample``), else the model itself."""
+        record = self._usable_copy(sample, layer)
+        if record is None:
+            return self.module
+        with record.backward_lock:
+            if record.backward_works is None:
+                record.backward_works = backward_works(record.copy.module, sample)
+        return record.copy.module if record.backward_works else self.module
+
+    # -- channels-last layout ---------------------------------------------------------------
+    @property
+    def channels_last_works(self) -> bool:
+        """False once the model failed on channels-last input (it reshapes with ``.view()``)."""
+        return self._channels_last
+
+    def in_fast_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (an input batch) in the layout the network runs fastest in."""
+        if not self._channels_last or x.dim() != 4:
+            return x
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def run_in_fast_layout(self, run: Callable[[torch.Tensor], T], x: torch.Tensor) -> T:
+        """``run(x)`` with ``x`` in the fast layout; a model whose code cannot take
+        channels-last input goes back to the ordinary layout for good (the model's fact, so
+        its fast copy shares it), and other errors pass through."""
+        tried_channels_last = self._channels_last and x.dim() == 4
+        try:
+            return run(self.in_fast_layout(x))
+        except RuntimeError as exc:
+            if not tried_channels_last or "view size is not compatible" not in str(exc):
+                raise
+            self._channels_last = False  # only ever set to False: threads that race agree
+            return run(x)
+
+    # -- learnt from use --------------------------------------------------------------------
+    def overwritten_paths(self) -> frozenset[str]:
+        """Layers whose outputs the model later overwrites in place, as captures found them:
+        captured as copies from the start, so later images need one forward pass."""
+        return self._overwritten
+
+    def learn_overwritten(self, paths: Iterable[str]) -> frozenset[str]:
+        with self._lock:
+            self._overwritten = self._overwritten | frozenset(paths)
+            return self._overwritten
+
+    def functional_relus(self, sample: torch.Tensor) -> Mapping[str, str]:
+        """Module path -> class name of each module that applies a ReLU as a function
+        (``engine.anatomy.relus``), found in one forward pass of ``sample``, run on a twin
+        that shares the model's weights so the model's own hooks are left alone."""
+        def find() -> Mapping[str, str]:
+            network = self.module if has_script_modules(self.module) else module_twin(self.module)
+            return MappingProxyType(functional_relu_calls(network, sample))
+
+        return self._once("functional relus", find)

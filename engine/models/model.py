@@ -1,0 +1,74 @@
+"""What a model is to ConvScope: ``ModelSpec``, a model it knows by name, and ``LoadedModel``,
+a network ready to run with everything a method needs besides the network itself.
+
+Kept apart from the loading code (``registry``, ``zoo``, ``user_files``), which all use
+these classes and may then import each other freely.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from engine.anatomy.layers import find_module
+from engine.anatomy.model_state import ModelState
+from engine.models.preprocessing import Preprocessing
+
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    source: str  # "bundled" or "torchvision"
+    preprocessing: Preprocessing = Preprocessing()
+    layer_presets: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class LoadedModel:
+    """A network with how to preprocess an image for it, its class labels, which layers
+    "early", "middle" and "late" mean, a description of its weights for the export sidecar,
+    and ``state``: what has been worked out about it (``engine.anatomy.model_state``)."""
+
+    name: str
+    module: nn.Module
+    preprocessing: Preprocessing
+    labels: list[str]
+    weights: str  # where the weights came from, for the export sidecar
+    layer_presets: dict[str, str] = field(default_factory=dict)  # early/middle/late -> module path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _state: ModelState = field(init=False, repr=False, compare=False)
+    _state_lock: threading.Lock = field(init=False, repr=False, compare=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._state = ModelState(self.module, self.preprocessing.size)
+
+    @property
+    def state(self) -> ModelState:
+        """The one ``ModelState`` of this network; a new one if ``module`` or the input size
+        was replaced since (what was known about the old network does not hold)."""
+        with self._state_lock:
+            if self._state.module is not self.module or self._state.input_size[0] != self.preprocessing.size:
+                self._state = ModelState(self.module, self.preprocessing.size)
+            return self._state
+
+    def to(self, device: str | torch.device) -> "LoadedModel":
+        self.device = torch.device(device)
+        self.module.to(self.device)
+        return self
+
+    def named_module(self, path: str) -> nn.Module:
+        return find_module(self.module, path)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its class name when it has none), for
+    one-line messages about a model file that could not be read."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
