@@ -76,19 +76,23 @@ def test_layers_at_its_largest_size_lists_the_layers(capsys):
     assert "1024x1024" in line
 
 
-def test_layers_that_run_out_of_memory_exit_3_with_one_line():
-    """A real allocation failure: the process's address space is capped just above what it uses."""
+def test_a_run_that_runs_out_of_memory_exits_3_with_one_line():
+    """A real allocation failure: the process's address space is capped just above what it
+    uses, and a dream at 2048 px without tiles needs gigabytes. (The layer listing no longer
+    serves: it traces on the meta device, which allocates nothing at any size.)"""
     script = (
         "import resource, sys\n"
         "from engine.core.runtime import configure_process\n"
         "configure_process()\n"
         "from engine.app.cli import main\n"
         "from engine.models.registry import load_model\n"
-        "import engine.anatomy.layer_tree\n"
+        "from engine.data.samples import sample_path\n"
+        "import engine.methods, engine.app.session\n"
         "load_model()\n"  # every lazy import, and the weights' first read, before the cap
         "size = next(int(line.split()[1]) * 1024 for line in open('/proc/self/status') if line.startswith('VmSize'))\n"
         "resource.setrlimit(resource.RLIMIT_AS, (size + (128 << 20), resource.RLIM_INFINITY))\n"
-        "sys.exit(main(['layers', '--size', '2048']))\n"
+        "sys.exit(main(['run', 'dream', '--image', str(sample_path('chelsea')), '--size', '2048', '--steps', '1',\n"
+        "               '--octaves', '1', '--tile', '0']))\n"
     )
     if not Path("/proc/self/status").exists():
         pytest.skip("needs Linux's /proc to measure the address space")
