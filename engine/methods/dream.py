@@ -20,6 +20,7 @@ cannot (deep layers), so no seam stays in one place.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -184,8 +185,9 @@ class Ascent:
     (whole, or summed over tiles) normalised by its mean magnitude."""
 
     def __init__(self, objective: DreamObjective, pyramid: list[torch.Tensor], steps: int, jitter: int, lr: float,
-                 generator: torch.Generator, grid_generator: torch.Generator, tiles_for, full_tiles: "_Tiles | None",
-                 check) -> None:
+                 generator: torch.Generator, grid_generator: torch.Generator,
+                 tiles_for: Callable[[tuple[int, int]], "_Tiles | None"], full_tiles: "_Tiles | None",
+                 check: Callable[[], None]) -> None:
         self.objective, self.pyramid, self.steps, self.jitter, self.lr = objective, pyramid, steps, jitter, lr
         self.generator, self.grid_generator, self.tiles_for, self.check = generator, grid_generator, tiles_for, check
         self.full_size = tuple(pyramid[-1].shape[-2:])

@@ -73,7 +73,7 @@ class KeepsBest(Protocol):
     def restore(self, state: Any) -> None: ...
 
 
-Job = Generator["Frame | Progress", None, Trace]
+Run = Generator["Frame | Progress", None, Trace]  # what the loop is: events, then the trace
 
 
 def require_finite(loss: float, step: int) -> None:
@@ -86,7 +86,7 @@ def optimisation_loop(step: Callable[[int], Step], steps: int, *, show: Callable
                       cancel: CancelToken | None = None, first: int = 1, offset: int = 0, every: int = 1,
                       showing: "Display | None" = None, recorder: "FrameRecorder | None" = None,
                       span: tuple[float, float] = (0.0, 1.0), describe: Callable[[int, Step], str] | None = None,
-                      keep_best: KeepsBest | None = None) -> Job:
+                      keep_best: KeepsBest | None = None) -> Run:
     """Run ``step(k)`` for k = ``first`` .. ``steps``, or until a step reports ``reached``.
 
     A generator of Frame and Progress events returning a ``Trace``:
@@ -126,7 +126,7 @@ def optimisation_loop(step: Callable[[int], Step], steps: int, *, show: Callable
             if recorder is not None and showing.rgb is not None:
                 recorder.add(showing.rgb)
         yield Frame(showing, step=offset + number, metrics={"loss": report.loss, **report.terms, **report.metrics})
-        yield Progress(start + (end - start) * max(number, 0) / steps, describe(number, report))
+        yield Progress(start + (end - start) * number / steps, describe(number, report))
         if report.reached:
             break
     last = dict(report.terms) if report is not None else {}
