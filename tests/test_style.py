@@ -12,11 +12,13 @@ from engine.style.gram import gram_matrix
 from engine.anatomy.hooks import capture_outputs
 from engine.data.images import LoadedImage
 from engine.core.jobs import CancelToken, drive
+from engine.view.display import Display
 from engine.methods import METHODS, MethodContext
-from engine.models.preprocessing import Preprocessing
+from engine.models.preprocessing import Preprocessing, unit_tensor_to_rgb
 from engine.models.model import LoadedModel
 from engine.models.zoo import build_architecture
-from engine.style.perceptual import Descent, blend_grams, choose_transform, perceptual_layers
+from engine.optvis.loop import optimisation_loop
+from engine.style.perceptual import PixelDescent, blend_grams, choose_transform, perceptual_layers
 from tests.conftest import make_tiny_model
 
 from tests.cancelling import frames_before_cancel
@@ -204,9 +206,12 @@ def test_descent_reaches_a_quadratic_minimum_and_reports_the_picture_it_leaves()
 
     for optimizer in ("lbfgs", "adam"):
         pixels = torch.full((1, 3, 8, 8), 0.5, requires_grad=True)
-        descent = Descent(pixels, loss, steps=60 if optimizer == "lbfgs" else 300, optimizer=optimizer,
-                           lr=0.02 if optimizer == "adam" else None)
-        steps = [step for step, _parts in descent]
+        descent = PixelDescent(pixels, loss, optimizer=optimizer, lr=0.02 if optimizer == "adam" else None)
+        frames = []
+        trace = drive(optimisation_loop(descent.step, 60 if optimizer == "lbfgs" else 300, keep_best=descent,
+                                        show=lambda _number, step: Display(rgb=unit_tensor_to_rgb(step.picture))),
+                      on_frame=frames.append)
+        steps = [frame.step for frame in frames]
         assert steps == list(range(1, len(steps) + 1))
-        assert descent.final["loss"] == pytest.approx(float(loss(pixels)[0].detach()), rel=1e-6)
+        assert trace.last_loss == pytest.approx(float(loss(pixels)[0].detach()), rel=1e-6)
         assert torch.allclose(pixels, target, atol=1e-2)

@@ -36,9 +36,10 @@ from engine.core.errors import MethodInputError
 from engine.view.gallery import Tile, render_gallery
 from engine.attribution.gradients import run_score
 from engine.anatomy.hooks import first_tensor
-from engine.core.jobs import Frame, Progress, Result
+from engine.core.jobs import Progress, Result
 from engine.view.display import Display
 from engine.models.preprocessing import unit_tensor_to_rgb
+from engine.optvis.loop import Step, optimisation_loop
 from engine.methods.params import MethodSpec, Param, ParamError
 
 LOSSES = ("ce", "margin")
@@ -118,33 +119,19 @@ def run(ctx, p):
     low, high = (original - radius).clamp(0, 1), (original + radius).clamp(0, 1)
 
     yield Progress(0.0, f"'{names[0]}' towards '{names[1]}'")
-    recorder = FrameRecorder()
-    losses: list[float] = []
-    adversarial = original.clone()
-    updates = 0
-    while True:
-        ctx.cancel.check()
-        pixels = adversarial.detach().requires_grad_(True)
-        logits = _logits(model, pixels)
-        objective = _loss(logits, index, loss, confidence)
-        losses.append(float(objective.detach()))
-        lead = target_lead(logits, index)
-        reached = lead > confidence and _lead_after_rounding(model, adversarial, index) > 0
-        probs = torch.softmax(logits.detach()[0].double(), dim=0)
-        mosaic = _mosaic(original, adversarial, eps, names, (start_probs[source], start_probs[index]),
-                         (probs[source], probs[index]))
-        recorder.add(mosaic)
-        yield Frame(Display(rgb=mosaic), step=updates,
-                    metrics={"loss": losses[-1], "target_prob": float(probs[index]), "lead": lead})
-        if reached or updates == steps:
-            break
-        gradient, = torch.autograd.grad(objective, pixels)
-        with torch.no_grad():
-            adversarial = torch.minimum(torch.maximum(adversarial - lr * gradient.sign(), low), high)
-        updates += 1
-        yield Progress(updates / steps, f"step {updates} of at most {steps}: p({names[1]}) = {float(probs[index]):.3f}")
+    attack = SignStep(model, original, index, loss, confidence, lr, steps, (low, high))
+    before = (start_probs[source], start_probs[index])
 
-    final_probs = probs  # the last pass of the loop evaluated the final image
+    def show(_number, step):
+        mosaic = _mosaic(original, step.picture, eps, names, before, (attack.probs[source], attack.probs[index]))
+        return Display(rgb=mosaic)
+
+    recorder = FrameRecorder()
+    trace = yield from optimisation_loop(
+        attack.step, steps, first=0, show=show, cancel=ctx.cancel, recorder=recorder,
+        describe=lambda number, _step: f"step {number} of at most {steps}: p({names[1]}) = {float(attack.probs[index]):.3f}")
+    adversarial, updates, lead, losses = attack.adversarial, trace.step, attack.lead, trace.losses
+    final_probs = attack.probs  # the last step measured the final image
     with torch.no_grad():
         rounded = quantise(adversarial)
         rounded_logits = _logits(model, rounded)
@@ -186,6 +173,38 @@ def run(ctx, p):
                      (final_probs[source], final_probs[index]))
     return Result(display=Display(rgb=mosaic, note=note), array=adversarial[0].permute(1, 2, 0).cpu().numpy(),
                   metrics=metrics, target=goal, frames=recorder.finish(mosaic))
+
+
+class SignStep:
+    """Projected gradient descent's update, one step of the loop each.
+
+    Step k measures the picture after k updates (step 0: the original), and moves it
+    unless the target is reached, after its 8-bit rounding too, or the budget is spent.
+    """
+
+    def __init__(self, model, original: torch.Tensor, target: int, loss: str, confidence: float, lr: float,
+                 steps: int, bounds: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.model, self.target, self.loss, self.confidence = model, target, loss, confidence
+        self.lr, self.steps, self.bounds = lr, steps, bounds
+        self.adversarial = original.clone()
+        self.probs: torch.Tensor | None = None  # p of every class for the picture last measured
+        self.lead = 0.0
+
+    def step(self, number: int) -> Step:
+        measured = self.adversarial
+        pixels = measured.detach().requires_grad_(True)
+        logits = _logits(self.model, pixels)
+        objective = _loss(logits, self.target, self.loss, self.confidence)
+        self.lead = target_lead(logits, self.target)
+        reached = self.lead > self.confidence and _lead_after_rounding(self.model, measured, self.target) > 0
+        self.probs = torch.softmax(logits.detach()[0].double(), dim=0)
+        if not reached and number < self.steps:
+            gradient, = torch.autograd.grad(objective, pixels)
+            low, high = self.bounds
+            with torch.no_grad():
+                self.adversarial = torch.minimum(torch.maximum(measured - self.lr * gradient.sign(), low), high)
+        return Step(loss=float(objective.detach()), picture=measured, reached=reached,
+                    metrics={"target_prob": float(self.probs[self.target]), "lead": self.lead})
 
 
 def _lead_after_rounding(model, unit: torch.Tensor, target: int) -> float:

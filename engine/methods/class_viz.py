@@ -1,14 +1,14 @@
 """``class-viz``: the picture a class, a channel or one neuron wants to see.
 
-Gradient ascent on the input (Simonyan et al. 2014): argmax_I score(I) - priors(I), run by
-the one loop of ``engine.optvis.optimise``. The score is a class's logit, a channel's mean or
-one unit of a layer; the priors are switchable one by one so their effect can be seen:
-L2 (penalty and decay), total variation, a centre bias, periodic Gaussian blur, and
-clipping pixels of small norm or small contribution to the mean colour (Yosinski et al.
-2015), plus random jitter, zoom and rotation before every forward (Olah et al. 2017).
-The picture is raw pixels or a decorrelated Fourier spectrum. With ``--facets N`` the
-batch holds N pictures pushed apart by a diversity term, to show several faces of one
-unit in one run.
+Gradient ascent on the input (Simonyan et al. 2014): argmax_I score(I) - priors(I), Adam's
+steps (``engine.optvis.optimise``) run by the one loop of ``engine.optvis.loop``. The score
+is a class's logit, a channel's mean or one unit of a layer; the priors are switchable one
+by one so their effect can be seen: L2 (penalty and decay), total variation, a centre bias,
+periodic Gaussian blur, and clipping pixels of small norm or small contribution to the mean
+colour (Yosinski et al. 2015), plus random jitter, zoom and rotation before every forward
+(Olah et al. 2017). The picture is raw pixels or a decorrelated Fourier spectrum. With
+``--facets N`` the batch holds N pictures pushed apart by a diversity term, to show several
+faces of one unit in one run.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ cannot (deep layers), so no seam stays in one place.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -27,9 +28,10 @@ from engine.view.animation import FrameRecorder
 from engine.core.errors import ImageLoadError, MethodInputError
 from engine.anatomy.hooks import capture_outputs, forward_to
 from engine.data.images import load_image
-from engine.core.jobs import Frame, Progress, Result
+from engine.core.jobs import Result
 from engine.view.display import Display
 from engine.models.preprocessing import unit_tensor_to_rgb
+from engine.optvis.loop import Step, optimisation_loop
 from engine.optvis.tiling import Window, tile_windows, tiled_gradient, tiled_statistics, tiling_geometry
 from engine.optvis.transforms import random_shift, resize, roll
 from engine.methods.params import JITTER_LIMIT, LAYER, SEED, MethodSpec, Param, ParamError
@@ -172,6 +174,56 @@ def _statistics(objective: DreamObjective, unit: torch.Tensor, tiles: _Tiles | N
     return tiled_statistics(lambda crop, window: objective(crop, window, tiles.numel), unit, tiles.windows())
 
 
+class Ascent:
+    """DeepDream's update, one step of the loop each: octaves from small to large, the detail
+    dreamt at one carried up to the next; at each step a jittered gradient of the objective
+    (whole, or summed over tiles) normalised by its mean magnitude."""
+
+    def __init__(self, objective: DreamObjective, pyramid: list[torch.Tensor], steps: int, jitter: int, lr: float,
+                 generator: torch.Generator, grid_generator: torch.Generator,
+                 tiles_for: Callable[[tuple[int, int]], "_Tiles | None"], full_tiles: "_Tiles | None",
+                 check: Callable[[], None]) -> None:
+        self.objective, self.pyramid, self.steps, self.jitter, self.lr = objective, pyramid, steps, jitter, lr
+        self.generator, self.grid_generator, self.tiles_for, self.check = generator, grid_generator, tiles_for, check
+        self.full_size = tuple(pyramid[-1].shape[-2:])
+        self.full_tiles = full_tiles
+        self.detail = torch.zeros_like(pyramid[0])
+        self.dreamt = pyramid[-1]
+        self.tiles: _Tiles | None = None
+        self.windows = 1  # tiles in the newest step's grid
+
+    def step(self, number: int) -> Step:
+        octave, step = divmod(number - 1, self.steps)
+        octave_base = self.pyramid[octave]
+        if step == 0:  # a new octave: carry the detail up
+            shape = tuple(octave_base.shape[-2:])
+            self.detail = resize(self.detail, shape)
+            self.dreamt = (octave_base + self.detail).clamp(0, 1)
+            self.tiles = self.full_tiles if shape == self.full_size else self.tiles_for(shape)
+        tiles, objective = self.tiles, self.objective
+        shift = random_shift(self.generator, self.jitter)
+        pixels = roll(self.dreamt, shift)
+        if tiles is None:
+            pixels.requires_grad_(True)
+            loss, squares = objective(pixels)
+            gradient, = torch.autograd.grad(loss, pixels)
+            loss = float(loss.detach())
+        else:
+            offset = (0, 0) if tiles.exact else tuple(
+                torch.randint(0, tiles.tile, (2,), generator=self.grid_generator).tolist())
+            step_windows = tiles.windows(offset)
+            self.windows = len(step_windows)
+            gradient, loss, squares = tiled_gradient(lambda crop, window: objective(crop, window, tiles.numel),
+                                                     pixels, step_windows, check=self.check)
+        gradient = roll(gradient, (-shift[0], -shift[1]))
+        with torch.no_grad():
+            self.dreamt = (self.dreamt + self.lr * gradient / (gradient.abs().mean() + 1e-12)).clamp(0, 1)
+        if step == self.steps - 1:
+            self.detail = self.dreamt - octave_base
+        shown = next(iter(objective.weights))
+        return Step(loss=loss, picture=self.dreamt, metrics={"octave": octave + 1, "norm": math.sqrt(squares[shown])})
+
+
 def run(ctx, p):
     image = ctx.require_image()
     guide, steps, lr, octaves, tile = p.guide, p.steps, p.lr, p.octaves, p.tile
@@ -199,43 +251,21 @@ def run(ctx, p):
 
     full_tiles = tiles_for(full_size)
     _, squares_first = _statistics(objective, base, full_tiles)
+    ascent = Ascent(objective, pyramid, steps, p.jitter, lr, generator, grid_generator, tiles_for, full_tiles,
+                    ctx.cancel.check)
     total = octaves * steps
-    done = 0
-    losses: list[float] = []
+
+    def show(_number, step):
+        return Display(rgb=unit_tensor_to_rgb(resize(step.picture, full_size)))
+
+    def describe(number, _step):
+        octave, step = divmod(number - 1, steps)
+        return f"octave {octave + 1}/{octaves}, step {step + 1}/{steps}"
+
     recorder = FrameRecorder()
-    detail = torch.zeros_like(pyramid[0])
-    dreamt = base
-    windows = 1
-    for octave, octave_base in enumerate(pyramid):
-        detail = resize(detail, tuple(octave_base.shape[-2:]))
-        dreamt = (octave_base + detail).clamp(0, 1)
-        tiles = full_tiles if tuple(octave_base.shape[-2:]) == full_size else tiles_for(tuple(octave_base.shape[-2:]))
-        for step in range(steps):
-            ctx.cancel.check()
-            shift = random_shift(generator, p.jitter)
-            pixels = roll(dreamt, shift)
-            if tiles is None:
-                pixels.requires_grad_(True)
-                loss, squares = objective(pixels)
-                gradient, = torch.autograd.grad(loss, pixels)
-                loss = float(loss.detach())
-            else:
-                offset = (0, 0) if tiles.exact else tuple(torch.randint(0, tile, (2,), generator=grid_generator).tolist())
-                step_windows = tiles.windows(offset)
-                windows = len(step_windows)
-                gradient, loss, squares = tiled_gradient(lambda crop, window: objective(crop, window, tiles.numel),
-                                                         pixels, step_windows, check=ctx.cancel.check)
-            gradient = roll(gradient, (-shift[0], -shift[1]))
-            with torch.no_grad():
-                dreamt = (dreamt + lr * gradient / (gradient.abs().mean() + 1e-12)).clamp(0, 1)
-            losses.append(loss)
-            done += 1
-            rgb = unit_tensor_to_rgb(resize(dreamt, full_size))
-            recorder.add(rgb)
-            metrics = {"loss": loss, "octave": octave + 1, "norm": math.sqrt(squares[shown])}
-            yield Frame(Display(rgb=rgb), step=done, metrics=metrics)
-            yield Progress(done / total, f"octave {octave + 1}/{octaves}, step {step + 1}/{steps}")
-        detail = dreamt - octave_base
+    trace = yield from optimisation_loop(ascent.step, total, show=show, cancel=ctx.cancel, recorder=recorder,
+                                         describe=describe)
+    dreamt, windows, losses, done = ascent.dreamt, ascent.windows, trace.losses, trace.step or 0
 
     _, squares_last = _statistics(objective, dreamt, full_tiles)
     result = dreamt[0].permute(1, 2, 0).cpu().numpy()

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from engine.view.animation import FrameRecorder
@@ -40,9 +39,10 @@ from engine.core.errors import ConvScopeError, JobCancelled, MethodInputError
 from engine.data.extraction import skipped_list, skipped_note
 from engine.style.activation_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
 from engine.data.images import load_image
-from engine.core.jobs import Frame, Progress, Result
+from engine.core.jobs import Progress, Result
 from engine.view.display import Display
 from engine.models.preprocessing import unit_tensor_to_rgb
+from engine.optvis.loop import Step, optimisation_loop, require_finite
 from engine.style.perceptual import (Features, PerceptualLayers, PerceptualLoss, choose_transform, gram_targets, layer_list,
                           perceptual_layers)
 from engine.style.style_library import (CHECKPOINT_FORMAT, FORMAT_VERSION, checkpoint_path, prepare_save_place,
@@ -207,11 +207,12 @@ class Training:
         for group in self.optimizer.param_groups:
             group["lr"] = lr  # the rerun's learning rate applies from here on
 
-    def train_step(self, features: Features, content_features: Features, weights: dict[str, float]) -> dict:
+    def train_step(self, features: Features, content_features: Features, weights: dict[str, float]) -> Step:
         """One Adam step on the next content batch, for the next style in turn.
 
         ``features`` gives every loss layer of the output; ``content_features`` only the
-        content layers, whose forward stops sooner, for the batch's own targets.
+        content layers, whose forward stops sooner, for the batch's own targets. A loss that
+        is not finite stops the training before the step, so no checkpoint holds its weights.
         """
         device = next(self.net.parameters()).device
         content = self.stream.next_batch().to(device).float().div_(255.0)
@@ -220,20 +221,18 @@ class Training:
                               **weights)
         output = self.net(content, one_hot_mix(style_index, len(self.targets)))
         total, parts = loss(output)
+        require_finite(float(total.detach()), self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.updating = True
         self.optimizer.step()
         self.step += 1
         self.updating = False
-        self.last = {"loss": float(total.detach()), **{f"{name}_loss": value for name, value in parts.items()},
-                     "style": style_index}
+        terms = {f"{name}_loss": value for name, value in parts.items()}
+        self.last = {"loss": float(total.detach()), **terms, "style": style_index}
         if self.loss_first is None:
             self.loss_first = self.last["loss"]
-        if not np.isfinite(self.last["loss"]):
-            raise MethodInputError(f"the loss became {self.last['loss']} at step {self.step}: "
-                                   "lower --lr or the loss weights")
-        return self.last
+        return Step(loss=self.last["loss"], terms=terms, metrics={"style": style_index})
 
     def write_checkpoint(self) -> None:
         if self.updating or self.step == self.saved_step:
@@ -331,19 +330,19 @@ def run(ctx, p):
     # ---- train, keeping every finished step when stopped
     picture = _preview_picture(ctx, data, size)
     recorder = FrameRecorder()
-    preview = unit_tensor_to_rgb(_stylise_preview(net, picture))
-    recorder.add(preview)
+
+    def show(_number, _step):
+        return Display(rgb=unit_tensor_to_rgb(_stylise_preview(net, picture)))
+
+    def train(_number):
+        step = training.train_step(features, content_features, weights)
+        if checkpoint_every and training.step % checkpoint_every == 0:
+            training.write_checkpoint()
+        return step
+
     try:
-        while training.step < steps:
-            ctx.cancel.check()
-            metrics = training.train_step(features, content_features, weights)
-            if checkpoint_every and training.step % checkpoint_every == 0:
-                training.write_checkpoint()
-            if training.step % preview_every == 0 or training.step == steps:
-                preview = unit_tensor_to_rgb(_stylise_preview(net, picture))
-                recorder.add(preview)
-            yield Frame(Display(rgb=preview), step=training.step, metrics=metrics)
-            yield Progress(training.step / steps, f"step {training.step}/{steps}")
+        yield from optimisation_loop(train, steps, first=training.step + 1, show=show, every=preview_every,
+                                     showing=show(training.step, None), cancel=ctx.cancel, recorder=recorder)
     except (JobCancelled, KeyboardInterrupt, GeneratorExit):
         training.write_checkpoint()
         raise

@@ -5,10 +5,10 @@ whose features at layer l match the photo's,
 
     min_x ||phi_l(x) - phi_l(x0)||^2 / ||phi_l(x0)||^2 + lambda * TV_beta(x) / (H W),
 
-with the one loop of ``engine.optvis.optimise``. The strip mode inverts several layers in one
-job and shows them beside the photo: shallow layers give the photo back almost exactly,
-deep ones keep the layout and lose colour and texture. PSNR against the photo (at the
-same size) puts a number on it.
+with Adam's steps (``engine.optvis.optimise``) run by the one loop of ``engine.optvis.loop``.
+The strip mode inverts several layers in one job and shows them beside the photo: shallow
+layers give the photo back almost exactly, deep ones keep the layout and lose colour and
+texture. PSNR against the photo (at the same size) puts a number on it.
 """
 
 from __future__ import annotations

@@ -31,11 +31,12 @@ from engine.view.animation import FrameRecorder
 from engine.core.errors import ConvScopeError, MethodInputError
 from engine.style.activation_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
 from engine.data.images import load_image
-from engine.core.jobs import Frame, Progress, Result
+from engine.core.jobs import Result
 from engine.view.display import Display
 from engine.models.preprocessing import unit_tensor_to_rgb
-from engine.style.perceptual import (DEFAULT_LR, OPTIMIZERS, Descent, Features, PerceptualLoss, blend_grams, choose_transform,
-                          gram_targets, layer_list, perceptual_layers, seeded_noise)
+from engine.optvis.loop import optimisation_loop
+from engine.style.perceptual import (DEFAULT_LR, OPTIMIZERS, Features, PerceptualLoss, PixelDescent, blend_grams,
+                                     choose_transform, gram_targets, layer_list, perceptual_layers, seeded_noise)
 from engine.methods.params import LR_LIMIT, SEED, TEMPERATURE_LIMIT, WEIGHT_LIMIT, MethodSpec, Param, ParamError
 
 # RGB -> YIQ (NTSC 1953, as skimage.color.rgb2yiq): Y is luminance, I and Q chroma.
@@ -60,10 +61,10 @@ def matched_luminance(style: torch.Tensor, content: torch.Tensor) -> torch.Tenso
     return ((y_style - y_style.mean()) * spread + y_content.mean()).clamp(0, 1)
 
 
-def _named_losses(parts: dict[str, float]) -> dict[str, float]:
-    """The total as "loss" and each part as "<part>_loss" (0 when its weight is 0), as the
-    loss plot and fast-style-train name them."""
-    return {"loss": parts["loss"], **{f"{part}_loss": parts.get(part, 0.0) for part in ("content", "style", "tv")}}
+def _named_terms(total: torch.Tensor, parts: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Each part as "<part>_loss" (0 when its weight is 0), as the loss plot and fast-style-train
+    name them; with the total, "loss", they are what each frame carries."""
+    return total, {f"{part}_loss": parts.get(part, 0.0) for part in ("content", "style", "tv")}
 
 
 def check(p) -> None:
@@ -129,17 +130,15 @@ def run(ctx, p):
         picture = picture.detach()
         return yiq_to_rgb(torch.cat([picture, chroma], dim=1)).clamp(0, 1) if preserve_color else picture
 
+    def show(_number, _step):
+        return Display(rgb=unit_tensor_to_rgb(as_rgb(pixels)))
+
     recorder = FrameRecorder()
-    first: dict[str, float] = {}
-    descent = Descent(pixels, lambda picture: loss(as_network_input(picture)), steps, optimizer, p.lr, ctx.cancel)
-    for step, parts in descent:
-        parts = _named_losses(parts)
-        first = first or parts
-        rgb = unit_tensor_to_rgb(as_rgb(pixels))
-        recorder.add(rgb)
-        yield Frame(Display(rgb=rgb), step=step, metrics=parts)
-        yield Progress(step / steps, f"step {step}/{steps}")
-    final = _named_losses(descent.final)
+    descent = PixelDescent(pixels, lambda picture: _named_terms(*loss(as_network_input(picture))), optimizer, p.lr)
+    trace = yield from optimisation_loop(descent.step, steps, show=show, cancel=ctx.cancel, recorder=recorder,
+                                         keep_best=descent)
+    first = {"loss": trace.losses[0], **trace.first}
+    final = {"loss": trace.last_loss, **trace.last}
 
     result = as_rgb(pixels)
     rgb = unit_tensor_to_rgb(result)

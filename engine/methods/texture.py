@@ -26,8 +26,9 @@ from engine.view.gallery import Tile, render_gallery
 from engine.core.jobs import Frame, Progress, Result
 from engine.view.display import Display
 from engine.models.preprocessing import unit_tensor_to_rgb
-from engine.style.perceptual import (DEFAULT_LR, OPTIMIZERS, Descent, Features, PerceptualLoss, choose_transform, gram_targets,
-                          layer_list, perceptual_layers, seeded_noise)
+from engine.optvis.loop import optimisation_loop
+from engine.style.perceptual import (DEFAULT_LR, OPTIMIZERS, Features, PerceptualLoss, PixelDescent, choose_transform,
+                                     gram_targets, layer_list, perceptual_layers, seeded_noise)
 from engine.methods.params import LR_LIMIT, SEED, TEMPERATURE_LIMIT, MethodSpec, Param, ParamError
 
 CLASSIC_SAMPLE = 48  # default shorter side of the sample for --classic, in pixels
@@ -64,24 +65,28 @@ def run(ctx, p):
     groups = [[path] for path in paths] if strip else [paths]
     recorder = FrameRecorder()
     results, firsts, lasts = [], [], []
-    total_steps = steps * len(groups)
     for index, group in enumerate(groups):
         features = Features(ctx.model, group, transform)
         loss = PerceptualLoss(features, style=gram_targets(features.targets(sample)))
         pixels = noise.clone().requires_grad_(True)
         label = f"layer {index + 1}/{len(groups)} ({group[0]}), " if strip else ""
-        losses = []
-        descent = Descent(pixels, loss, steps, optimizer, p.lr, ctx.cancel)
-        for step, parts in descent:
-            losses.append(parts["loss"])
-            rgb = unit_tensor_to_rgb(pixels.detach())
-            recorder.add(rgb)
-            yield Frame(Display(rgb=rgb, note=f"{label}step {step}/{steps}"), step=index * steps + step,
-                        metrics={"loss": parts["loss"], "layer": group[0] if strip else "all"})
-            yield Progress((index * steps + step) / total_steps, f"{label}step {step}/{steps}")
+        descent = PixelDescent(pixels, loss, optimizer, p.lr)
+
+        def step(number, descent=descent, layer=group[0] if strip else "all"):
+            report = descent.step(number)
+            report.metrics["layer"] = layer
+            return report
+
+        def show(number, _step, pixels=pixels, label=label):
+            return Display(rgb=unit_tensor_to_rgb(pixels.detach()), note=f"{label}step {number}/{steps}")
+
+        trace = yield from optimisation_loop(
+            step, steps, show=show, cancel=ctx.cancel, recorder=recorder, keep_best=descent, offset=index * steps,
+            span=(index / len(groups), (index + 1) / len(groups)),
+            describe=lambda number, _step, label=label: f"{label}step {number}/{steps}")
         results.append(pixels.detach()[0].permute(1, 2, 0).cpu().numpy())
-        firsts.append(losses[0])
-        lasts.append(descent.final["loss"])
+        firsts.append(trace.losses[0])
+        lasts.append(trace.last_loss)
 
     p.record(layers=paths, size=list(shape[::-1]), sample_size=list(sample.shape[-1:-3:-1]),
              lr=p.lr or DEFAULT_LR[optimizer], feature_transform=transform_name)

@@ -1,12 +1,13 @@
-"""The one optimisation loop: optimise a picture against an objective.
+"""Optimise a parameterised picture against an objective: class-viz's and inversion's stepper.
 
 Class visualisation, feature inversion and their relatives differ only in their parts
 (Lucent's ``optvis/render.py`` design): a parameterisation (``engine.optvis.parameterisation``)
 makes the picture, random transforms (``engine.optvis.transforms``) perturb it before each
 forward, an objective (``engine.optvis.objectives``) scores the model's response, Adam moves
 the parameters, and projections (``engine.optvis.regularisers``: blur, clipping, decay) rewrite
-the picture between steps. The loop checks for cancel before every step and yields a
-``Frame`` with the loss and each of its terms, so the window shows the picture evolving.
+the picture between steps. ``adam_stepper`` is that update; the one loop
+(``engine.optvis.loop``) runs it, with its cancel checks, frames, progress and history.
+Also here: ``probe_model``, the forward that collects what an objective needs.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from torch import nn
 from engine.view.animation import FrameRecorder
 from engine.core.errors import MethodInputError
 from engine.anatomy.hooks import StopForward, first_tensor, hooked
-from engine.core.jobs import CancelToken, Frame, Progress
+from engine.core.jobs import CancelToken
 from engine.view.display import Display
 from engine.anatomy.layers import find_module
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.models.model import LoadedModel
+from engine.optvis.loop import Step, optimisation_loop
 from engine.optvis.objectives import INPUT, LOGITS, PRE, Objective, Probe
 from engine.optvis.parameterisation import ImageParam
 from engine.view.render import tile_grid
@@ -117,34 +119,24 @@ def side_by_side(pictures: torch.Tensor, gap: int = 4) -> np.ndarray:
     return tile_grid(rgb, 1, len(rgb), gap=gap, fill=40)
 
 
-def optimise(model: LoadedModel, param: ImageParam, objective: Objective, *, steps: int, lr: float,
-             generator: torch.Generator, cancel: CancelToken | None = None, transform: Transform | None = None,
-             projections: Sequence[Projection] = (), show: Callable[[torch.Tensor], Display] | None = None,
-             recorder: FrameRecorder | None = None, label: str = "step", progress: tuple[float, float] = (0.0, 1.0)):
-    """Adam on ``param`` for ``steps`` steps; a generator yielding Frame and Progress events,
-    returning an ``Optimised``. ``show`` turns the picture into what a Frame displays
-    (default: the batch side by side), and every shown picture is offered to ``recorder``;
-    ``progress`` is the span of the job's progress bar this run fills."""
-    cancel = cancel or CancelToken()
-    show = show or (lambda picture: Display(rgb=side_by_side(picture)))
+def adam_stepper(model: LoadedModel, param: ImageParam, objective: Objective, *, lr: float,
+                 generator: torch.Generator, transform: Transform | None = None,
+                 projections: Sequence[Projection] = ()) -> Callable[[int], Step]:
+    """One step of Adam on ``param``: render the picture, transform it, score it, step, constrain
+    and project. The step reports the picture its loss was measured on."""
     optimiser = torch.optim.Adam(param.params, lr=lr)
     mean = torch.tensor(model.preprocessing.mean).view(1, 3, 1, 1)
     needs = objective.needs
-    losses: list[float] = []
-    first: dict[str, float] = {}
-    parts: dict[str, float] = {}
-    for step in range(steps):
-        cancel.check()
+
+    def step(number: int) -> Step:
         optimiser.zero_grad(set_to_none=True)
         picture = param.image()
-        due = [p for p in projections if (step + 1) % p.every == 0]
+        due = [p for p in projections if number % p.every == 0]
         if due:
             picture.retain_grad()
         model_input = transform(picture, generator) if transform else picture
         probe = probe_model(model, picture, needs, model_input)
         loss, parts = objective.parts(probe)
-        if not torch.isfinite(loss):
-            raise MethodInputError(f"the loss became {float(loss)} at step {step + 1}; try a lower --lr")
         loss.backward()
         optimiser.step()
         param.constrain()
@@ -155,15 +147,26 @@ def optimise(model: LoadedModel, param: ImageParam, objective: Objective, *, ste
                 for projection in due:
                     centred = projection.apply(centred, picture.grad)
                 param.set_image(centred + centre)
-        losses.append(float(loss.detach()))
-        first = first or dict(parts)
-        # The frame shows the picture this step's loss was measured on (no extra render).
-        display = show(picture.detach())
-        if recorder is not None and display.rgb is not None:
-            recorder.add(display.rgb)
-        yield Frame(display, step=step + 1, metrics={"loss": losses[-1], **parts})
-        start, end = progress
-        yield Progress(start + (end - start) * (step + 1) / steps, f"{label} {step + 1}/{steps}")
+        return Step(loss=float(loss.detach()), terms=parts, picture=picture.detach())
+
+    return step
+
+
+def optimise(model: LoadedModel, param: ImageParam, objective: Objective, *, steps: int, lr: float,
+             generator: torch.Generator, cancel: CancelToken | None = None, transform: Transform | None = None,
+             projections: Sequence[Projection] = (), show: Callable[[torch.Tensor], Display] | None = None,
+             recorder: FrameRecorder | None = None, label: str = "step", progress: tuple[float, float] = (0.0, 1.0)):
+    """Adam on ``param`` for ``steps`` steps through the one loop; a generator yielding Frame and
+    Progress events, returning an ``Optimised``. ``show`` turns the picture into what a Frame
+    displays (default: the batch side by side), and every shown picture is offered to
+    ``recorder``; ``progress`` is the span of the job's progress bar this run fills."""
+    show = show or (lambda picture: Display(rgb=side_by_side(picture)))
+    stepper = adam_stepper(model, param, objective, lr=lr, generator=generator, transform=transform,
+                           projections=projections)
+    # The frame shows the picture this step's loss was measured on (no extra render).
+    trace = yield from optimisation_loop(stepper, steps, show=lambda _number, step: show(step.picture), cancel=cancel,
+                                         recorder=recorder, span=progress,
+                                         describe=lambda number, _step: f"{label} {number}/{steps}")
     with torch.no_grad():
         final = param.image().detach().clone()
-    return Optimised(image=final, losses=losses, first=first, last=dict(parts))
+    return Optimised(image=final, losses=trace.losses, first=trace.first, last=trace.last)

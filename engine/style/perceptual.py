@@ -3,14 +3,14 @@
 Texture synthesis, Gatys style transfer and fast style training all compare an image's
 features with targets taken once from the content and style images; these are the
 comparisons, written once. Also here: which layers to compare on each backbone, the
-forward that stops at the deepest of them, and the loop that minimises a perceptual loss
+forward that stops at the deepest of them, and the stepper that minimises a perceptual loss
 over an image's pixels with L-BFGS (as Gatys et al. did) or Adam.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -19,9 +19,9 @@ from torch.nn import functional as F
 from engine.core.errors import MethodInputError
 from engine.style.activation_transforms import FeatureTransform, feature_transform
 from engine.style.gram import gram_matrix
-from engine.core.jobs import CancelToken
 from engine.models.model import LoadedModel
 from engine.models.registry import BUNDLED_MODEL
+from engine.optvis.loop import Step
 from engine.optvis.optimise import probe_model
 from engine.optvis.regularisers import total_variation
 
@@ -243,7 +243,7 @@ def seeded_noise(shape: tuple[int, ...], generator: torch.Generator, amplitude: 
     return 0.5 + amplitude * (torch.rand(shape, generator=generator) - 0.5)
 
 
-# -- the loop -----------------------------------------------------------------------------------
+# -- the descent --------------------------------------------------------------------------------
 OPTIMIZERS = ("lbfgs", "adam")
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
 LBFGS_HISTORY = 50
@@ -252,33 +252,29 @@ LBFGS_HISTORY = 50
 Loss = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
 
-class Descent:
-    """Minimise ``loss`` over ``pixels`` (a 1 x C x H x W leaf in 0..1, updated in place).
+class PixelDescent:
+    """Minimise ``loss`` over ``pixels`` (a 1 x C x H x W leaf in 0..1, updated in place): the
+    stepper of texture and style, run by the one loop (``engine.optvis.loop``) with ``keep_best``.
 
-        descent = Descent(pixels, loss, steps=100)
-        for step, parts in descent:      # after each step
-            ...                          # parts: the loss's terms and "loss", the total
-        descent.final                    # the same for the picture left in ``pixels``
+        descent = PixelDescent(pixels, loss)
+        trace = yield from optimisation_loop(descent.step, steps, keep_best=descent, show=...)
 
-    Each step's ``parts`` are those of the picture the step started from (the optimiser
-    evaluates the loss before it moves). Pixels are clamped to 0..1 after every step
-    (projected descent, as the PyTorch tutorial does for L-BFGS). Without a line search
-    L-BFGS can end on a worse picture than one it passed, so the lowest-loss picture seen
-    is what is left in ``pixels`` at the end; ``final`` says which loss that is.
+    Each step's loss and terms are those of the picture the step started from (the
+    optimiser evaluates the loss before it moves). Pixels are clamped to 0..1 after every
+    step (projected descent, as the PyTorch tutorial does for L-BFGS). Without a line search
+    L-BFGS can end on a worse picture than one it passed, so the loop keeps the lowest-loss
+    picture: ``snapshot``, ``measure`` and ``restore`` are what it needs for that.
 
-    Kept apart from ``engine.optvis.optimise.optimise`` because L-BFGS needs a closure it may
-    call again; here one L-BFGS step is one iteration with exactly one evaluation of the
-    loss (``max_iter=1``, no line search), so a step costs one forward and one backward
-    whichever optimiser runs, and the curvature history carries over between steps.
-    The tolerances are zero: the step count, not L-BFGS, decides when to stop.
+    One L-BFGS step is one iteration with exactly one evaluation of the loss (``max_iter=1``,
+    no line search), so a step costs one forward and one backward whichever optimiser runs,
+    and the curvature history carries over between steps. The tolerances are zero: the step
+    count, not L-BFGS, decides when to stop.
     """
 
-    def __init__(self, pixels: torch.Tensor, loss: Loss, steps: int, optimizer: str = "lbfgs", lr: float | None = None,
-                 cancel: CancelToken | None = None) -> None:
+    def __init__(self, pixels: torch.Tensor, loss: Loss, optimizer: str = "lbfgs", lr: float | None = None) -> None:
         if optimizer not in OPTIMIZERS:
             raise MethodInputError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not '{optimizer}'")
-        self.pixels, self.loss, self.steps = pixels, loss, steps
-        self.cancel = cancel or CancelToken()
+        self.pixels, self.loss = pixels, loss
         lr = lr or DEFAULT_LR[optimizer]
         if optimizer == "lbfgs":
             self.optimizer = torch.optim.LBFGS([pixels], lr=lr, max_iter=1, history_size=LBFGS_HISTORY,
@@ -289,46 +285,41 @@ class Descent:
         # its first step is 1 / |g|_1 and it drops curvature pairs with s.y below 1e-10,
         # so a loss whose gradients are tiny (a relative Gram loss on a small picture)
         # crawls for dozens of steps. The optimiser sees the loss scaled so its first
-        # gradient's largest entry is 1; ``parts`` keep the loss's own units.
+        # gradient's largest entry is 1; the reported loss and terms keep the loss's own units.
         self.scale: float | None = None if optimizer == "lbfgs" else 1.0
-        self.final: dict[str, float] = {}
 
-    def __iter__(self) -> Iterator[tuple[int, dict[str, float]]]:
-        best_loss, best = float("inf"), None
-        for step in range(1, self.steps + 1):
-            self.cancel.check()
-            start = self.pixels.detach().clone()
-            record: dict[str, float] = {}
+    def step(self, _number: int) -> Step:
+        measured: dict = {}
 
-            def closure() -> torch.Tensor:
-                self.optimizer.zero_grad(set_to_none=True)
-                total, parts = self.loss(self.pixels)
-                if not torch.isfinite(total):
-                    raise MethodInputError(f"the loss became {float(total.detach())} at step {step}; try lower weights or --lr")
-                if self.scale is None:  # the first evaluation fixes the scale (see __init__)
-                    total.backward()
-                    largest = float(self.pixels.grad.abs().max())
-                    self.scale = 1.0 / largest if largest > 0 else 1.0
-                    self.pixels.grad.mul_(self.scale)
-                else:
-                    (total * self.scale).backward()
-                record.clear()
-                record.update(parts)
-                record["loss"] = float(total.detach())
-                return total.detach() * self.scale
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            total, parts = self.loss(self.pixels)
+            if self.scale is None:  # the first evaluation fixes the scale (see __init__)
+                total.backward()
+                largest = float(self.pixels.grad.abs().max())
+                self.scale = 1.0 / largest if largest > 0 else 1.0
+                self.pixels.grad.mul_(self.scale)
+            else:
+                (total * self.scale).backward()
+            measured.update(loss=float(total.detach()), terms=parts)
+            return total.detach() * self.scale
 
-            self.optimizer.step(closure)
-            with torch.no_grad():
-                self.pixels.clamp_(0, 1)
-            if record["loss"] < best_loss:
-                best_loss, best = record["loss"], (start, dict(record))
-            yield step, record
+        self.optimizer.step(closure)
+        with torch.no_grad():
+            self.pixels.clamp_(0, 1)
+        return Step(loss=measured["loss"], terms=measured["terms"], picture=self.pixels)
+
+    def snapshot(self) -> torch.Tensor:
+        return self.pixels.detach().clone()
+
+    def measure(self) -> Step:
         with torch.no_grad():
             total, parts = self.loss(self.pixels)
-            self.final = {**parts, "loss": float(total)}
-            if best is not None and best_loss < self.final["loss"]:
-                self.pixels.copy_(best[0])
-                self.final = best[1]
+        return Step(loss=float(total), terms=parts, picture=self.pixels)
+
+    def restore(self, state: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.pixels.copy_(state)
 
 
 # -- options shared by the texture and style methods --------------------------------------------
