@@ -144,7 +144,7 @@ def test_out_of_memory_exits_3_with_one_line(capsys, monkeypatch, chelsea_path):
         **{**methods.METHODS["saliency"].__dict__, "run": greedy}))
     code, out, err = cli(capsys, "run", "saliency", "--image", chelsea_path)
     assert code == 3 and out == ""
-    assert err.strip().splitlines() == ["error: ran out of memory: try a smaller image size or fewer steps, close other programs, or switch to the CPU"]
+    assert err.strip().splitlines() == ["error: ran out of memory: try a smaller image size or fewer steps, or close other programs (on a GPU, the CPU has more memory)"]
 
 
 def test_dataset_methods_report_and_skip_a_corrupt_file(capsys, tmp_path, monkeypatch, labelled_folder):

@@ -59,5 +59,5 @@ def is_out_of_memory(exc: BaseException | None) -> bool:
 
 
 OUT_OF_MEMORY_MESSAGE = (
-    "ran out of memory: try a smaller image size or fewer steps, close other programs, or switch to the CPU"
+    "ran out of memory: try a smaller image size or fewer steps, or close other programs (on a GPU, the CPU has more memory)"
 )
