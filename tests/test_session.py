@@ -183,6 +183,19 @@ def test_clicks_mean_nothing_on_other_results(session, saliency):
     assert session.canvas_click(10, 10, shift=True) is None
 
 
+def test_the_click_hint_follows_the_kind_shown(session, saliency):
+    def hint_for(values):
+        session.show(drive(session.start("activations", values, CancelToken())))
+        return session.click_hint()
+
+    assert hint_for({"layer": "stages.1.1.expand_relu6"}).startswith("Click a tile to see its channel")
+    assert hint_for({"layer": "head.relu6", "channel": 5}).startswith("Click the image for guided backprop")
+    # A vector layer with the channel field still set shows bars: a click there does nothing, so no hint.
+    assert hint_for({"layer": "classifier", "channel": 5}) == "" and session.canvas_click(10, 10) is None
+    session.show(saliency)
+    assert session.click_hint() == ""
+
+
 # --------------------------------------------------------------------------- failing exports
 
 

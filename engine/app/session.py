@@ -32,7 +32,7 @@ from engine.core.jobs import CancelToken, Job, Result
 from engine.data.images import LoadedImage, check_targets, load_image, write_together
 from engine.methods import METHODS, MethodContext, MethodSpec, family_of
 from engine.models.registry import BUNDLED_MODEL, LoadedModel, available_models, load_model
-from engine.view.display import Display, Picture, Scatter, TileGrid
+from engine.view.display import Display, MapOverPhoto, Picture, Scatter, TileGrid
 from engine.view.export import build_sidecar, describe_write_failure, sidecar_path_for
 from engine.view.hit_test import map_cell_at, tile_at
 from engine.view.render import colour_scale, render
@@ -326,7 +326,7 @@ class Session:
         if isinstance(shown.display, TileGrid):
             return ("Click a tile to see its channel over the image; "
                     "Shift+click a place on it for guided backprop of that neuron")
-        if shown.provenance.params.get("channel") is not None:
+        if isinstance(shown.display, MapOverPhoto) and shown.provenance.params.get("channel") is not None:
             return "Click the image for guided backprop of this channel's neuron there"
         return ""
 
