@@ -72,14 +72,15 @@ def _map_over_photo(overlay: MapOverPhoto, view: ViewSettings) -> np.ndarray:
     return draw_boxes(blended, overlay.boxes)
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=1)
 def _overlay_indices(overlay: MapOverPhoto) -> tuple[np.ndarray, np.ndarray]:
     """The map stretched over the photo as colour-table entries, and where it has values.
 
     They depend on the display alone (not on the colormap or the opacity the user picks),
-    so they are made once per display: the canvas draws the shown map again whenever the
+    so they are made once for the display on show: the canvas draws it again whenever the
     opacity or the colormap changes, and export draws it once more. A display is frozen
-    and compares by identity, so it is its own key.
+    and compares by identity, so it is its own key; only the newest is kept (2 bytes a
+    photo pixel), never a trail of old ones.
     """
     return colour_indices(overlay_map(overlay), overlay.levels)
 
