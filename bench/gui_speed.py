@@ -85,11 +85,11 @@ def _scatter_speed(app, count: int = 20_000) -> tuple[float, float]:
     import numpy as np
     from PySide6.QtCore import QPointF
 
-    from engine.view.display import Points
+    from engine.view.display import Scatter
     from gui.scatter import ScatterView
 
     rng = np.random.default_rng(0)
-    points = Points(xy=rng.normal(size=(count, 2)).astype(np.float32), paths=[f"{i}.png" for i in range(count)],
+    points = Scatter(xy=rng.normal(size=(count, 2)).astype(np.float32), paths=[f"{i}.png" for i in range(count)],
                     groups=[str(g) for g in rng.integers(0, 10, count)])
     view = ScatterView()
     view.resize(900, 700)

@@ -51,7 +51,7 @@ def run() -> list[Row]:
         single[ppe] = time.perf_counter() - start
     best = min(single, key=single.get)
     ours_s, captum_s = median_times_interleaved([ours, lambda: captum(best)], repeats=REPEATS, warmup=0)
-    difference = float(np.abs(result.display.scalar - reference_map).max())
+    difference = float(np.abs(result.display.values - reference_map).max())
     tried = ", ".join(f"{ppe}: {seconds:.1f} s" for ppe, seconds in single.items())
     return [Row("occlusion, 224 px, 729 windows", ours_s, "s", ">= 1.5x Captum", reference=captum_s,
                 note=f"captum.attr.Occlusion at perturbations_per_eval {best} (one run each: {tried}); "

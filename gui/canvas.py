@@ -1,30 +1,37 @@
-"""The image canvas: the picture, a map over it, its colour bar, and bars for vectors.
+"""The image canvas: the picture of a display, its colour bar, and live plots for bars and scatters.
 
-One pyqtgraph ``ImageItem`` holds the picture and a second one the scalar map, drawn
-through the same colour lookup tables the engine uses for PNG output, so what is
-exported (the session's composite, with this canvas's ``view_settings``) is what is seen. Zoom and pan come from the ViewBox (wheel, drag); ``fit``
-frames the picture.
+Every kind of display but bars and scatters is drawn by the engine's one renderer
+(``engine.view.render.render``) with this canvas's ``view_settings`` (the colormap box,
+the overlay opacity) into one pyqtgraph ``ImageItem``: what is exported (the session's
+``picture`` with the same settings) is exactly what is seen. Bars and scatters get live
+pyqtgraph plots (hover, click to open an image); their export is the engine's picture.
+The colour bar uses the engine's colour tables. Zoom and pan come from the ViewBox
+(wheel, drag); ``fit`` frames the picture.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtCore import QRectF, Qt, QTimer, Signal
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QSizePolicy, QSlider, QStackedWidget, QToolButton,
                                QVBoxLayout, QWidget)
 
-from engine.view.display import Display
-from engine.view.gallery import draw_boxes
-from engine.view.render import COLORMAPS, apply_colormap, colormap_lut, overlay_map
-from engine.view.view_settings import ViewSettings
+from engine.view.colormaps import COLORMAPS, colormap_lut
+from engine.view.display import Bars, Display, Gallery, MapOverPhoto, Scatter
+from engine.view.render import colour_scale, render
+from engine.view.view_settings import DEFAULT_OPACITY, ViewSettings
 
 from gui.scatter import ScatterView
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
 
+@lru_cache(maxsize=None)
 def _pg_colormap(name: str) -> pg.ColorMap:
+    """The engine's table as a pyqtgraph colormap, for the colour bar: one source of colours."""
     lut = colormap_lut(name)
     return pg.ColorMap(np.linspace(0, 1, len(lut)), lut)
 
@@ -42,11 +49,8 @@ class Canvas(QWidget):
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.setBackground("#282828")
         self.view = self.graphics.addViewBox(row=0, col=0, lockAspect=True, invertY=True, enableMenu=False)
-        self.base_item = pg.ImageItem()
-        self.overlay_item = pg.ImageItem()
-        self.overlay_item.setZValue(1)
-        self.view.addItem(self.base_item)
-        self.view.addItem(self.overlay_item)
+        self.picture_item = pg.ImageItem()  # the rendered picture of the display
+        self.view.addItem(self.picture_item)
         self.message = pg.TextItem("", color="#dddddd", anchor=(0.5, 0.5))
         self.message.setZValue(2)
         self.view.addItem(self.message)
@@ -72,10 +76,14 @@ class Canvas(QWidget):
 
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
-        self.opacity.setValue(60)
+        self.opacity.setValue(round(DEFAULT_OPACITY * 100))
         self.opacity.setToolTip("Opacity of the map over the image")
         self.opacity.setMaximumWidth(140)
-        self.opacity.valueChanged.connect(self._apply_opacity)
+        # A drag sends many values: the map is drawn again once the newest has arrived (a
+        # 12-megapixel photo takes a third of a second to blend), never once per value.
+        self._opacity_redraw = QTimer(self, singleShot=True, interval=0)
+        self._opacity_redraw.timeout.connect(self._redraw)
+        self.opacity.valueChanged.connect(self._on_opacity_changed)
         self.colormap_box = QComboBox()
         self.colormap_box.addItems(["auto", *COLORMAPS])
         self.colormap_box.setToolTip("Colormap of maps and activation grids")
@@ -112,9 +120,9 @@ class Canvas(QWidget):
     def show_message(self, text: str) -> None:
         """A line of text in the middle of the canvas (e.g. while the model loads)."""
         self.message.setText(text)
-        rect = self.base_item.boundingRect() if self.base_item.image is not None else QRectF(0, 0, 400, 300)
+        rect = self.picture_item.boundingRect() if self.picture_item.image is not None else QRectF(0, 0, 400, 300)
         self.message.setPos(rect.center())
-        if self.base_item.image is None:
+        if self.picture_item.image is None:
             self.view.setRange(QRectF(0, 0, 400, 300), padding=0)
 
     def show_display(self, display: Display, *, frame: bool = False) -> None:
@@ -131,18 +139,17 @@ class Canvas(QWidget):
         self.display_changed.emit()
 
     def fit(self) -> None:
-        if self.display is not None and self.display.bars is not None:
+        if isinstance(self.display, Bars):
             self.plot.autoRange()
-            return
-        if self.display is not None and self.display.points is not None:
+        elif isinstance(self.display, Scatter):
             self.scatter.plot.autoRange()
-            return
-        if self.base_item.image is not None:
-            self.view.autoRange(items=[self.base_item], padding=0.02)
+        elif self.picture_item.image is not None:
+            self.view.autoRange(items=[self.picture_item], padding=0.02)
 
-    def current_colormap(self) -> str:
-        chosen = self.colormap_box.currentText()
-        return self.display.colormap if chosen == "auto" and self.display else (chosen if chosen != "auto" else "gray")
+    def current_colormap(self) -> str | None:
+        """The colormap the shown display is drawn with; None for a kind drawn in its own colours."""
+        scale = colour_scale(self.display, self.view_settings()) if self.display is not None else None
+        return scale.colormap if scale is not None else None
 
     def current_opacity(self) -> float:
         return self.opacity.value() / 100.0
@@ -154,59 +161,47 @@ class Canvas(QWidget):
 
     # -- drawing ----------------------------------------------------------------------
     def _extent(self) -> tuple[int, int] | None:
-        display = self.display
-        if display is None:
+        """The (height, width) of the picture on show; None for the plots."""
+        if self.display is None or isinstance(self.display, (Bars, Scatter)) or self.picture_item.image is None:
             return None
-        source = display.rgb if display.rgb is not None else display.scalar
-        return None if source is None else source.shape[:2]
+        return self.picture_item.image.shape[:2]
 
     def _redraw(self) -> None:
         display = self.display
         if display is None:
             return
-        if display.bars is not None:
-            values = np.asarray(display.bars, dtype=np.float32)
+        if isinstance(display, Bars):
+            values = np.asarray(display.values, dtype=np.float32)
             self.bars.setOpts(x=np.arange(values.size), height=values, width=0.9)
             self.plot.setTitle(display.legend)
             self.stack.setCurrentWidget(self.plot)
             self.plot.autoRange()
+            self.colorbar.setVisible(False)
             return
-        if display.points is not None:
-            self.scatter.show_points(display.points)
+        if isinstance(display, Scatter):
+            self.scatter.show_points(display)
             self.stack.setCurrentWidget(self.scatter)
+            self.colorbar.setVisible(False)
             return
         self.stack.setCurrentWidget(self.graphics)
-        colormap = self.current_colormap()
-        if display.rgb is not None:
-            self.base_item.setImage(draw_boxes(display.rgb, display.boxes), autoLevels=False, levels=(0, 255))
-        elif display.scalar is not None:
-            # A grid or a map on its own: colour it here so gaps (NaN) show as background.
-            self.base_item.setImage(apply_colormap(display.scalar, display.levels, colormap), autoLevels=False, levels=(0, 255))
-        height, width = self._extent()
-        self.base_item.setRect(QRectF(0, 0, width, height))
+        view = self.view_settings()
+        picture = render(display, view)
+        self.picture_item.setImage(picture, autoLevels=False, levels=(0, 255))
+        height, width = picture.shape[:2]
+        self.picture_item.setRect(QRectF(0, 0, width, height))
+        scale = colour_scale(display, view)
+        self.colorbar.setVisible(scale is not None)
+        if scale is not None:
+            self.colorbar.setColorMap(_pg_colormap(scale.colormap))
+            self.colorbar.setLevels(scale.levels)
+            self.colorbar.setToolTip(scale.legend)
 
-        show_overlay = display.scalar is not None and display.rgb is not None and display.overlay
-        self.overlay_item.setVisible(show_overlay)
-        if show_overlay:
-            levels = display.levels or (float(np.nanmin(display.scalar)), float(np.nanmax(display.scalar)))
-            # The map may have the model's input resolution: resample it to the picture's
-            # size exactly as the exported PNG does, so the two look the same.
-            self.overlay_item.setImage(overlay_map(display), autoLevels=False, levels=levels)
-            self.overlay_item.setLookupTable(colormap_lut(colormap))
-            self.overlay_item.setRect(QRectF(0, 0, width, height))
-            self._apply_opacity()
-        self.colorbar.setVisible(display.scalar is not None)
-        if display.scalar is not None:
-            levels = display.levels or (float(np.nanmin(display.scalar)), float(np.nanmax(display.scalar)))
-            self.colorbar.setColorMap(_pg_colormap(colormap))
-            self.colorbar.setLevels(levels)
-            self.colorbar.setToolTip(display.legend)
-
-    def _apply_opacity(self) -> None:
-        self.overlay_item.setOpacity(self.current_opacity())
+    def _on_opacity_changed(self) -> None:
+        if isinstance(self.display, MapOverPhoto):  # the only kind the opacity acts on
+            self._opacity_redraw.start()
 
     def _on_scene_click(self, event) -> None:
-        if event.button() != Qt.MouseButton.LeftButton or self.base_item.image is None:
+        if event.button() != Qt.MouseButton.LeftButton or self.picture_item.image is None:
             return
         point = self.view.mapSceneToView(event.scenePos())
         self._on_scene_click_at(point.x(), point.y())
@@ -219,6 +214,6 @@ class Canvas(QWidget):
 
     def region_at(self, x: float, y: float):
         """The gallery tile under a point of the picture, if any."""
-        if self.display is None:
+        if not isinstance(self.display, Gallery):
             return None
         return next((region for region in self.display.regions if region.contains(x, y)), None)

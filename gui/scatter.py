@@ -16,6 +16,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
+from engine.view.display import Scatter
 from engine.view.plots import PALETTE, group_order
 
 THUMBNAIL = 128
@@ -44,19 +45,19 @@ class ScatterView(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.plot)
 
-    def show_points(self, points) -> None:
-        self.paths = list(points.paths)
-        groups = list(points.groups)
+    def show_points(self, scatter: Scatter) -> None:
+        self.paths = list(scatter.paths)
+        groups = list(scatter.groups)
         names = group_order(groups)
         index = {name: i for i, name in enumerate(names)}
         brushes = [pg.mkBrush(PALETTE[i % len(PALETTE)]) for i in range(len(names))]
         self.legend.clear()
-        self.scatter.setData(pos=np.asarray(points.xy, dtype=float), brush=[brushes[index[g]] for g in groups],
+        self.scatter.setData(pos=np.asarray(scatter.xy, dtype=float), brush=[brushes[index[g]] for g in groups],
                              data=np.arange(len(groups)))
         if len(names) <= len(PALETTE):
             for name, brush in zip(names, brushes):
                 self.legend.addItem(pg.ScatterPlotItem(size=8, pen=None, brush=brush), name)
-        self.plot.setTitle(points.title, color="#dddddd")
+        self.plot.setTitle(scatter.title, color="#dddddd")
         self.plot.autoRange()
 
     def _on_clicked(self, _item, spots, _event) -> None:

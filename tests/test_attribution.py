@@ -16,6 +16,7 @@ from engine.core.jobs import CancelToken, Progress, drive
 from engine.methods import METHODS, MethodContext
 from engine.methods.integrated_gradients import baseline_image
 from engine.models.model import LoadedModel
+from engine.view.display import MapOverPhoto, ScalarMap
 from engine.view.render import overlay_map
 from tests.conftest import make_tiny_model
 from tests.test_methods import random_image
@@ -185,7 +186,7 @@ def test_integrated_gradients_agree_with_captum(baseline):
     expected = IntegratedGradients(Normalised(model)).attribute(x, baselines=baseline_image(x, baseline), target=4,
                                                                  n_steps=20, method="gausslegendre")
     np.testing.assert_allclose(result.array, expected.sum(dim=1)[0].numpy(), rtol=1e-4, atol=1e-6)
-    assert result.display.colormap == "coolwarm" and result.display.levels[0] == -result.display.levels[1]
+    assert result.display.colormap == "blue-white-red" and result.display.levels[0] == -result.display.levels[1]
 
 
 def test_integrated_gradients_are_complete():
@@ -362,9 +363,9 @@ def test_signed_maps_get_a_symmetric_scale_and_magnitude_maps_start_at_zero():
     values = np.linspace(-1, 3, 200, dtype=np.float32).reshape(10, 20)
     signed = map_display(image, values, signed=True, legend="", note="")
     top = float(np.percentile(np.abs(values), 99))
-    assert signed.levels == (-top, top) and signed.colormap == "coolwarm" and signed.overlay
+    assert signed.levels == (-top, top) and signed.colormap == "blue-white-red" and isinstance(signed, MapOverPhoto)
     magnitude = map_display(image, np.abs(values), signed=False, legend="", note="", overlay=False)
-    assert magnitude.levels == (0.0, top) and magnitude.rgb is None and not magnitude.overlay
+    assert magnitude.levels == (0.0, top) and isinstance(magnitude, ScalarMap)  # on its own, no photo
     shared = map_display(image, values / 10, signed=True, legend="", note="", top=top)
     assert shared.levels == signed.levels  # one scale for several maps: equal colours, equal values
     assert colour_top(np.zeros((3, 3))) == 1.0

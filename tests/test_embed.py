@@ -13,6 +13,7 @@ from engine.data.datasets import open_dataset
 from engine.core.jobs import CancelToken, Frame, drive
 from engine.methods import METHODS, MethodContext
 from engine.data.samples import sample_paths
+from engine.view.display import Gallery, Scatter
 from tests.conftest import make_tiny_model
 
 
@@ -37,7 +38,7 @@ def test_pca_layout_is_scikit_learns(labelled_folder, tmp_path):
         assert min(np.abs(a - b).max(), np.abs(a + b).max()) < 1e-3 * np.abs(b).max()
     assert result.metrics["paths"] == sorted(result.metrics["paths"]) and len(result.metrics["paths"]) == 9
     assert result.metrics["labels"].count("texture") == 3
-    assert result.display.points is not None and frames == []
+    assert isinstance(result.display, Scatter) and frames == []
     with open(out) as handle:
         rows = list(csv.DictReader(handle))
     assert [r["path"] for r in rows] == result.metrics["paths"]
@@ -48,7 +49,7 @@ def test_colour_by_prediction_uses_the_models_classes(labelled_folder):
     model = make_tiny_model(size=32)
     result, _ = run(MethodContext(model=model, image=None), dataset=str(labelled_folder), layer="features.4",
                     algo="pca", color="prediction")
-    assert set(result.display.points.groups) <= set(model.labels)
+    assert set(result.display.groups) <= set(model.labels)
 
 
 def test_tsne_keeps_separated_clusters_apart_and_streams():
@@ -79,7 +80,7 @@ def test_tsne_job_streams_frames_and_cancels(labelled_folder):
     with pytest.raises(JobCancelled):
         for event in job:
             if isinstance(event, Frame):
-                assert event.display.points.xy.shape == (9, 2)
+                assert isinstance(event.display, Scatter) and event.display.xy.shape == (9, 2)
                 cancel.cancel()
 
 
@@ -99,7 +100,7 @@ def test_grid_assignment_puts_one_image_per_cell_and_keeps_a_grid_in_place():
 def test_grid_picture_is_a_mosaic_of_clickable_images(labelled_folder):
     result, _ = run(MethodContext(model=make_tiny_model(size=32), image=None), dataset=str(labelled_folder),
                     layer="features.4", algo="pca", grid="3x3")
-    assert result.display.rgb is not None and len(result.display.regions) == 9
+    assert isinstance(result.display, Gallery) and len(result.display.regions) == 9
     assert {r.path for r in result.display.regions} == set(result.metrics["paths"])
 
 

@@ -4,8 +4,8 @@ import numpy as np
 from PIL import Image
 
 from engine.view.gallery import BOX, Tile, draw_boxes, render_gallery
-from engine.view.display import Display
-from engine.view.render import compose
+from engine.view.display import Picture
+from engine.view.render import render
 
 
 def solid(color, size=(40, 30)):
@@ -37,7 +37,7 @@ def test_boxes_are_drawn_on_export_and_on_the_picture():
     rgb = np.zeros((50, 60, 3), np.uint8)
     boxed = draw_boxes(rgb, [(10, 20, 30, 40)])
     assert tuple(boxed[10, 25]) == BOX and tuple(boxed[20, 30]) == (0, 0, 0)
-    np.testing.assert_array_equal(compose(Display(rgb=rgb, boxes=[(10, 20, 30, 40)])), boxed)
+    np.testing.assert_array_equal(render(Picture(rgb=rgb, boxes=[(10, 20, 30, 40)])), boxed)
 
 
 def test_a_box_under_a_pixel_still_shows_as_one_pixel():

@@ -9,7 +9,7 @@ from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from engine.core.jobs import Frame, Result
-from engine.view.display import Display
+from engine.view.display import MapOverPhoto, Picture, TileGrid
 
 TIMEOUT = 60_000  # the window fixture is in conftest.py
 
@@ -43,13 +43,13 @@ def test_clicking_layers_changes_the_activation_grid(qtbot, window):
         click_layer(qtbot, window, "stages.1.1.expand_relu6")
     first = window.canvas.display
     assert window.session.shown.result.layer == "stages.1.1.expand_relu6"
-    assert first.tile_shape is not None and window.canvas.note.text().startswith("144 channels")
+    assert isinstance(first, TileGrid) and window.canvas.note.text().startswith("144 channels")
 
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         click_layer(qtbot, window, "head.relu6")
     second = window.canvas.display
     assert window.session.shown.result.layer == "head.relu6"
-    assert second.scalar.shape != first.scalar.shape
+    assert second.tiles.values.shape != first.tiles.values.shape
 
 
 def test_clicking_a_tile_shows_that_channel_over_the_image(qtbot, window):
@@ -62,7 +62,7 @@ def test_clicking_a_tile_shows_that_channel_over_the_image(qtbot, window):
     assert window.session.canvas_click(x, y).values() == {"channel": 1}
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         window.canvas.clicked.emit(x, y)
-    assert window.canvas.display.overlay
+    assert isinstance(window.canvas.display, MapOverPhoto)
     assert window.session.shown.result.params["channel"] == 1  # unsorted tiles: tile 1 is channel 1
 
 
@@ -130,7 +130,7 @@ def test_export_writes_png_and_sidecar_and_asks_before_replacing(qtbot, window, 
     from PIL import Image
 
     exported = np.asarray(Image.open(target))
-    assert exported.shape[:2] == window.canvas.display.scalar.shape
+    assert exported.shape[:2] == window.canvas.display.tiles.values.shape
     before = target.read_bytes()
 
     window.show_image()
@@ -279,7 +279,8 @@ def test_open_dialog_and_shortcuts(qtbot, window, monkeypatch, tmp_path):
 
 
 def test_exported_overlay_is_what_the_canvas_draws(qtbot, window):
-    from engine.view.render import apply_colormap
+    from engine.view.colormaps import apply_colormap
+    from engine.view.render import overlay_map
 
     panel = window.select_method("activations")
     panel.set_value("layer", "head.relu6")
@@ -287,11 +288,22 @@ def test_exported_overlay_is_what_the_canvas_draws(qtbot, window):
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         panel.request_run()
     display = window.canvas.display
-    drawn = window.canvas.overlay_item.image
-    assert drawn.shape == display.rgb.shape[:2]  # the 7x11 channel resampled to the photo
+    drawn = overlay_map(display)
+    assert display.values.shape == (7, 11) and drawn.shape == display.photo.shape[:2]  # resampled to the photo
     opacity = window.canvas.current_opacity()
-    expected = (1 - opacity) * display.rgb + opacity * apply_colormap(drawn, display.levels, window.canvas.current_colormap())
-    assert np.abs(window.session.picture(window.canvas.view_settings()).astype(float) - expected).max() <= 1.0
+    expected = (1 - opacity) * display.photo + opacity * apply_colormap(drawn, display.levels, window.canvas.current_colormap())
+    exported = window.session.picture(window.canvas.view_settings())
+    assert np.abs(exported.astype(float) - expected).max() <= 1.0
+    np.testing.assert_array_equal(window.canvas.picture_item.image, exported)  # the canvas shows exactly that
+    # Another opacity and colormap from the toolbar: the canvas and the export follow alike.
+    window.canvas.colormap_box.setCurrentText("turbo")
+    window.canvas.opacity.setValue(25)
+    qtbot.waitUntil(lambda: not window.canvas._opacity_redraw.isActive(), timeout=5_000)
+    view = window.canvas.view_settings()
+    assert view.colormap == "turbo" and view.overlay_opacity == 0.25
+    np.testing.assert_array_equal(window.canvas.picture_item.image, window.session.picture(view))
+    expected = 0.75 * display.photo + 0.25 * apply_colormap(drawn, display.levels, "turbo")
+    assert np.abs(window.session.picture(view).astype(float) - expected).max() <= 1.0
 
 
 def test_occlusion_fills_in_live_and_ends_with_the_drop_map(qtbot, window):
@@ -304,9 +316,9 @@ def test_occlusion_fills_in_live_and_ends_with_the_drop_map(qtbot, window):
         panel.run_button.click()
     assert window.canvas.frames_shown - before >= 2  # partial maps arrived before the result
     result = window.session.shown.result
-    assert window.session.shown.method == "occlusion" and window.canvas.display.overlay
+    assert window.session.shown.method == "occlusion" and isinstance(window.canvas.display, MapOverPhoto)
     assert result.array.shape == tuple(result.metrics["grid"]) and not np.isnan(result.array).any()
-    assert window.canvas.overlay_item.image.shape == window.canvas.display.rgb.shape[:2]
+    assert window.canvas.picture_item.image.shape == window.canvas.display.photo.shape
 
 
 def test_a_superseded_runs_late_frame_never_reaches_the_canvas(qtbot, window):
@@ -317,7 +329,7 @@ def test_a_superseded_runs_late_frame_never_reaches_the_canvas(qtbot, window):
     panel.set_value("steps", 2)
     panel.set_value("octaves", 1)
     newer = window.run_method("dream", panel.values())  # supersedes the first
-    stale = Frame(Display(rgb=np.zeros((8, 8, 3), np.uint8)), step=1, metrics={"loss": 1.0})
+    stale = Frame(Picture(rgb=np.zeros((8, 8, 3), np.uint8)), step=1, metrics={"loss": 1.0})
     before = window.canvas.frames_shown
     first._offer_frame(stale)  # as if the engine thread had just made it
     assert window.canvas.frames_shown == before and "loss" not in panel.loss_plot.series
@@ -334,7 +346,7 @@ def test_raw_array_and_animation_export(qtbot, window, tmp_path, monkeypatch):
     frames = [np.full((12, 16, 3), value, np.uint8) for value in (0, 120, 240)]
     array = np.linspace(0, 1, 20, dtype=np.float64).reshape(4, 5)
     session = window.session
-    session.show(session.result_shown("dream", Result(display=Display(rgb=frames[-1]), array=array, frames=frames)))
+    session.show(session.result_shown("dream", Result(display=Picture(rgb=frames[-1]), array=array, frames=frames)))
     written = export_dialogs.export_array_to(window, str(tmp_path / "map.npy"))
     saved = np.load(written)
     assert saved.dtype == np.float32 and np.allclose(saved, array)
@@ -343,7 +355,7 @@ def test_raw_array_and_animation_export(qtbot, window, tmp_path, monkeypatch):
 
     with Image.open(gif) as animation:
         assert animation.n_frames == 3 and animation.size == (16, 12)
-    session.show(session.result_shown("saliency", Result(display=Display(rgb=frames[0]), array=None)))
+    session.show(session.result_shown("saliency", Result(display=Picture(rgb=frames[0]), array=None)))
     assert export_dialogs.export_array_to(window, str(tmp_path / "none.npy")) is None
     assert export_dialogs.export_animation_to(window, str(tmp_path / "none.gif")) is None
     assert "no raw array" in errors[0] and "frames to animate" in errors[1]
@@ -378,8 +390,8 @@ def test_clicking_the_single_channel_view_runs_guided_backprop_for_that_neuron(q
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         activations.request_run()
     single = window.session.shown.result
-    grid_h, grid_w = single.display.scalar.shape
-    image_h, image_w = single.display.rgb.shape[:2]
+    grid_h, grid_w = single.display.values.shape
+    image_h, image_w = single.display.photo.shape[:2]
     y, x = np.unravel_index(int(np.argmax(single.array)), single.array.shape)  # an active unit
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         window.canvas.clicked.emit((x + 0.5) * image_w / grid_w, (y + 0.5) * image_h / grid_h)
@@ -425,7 +437,7 @@ def test_the_window_module_imports_no_torch_so_the_window_shows_before_the_model
 def test_a_results_first_and_last_losses_read_as_one_change():
     from engine.app.session import summarise
 
-    result = Result(display=Display(rgb=np.zeros((2, 2, 3), np.uint8)), array=None,
+    result = Result(display=Picture(rgb=np.zeros((2, 2, 3), np.uint8)), array=None,
                     metrics={"loss_first": 846.7, "style_loss_first": 846.7, "tv_loss_first": 0.0, "loss_last": 43.77,
                              "style_loss_last": 43.39, "tv_loss_last": 0.0, "steps": 40, "mixed": True,
                              "psnr_last": 20.4, "size": [385, 256]})

@@ -17,6 +17,7 @@ from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
 from engine.models.preprocessing import Preprocessing
 from engine.models.model import LoadedModel
+from engine.view.display import Picture
 from tests.conftest import make_tiny_model
 from tests.test_attribution import Normalised, face_density_ratio, tiny, unit_input
 from tests.test_methods import random_image
@@ -283,7 +284,7 @@ def test_class_maps_lie_on_the_cats_face(bundled, chelsea, method, at_least):
 def test_the_rgb_view_shows_the_gradient_itself(bundled, chelsea):
     result = run("guided-backprop", MethodContext(model=bundled, image=chelsea), show="rgb")
     picture = result.display.rgb
-    assert picture.shape == (224, 337, 3) and result.display.scalar is None
+    assert picture.shape == (224, 337, 3) and isinstance(result.display, Picture)
     assert abs(float(np.median(picture)) - 127.5) < 3  # most of the gradient is near 0: mid-gray
     assert picture.std() > 5
 

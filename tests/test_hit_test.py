@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.view.display import Display
+from engine.view.display import MapOverPhoto, Picture, ScalarMap, TileGrid
 from engine.view.hit_test import TileHit, map_cell_at, tile_at
 
 
-def grid(rows=3, columns=4, tile=(10, 20), gap=1) -> Display:
+def grid(rows=3, columns=4, tile=(10, 20), gap=1) -> TileGrid:
     height = rows * (tile[0] + gap) - gap
     width = columns * (tile[1] + gap) - gap
-    return Display(scalar=np.zeros((height, width), np.float32), tile_shape=(rows, columns), tile_size=tile, tile_gap=gap)
+    return TileGrid(ScalarMap(np.zeros((height, width), np.float32)), shape=(rows, columns), tile_size=tile, gap=gap)
 
 
 @pytest.mark.parametrize("x, y, expected", [
@@ -41,11 +41,12 @@ def test_a_grid_without_gaps():
 
 
 def test_a_display_that_is_no_grid_has_no_tiles():
-    assert tile_at(Display(rgb=np.zeros((5, 5, 3), np.uint8)), 1, 1) is None
+    assert tile_at(Picture(rgb=np.zeros((5, 5, 3), np.uint8)), 1, 1) is None
+    assert tile_at(map_over_photo(), 1, 1) is None
 
 
-def map_over_photo(grid_shape=(7, 11), photo=(300, 451)) -> Display:
-    return Display(rgb=np.zeros((*photo, 3), np.uint8), scalar=np.zeros(grid_shape, np.float32), overlay=True)
+def map_over_photo(grid_shape=(7, 11), photo=(300, 451)) -> MapOverPhoto:
+    return MapOverPhoto(photo=np.zeros((*photo, 3), np.uint8), values=np.zeros(grid_shape, np.float32))
 
 
 @pytest.mark.parametrize("x, y, expected", [
@@ -65,5 +66,6 @@ def test_off_the_photo_is_no_cell(x, y):
 
 def test_only_a_map_over_a_photo_has_cells():
     plain = map_over_photo()
-    assert map_cell_at(Display(rgb=plain.rgb, scalar=plain.scalar, overlay=False), 1, 1) is None
-    assert map_cell_at(Display(scalar=plain.scalar, overlay=True), 1, 1) is None
+    assert map_cell_at(ScalarMap(plain.values), 1, 1) is None  # the same map, not over the photo
+    assert map_cell_at(Picture(rgb=plain.photo), 1, 1) is None  # the photo alone
+    assert map_cell_at(grid(), 1, 1) is None

@@ -16,7 +16,7 @@ from engine.optvis.objectives import penalty
 from engine.optvis.optimise import optimise
 from engine.optvis.parameterisation import PixelImage
 from engine.view.animation import FrameRecorder
-from engine.view.display import Display
+from engine.view.display import Picture
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ class Countdown:
 
 
 def show(number, step):
-    return Display(rgb=picture(step.picture))
+    return Picture(rgb=picture(step.picture))
 
 
 def events(job):
@@ -163,12 +163,12 @@ def test_the_recorder_gets_each_picture_shown_and_frames_between_carry_the_last(
 
     def counting_show(number, step):
         shown.append(number)
-        return Display(rgb=picture(step.picture))
+        return Picture(rgb=picture(step.picture))
 
     recorder = FrameRecorder()
     stepper = Countdown([float(10 - k) for k in range(7)])
     trace, seen = events(optimisation_loop(stepper.step, 7, show=counting_show, every=3, recorder=recorder,
-                                           showing=Display(rgb=picture(0))))
+                                           showing=Picture(rgb=picture(0))))
     assert shown == [3, 6, 7]  # every third step and the last
     assert [int(f[0, 0, 0]) for f in recorder.frames] == [0, 3, 6, 7]  # the start, then each picture shown
     frames = [e for e in seen if isinstance(e, Frame)]

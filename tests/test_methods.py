@@ -10,6 +10,7 @@ from engine.anatomy.activations import compute_features
 from engine.data.images import LoadedImage
 from engine.core.jobs import CancelToken, Frame, drive
 from engine.methods import METHODS, MethodContext
+from engine.view.display import Bars, MapOverPhoto
 from tests.conftest import make_tiny_model
 
 from tests.cancelling import frames_before_cancel
@@ -33,10 +34,10 @@ def test_first_layer_filters_are_rgb_tiles_scaled_each_on_its_own(bundled):
     weight = bundled.module.stem.conv.weight.numpy()
     assert result.layer == "stem.conv"
     np.testing.assert_array_equal(result.array, weight)
-    rows, columns = result.display.tile_shape
-    assert rows * columns >= 32 and result.display.rgb.shape == (rows * 4 - 1, columns * 4 - 1, 3)
+    rows, columns = result.display.shape
+    assert rows * columns >= 32 and result.display.tiles.rgb.shape == (rows * 4 - 1, columns * 4 - 1, 3)
     # Tile 0 is filter 0 min-max scaled: its darkest channel value is 0, its brightest 255.
-    tile = result.display.rgb[:3, :3].astype(int)
+    tile = result.display.tiles.rgb[:3, :3].astype(int)
     expected = weight[0].transpose(1, 2, 0)
     expected = (expected - expected.min()) / (expected.max() - expected.min()) * 255
     assert np.abs(tile - expected).max() <= 1
@@ -44,10 +45,10 @@ def test_first_layer_filters_are_rgb_tiles_scaled_each_on_its_own(bundled):
 
 def test_deeper_filters_are_one_row_per_output_channel_one_tile_per_input(tiny_model):
     result, _ = run("filters", MethodContext(model=tiny_model, image=None), layer="features.3")
-    assert result.display.tile_shape == (16, 8)  # 16 output x 8 input channels of 3x3
-    assert result.display.scalar.shape == (16 * 4 - 1, 8 * 4 - 1)
+    assert result.display.shape == (16, 8)  # 16 output x 8 input channels of 3x3
+    assert result.display.tiles.values.shape == (16 * 4 - 1, 8 * 4 - 1)
     w = tiny_model.module.features[3].weight.numpy()
-    tile = result.display.scalar[4 * 2:4 * 2 + 3, 4 * 5:4 * 5 + 3]  # output 2, input 5
+    tile = result.display.tiles.values[4 * 2:4 * 2 + 3, 4 * 5:4 * 5 + 3]  # output 2, input 5
     expected = (w[2, 5] - w[2, 5].min()) / (w[2, 5].max() - w[2, 5].min())
     np.testing.assert_allclose(tile, expected, atol=1e-6)
 
@@ -59,7 +60,7 @@ def test_filters_of_a_non_conv_layer_show_the_conv_feeding_it(tiny_model):
 
 def test_large_filter_banks_are_paged_and_say_so(bundled):
     result, _ = run("filters", MethodContext(model=bundled, image=None), layer="head.conv", page=2)
-    assert result.display.tile_shape == (64, 64)
+    assert result.display.shape == (64, 64)
     assert "page 2 of 20" in result.display.note
     with pytest.raises(MethodInputError, match="past the last"):
         run("filters", MethodContext(model=bundled, image=None), layer="head.conv", page=21)
@@ -76,8 +77,8 @@ def test_activation_tiles_are_the_layers_channels(bundled, chelsea):
     np.testing.assert_allclose(result.array, expected[0].numpy(), rtol=1e-5, atol=1e-5)
     channels, height, width = result.array.shape
     assert (height, width) == (x.shape[2] // 4, -(-x.shape[3] // 4))
-    rows, columns = result.display.tile_shape
-    assert rows * columns >= channels and result.display.scalar.shape == (rows * (height + 1) - 1, columns * (width + 1) - 1)
+    rows, columns = result.display.shape
+    assert rows * columns >= channels and result.display.tiles.values.shape == (rows * (height + 1) - 1, columns * (width + 1) - 1)
 
 
 def test_sorting_by_mean_puts_the_strongest_channel_first(bundled, chelsea):
@@ -90,13 +91,13 @@ def test_sorting_by_mean_puts_the_strongest_channel_first(bundled, chelsea):
 
 def test_one_channel_lies_over_the_image(bundled, chelsea):
     result, _ = run("activations", MethodContext(model=bundled, image=chelsea), layer="late", channel=7)
-    assert result.display.overlay and result.display.rgb.shape[:2] == (chelsea.size[1], chelsea.size[0])
+    assert isinstance(result.display, MapOverPhoto) and result.display.photo.shape[:2] == (chelsea.size[1], chelsea.size[0])
     assert result.array.shape == (7, 11)
 
 
 def test_fully_connected_layers_show_bars(bundled, chelsea):
     result, _ = run("activations", MethodContext(model=bundled, image=chelsea), layer="classifier")
-    assert result.display.bars is not None and result.display.bars.shape == (1000,)
+    assert isinstance(result.display, Bars) and result.display.values.shape == (1000,)
 
 
 def test_switching_layers_reuses_one_forward(bundled, chelsea, monkeypatch):

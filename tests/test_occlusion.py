@@ -14,6 +14,7 @@ from engine.methods import METHODS, MethodContext
 from engine.methods.occlusion import blur_sigma, window_starts
 from engine.models.preprocessing import Preprocessing
 from engine.models.model import LoadedModel
+from engine.view.display import MapOverPhoto
 from engine.view.render import overlay_map
 from tests.conftest import make_tiny_model
 
@@ -114,9 +115,9 @@ def test_map_is_captums_occlusion_attribution(fill):
     # One window covers all three channels, so Captum's attribution is the same in each.
     assert torch.equal(attribution[0], attribution[1]) and torch.equal(attribution[0], attribution[2])
     assert float(attribution.abs().max()) > 0.02
-    assert result.display.scalar.shape == (20, 27)
-    np.testing.assert_allclose(result.display.scalar, attribution[0].numpy(), atol=1e-4)
-    assert float(np.abs(result.display.scalar - attribution[0].numpy()).max()) < 1e-6  # measured: 3e-8
+    assert result.display.values.shape == (20, 27)
+    np.testing.assert_allclose(result.display.values, attribution[0].numpy(), atol=1e-4)
+    assert float(np.abs(result.display.values - attribution[0].numpy()).max()) < 1e-6  # measured: 3e-8
 
 
 def _scipy_blur(chw, sigma):
@@ -169,18 +170,19 @@ def test_frames_fill_in_and_the_last_has_no_gaps():
     result, frames, progress = run(MethodContext(model=model, image=image), target=2, window=WINDOW, stride=STRIDE, batch=7)
     assert len(frames) == 5 and all(isinstance(f, Frame) for f in frames)  # 35 positions, 7 per batch
     assert [f.step for f in frames] == [7, 14, 21, 28, 35]
-    gaps = [int(np.isnan(f.display.scalar).sum()) for f in frames]
+    gaps = [int(np.isnan(f.display.values).sum()) for f in frames]
     assert gaps[0] > 0 and all(a > b for a, b in zip(gaps, gaps[1:])) and gaps[-1] == 0
     # Positions go row by row: after the first batch (the first row of 7 windows, covering
     # pixel rows 0..5) those rows are drawn and the rest is not.
-    first = frames[0].display.scalar
+    first = frames[0].display.values
     assert np.isfinite(first[:6]).all() and np.isnan(first[6:]).all()
-    np.testing.assert_array_equal(frames[-1].display.scalar, result.display.scalar)
-    assert not np.isnan(result.array).any() and not np.isnan(result.display.scalar).any()
+    np.testing.assert_array_equal(frames[-1].display.values, result.display.values)
+    assert not np.isnan(result.array).any() and not np.isnan(result.display.values).any()
     fractions = [p.fraction for p in progress if isinstance(p, Progress)]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     display = result.display
-    assert display.overlay and display.rgb.shape == (20, 27, 3) and display.levels[0] == -display.levels[1]
+    assert isinstance(display, MapOverPhoto) and display.photo.shape == (20, 27, 3) and display.levels[0] == -display.levels[1]
+    assert display.colormap == "blue-white-red"  # signed: diverging colours
 
 
 def test_cancelling_keeps_no_result():
@@ -202,7 +204,7 @@ def test_the_largest_drop_lies_where_the_cat_is(bundled, chelsea):
     image = LoadedImage(canvas, path="cat-in-a-corner.png")
     result, _, _ = run(MethodContext(model=bundled, image=image), window=32, stride=32)
     assert "cat" in result.target["label"]
-    assert result.array.shape == (7, 7) and result.display.scalar.shape == (224, 224)
+    assert result.array.shape == (7, 7) and result.display.values.shape == (224, 224)
     picture_map = overlay_map(result.display)  # the drop map stretched over the picture, as drawn
     assert picture_map.shape == (448, 448)
     # The largest drop: its window (metrics) and its pixel (picture) both in the cat's corner.
@@ -333,5 +335,5 @@ def test_the_probability_view_is_the_mean_probability_of_the_covering_windows():
     spec = METHODS["occlusion"]
     result = drive(spec.start(ctx, {"window": 4, "stride": 2, "target": 1, "show": "probability"}))
     expected = drop_map(result.array.astype(np.float64), covering(16, 4, 2), covering(16, 4, 2))
-    np.testing.assert_allclose(result.display.scalar, expected, rtol=1e-6)
+    np.testing.assert_allclose(result.display.values, expected, rtol=1e-6)
     assert result.display.levels == (0.0, pytest.approx(result.metrics["base_prob"]))

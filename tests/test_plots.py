@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.view.display import Display, Points
+from engine.view.display import Bars, Scatter
 from engine.view.plots import BAR, PALETTE, bar_picture, group_order, scatter_picture
-from engine.view.render import compose
+from engine.view.render import render
 
 
 def rgb(hex_colour: str) -> tuple[int, int, int]:
@@ -23,7 +23,7 @@ def test_groups_are_ordered_numbers_first_then_names():
 
 
 def test_scatter_places_each_point_where_its_coordinates_say_in_its_groups_colour():
-    points = Points(xy=np.array([[0.0, 0.0], [10.0, 5.0], [5.0, 2.5]]), paths=["a", "b", "c"],
+    points = Scatter(xy=np.array([[0.0, 0.0], [10.0, 5.0], [5.0, 2.5]]), paths=["a", "b", "c"],
                     groups=["cat", "dog", "cat"], title="t-SNE")
     picture = scatter_picture(points, width=400, height=300)
     cat, dog = where(picture, rgb(PALETTE[0])), where(picture, rgb(PALETTE[1]))
@@ -48,7 +48,11 @@ def test_bars_rise_and_fall_from_one_zero_line_in_proportion():
     assert abs(heights[0] / heights[2] - 2) < 0.1 and abs(heights[0] / heights[1] - 2) < 0.1
 
 
-def test_compose_draws_bars_and_scatters_for_exports_without_a_window():
-    bars = compose(Display(bars=np.arange(5, dtype=np.float32), legend="logit"))
-    scatter = compose(Display(points=Points(np.zeros((2, 2)), ["a", "b"], ["0", "1"])))
+def test_bars_and_scatters_are_rendered_as_these_pictures():
+    values = np.arange(5, dtype=np.float32)
+    bars = render(Bars(values, legend="logit"))
+    points = Scatter(np.zeros((2, 2)), ["a", "b"], ["0", "1"])
+    scatter = render(points)
     assert bars.ndim == scatter.ndim == 3 and bars.dtype == scatter.dtype == np.uint8
+    np.testing.assert_array_equal(bars, bar_picture(values, "logit"))
+    np.testing.assert_array_equal(scatter, scatter_picture(points))

@@ -20,9 +20,9 @@ from engine.core.errors import (JobCancelled, MethodInputError, NothingToExportE
                                 OutputWriteError)
 from engine.core.jobs import CancelToken, Frame, Result, drive
 from engine.data import images
-from engine.view.display import Display
+from engine.view.display import Picture, Scatter
 from engine.view.plots import bar_picture
-from engine.view.render import compose
+from engine.view.render import render
 from engine.view.view_settings import ViewSettings
 
 
@@ -60,7 +60,7 @@ def test_the_summary_is_the_results_numbers(session, saliency):
 
 
 def test_a_results_first_and_last_losses_read_as_one_change():
-    result = Result(display=Display(rgb=np.zeros((2, 2, 3), np.uint8)), array=None,
+    result = Result(display=Picture(rgb=np.zeros((2, 2, 3), np.uint8)), array=None,
                     metrics={"loss_first": 846.7, "style_loss_first": 846.7, "tv_loss_first": 0.0, "loss_last": 43.77,
                              "style_loss_last": 43.39, "tv_loss_last": 0.0, "steps": 40, "mixed": True,
                              "psnr_last": 20.4, "size": [385, 256]})
@@ -84,7 +84,7 @@ def test_the_exported_png_is_the_composite_the_canvas_draws(session, saliency, t
     assert written == [tmp_path / "saliency.png", tmp_path / "saliency.json"]
     exported = np.asarray(Image.open(written[0]))
     np.testing.assert_array_equal(exported, session.picture(view))
-    np.testing.assert_array_equal(exported, compose(saliency.display, opacity=0.3, colormap="magma"))
+    np.testing.assert_array_equal(exported, render(saliency.display, ViewSettings(colormap="magma", overlay_opacity=0.3)))
     sidecar = json.loads(written[1].read_text())
     expected = session.sidecar(view)
     assert {k: v for k, v in sidecar.items() if k != "created"} == {k: v for k, v in expected.items() if k != "created"}
@@ -93,18 +93,18 @@ def test_the_exported_png_is_the_composite_the_canvas_draws(session, saliency, t
 def test_bars_export_as_the_engine_draws_them(session, tmp_path):
     shown = session.show(drive(session.start("activations", {"layer": "classifier"}, CancelToken())))
     png, _sidecar = session.export(picture=tmp_path / "bars.png")
-    np.testing.assert_array_equal(np.asarray(Image.open(png)), bar_picture(shown.display.bars, shown.display.legend))
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), bar_picture(shown.display.values, shown.display.legend))
 
 
 def test_raw_array_and_animation(session, tmp_path):
     frames = [np.full((6, 8, 3), value, np.uint8) for value in (0, 100, 200)]
     array = np.arange(12, dtype=np.float64).reshape(3, 4)
-    session.show(session.result_shown("dream", Result(display=Display(rgb=frames[-1]), array=array, frames=frames)))
+    session.show(session.result_shown("dream", Result(display=Picture(rgb=frames[-1]), array=array, frames=frames)))
     npy, gif = session.export(array=tmp_path / "raw.npy", animation=tmp_path / "run.gif")
     assert np.load(npy).dtype == np.float32 and np.allclose(np.load(npy), array)
     with Image.open(gif) as animation:
         assert animation.n_frames == 3
-    session.show(session.result_shown("saliency", Result(display=Display(rgb=frames[0]), array=None)))
+    session.show(session.result_shown("saliency", Result(display=Picture(rgb=frames[0]), array=None)))
     with pytest.raises(NothingToExportError, match="no raw array"):
         session.export(array=tmp_path / "none.npy")
     with pytest.raises(NothingToExportError, match="frames to animate"):
@@ -113,10 +113,8 @@ def test_raw_array_and_animation(session, tmp_path):
 
 
 def test_an_embedding_writes_its_coordinates_beside_the_picture(session, tmp_path):
-    from engine.view.display import Points
-
-    points = Points(xy=np.array([[0.0, 1.0], [2.0, 3.0]]), paths=["a.png", "b.png"], groups=["0", "1"], title="t")
-    session.show(session.result_shown("embed", Result(display=Display(points=points), array=points.xy)))
+    points = Scatter(xy=np.array([[0.0, 1.0], [2.0, 3.0]]), paths=["a.png", "b.png"], groups=["0", "1"], title="t")
+    session.show(session.result_shown("embed", Result(display=points, array=points.xy)))
     written = session.export(picture=tmp_path / "map.png")
     assert [p.name for p in written] == ["map.png", "map.json", "map.csv"]
     assert written[2].read_text().splitlines() == ["path,group,x,y", "a.png,0,0,1", "b.png,1,2,3"]
@@ -160,7 +158,7 @@ def test_a_cancelled_run_never_returns_what_it_would_have_shown(session, salienc
 def test_clicks_on_an_activation_grid(session):
     shown = session.show(drive(session.start("activations", {"layer": "stages.1.1.expand_relu6"}, CancelToken())))
     tile_h, tile_w = shown.display.tile_size
-    gap = shown.display.tile_gap
+    gap = shown.display.gap
     assert session.canvas_click(1 * (tile_w + gap) + 2, 2) == ShowChannel(1)  # unsorted: tile 1 is channel 1
     neuron = session.canvas_click(2 * (tile_w + gap) + 5, 1 * (tile_h + gap) + 7, shift=True)
     assert neuron == ExplainNeuron("stages.1.1.expand_relu6", 12 + 2, 7, 5)  # 12 tiles a row
@@ -171,8 +169,8 @@ def test_clicks_on_an_activation_grid(session):
 
 def test_a_click_on_one_channel_over_the_photo_explains_its_neuron_there(session):
     shown = session.show(drive(session.start("activations", {"layer": "head.relu6", "channel": 5}, CancelToken())))
-    grid_h, grid_w = shown.display.scalar.shape
-    image_h, image_w = shown.display.rgb.shape[:2]
+    grid_h, grid_w = shown.display.values.shape
+    image_h, image_w = shown.display.photo.shape[:2]
     y, x = grid_h - 1, 3
     action = session.canvas_click((x + 0.5) * image_w / grid_w, (y + 0.5) * image_h / grid_h)
     assert action == ExplainNeuron("head.relu6", 5, y, x)
@@ -185,6 +183,19 @@ def test_clicks_mean_nothing_on_other_results(session, saliency):
     assert session.canvas_click(10, 10, shift=True) is None
 
 
+def test_the_click_hint_follows_the_kind_shown(session, saliency):
+    def hint_for(values):
+        session.show(drive(session.start("activations", values, CancelToken())))
+        return session.click_hint()
+
+    assert hint_for({"layer": "stages.1.1.expand_relu6"}).startswith("Click a tile to see its channel")
+    assert hint_for({"layer": "head.relu6", "channel": 5}).startswith("Click the image for guided backprop")
+    # A vector layer with the channel field still set shows bars: a click there does nothing, so no hint.
+    assert hint_for({"layer": "classifier", "channel": 5}) == "" and session.canvas_click(10, 10) is None
+    session.show(saliency)
+    assert session.click_hint() == ""
+
+
 # --------------------------------------------------------------------------- failing exports
 
 
@@ -192,7 +203,7 @@ def test_an_existing_pair_is_kept_without_overwrite(session, saliency, tmp_path)
     session.export(picture=tmp_path / "out.png")
     before = files_in(tmp_path)
     with pytest.raises(OutputExistsError) as caught:
-        session.export(picture=tmp_path / "out.png", view=ViewSettings(colormap="jet"))
+        session.export(picture=tmp_path / "out.png", view=ViewSettings(colormap="turbo"))
     assert caught.value.path == str(tmp_path / "out.png") and "exists already" in str(caught.value)
     assert files_in(tmp_path) == before
     assert session.existing_outputs(picture=tmp_path / "out.png") == [tmp_path / "out.png", tmp_path / "out.json"]
@@ -232,7 +243,7 @@ def test_a_full_disk_leaves_the_old_pair_whole(session, saliency, tmp_path, monk
 
     monkeypatch.setattr(images, "_stage", disk_full)
     with pytest.raises(OutputWriteError) as caught:
-        session.export(picture=tmp_path / "out.png", view=ViewSettings(colormap="jet", overlay_opacity=1.0), overwrite=True)
+        session.export(picture=tmp_path / "out.png", view=ViewSettings(colormap="turbo", overlay_opacity=1.0), overwrite=True)
     assert str(caught.value) == f"cannot write {tmp_path / failing}: the disk is full"
     assert files_in(tmp_path) == before
 

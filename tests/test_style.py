@@ -12,7 +12,7 @@ from engine.style.gram import gram_matrix
 from engine.anatomy.hooks import capture_outputs
 from engine.data.images import LoadedImage
 from engine.core.jobs import CancelToken, drive
-from engine.view.display import Display
+from engine.view.display import Picture
 from engine.methods import METHODS, MethodContext
 from engine.models.preprocessing import Preprocessing, unit_tensor_to_rgb
 from engine.models.model import LoadedModel
@@ -209,7 +209,7 @@ def test_descent_reaches_a_quadratic_minimum_and_reports_the_picture_it_leaves()
         descent = PixelDescent(pixels, loss, optimizer=optimizer, lr=0.02 if optimizer == "adam" else None)
         frames = []
         trace = drive(optimisation_loop(descent.step, 60 if optimizer == "lbfgs" else 300, keep_best=descent,
-                                        show=lambda _number, step: Display(rgb=unit_tensor_to_rgb(step.picture))),
+                                        show=lambda _number, step: Picture(rgb=unit_tensor_to_rgb(step.picture))),
                       on_frame=frames.append)
         steps = [frame.step for frame in frames]
         assert steps == list(range(1, len(steps) + 1))

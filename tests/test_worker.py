@@ -14,7 +14,7 @@ import pytest
 
 from engine.core.errors import JobCancelled, MethodInputError
 from engine.core.jobs import Frame, Progress
-from engine.view.display import Display
+from engine.view.display import Picture
 from gui.worker import EngineWorker, describe_failure
 
 TIMEOUT = 30_000
@@ -30,7 +30,7 @@ def worker(qtbot):
 
 
 def frame(step: int) -> Frame:
-    return Frame(Display(rgb=np.full((4, 4, 3), step % 256, np.uint8)), step=step)
+    return Frame(Picture(rgb=np.full((4, 4, 3), step % 256, np.uint8)), step=step)
 
 
 def record(handle) -> list[tuple]:

@@ -3,8 +3,8 @@
 A ``Session`` holds the loaded model, the open image with its cached activations, and
 what is shown: a method's result (or the photo itself) with its provenance, which
 method, with which resolved parameters, on which model, weights, layer and target. From
-that one place come the summary a panel prints, the picture an export writes (the same
-composite the canvas draws), the JSON sidecar beside it, the raw array, the animation
+that one place come the summary a panel prints, the picture an export writes (the picture
+the canvas draws, by the one renderer of its kind), the JSON sidecar beside it, the raw array, the animation
 and the file name an export dialog suggests. Like napari's ViewerModel it knows nothing
 of Qt, so everything here is tested headless.
 
@@ -32,9 +32,10 @@ from engine.core.jobs import CancelToken, Job, Result
 from engine.data.images import LoadedImage, check_targets, load_image, write_together
 from engine.methods import METHODS, MethodContext, MethodSpec, family_of
 from engine.models.registry import BUNDLED_MODEL, LoadedModel, available_models, load_model
-from engine.view.display import Display
+from engine.view.display import Display, MapOverPhoto, Picture, Scatter, TileGrid
 from engine.view.export import build_sidecar, describe_write_failure, sidecar_path_for
 from engine.view.hit_test import map_cell_at, tile_at
+from engine.view.render import colour_scale, render
 from engine.view.view_settings import ViewSettings
 
 PHOTO = "image"  # the method name recorded when the photo itself is shown
@@ -253,7 +254,7 @@ class Session:
         height, width = rgb.shape[:2]
         notes = "; ".join(image.notes)
         note = f"{Path(image.path).name}: {width}x{height}" + (f" ({notes})" if notes else "")
-        display = Display(rgb=rgb, boxes=[box] if box else [], note=note)
+        display = Picture(rgb=rgb, boxes=[box] if box else [], note=note)
         return self.show(Shown(display=display, provenance=self._provenance(PHOTO, params={})))
 
     def summary(self) -> str:
@@ -261,13 +262,10 @@ class Session:
         return self.shown.summary if self.shown is not None else ""
 
     def picture(self, view: ViewSettings | None = None) -> np.ndarray:
-        """The RGB picture of what is shown, exactly as the canvas composes it with ``view``;
-        bars and scatters drawn by the engine (``engine.view.plots``), so the window and
-        the command line export the same pixels."""
-        from engine.view.render import compose
-
-        view = view or ViewSettings()
-        return compose(self._require_shown().display, opacity=view.overlay_opacity, colormap=view.colormap)
+        """The RGB picture of what is shown, drawn by the one renderer of its kind with ``view``:
+        what the canvas shows (bars and scatters as the engine draws them), so the window
+        and the command line export the same pixels."""
+        return render(self._require_shown().display, view)
 
     def sidecar(self, view: ViewSettings | None = None) -> dict:
         """The JSON sidecar of what is shown: its provenance, the software's versions, and
@@ -278,7 +276,8 @@ class Session:
         sidecar = build_sidecar(model=origin.model, weights=origin.weights, layer=origin.layer, method=origin.method,
                                 params=origin.params, image_path=origin.image_path, preprocessing=origin.preprocessing,
                                 device=origin.device, metrics=origin.metrics, target=origin.target)
-        sidecar["view"] = {"colormap": view.colormap or shown.display.colormap, "overlay_opacity": view.overlay_opacity}
+        scale = colour_scale(shown.display, view)  # None: a picture in its own colours
+        sidecar["view"] = {"colormap": scale.colormap if scale else None, "overlay_opacity": view.overlay_opacity}
         return sidecar
 
     def suggested_export_name(self, suffix: str = ".png") -> str:
@@ -303,7 +302,7 @@ class Session:
         if shown is None or shown.method != "activations" or shown.result is None:
             return None
         result, display = shown.result, shown.display
-        if display.tile_shape is not None:
+        if isinstance(display, TileGrid):
             hit = tile_at(display, x, y)
             order = result.metrics.get("channel_order", [])
             if hit is None or hit.index >= len(order):
@@ -324,10 +323,10 @@ class Session:
         shown = self.shown
         if shown is None or shown.method != "activations":
             return ""
-        if shown.display.tile_shape is not None:
+        if isinstance(shown.display, TileGrid):
             return ("Click a tile to see its channel over the image; "
                     "Shift+click a place on it for guided backprop of that neuron")
-        if shown.provenance.params.get("channel") is not None:
+        if isinstance(shown.display, MapOverPhoto) and shown.provenance.params.get("channel") is not None:
             return "Click the image for guided backprop of this channel's neuron there"
         return ""
 
@@ -388,11 +387,11 @@ class Session:
         files = []
         if picture:
             files += picture_files(picture, self.picture(view), self.sidecar(view))
-            points = shown.display.points
-            if points is not None:  # an embedding: its coordinates too, beside the picture
+            scatter = shown.display
+            if isinstance(scatter, Scatter):  # an embedding: its coordinates too, beside the picture
                 from engine.data.embedding import layout_csv
 
-                content = layout_csv(points.paths, points.groups, points.xy)
+                content = layout_csv(scatter.paths, scatter.groups, scatter.xy)
                 files.append((Path(picture).with_suffix(".csv"), lambda handle: handle.write(content)))
         if array:
             if shown.result is None or shown.result.array is None:

@@ -11,8 +11,8 @@ two ways:
 - ``signed_map``: the sum over the colour channels, for integrated gradients, whose
   values add up to the change in the class score (completeness): summing keeps that.
 
-``map_display`` is the one place a map becomes a ``Display``, so every method colours
-alike. Gradients are heavy-tailed (a few pixels are far larger than the rest), so the
+``map_display`` is the one place a map becomes a display (a ``MapOverPhoto``, or a
+``ScalarMap`` on its own), so every method colours alike. Gradients are heavy-tailed (a few pixels are far larger than the rest), so the
 colour scale tops out at the 99th percentile of |map| (as Captum's visualiser does); a
 signed map gets a symmetric diverging scale (-top..top, white at zero, red positive,
 blue negative), a magnitude map 0..top. Passing ``top`` instead shares one scale between
@@ -34,7 +34,7 @@ from engine.anatomy.hooks import first_tensor, hooked
 from engine.attribution.guided import GuidedReLUs
 from engine.data.images import LoadedImage
 from engine.core.jobs import Progress
-from engine.view.display import Display
+from engine.view.display import MapOverPhoto, Picture, ScalarMap
 from engine.anatomy.layers import conv_layers, find_module
 
 # Automatic batch: this many 224x224 images' worth of pixels per forward + backward pass.
@@ -100,7 +100,7 @@ def colour_top(values: np.ndarray) -> float:
 
 
 def map_display(image: LoadedImage, values: np.ndarray, *, signed: bool, legend: str, note: str,
-                overlay: bool = True, top: float | None = None, boxes=()) -> Display:
+                overlay: bool = True, top: float | None = None, boxes=()) -> MapOverPhoto | ScalarMap:
     """The picture of an attribution map, over the photo (``overlay``) or on its own.
 
     Signed maps: diverging colours between -top and top; magnitude maps: 0..top.
@@ -110,12 +110,14 @@ def map_display(image: LoadedImage, values: np.ndarray, *, signed: bool, legend:
     """
     top = colour_top(values) if top is None else float(top)
     levels = (-top, top) if signed else (0.0, top)
-    if overlay:
-        sy, sx = image.size[1] / values.shape[0], image.size[0] / values.shape[1]
-        boxes = [(box_top * sy, left * sx, bottom * sy, right * sx) for box_top, left, bottom, right in boxes]
-    return Display(rgb=image.to_array() if overlay else None, scalar=values.astype(np.float32, copy=False),
-                   overlay=overlay, colormap="coolwarm" if signed else "inferno", levels=levels,
-                   legend=legend, note=note, boxes=list(boxes))
+    colormap = "blue-white-red" if signed else "inferno"
+    values = values.astype(np.float32, copy=False)
+    if not overlay:
+        return ScalarMap(values, levels=levels, colormap=colormap, legend=legend, note=note, boxes=list(boxes))
+    sy, sx = image.size[1] / values.shape[0], image.size[0] / values.shape[1]
+    boxes = [(box_top * sy, left * sx, bottom * sy, right * sx) for box_top, left, bottom, right in boxes]
+    return MapOverPhoto(photo=image.to_array(), values=values, levels=levels, colormap=colormap, legend=legend,
+                        note=note, boxes=boxes)
 
 
 def gradient_picture(gradient: torch.Tensor, top: float | None = None) -> np.ndarray:
@@ -127,9 +129,9 @@ def gradient_picture(gradient: torch.Tensor, top: float | None = None) -> np.nda
     return (np.clip(0.5 + values / (2 * top), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def picture_display(picture: np.ndarray, *, legend: str, note: str, boxes=()) -> Display:
-    """A gradient picture (``gradient_picture``) on its own; ``boxes`` in its pixels."""
-    return Display(rgb=picture, legend=legend, note=note, boxes=list(boxes))
+def picture_display(picture: np.ndarray, *, note: str, boxes=()) -> Picture:
+    """A gradient picture (``gradient_picture``, mid-gray at zero) on its own; ``boxes`` in its pixels."""
+    return Picture(rgb=picture, note=note, boxes=list(boxes))
 
 
 def map_metrics(values: np.ndarray) -> dict:

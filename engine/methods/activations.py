@@ -11,7 +11,7 @@ import numpy as np
 
 from engine.core.errors import MethodInputError
 from engine.core.jobs import Progress, Result
-from engine.view.display import Display
+from engine.view.display import Bars, MapOverPhoto, ScalarMap, TileGrid
 from engine.view.render import grid_shape, normalise_tiles, tile_grid
 from engine.methods.params import LAYER, MethodSpec, Param, require_channel
 
@@ -32,7 +32,7 @@ def run(ctx, p):
 
     if output.ndim == 1 or (output.ndim == 3 and output.shape[1:] == (1, 1)):
         vector = output.reshape(-1)
-        display = Display(bars=vector, legend="activation", note=f"{vector.size} units")
+        display = Bars(vector, legend="activation", note=f"{vector.size} units")
         return Result(display=display, array=vector, layer=path, metrics=metrics)
     if output.ndim != 3:
         raise MethodInputError(f"layer '{path}' outputs a {output.ndim}-D tensor; activations shows C x H x W maps or vectors")
@@ -41,9 +41,9 @@ def run(ctx, p):
     if channel is not None:
         require_channel("channel", channel, channels, path)
         single = output[channel]
-        display = Display(rgb=ctx.image.to_array(), scalar=single, overlay=True, colormap="inferno",
-                          levels=(float(single.min()), float(single.max()) or 1.0),
-                          legend=f"{path} channel {channel}", note=f"channel {channel} of {channels}, {single.shape[0]}x{single.shape[1]}")
+        display = MapOverPhoto(photo=ctx.image.to_array(), values=single, colormap="inferno",
+                               levels=(float(single.min()), float(single.max()) or 1.0),
+                               legend=f"{path} channel {channel}", note=f"channel {channel} of {channels}, {single.shape[0]}x{single.shape[1]}")
         metrics.update(channel_mean=float(single.mean()), channel_max=float(single.max()),
                        argmax=[int(v) for v in np.unravel_index(single.argmax(), single.shape)])
         yield Progress(1.0, path)
@@ -65,8 +65,8 @@ def run(ctx, p):
     note += ", each tile scaled to its own range" if per_tile else ", one scale for the layer"
     if channels > MAX_TILES:
         note += f"; page {page} of {(channels - 1) // MAX_TILES + 1}"
-    display = Display(scalar=grid, levels=(0.0, 1.0), colormap="gray", legend=f"{path} activation", note=note,
-                      tile_shape=(rows, columns), tile_size=output.shape[1:], tile_gap=1)
+    grid_map = ScalarMap(grid, levels=(0.0, 1.0), colormap="gray", legend=f"{path} activation", note=note)
+    display = TileGrid(grid_map, shape=(rows, columns), tile_size=output.shape[1:], gap=1)
     metrics["channel_order"] = [int(c) for c in shown]
     yield Progress(1.0, path)
     return Result(display=display, array=output, layer=path, metrics=metrics)

@@ -37,7 +37,7 @@ from engine.view.gallery import Tile, render_gallery
 from engine.attribution.gradients import run_score
 from engine.anatomy.hooks import first_tensor
 from engine.core.jobs import Progress, Result
-from engine.view.display import Display
+from engine.view.display import Picture
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.optvis.loop import Step, optimisation_loop
 from engine.methods.params import MethodSpec, Param, ParamError
@@ -124,7 +124,7 @@ def run(ctx, p):
 
     def show(_number, step):
         mosaic = _mosaic(original, step.picture, eps, names, before, (attack.probs[source], attack.probs[index]))
-        return Display(rgb=mosaic)
+        return Picture(rgb=mosaic)
 
     recorder = FrameRecorder()
     trace = yield from optimisation_loop(
@@ -171,7 +171,7 @@ def run(ctx, p):
             f"perturbation shown magnified x{1 / (2 * eps):.0f}")
     mosaic = _mosaic(original, adversarial, eps, names, (start_probs[source], start_probs[index]),
                      (final_probs[source], final_probs[index]))
-    return Result(display=Display(rgb=mosaic, note=note), array=adversarial[0].permute(1, 2, 0).cpu().numpy(),
+    return Result(display=Picture(rgb=mosaic, note=note), array=adversarial[0].permute(1, 2, 0).cpu().numpy(),
                   metrics=metrics, target=goal, frames=recorder.finish(mosaic))
 
 

@@ -20,7 +20,7 @@ from engine.view.animation import FrameRecorder
 from engine.core.errors import MethodInputError
 from engine.view.gallery import Tile, render_gallery
 from engine.core.jobs import Progress, Result
-from engine.view.display import Display
+from engine.view.display import Picture
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.optvis.objectives import LOGITS, class_logit, channel as channel_objective, diversity as diversity_objective, \
     gram_similarity, neuron as neuron_objective, penalty, pre_activation
@@ -120,7 +120,7 @@ def run(ctx, p):
     p.record(target=resolved["index"] if resolved else None, layer=path, channel=channel if path else None,
              at=position, size=size, diversity_layer=spread_layer)
     note = f"{what}: {steps} steps, {param} parameterisation" + (f", {facets} facets" if facets > 1 else "")
-    return Result(display=Display(rgb=mosaic, note=note), array=array[0] if facets == 1 else array,
+    return Result(display=Picture(rgb=mosaic, note=note), array=array[0] if facets == 1 else array,
                   metrics=metrics, layer=path, target=resolved, frames=recorder.frames)
 
 

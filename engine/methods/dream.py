@@ -29,7 +29,7 @@ from engine.core.errors import ImageLoadError, MethodInputError
 from engine.anatomy.hooks import capture_outputs, forward_to
 from engine.data.images import load_image
 from engine.core.jobs import Result
-from engine.view.display import Display
+from engine.view.display import Picture
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.optvis.loop import Step, optimisation_loop
 from engine.optvis.tiling import Window, tile_windows, tiled_gradient, tiled_statistics, tiling_geometry
@@ -256,7 +256,7 @@ def run(ctx, p):
     total = octaves * steps
 
     def show(_number, step):
-        return Display(rgb=unit_tensor_to_rgb(resize(step.picture, full_size)))
+        return Picture(rgb=unit_tensor_to_rgb(resize(step.picture, full_size)))
 
     def describe(number, _step):
         octave, step = divmod(number - 1, steps)
@@ -282,7 +282,7 @@ def run(ctx, p):
     if full_tiles is not None:
         note += (f"; in {windows} tiles of {tile} px with {full_tiles.margin} px overlap"
                  + ("" if full_tiles.exact else ", the grid moving every step (the layer sees further than the overlap)"))
-    return Result(display=Display(rgb=final_rgb, note=note), array=result, layer=shown, metrics=metrics,
+    return Result(display=Picture(rgb=final_rgb, note=note), array=result, layer=shown, metrics=metrics,
                   frames=recorder.finish(final_rgb))
 
 

@@ -19,7 +19,7 @@ from engine.data.extraction import extract, skipped_list, skipped_note
 from engine.view.gallery import Tile, render_gallery
 from engine.data.images import load_image
 from engine.core.jobs import Frame, Progress, Result, within
-from engine.view.display import Display, Points
+from engine.view.display import Gallery, Scatter
 from engine.methods.params import DATASET, FEATURE_LAYER, SEED, MethodSpec, Param
 
 GRID_TILE = 48
@@ -64,7 +64,7 @@ def run(ctx, p):
                 ctx.cancel.check()
                 partial, fraction = next(job)
                 step += 1
-                yield Frame(Display(points=Points(partial, paths, groups, title)), step=step)
+                yield Frame(Scatter(partial, paths, groups, title), step=step)
                 yield Progress(0.6 + 0.4 * fraction, f"t-SNE, {fraction:.0%} of the iterations")
         except StopIteration as stop:
             layout = stop.value
@@ -76,10 +76,10 @@ def run(ctx, p):
         metrics["csv"] = str(Path(csv).resolve())
     if cells:
         mosaic, regions = grid_picture(layout, paths, *cells, seed=seed)
-        display = Display(rgb=mosaic, regions=regions,
+        display = Gallery(rgb=mosaic, regions=regions,
                           note=f"{title}, snapped to a {cells[0]}x{cells[1]} grid; click an image to open it{skipped_note(failures)}")
     else:
-        display = Display(points=Points(layout, paths, groups, title),
+        display = Scatter(layout, paths, groups, title,
                           note=f"{title}; hover for the image, click to open it{skipped_note(failures)}")
     return Result(display=display, array=layout, layer=path, metrics=metrics)
 

@@ -14,7 +14,7 @@ import torch
 
 from engine.core.errors import MethodInputError
 from engine.core.jobs import Progress, Result
-from engine.view.display import Display
+from engine.view.display import Picture
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.style.style_library import list_styles, load_style
 from engine.style.style_net import MIN_SIDE, style_mix as normalised_mix
@@ -51,7 +51,7 @@ def run(ctx, p):
     metrics = {"styles": loaded.style_names, "mix": weights, "mix_ignored": ignored, "size": [int(width), int(height)],
                "style_model": str(loaded.path), "trained_steps": loaded.info.get("steps")}
     p.record(style_model=str(loaded.path), style_mix=weights)
-    return Result(display=Display(rgb=rgb, note=note), array=stylised[0].permute(1, 2, 0).cpu().numpy(),
+    return Result(display=Picture(rgb=rgb, note=note), array=stylised[0].permute(1, 2, 0).cpu().numpy(),
                   metrics=metrics)
 
 

@@ -40,7 +40,7 @@ from engine.data.extraction import skipped_list, skipped_note
 from engine.style.activation_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
 from engine.data.images import load_image
 from engine.core.jobs import Progress, Result
-from engine.view.display import Display
+from engine.view.display import Picture
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.optvis.loop import Step, optimisation_loop, require_finite
 from engine.style.perceptual import (Features, PerceptualLayers, PerceptualLoss, choose_transform, gram_targets, layer_list,
@@ -332,7 +332,7 @@ def run(ctx, p):
     recorder = FrameRecorder()
 
     def show(_number, _step):
-        return Display(rgb=unit_tensor_to_rgb(_stylise_preview(net, picture)))
+        return Picture(rgb=unit_tensor_to_rgb(_stylise_preview(net, picture)))
 
     def train(_number):
         step = training.train_step(features, content_features, weights)
@@ -375,7 +375,7 @@ def run(ctx, p):
             f"{skipped_note(failures)}")
     p.record(dataset=data.name, content_layers=content_paths, style_layers=style_paths, feature_transform=transform_name,
              style_size=style_size or size, save=str(target))
-    return Result(display=Display(rgb=rgb, note=note), array=final[0].permute(1, 2, 0).cpu().numpy(),
+    return Result(display=Picture(rgb=rgb, note=note), array=final[0].permute(1, 2, 0).cpu().numpy(),
                   metrics=metrics, frames=recorder.finish(rgb))
 
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from engine.core.errors import MethodInputError
 from engine.core.jobs import Progress, Result
-from engine.view.display import Display
+from engine.view.colormaps import BACKGROUND
+from engine.view.display import Picture, ScalarMap, TileGrid
 from engine.anatomy.layers import conv_layers, find_module, nearest_conv
 from engine.view.render import grid_shape, normalise_tiles, tile_grid
 from engine.methods.params import MethodSpec, Param
@@ -42,9 +43,10 @@ def run(ctx, p):
         rows, columns = grid_shape(out_channels)
         gap = 1
         grid = tile_grid(tiles, rows, columns, gap=gap, fill=np.nan)
-        rgb = np.where(np.isnan(grid), 40 / 255, grid)
-        display = Display(rgb=(rgb * 255 + 0.5).astype(np.uint8), tile_shape=(rows, columns), tile_size=(kh, kw), tile_gap=gap,
-                          note=f"{out_channels} filters of {kh}x{kw}, RGB, each scaled to its own range")
+        rgb = (np.where(np.isnan(grid), 0.0, grid) * 255 + 0.5).astype(np.uint8)
+        rgb[np.isnan(grid).any(axis=2)] = BACKGROUND
+        picture = Picture(rgb=rgb, note=f"{out_channels} filters of {kh}x{kw}, RGB, each scaled to its own range")
+        display = TileGrid(picture, shape=(rows, columns), tile_size=(kh, kw), gap=gap)
     elif in_per_group == 1:
         # Depthwise: each output channel has one kernel; lay them out as a square grid.
         tiles = weight[:, 0]
@@ -73,13 +75,13 @@ def run(ctx, p):
                   metrics={"shape": list(weight.shape), "min": float(weight.min()), "max": float(weight.max())})
 
 
-def _gray_display(grid, per_tile, weight, note, rows, columns, tile_size, gap) -> Display:
+def _gray_display(grid, per_tile, weight, note, rows, columns, tile_size, gap) -> TileGrid:
     if per_tile:
-        return Display(scalar=grid, levels=(0.0, 1.0), colormap="gray", legend="weight (each tile scaled)", note=note,
-                       tile_shape=(rows, columns), tile_size=tile_size, tile_gap=gap)
-    bound = float(np.abs(weight).max()) or 1.0
-    return Display(scalar=grid, levels=(-bound, bound), colormap="coolwarm", legend="weight", note=note,
-                   tile_shape=(rows, columns), tile_size=tile_size, tile_gap=gap)
+        tiles = ScalarMap(grid, levels=(0.0, 1.0), colormap="gray", legend="weight (each tile scaled)", note=note)
+    else:
+        bound = float(np.abs(weight).max()) or 1.0
+        tiles = ScalarMap(grid, levels=(-bound, bound), colormap="blue-white-red", legend="weight", note=note)
+    return TileGrid(tiles, shape=(rows, columns), tile_size=tile_size, gap=gap)
 
 
 SPEC = MethodSpec(

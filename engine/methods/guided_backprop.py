@@ -131,8 +131,7 @@ def run(ctx, p):
     note = f"{kind} of {what}; {guide.note}"
     adjective = "guided" if rule == "guided" else "DeconvNet"
     if show == "rgb":
-        display = picture_display(gradient_picture(gradient), legend=f"{adjective} d {what} / d pixel (gray: 0)",
-                                  note=note, boxes=boxes)
+        display = picture_display(gradient_picture(gradient), note=note, boxes=boxes)
     else:
         display = map_display(image, values, signed=False, overlay=p.overlay, legend=f"|{adjective} d {what} / d pixel|",
                               note=note, boxes=boxes)

@@ -41,7 +41,7 @@ def run(ctx, p):
                          f"layer's map raising the score. Try the top class or an earlier layer")
     note = f"guided Grad-CAM of '{label}' at {path} ({cam.shape[1]}x{cam.shape[2]}); {guide.note}"
     if p.show == "rgb":
-        display = picture_display(gradient_picture(product), legend=f"guided Grad-CAM of '{label}' (gray: 0)", note=note)
+        display = picture_display(gradient_picture(product), note=note)
     else:
         display = map_display(image, values, signed=False, overlay=p.overlay, legend=f"|guided Grad-CAM of '{label}'|",
                               note=note)

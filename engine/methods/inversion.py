@@ -23,7 +23,7 @@ from engine.view.animation import FrameRecorder
 from engine.core.errors import MethodInputError
 from engine.view.gallery import Tile, render_gallery
 from engine.core.jobs import Progress, Result
-from engine.view.display import Display
+from engine.view.display import Picture
 from engine.anatomy.layers import DEPTH_KEYWORDS
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.optvis.objectives import feature_match, penalty
@@ -72,7 +72,7 @@ def run(ctx, p):
 
         def show(current, index=index):
             slots[index + 1] = current
-            return Display(rgb=side_by_side(torch.cat(slots)))
+            return Picture(rgb=side_by_side(torch.cat(slots)))
 
         optimised = yield from optimise(
             ctx.model, picture, objective, steps=steps, lr=p.lr, generator=generator, cancel=ctx.cancel,
@@ -102,7 +102,7 @@ def run(ctx, p):
     note = f"inverted from noise ({param}, {steps} steps, TV {tv}, beta {beta}). {note}"
     arrays = np.stack([entry["image"][0].permute(1, 2, 0).cpu().numpy() for entry in inverted])
     p.record(layer=paths[0] if len(paths) == 1 else None, strip=paths if len(paths) > 1 else None)
-    return Result(display=Display(rgb=mosaic, note=note), array=arrays[0] if len(paths) == 1 else arrays,
+    return Result(display=Picture(rgb=mosaic, note=note), array=arrays[0] if len(paths) == 1 else arrays,
                   metrics=metrics, layer=",".join(paths), frames=recorder.frames)
 
 

@@ -18,7 +18,7 @@ from engine.data.extraction import PIXEL_SIDE, extract, extract_pixels, image_ve
 from engine.view.gallery import Tile, render_gallery
 from engine.data.images import load_image
 from engine.core.jobs import Progress, Result, within
-from engine.view.display import Display
+from engine.view.display import Gallery
 from engine.methods.params import DATASET, FEATURE_LAYER, MethodSpec, Param
 
 
@@ -64,7 +64,7 @@ def run(ctx, p):
         metrics["pixel_neighbors"] = found["pixel"]
     note = (f"{len(main)} nearest of {len(data)} images in {data.name}; features: {path} "
             f"(averaged over space), pixels: {PIXEL_SIDE}x{PIXEL_SIDE} RGB; click an image to open it{skipped_note(failures)}")
-    return Result(display=Display(rgb=mosaic, regions=regions, note=note),
+    return Result(display=Gallery(rgb=mosaic, regions=regions, note=note),
                   array=np.array([n["distance"] for n in main], dtype=np.float32), layer=path, metrics=metrics)
 
 

@@ -49,7 +49,7 @@ from engine.core.device import is_out_of_memory
 from engine.core.errors import MethodInputError
 from engine.anatomy.hooks import first_tensor
 from engine.core.jobs import Frame, Progress, Result
-from engine.view.display import Display
+from engine.view.display import MapOverPhoto
 from engine.core.memory import keep_freed_memory
 from engine.methods.params import TARGET, MethodSpec, Param, ParamError
 
@@ -248,19 +248,19 @@ def run(ctx, p):
     return Result(display=display, array=probabilities, target=resolved, metrics=metrics)
 
 
-def _display(rgb, probabilities, base_prob, row_cover, col_cover, label, note, show="drop") -> Display:
+def _display(rgb, probabilities, base_prob, row_cover, col_cover, label, note, show="drop") -> MapOverPhoto:
     if show == "probability":
         pixels = drop_map(probabilities.astype(np.float64), row_cover, col_cover)  # the mean over covering windows
-        return Display(rgb=rgb, scalar=pixels, overlay=True, colormap="inferno", levels=(0.0, max(base_prob, 1e-6)),
-                       legend=f"p({label}) with the patch there", note=note)
+        return MapOverPhoto(photo=rgb, values=pixels, colormap="inferno", levels=(0.0, max(base_prob, 1e-6)),
+                            legend=f"p({label}) with the patch there", note=note)
     drops = base_prob - probabilities.astype(np.float64)
     pixels = drop_map(drops, row_cover, col_cover)
     finite = drops[np.isfinite(drops)]
     bound = float(np.abs(finite).max()) if finite.size else 0.0
     bound = bound or 1.0
     # Diverging colours: red where hiding the patch lowers the probability, blue where it raises it.
-    return Display(rgb=rgb, scalar=pixels, overlay=True, colormap="coolwarm", levels=(-bound, bound),
-                   legend=f"drop in p({label}) when hidden", note=note)
+    return MapOverPhoto(photo=rgb, values=pixels, colormap="blue-white-red", levels=(-bound, bound),
+                        legend=f"drop in p({label}) when hidden", note=note)
 
 
 SPEC = MethodSpec(

@@ -18,7 +18,7 @@ from engine.data.extraction import extract, skipped_list, skipped_note
 from engine.view.gallery import BACKGROUND, Tile, render_gallery
 from engine.data.images import load_image
 from engine.core.jobs import Progress, Result, within
-from engine.view.display import Display
+from engine.view.display import Gallery
 from engine.methods.params import DATASET, MethodSpec, Param, require_channel
 
 MAX_CHANNELS = 64
@@ -65,7 +65,7 @@ def run(ctx, p):
     mosaic, regions = render_gallery(rows, tile=72)
     note = (f"top {top} of {len(paths)} images per channel of {path}; each patch is the {field} receptive field "
             f"around the channel's maximum; click a patch to open its image{skipped_note(failures)}")
-    return Result(display=Display(rgb=mosaic, regions=regions, note=note), array=values, layer=path,
+    return Result(display=Gallery(rgb=mosaic, regions=regions, note=note), array=values, layer=path,
                   metrics={"patches": found, "receptive_field": str(field), "images": len(paths), "dataset": data.name,
                            "skipped": skipped_list(failures)})
 

@@ -33,8 +33,8 @@ from engine.attribution import randomise
 from engine.core.errors import MethodInputError
 from engine.view.gallery import Tile, render_gallery
 from engine.core.jobs import Frame, Progress, Result
-from engine.view.display import Display
-from engine.view.render import apply_colormap
+from engine.view.display import Picture
+from engine.view.colormaps import apply_colormap
 from engine.methods.registry import METHODS  # read when run: engine.methods fills it after importing this module
 from engine.methods.base import MethodContext
 from engine.methods.params import SEED, TARGET, MethodSpec, Param
@@ -188,7 +188,7 @@ def run(ctx, p):
             yield Progress(done / total, f"randomised down to {labels[step]}: {spec.id}")
         maps.append(step_maps)
         grid = _grid(method_ids, originals, maps, labels, chosen)
-        yield Frame(Display(rgb=grid, note=f"randomised down to {labels[step]} ({step + 1} of {len(groups)} steps)"),
+        yield Frame(Picture(rgb=grid, note=f"randomised down to {labels[step]} ({step + 1} of {len(groups)} steps)"),
                     step=step + 1, metrics={f"{m} {metric}": chosen[i][-1] for i, m in enumerate(method_ids)})
 
     matrix = np.array(chosen, dtype=np.float32)
@@ -205,7 +205,7 @@ def run(ctx, p):
     note = (f"cascading randomisation of a copy of {ctx.model.name}, from {labels[0]} down to {labels[-1]}; "
             f"captions: the lowest block randomised and the {metric} similarity to the trained model's map "
             f"for '{resolved['label']}'")
-    return Result(display=Display(rgb=_grid(method_ids, originals, maps, labels, chosen), note=note), array=matrix,
+    return Result(display=Picture(rgb=_grid(method_ids, originals, maps, labels, chosen), note=note), array=matrix,
                   metrics=metrics, target=resolved)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from engine.core.errors import MethodInputError
 from engine.core.jobs import Progress, Result, within
-from engine.view.display import Display
+from engine.view.display import Picture
 from engine.methods.registry import METHODS  # read when run: engine.methods fills it after importing this module
 from engine.methods.params import SEED, TARGET, MethodSpec, Param, ParamError
 
@@ -130,7 +130,7 @@ def run(ctx, p):
     note = (f"GrabCut seeded by the saliency of '{resolved['label']}': {fraction:.0%} of the picture; "
             f"seeds above the {fg_percentile:g}th / below the {bg_percentile:g}th percentile")
     yield Progress(1.0, "done")
-    return Result(display=Display(rgb=draw_mask(rgb, mask), note=note), array=mask, target=resolved,
+    return Result(display=Picture(rgb=draw_mask(rgb, mask), note=note), array=mask, target=resolved,
                   metrics=metrics)
 
 

@@ -32,7 +32,7 @@ from engine.core.errors import ConvScopeError, MethodInputError
 from engine.style.activation_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
 from engine.data.images import load_image
 from engine.core.jobs import Result
-from engine.view.display import Display
+from engine.view.display import Picture
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.optvis.loop import optimisation_loop
 from engine.style.perceptual import (DEFAULT_LR, OPTIMIZERS, Features, PerceptualLoss, PixelDescent, blend_grams,
@@ -131,7 +131,7 @@ def run(ctx, p):
         return yiq_to_rgb(torch.cat([picture, chroma], dim=1)).clamp(0, 1) if preserve_color else picture
 
     def show(_number, _step):
-        return Display(rgb=unit_tensor_to_rgb(as_rgb(pixels)))
+        return Picture(rgb=unit_tensor_to_rgb(as_rgb(pixels)))
 
     recorder = FrameRecorder()
     descent = PixelDescent(pixels, lambda picture: _named_terms(*loss(as_network_input(picture))), optimizer, p.lr)
@@ -152,7 +152,7 @@ def run(ctx, p):
     p.record(style_weights=blend, content_layers=content_paths, style_layers=style_paths,
              lr=p.lr or DEFAULT_LR[optimizer], feature_transform=transform_name)
     note = f"loss {metrics['loss_first']:.3g} -> {metrics['loss_last']:.3g} (features: {transform_name})"
-    return Result(display=Display(rgb=rgb, note=note), array=result[0].permute(1, 2, 0).cpu().numpy().astype(np.float32),
+    return Result(display=Picture(rgb=rgb, note=note), array=result[0].permute(1, 2, 0).cpu().numpy().astype(np.float32),
                   metrics=metrics, frames=recorder.finish(rgb))
 
 

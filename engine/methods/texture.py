@@ -24,7 +24,7 @@ from engine.core.errors import MethodInputError
 from engine.style.activation_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
 from engine.view.gallery import Tile, render_gallery
 from engine.core.jobs import Frame, Progress, Result
-from engine.view.display import Display
+from engine.view.display import Picture
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.optvis.loop import optimisation_loop
 from engine.style.perceptual import (DEFAULT_LR, OPTIMIZERS, Features, PerceptualLoss, PixelDescent, choose_transform,
@@ -78,7 +78,7 @@ def run(ctx, p):
             return report
 
         def show(number, _step, pixels=pixels, label=label):
-            return Display(rgb=unit_tensor_to_rgb(pixels.detach()), note=f"{label}step {number}/{steps}")
+            return Picture(rgb=unit_tensor_to_rgb(pixels.detach()), note=f"{label}step {number}/{steps}")
 
         trace = yield from optimisation_loop(
             step, steps, show=show, cancel=ctx.cancel, recorder=recorder, keep_best=descent, offset=index * steps,
@@ -95,10 +95,10 @@ def run(ctx, p):
     if not strip:
         rgb = (np.clip(results[0], 0, 1) * 255 + 0.5).astype(np.uint8)
         note = f"texture from {len(paths)} layers; Gram loss {firsts[0]:.3g} -> {lasts[0]:.3g}"
-        return Result(display=Display(rgb=rgb, note=note), array=results[0], metrics=metrics,
+        return Result(display=Picture(rgb=rgb, note=note), array=results[0], metrics=metrics,
                       frames=recorder.finish(rgb))
     mosaic, note = _strip(ctx, sample, results, paths)
-    return Result(display=Display(rgb=mosaic, note=note), array=np.stack(results), metrics=metrics,
+    return Result(display=Picture(rgb=mosaic, note=note), array=np.stack(results), metrics=metrics,
                   frames=recorder.finish())
 
 
@@ -138,12 +138,12 @@ def _classic(ctx, image, p):
             break
         step += 1
         recorder.add(picture)
-        yield Frame(Display(rgb=picture.copy(), note=f"{done}/{total} pixels"), step=step, metrics={"filled": done / total})
+        yield Frame(Picture(rgb=picture.copy(), note=f"{done}/{total} pixels"), step=step, metrics={"filled": done / total})
         yield Progress(done / total, f"{done}/{total} pixels")
     metrics = {"size": [side, side], "sample_size": [sample.shape[1], sample.shape[0]], "window": window,
                "pixels": side * side}
     p.record(size=side, sample_size=sample_side)
-    return Result(display=Display(rgb=texture, note=f"Efros-Leung, window {window}, from a "
+    return Result(display=Picture(rgb=texture, note=f"Efros-Leung, window {window}, from a "
                                                     f"{sample.shape[1]}x{sample.shape[0]} sample"),
                   array=texture.astype(np.float32) / 255.0, metrics=metrics, frames=recorder.finish(texture))
 

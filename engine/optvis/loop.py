@@ -9,8 +9,9 @@ normalised ascent step over tiles and octaves (dream). The loop owns the rest, o
 
 - the step count, and the stop a stepper reports when its goal is reached;
 - a cancel check before every step, so a cancelled job raises and returns nothing;
-- one ``Frame`` per step, built by ``show`` (rebuilt every ``every`` steps), each shown
-  picture offered to a ``FrameRecorder`` for the animated export;
+- one ``Frame`` per step, a ``Picture`` built by ``show`` (rebuilt every ``every`` steps),
+  each drawn by the one renderer (``engine.view.render``) and offered to a
+  ``FrameRecorder`` for the animated export, so the animation holds what the canvas showed;
 - determinate ``Progress`` within a span of the job's bar, for jobs that run several
   loops (inversion's strip, texture's);
 - the history: each step's loss, the first and last step's terms;
@@ -29,10 +30,11 @@ from typing import TYPE_CHECKING, Any, Callable, Generator, Protocol
 
 from engine.core.errors import MethodInputError
 from engine.core.jobs import CancelToken, Frame, Progress
+from engine.view.display import Picture
+from engine.view.render import render
 
 if TYPE_CHECKING:
     from engine.view.animation import FrameRecorder
-    from engine.view.display import Display
 
 
 @dataclass
@@ -82,16 +84,16 @@ def require_finite(loss: float, step: int) -> None:
         raise MethodInputError(f"the loss became {loss} at step {step}; try a lower --lr")
 
 
-def optimisation_loop(step: Callable[[int], Step], steps: int, *, show: Callable[[int, Step], "Display"],
+def optimisation_loop(step: Callable[[int], Step], steps: int, *, show: Callable[[int, Step], Picture],
                       cancel: CancelToken | None = None, first: int = 1, offset: int = 0, every: int = 1,
-                      showing: "Display | None" = None, recorder: "FrameRecorder | None" = None,
+                      showing: Picture | None = None, recorder: "FrameRecorder | None" = None,
                       span: tuple[float, float] = (0.0, 1.0), describe: Callable[[int, Step], str] | None = None,
                       keep_best: KeepsBest | None = None) -> Run:
     """Run ``step(k)`` for k = ``first`` .. ``steps``, or until a step reports ``reached``.
 
     A generator of Frame and Progress events returning a ``Trace``:
 
-    - ``show(k, report)`` makes the frame's Display; it runs every ``every`` steps and at
+    - ``show(k, report)`` makes the frame's Picture; it runs every ``every`` steps and at
       the last (a training's preview costs a forward), the frames between carrying the
       newest metrics with the last picture, ``showing`` until the first is made. Each
       picture made (and ``showing``) is offered to ``recorder``.
@@ -104,8 +106,8 @@ def optimisation_loop(step: Callable[[int], Step], steps: int, *, show: Callable
     cancel = cancel or CancelToken()
     describe = describe or (lambda k, _report: f"step {k}/{steps}")
     start, end = span
-    if recorder is not None and showing is not None and showing.rgb is not None:
-        recorder.add(showing.rgb)
+    if recorder is not None and showing is not None:
+        recorder.add(render(showing))
     losses: list[float] = []
     first_terms: dict[str, float] = {}
     report: Step | None = None
@@ -123,8 +125,8 @@ def optimisation_loop(step: Callable[[int], Step], steps: int, *, show: Callable
             best_loss, best = report.loss, (state, dict(report.terms))
         if showing is None or number % every == 0 or number == steps:
             showing = show(number, report)
-            if recorder is not None and showing.rgb is not None:
-                recorder.add(showing.rgb)
+            if recorder is not None:
+                recorder.add(render(showing))
         yield Frame(showing, step=offset + number, metrics={"loss": report.loss, **report.terms, **report.metrics})
         yield Progress(start + (end - start) * number / steps, describe(number, report))
         if report.reached:

@@ -23,7 +23,7 @@ from engine.view.animation import FrameRecorder
 from engine.core.errors import MethodInputError
 from engine.anatomy.hooks import StopForward, first_tensor, hooked
 from engine.core.jobs import CancelToken
-from engine.view.display import Display
+from engine.view.display import Picture
 from engine.anatomy.layers import find_module
 from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.models.model import LoadedModel
@@ -154,13 +154,13 @@ def adam_stepper(model: LoadedModel, param: ImageParam, objective: Objective, *,
 
 def optimise(model: LoadedModel, param: ImageParam, objective: Objective, *, steps: int, lr: float,
              generator: torch.Generator, cancel: CancelToken | None = None, transform: Transform | None = None,
-             projections: Sequence[Projection] = (), show: Callable[[torch.Tensor], Display] | None = None,
+             projections: Sequence[Projection] = (), show: Callable[[torch.Tensor], Picture] | None = None,
              recorder: FrameRecorder | None = None, label: str = "step", progress: tuple[float, float] = (0.0, 1.0)):
     """Adam on ``param`` for ``steps`` steps through the one loop; a generator yielding Frame and
     Progress events, returning an ``Optimised``. ``show`` turns the picture into what a Frame
     displays (default: the batch side by side), and every shown picture is offered to
     ``recorder``; ``progress`` is the span of the job's progress bar this run fills."""
-    show = show or (lambda picture: Display(rgb=side_by_side(picture)))
+    show = show or (lambda picture: Picture(rgb=side_by_side(picture)))
     stepper = adam_stepper(model, param, objective, lr=lr, generator=generator, transform=transform,
                            projections=projections)
     # The frame shows the picture this step's loss was measured on (no extra render).

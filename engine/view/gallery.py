@@ -16,9 +16,9 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from engine.view.colormaps import BACKGROUND
 from engine.view.display import Region
 
-BACKGROUND = (40, 40, 40)
 TEXT = (225, 225, 225)
 BOX = (255, 210, 0)
 

@@ -1,6 +1,7 @@
 """Where a point of the canvas's picture falls: which tile of a grid, which cell of a map.
 
-Pure geometry over a Display's sizes: picture coordinates (x to the right, y down, in
+Pure geometry over a display's sizes, for the two kinds a click can land on (a
+``TileGrid``, a ``MapOverPhoto``): picture coordinates (x to the right, y down, in
 the picture's pixels, as the canvas reports a click) in, indices out. What a click then
 does is the session's business (``Session.canvas_click``).
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from engine.view.display import Display
+from engine.view.display import Display, MapOverPhoto, TileGrid
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,11 @@ class TileHit:
 
 def tile_at(display: Display, x: float, y: float) -> TileHit | None:
     """The tile under (x, y) of a tile grid; None off the grid or when ``display`` is no grid."""
-    if display.tile_shape is None or display.tile_size is None or x < 0 or y < 0:
+    if not isinstance(display, TileGrid) or x < 0 or y < 0:
         return None
-    rows, columns = display.tile_shape
+    rows, columns = display.shape
     tile_h, tile_w = display.tile_size
-    pitch_h, pitch_w = tile_h + display.tile_gap, tile_w + display.tile_gap
+    pitch_h, pitch_w = tile_h + display.gap, tile_w + display.gap
     row, column = int(y // pitch_h), int(x // pitch_w)
     if not (row < rows and column < columns):
         return None
@@ -49,10 +50,10 @@ def map_cell_at(display: Display, x: float, y: float) -> tuple[int, int] | None:
     300x451 photo), so each axis scales on its own. None off the photo or for a display
     that is no map over a photo.
     """
-    if not display.overlay or display.scalar is None or display.rgb is None:
+    if not isinstance(display, MapOverPhoto):
         return None
-    image_h, image_w = display.rgb.shape[:2]
-    grid_h, grid_w = display.scalar.shape[:2]
+    image_h, image_w = display.photo.shape[:2]
+    grid_h, grid_w = display.values.shape[:2]
     if not (0 <= x < image_w and 0 <= y < image_h):
         return None
     return int(y * grid_h / image_h), int(x * grid_w / image_w)

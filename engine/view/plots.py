@@ -1,8 +1,9 @@
-"""Bar charts and embedding scatters as pictures, for exports made without a window.
+"""Bar charts and embedding scatters as pictures: what export writes for bars and scatters.
 
-The window draws a vector layer's bars and an embedding's scatter live with pyqtgraph;
-the command line has no window, so ``--out`` draws the same data here with Pillow, in
-the window's colours: the same palette, groups in the same order.
+The window draws a vector layer's bars and an embedding's scatter live with pyqtgraph
+(hover, click to open an image); what it exports, like the command line's ``--out``, is
+the picture drawn here with Pillow, in the window's colours: the same palette, groups in
+the same order. So one result exports one way.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from engine.view.gallery import BACKGROUND, TEXT, _font
-from engine.view.display import Points
+from engine.view.display import Scatter
 
 # Qualitative colours: Tableau's ten, then lighter companions; no two alike among the first ten.
 PALETTE = ["#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#BDBDBD", "#BCBD22", "#17BECF",
@@ -26,10 +27,10 @@ def group_order(groups: list[str]) -> list[str]:
     return sorted(set(groups), key=lambda text: (0, int(text)) if text.isdigit() else (1, text))
 
 
-def scatter_picture(points: Points, width: int = 900, height: int = 640, radius: int = 3) -> np.ndarray:
+def scatter_picture(scatter: Scatter, width: int = 900, height: int = 640, radius: int = 3) -> np.ndarray:
     """The embedding as an RGB picture: one dot per image coloured by its group, a legend
     when the groups have a colour each, the title above."""
-    names = group_order(points.groups)
+    names = group_order(scatter.groups)
     colour = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
     legend = names if len(names) <= len(PALETTE) else []
     font = _font(FONT_SIZE)
@@ -37,9 +38,9 @@ def scatter_picture(points: Points, width: int = 900, height: int = 640, radius:
     picture = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(picture)
     top, left, bottom, right = 32, 16, height - 16, width - 16 - legend_width
-    draw.text((left, 8), points.title, fill=TEXT, font=font)
+    draw.text((left, 8), scatter.title, fill=TEXT, font=font)
     draw.rectangle((left, top, right, bottom), outline=AXIS)
-    xy = np.asarray(points.xy, dtype=np.float64).reshape(-1, 2)
+    xy = np.asarray(scatter.xy, dtype=np.float64).reshape(-1, 2)
     if len(xy):
         low, high = xy.min(axis=0), xy.max(axis=0)
         span = np.where(high > low, high - low, 1.0)
@@ -48,7 +49,7 @@ def scatter_picture(points: Points, width: int = 900, height: int = 640, radius:
         placed = (xy - low) / span * inner
         xs = left + 2 * radius + placed[:, 0]
         ys = bottom - 2 * radius - placed[:, 1]
-        for x, y, group in zip(xs, ys, points.groups):
+        for x, y, group in zip(xs, ys, scatter.groups):
             draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour[group])
     for row, name in enumerate(legend):
         y = top + 6 + row * (FONT_SIZE + 6)
