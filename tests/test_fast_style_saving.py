@@ -11,7 +11,6 @@ import torch
 
 from engine.app.cli import main
 from engine.core.errors import ConvScopeError, MethodInputError
-from engine.core.jobs import drive
 from engine.data.samples import sample_path
 from engine.style import style_library
 from engine.style.style_library import checkpoint_path

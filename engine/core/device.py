@@ -33,8 +33,11 @@ def resolve_device(name: str | None) -> torch.device:
 # PyTorch's CPU allocator (c10/core/impl/alloc_cpu.cpp) on Linux and macOS:
 # "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes. Error code 12
 # (Cannot allocate memory)"; on Windows: "DefaultCPUAllocator: not enough memory: you tried
-# to allocate N bytes."
-OUT_OF_MEMORY_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+# to allocate N bytes." oneDNN, which runs convolutions on the CPU, reports a scratchpad
+# it could not allocate as "could not create a primitive" (seen under a capped address
+# space with other work on the cores); it raises that for nothing else a valid model does.
+OUT_OF_MEMORY_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory",
+                         "could not create a primitive")
 
 
 def is_out_of_memory(exc: BaseException | None) -> bool:

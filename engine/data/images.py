@@ -172,18 +172,11 @@ def write_atomically(path: str | os.PathLike, write, *, overwrite: bool = False)
         raise FileExistsError(f"{path} already exists")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(path.parent, path.name)  # what a killed earlier write of this file left
-    fd, tmp = _create_temporary_sibling(path)
+    tmp = _stage(path, write)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _remove_quietly(tmp)
         raise
     return path
 
