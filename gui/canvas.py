@@ -5,7 +5,8 @@ Every kind of display but bars and scatters is drawn by the engine's one rendere
 the overlay opacity) into one pyqtgraph ``ImageItem``: what is exported (the session's
 ``picture`` with the same settings) is exactly what is seen. Bars and scatters get live
 pyqtgraph plots (hover, click to open an image); their export is the engine's picture.
-The colour bar uses the engine's colour tables. Zoom and pan come from the ViewBox
+The colour bar uses the engine's colour tables, and its ticks and the statement of what
+its range clips come from ``engine.view.colorbar``, as the exported picture's do. Zoom and pan come from the ViewBox
 (wheel, drag); ``fit`` frames the picture.
 """
 
@@ -19,6 +20,7 @@ from PySide6.QtCore import QRectF, Qt, QTimer, Signal
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QSizePolicy, QSlider, QStackedWidget, QToolButton,
                                QVBoxLayout, QWidget)
 
+from engine.view.colorbar import display_colour_bar
 from engine.view.colormaps import COLORMAPS, colormap_lut
 from engine.view.display import Bars, Display, Gallery, MapOverPhoto, Scatter
 from engine.view.render import colour_scale, render
@@ -44,6 +46,7 @@ class Canvas(QWidget):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self.display: Display | None = None
+        self.colour_bar = None  # the engine's ColourBar on show, or None
         self.frames_shown = 0
 
         self.graphics = pg.GraphicsLayoutWidget()
@@ -100,6 +103,10 @@ class Canvas(QWidget):
         # A long note wraps instead of widening the canvas and squeezing the docks.
         self.note.setWordWrap(True)
         self.note.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        # What the colour bar's range leaves out, in words (the bar's clipped end reads "> 0.14").
+        self.scale_caption = QLabel("")
+        self.scale_caption.setWordWrap(True)
+        self.scale_caption.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
         tools = QHBoxLayout()
         for widget in (fit, zoom_in, zoom_out):
@@ -115,6 +122,7 @@ class Canvas(QWidget):
         layout.addLayout(tools)
         layout.addWidget(self.stack, 1)
         layout.addWidget(self.note)
+        layout.addWidget(self.scale_caption)
 
     # -- what the window calls ------------------------------------------------------
     def show_message(self, text: str) -> None:
@@ -176,12 +184,12 @@ class Canvas(QWidget):
             self.plot.setTitle(display.legend)
             self.stack.setCurrentWidget(self.plot)
             self.plot.autoRange()
-            self.colorbar.setVisible(False)
+            self._show_colour_bar(None)
             return
         if isinstance(display, Scatter):
             self.scatter.show_points(display)
             self.stack.setCurrentWidget(self.scatter)
-            self.colorbar.setVisible(False)
+            self._show_colour_bar(None)
             return
         self.stack.setCurrentWidget(self.graphics)
         view = self.view_settings()
@@ -189,12 +197,21 @@ class Canvas(QWidget):
         self.picture_item.setImage(picture, autoLevels=False, levels=(0, 255))
         height, width = picture.shape[:2]
         self.picture_item.setRect(QRectF(0, 0, width, height))
-        scale = colour_scale(display, view)
-        self.colorbar.setVisible(scale is not None)
-        if scale is not None:
-            self.colorbar.setColorMap(_pg_colormap(scale.colormap))
-            self.colorbar.setLevels(scale.levels)
-            self.colorbar.setToolTip(scale.legend)
+        self._show_colour_bar(display_colour_bar(display, view))
+
+    def _show_colour_bar(self, bar) -> None:
+        """The colour bar with the engine's few nice ticks (pyqtgraph's own put a label
+        every few pixels), and the clipping statement under the canvas."""
+        self.colour_bar = bar
+        self.colorbar.setVisible(bar is not None)
+        self.scale_caption.setText(bar.caption if bar is not None else "")
+        self.scale_caption.setVisible(bool(bar is not None and bar.caption))
+        if bar is None:
+            return
+        self.colorbar.setColorMap(_pg_colormap(bar.colormap))
+        self.colorbar.setLevels(bar.levels)
+        self.colorbar.axis.setTicks([list(bar.ticks), []])
+        self.colorbar.setToolTip(bar.legend)
 
     def _on_opacity_changed(self) -> None:
         if isinstance(self.display, MapOverPhoto):  # the only kind the opacity acts on

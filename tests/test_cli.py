@@ -276,4 +276,4 @@ def test_the_window_and_the_command_line_write_the_same_sidecar(capsys, tmp_path
     from_session = session.sidecar()
     drop = {"created", "metrics"}  # the time, and the float noise of two runs
     assert {k: v for k, v in from_cli.items() if k not in drop} == {k: v for k, v in from_session.items() if k not in drop}
-    np.testing.assert_array_equal(np.asarray(Image.open(out)), session.picture())
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), session.figure())

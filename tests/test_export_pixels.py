@@ -5,6 +5,8 @@ engine draws it."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -41,5 +43,13 @@ def test_the_window_and_the_command_line_export_identical_pixels(qtbot, window, 
     window_pixels, cli_pixels = np.asarray(Image.open(from_window)), np.asarray(Image.open(from_cli))
     assert window_pixels.shape == cli_pixels.shape and window_pixels.std() > 0  # a picture, not a blank
     np.testing.assert_array_equal(window_pixels, cli_pixels)
-    if kind is not Scatter:  # the canvas shows exactly the exported picture (a scatter is a live plot)
-        np.testing.assert_array_equal(window.canvas.picture_item.image, window_pixels)
+    bare = window.session.picture(window.canvas.view_settings())
+    # The export is the picture at its top left with the caption strip (and a map's colour bar) around it.
+    assert window_pixels.shape[0] > bare.shape[0]
+    np.testing.assert_array_equal(window_pixels[:bare.shape[0], :bare.shape[1]], bare)
+    if kind is not Scatter:  # the canvas shows exactly that picture (a scatter is a live plot)
+        np.testing.assert_array_equal(window.canvas.picture_item.image, bare)
+    if kind in (MapOverPhoto, TileGrid):  # the canvas's colour bar carries the exported bar's ticks
+        ticks = window.canvas.colorbar.axis._tickLevels[0]
+        assert [label for _value, label in ticks] == json.loads(from_window.with_suffix(".json").read_text())[
+            "colour_bar"]["ticks"]

@@ -130,7 +130,9 @@ def test_export_writes_png_and_sidecar_and_asks_before_replacing(qtbot, window, 
     from PIL import Image
 
     exported = np.asarray(Image.open(target))
-    assert exported.shape[:2] == window.canvas.display.tiles.values.shape
+    grid_height, grid_width = window.canvas.display.tiles.values.shape
+    assert exported.shape[0] > grid_height and exported.shape[1] > grid_width  # with the colour bar and caption
+    np.testing.assert_array_equal(exported[:grid_height, :grid_width], window.canvas.picture_item.image)
     before = target.read_bytes()
 
     window.show_image()

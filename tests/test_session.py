@@ -72,27 +72,29 @@ def test_the_sidecar_records_provenance_versions_and_the_view(session, saliency,
     assert sidecar["method"] == "saliency" and sidecar["model"] == "efficientnet_lite0"
     assert sidecar["params"] == {"target": 281, "overlay": True} and sidecar["target"] == {"index": 281, "label": "tabby"}
     assert sidecar["image_path"] == chelsea_path and sidecar["device"] == "cpu"
-    assert sidecar["view"] == {"colormap": "magma", "overlay_opacity": 0.3}
+    assert sidecar["view"] == {"colormap": "magma", "overlay_opacity": 0.3, "annotated": True}
     assert "torch" in sidecar["versions"] and sidecar["metrics"]["score"] > 0
     # Without view settings: the display's own colormap, the canvas's default opacity.
-    assert session.sidecar()["view"] == {"colormap": saliency.display.colormap, "overlay_opacity": 0.6}
+    assert session.sidecar()["view"] == {"colormap": saliency.display.colormap, "overlay_opacity": 0.6,
+                                         "annotated": True}
 
 
 def test_the_exported_png_is_the_composite_the_canvas_draws(session, saliency, tmp_path):
     view = ViewSettings(colormap="magma", overlay_opacity=0.3)
-    written = session.export(picture=tmp_path / "saliency.png", view=view)
+    written = session.export(picture=tmp_path / "saliency.png", view=view, annotated=False)
     assert written == [tmp_path / "saliency.png", tmp_path / "saliency.json"]
     exported = np.asarray(Image.open(written[0]))
     np.testing.assert_array_equal(exported, session.picture(view))
     np.testing.assert_array_equal(exported, render(saliency.display, ViewSettings(colormap="magma", overlay_opacity=0.3)))
     sidecar = json.loads(written[1].read_text())
     expected = session.sidecar(view)
+    expected["view"]["annotated"] = False
     assert {k: v for k, v in sidecar.items() if k != "created"} == {k: v for k, v in expected.items() if k != "created"}
 
 
 def test_bars_export_as_the_engine_draws_them(session, tmp_path):
     shown = session.show(drive(session.start("activations", {"layer": "classifier"}, CancelToken())))
-    png, _sidecar = session.export(picture=tmp_path / "bars.png")
+    png, _sidecar = session.export(picture=tmp_path / "bars.png", annotated=False)
     np.testing.assert_array_equal(np.asarray(Image.open(png)), bar_picture(shown.display.values, shown.display.legend))
 
 

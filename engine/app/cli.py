@@ -24,6 +24,8 @@ COMMANDS = ("models", "layers", "classify", "run")
 # runs one forward pass at the size asked for; 2048 px is the largest picture any method makes.
 LAYERS_SIZE = Param("size", "int", None, "input size (default: the model's)", minimum=1, maximum=2048)
 FPS = Param("fps", "float", 12.0, "frames per second of --animation", above=0.0, maximum=120.0)
+ANNOTATE = Param("annotate", "bool", True, "draw the colour bar and a caption strip (method, target, layer) around "
+                 "--out's picture; --no-annotate writes the bare picture")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_model_options(method)
         method.add_argument("--image", default=None, help="input image")
         method.add_argument("--out", default=None, help="write the picture as PNG (plus a JSON sidecar)")
+        method.add_argument(ANNOTATE.flag, dest=ANNOTATE.name, default=None, action=argparse.BooleanOptionalAction,
+                            help=f"{ANNOTATE.help} (default: {ANNOTATE.text(ANNOTATE.default)})")
         method.add_argument("--save-array", default=None, help="write the raw float result as .npy")
         method.add_argument("--overwrite", action="store_true",
                             help="replace files that --out, --save-array or --animation name; without it an existing "
@@ -217,7 +221,7 @@ def _run_method(args, spec, params, seed, fps) -> int:
     shown = session.show(drive(session.start(spec.id, params, CancelToken())))
     seconds = watch.seconds
     with _outputs_named_by_flag(session, outputs):
-        written = session.export(**outputs, fps=fps, overwrite=args.overwrite)
+        written = session.export(**outputs, fps=fps, overwrite=args.overwrite, annotated=ANNOTATE.coerce(args.annotate))
     origin = shown.provenance
     line = {
         "method": spec.id,

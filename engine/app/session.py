@@ -32,6 +32,7 @@ from engine.core.jobs import CancelToken, Job, Result
 from engine.data.images import LoadedImage, check_targets, load_image, write_together
 from engine.methods import METHODS, MethodContext, MethodSpec, family_of
 from engine.models.registry import BUNDLED_MODEL, LoadedModel, available_models, load_model
+from engine.view.colorbar import display_colour_bar
 from engine.view.display import Display, MapOverPhoto, Picture, Scatter, TileGrid
 from engine.view.export import build_sidecar, describe_write_failure, sidecar_path_for
 from engine.view.hit_test import map_cell_at, tile_at
@@ -267,7 +268,37 @@ class Session:
         and the command line export the same pixels."""
         return render(self._require_shown().display, view)
 
-    def sidecar(self, view: ViewSettings | None = None) -> dict:
+    def caption(self) -> list[str]:
+        """The caption strip of an exported result: the method, its target and its layer
+        ([] for the photo itself, which is exported as it is)."""
+        shown = self._require_shown()
+        origin = shown.provenance
+        if shown.result is None:
+            return []
+        spec = METHODS.get(origin.method)
+        parts = [spec.title if spec else origin.method]
+        target = origin.target
+        if target:
+            label, index = target.get("label"), target.get("index")
+            parts.append(f"target {label} ({index})" if label is not None and index is not None
+                         else f"target {label if label is not None else index}")
+        if origin.layer:
+            parts.append(f"layer {origin.layer}")
+        if origin.model:
+            parts.append(origin.model)
+        return [" · ".join(parts)]
+
+    def figure(self, view: ViewSettings | None = None, annotated: bool = True) -> np.ndarray:
+        """The exported picture: ``picture(view)`` at the top left, with (``annotated``) the
+        colour bar the canvas shows beside it and the caption strip under it."""
+        picture = self.picture(view)
+        if not annotated:
+            return picture
+        from engine.view.figure import compose
+
+        return compose(picture, display_colour_bar(self._require_shown().display, view), self.caption())
+
+    def sidecar(self, view: ViewSettings | None = None, annotated: bool = True) -> dict:
         """The JSON sidecar of what is shown: its provenance, the software's versions, and
         the view settings the picture was drawn with."""
         shown = self._require_shown()
@@ -277,7 +308,14 @@ class Session:
                                 params=origin.params, image_path=origin.image_path, preprocessing=origin.preprocessing,
                                 device=origin.device, metrics=origin.metrics, target=origin.target)
         scale = colour_scale(shown.display, view)  # None: a picture in its own colours
-        sidecar["view"] = {"colormap": scale.colormap if scale else None, "overlay_opacity": view.overlay_opacity}
+        sidecar["view"] = {"colormap": scale.colormap if scale else None, "overlay_opacity": view.overlay_opacity,
+                           "annotated": annotated}
+        bar = display_colour_bar(shown.display, view)
+        sidecar["caption"] = self.caption() + ([bar.caption] if bar is not None and bar.caption else [])
+        if bar is not None:
+            sidecar["colour_bar"] = {"levels": list(bar.levels), "ticks": [label for _value, label in bar.ticks],
+                                     "clipped_low": bar.clipped_low, "clipped_high": bar.clipped_high,
+                                     "value_range": list(bar.value_range)}
         return sidecar
 
     def suggested_export_name(self, suffix: str = ".png") -> str:
@@ -368,8 +406,9 @@ class Session:
         return [path for path in self.output_paths(picture, array, animation) if path.exists()]
 
     def export(self, picture=None, array=None, animation=None, *, view: ViewSettings | None = None,
-               fps: float = 12.0, overwrite: bool = False) -> list[Path]:
-        """Write what is shown: ``picture`` the PNG of ``picture(view)`` with its sidecar (and,
+               fps: float = 12.0, overwrite: bool = False, annotated: bool = True) -> list[Path]:
+        """Write what is shown: ``picture`` the PNG of ``figure(view, annotated)`` (the picture
+        with its colour bar and caption strip, or bare) with its sidecar (and,
         for an embedding, its coordinates as CSV beside them), ``array`` the raw result as
         .npy, ``animation`` the run's frames as GIF or MP4.
 
@@ -386,7 +425,7 @@ class Session:
         self.output_paths(picture, array, animation)  # refuses impossible names before any encoding
         files = []
         if picture:
-            files += picture_files(picture, self.picture(view), self.sidecar(view))
+            files += picture_files(picture, self.figure(view, annotated), self.sidecar(view, annotated))
             scatter = shown.display
             if isinstance(scatter, Scatter):  # an embedding: its coordinates too, beside the picture
                 from engine.data.embedding import layout_csv

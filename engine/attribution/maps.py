@@ -108,16 +108,18 @@ def map_display(image: LoadedImage, values: np.ndarray, *, signed: bool, legend:
     their scale. ``boxes`` are (top, left, bottom, right) in the map's pixels; over the
     photo they are scaled to the photo's.
     """
+    clipped_at = f"the {PERCENTILE:g}th percentile of |map|" if top is None else "a scale shared between maps"
     top = colour_top(values) if top is None else float(top)
     levels = (-top, top) if signed else (0.0, top)
     colormap = "blue-white-red" if signed else "inferno"
     values = values.astype(np.float32, copy=False)
     if not overlay:
-        return ScalarMap(values, levels=levels, colormap=colormap, legend=legend, note=note, boxes=list(boxes))
+        return ScalarMap(values, levels=levels, colormap=colormap, legend=legend, note=note, boxes=list(boxes),
+                         clipped_at=clipped_at)
     sy, sx = image.size[1] / values.shape[0], image.size[0] / values.shape[1]
     boxes = [(box_top * sy, left * sx, bottom * sy, right * sx) for box_top, left, bottom, right in boxes]
     return MapOverPhoto(photo=image.to_array(), values=values, levels=levels, colormap=colormap, legend=legend,
-                        note=note, boxes=boxes)
+                        note=note, boxes=boxes, clipped_at=clipped_at)
 
 
 def gradient_picture(gradient: torch.Tensor, top: float | None = None) -> np.ndarray:

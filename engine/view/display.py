@@ -68,6 +68,7 @@ class ScalarMap:
     legend: str = ""  # what the values mean, shown beside the colour bar
     boxes: list[Box] = field(default_factory=list)
     note: str = ""
+    clipped_at: str = ""  # how levels that cut values off were chosen ("the 99th percentile of |map|")
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,6 +89,7 @@ class MapOverPhoto:
     legend: str = ""
     boxes: list[Box] = field(default_factory=list)
     note: str = ""
+    clipped_at: str = ""  # as ScalarMap's
 
 
 @dataclass(frozen=True, eq=False)
