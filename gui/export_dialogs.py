@@ -1,17 +1,56 @@
 """File > Export: the save dialogs, the question before replacing files, the messages.
 
 What is written, and how, is the session's (``Session.export``); here are only the
-questions to the user and the answers on screen. A failed write is a message naming the
+questions to the user and the answers on screen. The dialogs open in the folder of the
+last export (remembered in the window's QSettings), the first time in Pictures or home;
+whether a picture carries its colour bar and caption strip is File > "Export with colour
+bar and caption", also remembered. A failed write is a message naming the
 file and the reason, never a traceback.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from PySide6.QtCore import QStandardPaths
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from engine.core.errors import ConvScopeError
+
+FOLDER_KEY = "export/folder"  # the folder of the last export, in the window's QSettings
+ANNOTATE_KEY = "export/annotate"  # whether exports carry the colour bar and caption strip
+
+
+def start_folder(last: str | None, pictures: str | None, home: str) -> Path:
+    """Where an export dialog opens: the folder of the last export while it still exists,
+    else the user's Pictures folder, else home. Never beside the open photo, which for a
+    bundled sample is inside the installed package."""
+    for candidate in (last, pictures):
+        if candidate and os.path.isdir(candidate):
+            return Path(candidate)
+    return Path(home)
+
+
+def suggested_path(window, suffix: str = ".png") -> str:
+    """The session's suggested file name in the folder the dialog starts in."""
+    name = Path(window.session.suggested_export_name(suffix)).name if window.session else f"convscope{suffix}"
+    pictures = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.PicturesLocation)
+    folder = start_folder(window.settings.value(FOLDER_KEY, None, type=str), pictures, str(Path.home()))
+    return str(folder / name)
+
+
+def annotate_exports(window) -> bool:
+    """Whether File > Export draws the colour bar and caption strip (on unless turned off)."""
+    return window.settings.value(ANNOTATE_KEY, True, type=bool)
+
+
+def set_annotate_exports(window, on: bool) -> None:
+    window.settings.setValue(ANNOTATE_KEY, bool(on))
+
+
+def _remember_folder(window, path: str | Path) -> None:
+    window.settings.setValue(FOLDER_KEY, str(Path(path).parent))
 
 
 def export_picture_dialog(window) -> list[Path] | None:
@@ -19,7 +58,7 @@ def export_picture_dialog(window) -> list[Path] | None:
     if session is None or session.shown is None:
         window.show_error("Export", "There is nothing on the canvas to export yet.")
         return None
-    path, _filter = QFileDialog.getSaveFileName(window, "Export PNG and JSON sidecar", session.suggested_export_name(),
+    path, _filter = QFileDialog.getSaveFileName(window, "Export PNG and JSON sidecar", suggested_path(window),
                                                 "PNG image (*.png)", options=QFileDialog.Option.DontConfirmOverwrite)
     if not path:
         return None
@@ -41,7 +80,8 @@ def export_picture_to(window, path: str, overwrite: bool | None = None) -> list[
         overwrite = answer == QMessageBox.StandardButton.Yes
         if not overwrite:
             return None
-    written = _export(window, dict(picture=path, view=window.canvas.view_settings(), overwrite=bool(overwrite)))
+    written = _export(window, dict(picture=path, view=window.canvas.view_settings(), overwrite=bool(overwrite),
+                                   annotated=annotate_exports(window)))
     if written:
         extra = " and the coordinates as CSV" if len(written) > 2 else ""
         window.say(f"Exported {written[0]} and {written[1].name}{extra}")
@@ -49,8 +89,8 @@ def export_picture_to(window, path: str, overwrite: bool | None = None) -> list[
 
 
 def export_array_dialog(window) -> Path | None:
-    suggested = window.session.suggested_export_name(".npy") if window.session else ""
-    path, _filter = QFileDialog.getSaveFileName(window, "Export the raw result", suggested, "NumPy array (*.npy)")
+    path, _filter = QFileDialog.getSaveFileName(window, "Export the raw result", suggested_path(window, ".npy"),
+                                                "NumPy array (*.npy)")
     if path:
         return export_array_to(window, path if path.lower().endswith(".npy") else path + ".npy")
     return None
@@ -67,8 +107,7 @@ def export_array_to(window, path: str) -> Path | None:
 
 
 def export_animation_dialog(window) -> Path | None:
-    suggested = window.session.suggested_export_name(".gif") if window.session else ""
-    path, _filter = QFileDialog.getSaveFileName(window, "Export the run as an animation", suggested,
+    path, _filter = QFileDialog.getSaveFileName(window, "Export the run as an animation", suggested_path(window, ".gif"),
                                                 "Animated GIF (*.gif);;MP4 video (*.mp4)")
     if path:
         return export_animation_to(window, path if Path(path).suffix.lower() in (".gif", ".mp4") else path + ".gif")
@@ -85,7 +124,10 @@ def export_animation_to(window, path: str, fps: float = 12.0) -> Path | None:
 
 def _export(window, arguments: dict) -> list[Path] | None:
     try:
-        return window.session.export(**arguments)
+        written = window.session.export(**arguments)
     except ConvScopeError as error:
         window.show_error("Export failed", str(error))
         return None
+    if written:
+        _remember_folder(window, written[0])  # the next export dialog opens there
+    return written

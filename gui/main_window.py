@@ -19,6 +19,7 @@ from engine.data.samples import DEFAULT_SAMPLE, sample_path
 
 from gui import dialogs
 from gui.canvas import Canvas
+from gui.dataset_browser import attach_dataset_notes
 from gui.layer_tree import LayerTree
 from gui.menus import Menus
 from gui.method_dock import MethodDock
@@ -96,6 +97,7 @@ class MainWindow(QMainWindow):
 
     def _after_startup(self, info: dict) -> None:
         self.methods.add_panels(info["methods"], info["families"], info["model"].labels)
+        self.dataset_notes = attach_dataset_notes(self)  # "too few images" on the dataset panels
         for panel in self.panels.values():
             panel.run_requested.connect(self.run_method)
             panel.cancel_requested.connect(lambda method_id: self._jobs.get(method_id) and self._jobs[method_id].cancel())

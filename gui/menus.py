@@ -8,7 +8,7 @@ from PySide6.QtWidgets import QMessageBox
 
 from engine.data.samples import sample_paths
 
-from gui import export_dialogs
+from gui import dataset_browser, export_dialogs, help_dialog
 
 
 class Menus:
@@ -28,6 +28,10 @@ class Menus:
                                                 lambda: export_dialogs.export_array_dialog(window))
         self.export_animation_action = self._action(file_menu, "Export a&nimation (GIF, MP4)…",
                                                     lambda: export_dialogs.export_animation_dialog(window))
+        self.annotate_action = QAction("Export with colour &bar and caption", window, checkable=True,
+                                       checked=export_dialogs.annotate_exports(window),
+                                       toggled=lambda on: export_dialogs.set_annotate_exports(window, on))
+        file_menu.addAction(self.annotate_action)
         file_menu.aboutToShow.connect(self._enable_exports)
         file_menu.addSeparator()
         self._action(file_menu, "Open &model file…", window.open_model_file_dialog)
@@ -37,6 +41,8 @@ class Menus:
         self.model_menu = bar.addMenu("&Model")
         dataset_menu = bar.addMenu("&Dataset")
         self._action(dataset_menu, "Open dataset &folder…", window.open_dataset_dialog)
+        self.browse_action = self._action(dataset_menu, "&Browse…", lambda: dataset_browser.browse_dataset(window),
+                                          QKeySequence("Ctrl+B"))
         self._action(dataset_menu, "scikit-image &sample photos", lambda: window.use_dataset("samples"))
         self._action(dataset_menu, "scikit-learn &digits (1,797 labelled)", lambda: window.use_dataset("digits"))
         view_menu = bar.addMenu("&View")
@@ -48,9 +54,18 @@ class Menus:
         self.cancel_action = QAction("&Cancel", window, shortcut=QKeySequence(Qt.Key.Key_Escape), triggered=window.cancel_jobs)
         self.cancel_action.setShortcutContext(Qt.ShortcutContext.ApplicationShortcut)
         window.addAction(self.cancel_action)
-        self._action(bar.addMenu("&Help"), "&About ConvScope", lambda: QMessageBox.about(
+        # Ctrl+Return runs the panel in front wherever the focus is in the window (a form field too).
+        self.run_action = QAction("&Run the current method", window, shortcut=QKeySequence("Ctrl+Return"),
+                                  triggered=lambda: help_dialog.run_current_panel(window))
+        self.run_action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        window.addAction(self.run_action)
+        help_menu = bar.addMenu("&Help")
+        self.methods_help_action = self._action(help_menu, "&Methods…", lambda: help_dialog.help_for_current_panel(window),
+                                                QKeySequence.StandardKey.HelpContents)
+        self._action(help_menu, "&About ConvScope", lambda: QMessageBox.about(
             window, "About ConvScope", "ConvScope — see what a convolutional network has learned.\n"
-                                       "Layers on the left, methods on the right; Esc cancels a running job."))
+                                       "Layers on the left, methods on the right; Ctrl+Return runs the method in "
+                                       "front, F1 explains it, Esc cancels a running job."))
 
     def add_models(self, models: list[tuple[str, str]]) -> None:
         for name, description in models:
