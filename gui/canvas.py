@@ -17,6 +17,7 @@ from functools import lru_cache
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt, QTimer, Signal
+from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QSizePolicy, QSlider, QStackedWidget, QToolButton,
                                QVBoxLayout, QWidget)
 
@@ -61,6 +62,8 @@ class Canvas(QWidget):
                                         width=16, colorMapMenu=False)
         self.graphics.addItem(self.colorbar, row=0, col=1)
         self.colorbar.setVisible(False)
+        # The engine gives few ticks; each is shown, the clipped end's label at the bar's very top too.
+        self.colorbar.axis.setStyle(hideOverlappingLabels=False)
         self.graphics.scene().sigMouseClicked.connect(self._on_scene_click)
 
         self.plot = pg.PlotWidget(background="#282828")
@@ -210,7 +213,14 @@ class Canvas(QWidget):
             return
         self.colorbar.setColorMap(_pg_colormap(bar.colormap))
         self.colorbar.setLevels(bar.levels)
-        self.colorbar.axis.setTicks([list(bar.ticks), []])
+        low, high = bar.levels
+        inside = 1e-6 * (high - low)  # pyqtgraph drops a tick a rounding error past the axis's end
+        self.colorbar.axis.setTicks([[(min(max(value, low + inside), high - inside), label)
+                                      for value, label in bar.ticks], []])
+        # pyqtgraph leaves out a label wider than the axis: make room for the widest ("> 0.156").
+        metrics = QFontMetrics(self.colorbar.axis.style.get("tickFont") or self.font())
+        widest = max(metrics.horizontalAdvance(label) for _value, label in bar.ticks)
+        self.colorbar.axis.setWidth(max(45, widest + 16))
         self.colorbar.setToolTip(bar.legend)
 
     def _on_opacity_changed(self) -> None:
