@@ -80,6 +80,11 @@ def test_the_dataset_panels_note_a_dataset_too_small_to_mean_anything(tmp_path):
     # Counting stops once there are enough: a large folder is not listed on the way.
     assert count_images(str(tmp_path / "many"), 10) == 10
     assert count_images(str(tmp_path / "missing"), 10) is None
+    # A folder typed on the way to the right one ("/") is not walked to its end.
+    for index in range(30):
+        (tmp_path / "notes" / f"{index}").mkdir(parents=True)
+    assert count_images(str(tmp_path / "notes"), 10, most_entries=20) is None
+    assert small_dataset_note("embed", str(tmp_path / "notes")).startswith("Only 0 images in notes: too few")
 
 
 # -- the window -----------------------------------------------------------------------------------
@@ -97,7 +102,8 @@ def test_f1_shows_the_current_methods_help_and_ctrl_return_runs_it(qtbot, window
 
     window.activateWindow()
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT) as finished:
-        qtbot.keyClick(window.panels["saliency"].run_button, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+        # From a form field, as a person typing in it would: the window's shortcut, not the button.
+        qtbot.keyClick(window.panels["saliency"].editors["target"], Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
     assert finished.args[1].method == "saliency" and window.session.shown.method == "saliency"
 
 
@@ -174,3 +180,29 @@ def test_the_browser_lists_the_dataset_loads_only_visible_thumbnails_and_opens_t
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         qtbot.mouseClick(browser.view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     assert window.image_info.path == str(paths[5])
+
+
+def test_an_unreadable_thumbnail_is_a_placeholder_not_an_error(tmp_path):
+    from gui.dataset_browser import thumbnail_image
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a picture")
+    assert thumbnail_image(str(broken)).isNull()
+    assert thumbnail_image(str(tmp_path / "gone.png")).isNull()
+
+
+def test_browse_and_run_say_why_they_cannot(qtbot, window, tmp_path, monkeypatch):
+    from gui.dataset_browser import browse_dataset
+    from gui.help_dialog import run_current_panel
+
+    missing = tmp_path / "holiday-photos"
+    with qtbot.waitSignal(window.worker.job_failed, timeout=TIMEOUT):
+        browse_dataset(window, str(missing))
+    assert "holiday-photos" in window.last_error and "Traceback" not in window.last_error
+    assert not window.dataset_browser.isVisible()
+    monkeypatch.setattr(window, "current_panel", lambda: None)  # no panels yet: the model is loading
+    run_current_panel(window)
+    assert "once the model has loaded" in window.last_error
+    monkeypatch.setattr(window, "session", None)
+    browse_dataset(window, "samples")
+    assert "still loading" in window.last_error

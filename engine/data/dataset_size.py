@@ -23,11 +23,16 @@ from engine.data.images import IMAGE_SUFFIXES
 # (perplexity 30 is their usual setting: it needs about 100 points).
 ENOUGH_IMAGES = {"neighbors": 50, "patches": 100, "embed": 100}
 BUILT_IN_COUNTS = {"digits": 1797}  # known without listing: rendered from scikit-learn's set
+# The panels count as a folder is typed ("/", "/home", ...): a walk that has looked at this
+# many entries without finding enough images gives up (unknown: no note) instead of
+# walking a whole disk on the UI thread.
+MOST_ENTRIES = 20_000
 
 
-def count_images(spec: str, at_most: int) -> int | None:
+def count_images(spec: str, at_most: int, most_entries: int = MOST_ENTRIES) -> int | None:
     """How many images the dataset ``spec`` holds, counting no further than ``at_most``
-    (a larger folder returns ``at_most``); None when it cannot be read (the run will say why)."""
+    (a larger folder returns ``at_most``); None when it cannot be read (the run will say
+    why) or when ``most_entries`` files and folders were looked at without an answer."""
     if spec == "samples":
         from engine.data.samples import sample_paths
 
@@ -37,11 +42,14 @@ def count_images(spec: str, at_most: int) -> int | None:
     root = Path(spec).expanduser()
     if not root.is_dir():
         return None
-    found = 0
-    for _folder, _subfolders, files in os.walk(root):
+    found = seen = 0
+    for _folder, subfolders, files in os.walk(root):
         found += sum(1 for name in files if name.lower().endswith(IMAGE_SUFFIXES))
         if found >= at_most:
             return at_most
+        seen += len(files) + len(subfolders)
+        if seen > most_entries:
+            return None
     return found
 
 
