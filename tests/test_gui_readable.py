@@ -79,3 +79,106 @@ def test_no_float_field_shows_padding_zeros(qtbot, spec):
             text = panel.editors[param.name].text()
             assert not (text.endswith("0") and "." in text), (param.name, text)
             assert float(text) == pytest.approx(float(param.coerce(None)), rel=1e-8, abs=1e-10), (param.name, text)
+
+
+# -- the canvas: Fit shows all of every kind of result ---------------------------------------
+def _displays():
+    import numpy as np
+
+    from engine.view.display import Bars, Gallery, MapOverPhoto, Picture, Region, ScalarMap, TileGrid
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (300, 451, 3), dtype=np.uint8)
+    values = rng.random((300, 451)).astype(np.float32)
+    return {
+        "picture": Picture(rgb=rgb),
+        "scalar map": ScalarMap(values=values, colormap="inferno"),
+        "map over photo": MapOverPhoto(photo=rgb, values=values[::10, ::10].copy()),
+        "tile grid": TileGrid(tiles=ScalarMap(values=rng.random((8 * 17 - 1, 16 * 17 - 1)).astype(np.float32)),
+                              shape=(8, 16), tile_size=(16, 16)),
+        "gallery": Gallery(rgb=rng.integers(0, 255, (900, 1800, 3), dtype=np.uint8),
+                           regions=[Region(left=4, top=4, right=100, bottom=100, path="a.png")]),
+        "bars": Bars(values=rng.normal(size=1000).astype(np.float32) * 5),
+    }
+
+
+@pytest.fixture
+def canvas(qtbot):
+    from gui.canvas import Canvas
+
+    widget = Canvas()
+    widget.resize(640, 480)
+    qtbot.addWidget(widget)
+    widget.show()
+    return widget
+
+
+def _inside(view_range, xs, ys) -> bool:
+    (left, right), (top, bottom) = view_range
+    return left <= min(xs) and max(xs) <= right and top <= min(ys) and max(ys) <= bottom
+
+
+@pytest.mark.parametrize("kind", list(_displays()))
+def test_fit_shows_the_whole_result_after_zooming_in(qtbot, canvas, kind):
+    import numpy as np
+
+    from engine.view.display import Bars
+
+    display = _displays()[kind]
+    canvas.show_display(display)
+    qtbot.wait(20)
+    box = canvas.current_view_box()
+    box.scaleBy((0.1, 0.1))  # well inside the result
+    box.translateBy(x=5, y=3)
+    qtbot.wait(20)
+    canvas.fit()
+    qtbot.wait(20)
+    if isinstance(display, Bars):
+        heights = np.asarray(display.values)
+        assert _inside(box.viewRange(), [-0.45, len(heights) - 0.55], [min(heights.min(), 0), max(heights.max(), 0)])
+    else:
+        height, width = canvas.picture_item.image.shape[:2]
+        assert _inside(box.viewRange(), [0, width], [0, height])
+        # and the picture fills the canvas along one side: a fit, not just a zoom out
+        (left, right), (top, bottom) = box.viewRange()
+        assert max(width / (right - left), height / (bottom - top)) > 0.9
+
+
+def test_fit_shows_every_point_of_a_scatter_and_the_legend_covers_none(qtbot, canvas):
+    import numpy as np
+
+    from engine.view.display import Scatter
+
+    rng = np.random.default_rng(1)
+    xy = rng.normal(size=(40, 2)) * [30, 2]
+    groups = [f"class with a long name {i % 9}" for i in range(40)]
+    canvas.show_display(Scatter(xy=xy, paths=[f"/data/{i}.png" for i in range(40)], groups=groups, title="t-SNE"))
+    qtbot.wait(20)
+    box = canvas.current_view_box()
+    assert _inside(box.viewRange(), xy[:, 0], xy[:, 1])
+    box.scaleBy((0.05, 0.05))
+    qtbot.wait(20)
+    assert not _inside(box.viewRange(), xy[:, 0], xy[:, 1])
+    canvas.fit()
+    qtbot.wait(20)
+    assert _inside(box.viewRange(), xy[:, 0], xy[:, 1])
+    # The legend has its own column: no point of the plot lies under it.
+    legend = canvas.scatter.legend
+    assert legend.isVisible() and len(legend.items) == 9
+    assert legend.sceneBoundingRect().left() >= box.sceneBoundingRect().right() - 1
+    assert legend.sceneBoundingRect().right() <= canvas.scatter.plot.viewport().width() + 1  # not cut off
+
+
+def test_a_picture_shown_smaller_than_its_pixels_is_filtered_and_a_larger_one_stays_crisp(qtbot, canvas):
+    import numpy as np
+    from PySide6.QtGui import QPainter
+
+    from engine.view.display import Gallery
+
+    canvas.show_display(Gallery(rgb=np.zeros((900, 2400, 3), np.uint8)))  # wider than the 640 px canvas
+    qtbot.wait(20)
+    smooth = QPainter.RenderHint.SmoothPixmapTransform
+    assert canvas.graphics.renderHints() & smooth
+    canvas.view.scaleBy((0.05, 0.05))
+    qtbot.wait(20)
+    assert not canvas.graphics.renderHints() & smooth
