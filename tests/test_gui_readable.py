@@ -182,3 +182,138 @@ def test_a_picture_shown_smaller_than_its_pixels_is_filtered_and_a_larger_one_st
     canvas.view.scaleBy((0.05, 0.05))
     qtbot.wait(20)
     assert not canvas.graphics.renderHints() & smooth
+
+
+# -- the window's layout --------------------------------------------------------------------------
+def _settings(path):
+    from PySide6.QtCore import QSettings
+
+    return QSettings(str(path), QSettings.Format.IniFormat)
+
+
+def test_a_first_start_fills_most_of_the_screen(qtbot, tmp_path):
+    from gui.main_window import MainWindow
+
+    window = MainWindow(settings=_settings(tmp_path / "fresh.ini"))
+    qtbot.addWidget(window)
+    area = window.screen().availableGeometry()
+    assert abs(window.width() - 0.9 * area.width()) <= 2 and abs(window.height() - 0.9 * area.height()) <= 2
+    assert area.contains(window.geometry())  # centred, not hanging off the screen
+    assert not window.layers_dock.isFloating() and not window.methods_dock.isFloating()
+
+
+def test_geometry_and_docks_come_back_as_they_were_left(qtbot, tmp_path):
+    from PySide6.QtCore import Qt
+
+    from gui.main_window import MainWindow
+
+    first = MainWindow(settings=_settings(tmp_path / "layout.ini"))
+    qtbot.addWidget(first)
+    first.show()
+    first.setGeometry(40, 30, 700, 520)
+    first.layers_dock.hide()  # the user closed the layer tree
+    first.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, first.methods_dock)  # and moved the methods left
+    qtbot.wait(50)
+    size, dock_width = first.size(), first.methods_dock.width()
+    first.close()
+
+    second = MainWindow(settings=_settings(tmp_path / "layout.ini"))
+    qtbot.addWidget(second)
+    second.show()
+    qtbot.wait(50)
+    assert second.size() == size
+    assert second.layers_dock.isHidden()
+    assert second.dockWidgetArea(second.methods_dock) == Qt.DockWidgetArea.LeftDockWidgetArea
+    assert abs(second.methods_dock.width() - dock_width) <= 2
+    # The View menu brings a closed dock back.
+    second.layers_dock.toggleViewAction().trigger()
+    assert second.layers_dock.isVisible()
+    second.close()
+
+
+def test_a_saved_layout_that_no_longer_reads_falls_back_to_the_default(qtbot, tmp_path):
+    from PySide6.QtCore import QByteArray
+
+    from gui.main_window import MainWindow
+    from gui.window_layout import GEOMETRY_KEY, STATE_KEY
+
+    settings = _settings(tmp_path / "broken.ini")
+    settings.setValue(GEOMETRY_KEY, QByteArray(b"not a geometry"))
+    settings.setValue(STATE_KEY, QByteArray(b"not a state"))
+    settings.sync()
+    window = MainWindow(settings=_settings(tmp_path / "broken.ini"))
+    qtbot.addWidget(window)
+    area = window.screen().availableGeometry()
+    assert abs(window.width() - 0.9 * area.width()) <= 2
+    assert not window.layers_dock.isHidden() and not window.methods_dock.isHidden()
+
+
+def test_the_canvas_is_the_widest_pane_on_a_1600_px_screen(qtbot, window):
+    from gui.window_layout import default_docks
+
+    window.resize(1600, 1000)
+    default_docks(window, [window.layers_dock, window.methods_dock])
+    qtbot.wait(100)
+    canvas, layers, methods = window.canvas.width(), window.layers_dock.width(), window.methods_dock.width()
+    assert canvas > layers and canvas > methods
+    assert canvas >= 0.5 * window.width()
+    # Every form still fits its dock: the methods dock is as wide as its widest form needs.
+    assert methods >= max(page.minimumWidth() for page in window.methods.pages.values())
+
+
+def test_the_layer_tree_fits_its_dock_and_each_row_says_everything_in_its_tooltip(qtbot, window):
+    from gui.layer_tree import COLUMNS
+    from gui.window_layout import LAYERS_WIDTH, default_docks
+
+    tree = window.layer_tree
+    window.resize(1600, 1000)
+    default_docks(window, [window.layers_dock, window.methods_dock])
+    qtbot.wait(100)
+    assert abs(window.layers_dock.width() - LAYERS_WIDTH) <= 2
+    view = tree.view
+    view.expandAll()
+    qtbot.wait(50)
+    for column in range(len(COLUMNS)):
+        view.resizeColumnToContents(column)
+    assert view.header().length() <= view.viewport().width()  # no horizontal scroll
+    assert not view.horizontalScrollBar().isVisible()
+    pool = tree._items["pool"]
+    field = pool.parent() or tree.model.invisibleRootItem()
+    cell = field.child(pool.row(), COLUMNS.index("RF (px)"))
+    assert cell.text() == "1043×1171"  # the photo is wider than tall
+    assert cell.toolTip().startswith("<qt>") and "jump 224x352" in cell.toolTip() and "start" in cell.toolTip()
+    for path, item in tree._items.items():
+        parent = item.parent() or tree.model.invisibleRootItem()
+        for column in range(len(COLUMNS)):
+            tooltip = parent.child(item.row(), column).toolTip()
+            assert tooltip.startswith("<qt>") and path in tooltip, (path, column)
+    # The columns that do not fit are a right click on the header away.
+    assert view.isColumnHidden(COLUMNS.index("Type"))
+    tree.column_actions["Type"].trigger()
+    assert not view.isColumnHidden(COLUMNS.index("Type"))
+
+
+def test_every_tooltip_in_the_window_is_wrapped(qtbot, window):
+    from PySide6.QtCore import QEvent, QPoint
+    from PySide6.QtGui import QHelpEvent
+    from PySide6.QtWidgets import QApplication, QToolTip, QWidget
+
+    widgets = [w for w in window.findChildren(QWidget) if w.toolTip()]
+    assert len(widgets) > 50  # every form's fields and labels among them
+    for widget in widgets:
+        assert widget.toolTip().startswith("<qt>"), widget.toolTip()
+    # Shown, the longest help is a few lines of a readable width, not one line across the screen.
+    longest = max(widgets, key=lambda w: len(w.toolTip()))
+    assert len(longest.toolTip()) > 100
+    QApplication.sendEvent(longest, QHelpEvent(QEvent.Type.ToolTip, QPoint(2, 2), longest.mapToGlobal(QPoint(2, 2))))
+    label = next(w for w in QApplication.topLevelWidgets() if w.objectName() == "qtooltip_label" and w.isVisible())
+    assert label.width() <= 600 and label.height() > 1.5 * label.fontMetrics().height()  # more than one line
+    QToolTip.hideText()
+
+
+def test_wrapping_keeps_the_words_and_leaves_rich_text_alone():
+    from gui.tooltips import wrapped
+
+    assert wrapped("a < b & c\nnext") == "<qt>a &lt; b &amp; c<br>next</qt>"
+    assert wrapped("<qt>already <b>rich</b></qt>") == "<qt>already <b>rich</b></qt>"
+    assert wrapped("") == ""

@@ -1,0 +1,32 @@
+"""Tooltips that wrap: the window's plain-text tooltips are turned into rich text.
+
+Qt shows a plain-text tooltip on one line, however long (a method's help ran the width
+of the screen, its first letter pushed off the edge), and wraps only rich text, at a
+readable width. Forms set their help as plain text (the same words the CLI's --help
+prints), so rather than every widget marking up its own, the window's widgets are
+walked once they are all built. (An application-wide event filter would catch tooltips
+set later too, but a Python filter on every event of the application crashes PySide
+while it collects wrappers of widgets being deleted.)
+"""
+
+from __future__ import annotations
+
+import html
+
+from PySide6.QtGui import Qt
+from PySide6.QtWidgets import QWidget
+
+
+def wrapped(text: str) -> str:
+    """``text`` as rich text Qt wraps; text that already is rich text is left as it is."""
+    if not text or Qt.mightBeRichText(text):
+        return text
+    return "<qt>" + html.escape(text).replace("\n", "<br>") + "</qt>"
+
+
+def wrap_tooltips(root: QWidget) -> None:
+    """Every plain tooltip of ``root`` and the widgets in it, as rich text."""
+    for widget in [root, *root.findChildren(QWidget)]:
+        text = widget.toolTip()
+        if text and not Qt.mightBeRichText(text):
+            widget.setToolTip(wrapped(text))
