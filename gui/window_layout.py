@@ -38,6 +38,13 @@ def save_layout(window: QMainWindow, settings) -> None:
     settings.sync()
 
 
+def reset_layout(window: QMainWindow, docks: list) -> None:
+    """View > Reset window layout: the first start's size and docks (a dock dragged off the
+    screen, or closed and forgotten, comes back)."""
+    default_geometry(window)
+    default_docks(window, docks)
+
+
 def default_geometry(window: QMainWindow) -> None:
     """SCREEN_SHARE of the free area of the screen the window is on, centred in it."""
     screen = window.screen() or QGuiApplication.primaryScreen()

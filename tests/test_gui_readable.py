@@ -317,3 +317,24 @@ def test_wrapping_keeps_the_words_and_leaves_rich_text_alone():
     assert wrapped("a < b & c\nnext") == "<qt>a &lt; b &amp; c<br>next</qt>"
     assert wrapped("<qt>already <b>rich</b></qt>") == "<qt>already <b>rich</b></qt>"
     assert wrapped("") == ""
+
+
+def test_reset_window_layout_brings_back_the_first_starts_layout(qtbot, tmp_path):
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QAction
+
+    from gui.main_window import MainWindow
+
+    window = MainWindow(settings=_settings(tmp_path / "reset.ini"))
+    qtbot.addWidget(window)
+    window.show()
+    expected = window.size()
+    window.setGeometry(10, 10, 600, 450)
+    window.layers_dock.hide()
+    window.methods_dock.setFloating(True)
+    action = next(a for a in window.findChildren(QAction) if a.text() == "&Reset window layout")
+    action.trigger()
+    qtbot.wait(50)
+    assert window.size() == expected
+    assert window.layers_dock.isVisible() and not window.methods_dock.isFloating()
+    assert window.dockWidgetArea(window.methods_dock) == Qt.DockWidgetArea.RightDockWidgetArea
