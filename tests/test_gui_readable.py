@@ -308,13 +308,23 @@ def test_every_tooltip_in_the_window_is_wrapped(qtbot, window):
     QApplication.sendEvent(longest, QHelpEvent(QEvent.Type.ToolTip, QPoint(2, 2), longest.mapToGlobal(QPoint(2, 2))))
     label = next(w for w in QApplication.topLevelWidgets() if w.objectName() == "qtooltip_label" and w.isVisible())
     assert label.width() <= 600 and label.height() > 1.5 * label.fontMetrics().height()  # more than one line
+    # A short help stays on one line rather than being squeezed into a narrow column.
+    short = next(w for w in widgets if 40 <= len(w.toolTip()) - len("<qt><nobr></nobr></qt>") <= 60)
+    QToolTip.hideText()
+    QApplication.sendEvent(short, QHelpEvent(QEvent.Type.ToolTip, QPoint(2, 2), short.mapToGlobal(QPoint(2, 2))))
+    label = next(w for w in QApplication.topLevelWidgets() if w.objectName() == "qtooltip_label" and w.isVisible())
+    assert label.height() < 2 * label.fontMetrics().height()
     QToolTip.hideText()
 
 
 def test_wrapping_keeps_the_words_and_leaves_rich_text_alone():
     from gui.tooltips import wrapped
 
-    assert wrapped("a < b & c\nnext") == "<qt>a &lt; b &amp; c<br>next</qt>"
+    assert wrapped("a < b & c\nnext") == "<qt><nobr>a &lt; b &amp; c</nobr><br><nobr>next</nobr></qt>"
+    long = " ".join(["word"] * 40)
+    lines = wrapped(long)[len("<qt>"):-len("</qt>")].split("<br>")
+    assert len(lines) == 3 and all(len(line) <= 70 + len("<nobr></nobr>") for line in lines)
+    assert " ".join(line[len("<nobr>"):-len("</nobr>")] for line in lines) == long
     assert wrapped("<qt>already <b>rich</b></qt>") == "<qt>already <b>rich</b></qt>"
     assert wrapped("") == ""
 
