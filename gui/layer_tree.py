@@ -1,9 +1,10 @@
 """The layer browser: every module with its output shape, parameters and receptive field.
 
 The dock is narrow (the picture gets the room), so the columns shown at first are the
-ones that fit in it without a horizontal scroll: the layer, its output and the size of its
-receptive field ("RF", in input pixels). Type and parameter count are a right click on the header away, and every
-row's tooltip says all of it, the receptive field's jump and start included.
+ones that fit in it without a horizontal scroll: the layer, its output and the size of
+its receptive field ("RF", in input pixels). Type and parameter count are a right click
+on the header away, and every row's tooltip says all of it, the field's jump and start
+included.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _row_tooltip(node, field) -> str:
     """Everything the row knows, wrapped (rich text) so it never runs the width of the screen."""
     lines = [f"<b>{html.escape(node.path)}</b> ({html.escape(node.type_name)})"]
     if node.output_shape:
-        lines.append(f"output {_format_shape(node.output_shape)} (channels × height × width)")
+        axes = " (channels × height × width)" if len(node.output_shape) == 4 else ""
+        lines.append(f"output {_format_shape(node.output_shape)}{axes}")
     lines.append(f"{node.total_params:,} parameters")
     if field is not None:
         lines.append(f"receptive field {html.escape(str(field))}: its size in input pixels, the jump (stride) "
@@ -86,7 +88,8 @@ class LayerTree(QWidget):
         header.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
         self.column_actions: dict[str, QAction] = {}
         for column, title in enumerate(COLUMNS[1:], start=1):
-            action = QAction(f"Show {'receptive field' if column == FIELD else title.lower()}", header, checkable=True, checked=title not in HIDDEN_AT_FIRST)
+            name = "receptive field" if column == FIELD else title.lower()
+            action = QAction(f"Show {name}", header, checkable=True, checked=title not in HIDDEN_AT_FIRST)
             action.toggled.connect(lambda shown, c=column: self.view.setColumnHidden(c, not shown))
             header.addAction(action)
             self.column_actions[title] = action

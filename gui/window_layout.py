@@ -16,9 +16,9 @@ GEOMETRY_KEY = "window/geometry"
 STATE_KEY = "window/state"
 SCREEN_SHARE = 0.9  # of the screen's free area, on a first start
 # The docks' default widths: the bundled model's layer tree (three columns, four levels
-# deep, a vertical scroll bar beside it) fits in LAYERS_WIDTH without a horizontal scroll, and most forms in METHODS_WIDTH
-# (the dock widens to a form that needs more), so on a 1600 px screen the canvas has
-# about 850 px, the most of the three.
+# deep, a vertical scroll bar beside it) fits in LAYERS_WIDTH without a horizontal
+# scroll, and most forms in METHODS_WIDTH (the dock widens to a form that needs more), so
+# on a 1600 px screen the canvas has about 850 px, the most of the three.
 LAYERS_WIDTH = 345
 METHODS_WIDTH = 360
 
@@ -56,7 +56,8 @@ def default_geometry(window: QMainWindow) -> None:
 def default_docks(window: QMainWindow, docks: list) -> None:
     """Layers on the left, methods on the right, both shown and docked, at their default widths."""
     layers, methods = docks
-    for dock, area in ((layers, Qt.DockWidgetArea.LeftDockWidgetArea), (methods, Qt.DockWidgetArea.RightDockWidgetArea)):
+    areas = (Qt.DockWidgetArea.LeftDockWidgetArea, Qt.DockWidgetArea.RightDockWidgetArea)
+    for dock, area in zip((layers, methods), areas):
         dock.setFloating(False)
         window.addDockWidget(area, dock)
         dock.show()

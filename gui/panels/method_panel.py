@@ -65,7 +65,8 @@ class ExactDoubleSpinBox(QDoubleSpinBox):
     def validate(self, text: str, pos: int):
         number = _parse_number(text)
         if number is not None:
-            state = QValidator.State.Acceptable if self.minimum() <= number <= self.maximum() else QValidator.State.Intermediate
+            inside = self.minimum() <= number <= self.maximum()
+            state = QValidator.State.Acceptable if inside else QValidator.State.Intermediate
         elif _PARTIAL_NUMBER.fullmatch(text.strip()):
             state = QValidator.State.Intermediate  # on the way to a number: "", "-", "1e-"
         else:
