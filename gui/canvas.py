@@ -6,8 +6,9 @@ the overlay opacity) into one pyqtgraph ``ImageItem``: what is exported (the ses
 ``picture`` with the same settings) is exactly what is seen. Bars and scatters get live
 pyqtgraph plots (hover, click to open an image); their export is the engine's picture.
 The colour bar uses the engine's colour tables, and its ticks and the statement of what
-its range clips come from ``engine.view.colorbar``, as the exported picture's do. Zoom and pan come from the ViewBox
-(wheel, drag); ``fit`` frames the picture.
+its range clips come from ``engine.view.colorbar``, as the exported picture's do. Zoom
+and pan come from the ViewBox (wheel, drag); ``fit`` frames whatever is shown: the
+picture, the bars, every point of a scatter.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from functools import lru_cache
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import QFontMetrics
+from PySide6.QtGui import QFontMetrics, QPainter
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QSizePolicy, QSlider, QStackedWidget, QToolButton,
                                QVBoxLayout, QWidget)
 
@@ -65,6 +66,7 @@ class Canvas(QWidget):
         # The engine gives few ticks; each is shown, the clipped end's label at the bar's very top too.
         self.colorbar.axis.setStyle(hideOverlappingLabels=False)
         self.graphics.scene().sigMouseClicked.connect(self._on_scene_click)
+        self.view.sigTransformChanged.connect(self._smooth_when_shrunk)
 
         self.plot = pg.PlotWidget(background="#282828")
         self.plot.setLabel("bottom", "unit")
@@ -95,12 +97,14 @@ class Canvas(QWidget):
         self.colormap_box.setToolTip("Colormap of maps and activation grids")
         self.colormap_box.currentTextChanged.connect(lambda _name: self._redraw())
         fit = QToolButton(text="Fit")
-        fit.setToolTip("Fit the picture to the window")
+        fit.setToolTip("Show all of the result: the whole picture, every bar, every point (Ctrl+F)")
         fit.clicked.connect(self.fit)
         zoom_in = QToolButton(text="+")
-        zoom_in.clicked.connect(lambda: self.view.scaleBy((0.8, 0.8)))
+        zoom_in.setToolTip("Zoom in (or the mouse wheel)")
+        zoom_in.clicked.connect(lambda: self.current_view_box().scaleBy((0.8, 0.8)))
         zoom_out = QToolButton(text="−")
-        zoom_out.clicked.connect(lambda: self.view.scaleBy((1.25, 1.25)))
+        zoom_out.setToolTip("Zoom out (or the mouse wheel)")
+        zoom_out.clicked.connect(lambda: self.current_view_box().scaleBy((1.25, 1.25)))
         self.note = QLabel("")
         self.note.setStyleSheet("color: #555;")
         # A long note wraps instead of widening the canvas and squeezing the docks.
@@ -153,9 +157,17 @@ class Canvas(QWidget):
         if isinstance(self.display, Bars):
             self.plot.autoRange()
         elif isinstance(self.display, Scatter):
-            self.scatter.plot.autoRange()
+            self.scatter.fit()
         elif self.picture_item.image is not None:
             self.view.autoRange(items=[self.picture_item], padding=0.02)
+
+    def current_view_box(self) -> pg.ViewBox:
+        """The view box of what is on show: the picture's, the bars' or the scatter's."""
+        if isinstance(self.display, Bars):
+            return self.plot.getPlotItem().getViewBox()
+        if isinstance(self.display, Scatter):
+            return self.scatter.plot.getPlotItem().getViewBox()
+        return self.view
 
     def current_colormap(self) -> str | None:
         """The colormap the shown display is drawn with; None for a kind drawn in its own colours."""
@@ -222,6 +234,13 @@ class Canvas(QWidget):
         widest = max(metrics.horizontalAdvance(label) for _value, label in bar.ticks)
         self.colorbar.axis.setWidth(max(45, widest + 16))
         self.colorbar.setToolTip(bar.legend)
+
+    def _smooth_when_shrunk(self, *_args) -> None:
+        """A picture drawn smaller than its pixels (a wide gallery in a narrow canvas) is
+        filtered, or its captions lose whole strokes and cannot be read; drawn larger, its
+        pixels stay crisp squares, as an activation map's units should."""
+        shrunk = max(self.view.viewPixelSize()) > 1.0  # picture pixels per screen pixel
+        self.graphics.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, shrunk)
 
     def _on_opacity_changed(self) -> None:
         if isinstance(self.display, MapOverPhoto):  # the only kind the opacity acts on

@@ -1,13 +1,48 @@
-"""The layer browser: every module with its output shape, parameters and receptive field."""
+"""The layer browser: every module with its output shape, parameters and receptive field.
+
+The dock is narrow (the picture gets the room), so the columns shown at first are the
+ones that fit in it without a horizontal scroll: the layer, its output and the size of
+its receptive field ("RF", in input pixels). Type and parameter count are a right click
+on the header away, and every row's tooltip says all of it, the field's jump and start
+included.
+"""
 
 from __future__ import annotations
 
+import html
+
 from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt, Signal
-from PySide6.QtGui import QStandardItem, QStandardItemModel
+from PySide6.QtGui import QAction, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLineEdit, QTreeView, QVBoxLayout, QWidget
 
-COLUMNS = ("Layer", "Output", "Receptive field", "Type", "Params")
+COLUMNS = ("Layer", "Output", "RF (px)", "Type", "Params")
+FIELD = COLUMNS.index("RF (px)")
+HIDDEN_AT_FIRST = ("Type", "Params")
 PATH_ROLE = Qt.ItemDataRole.UserRole + 1
+INDENT = 12  # pixels per level: expand_relu6 sits four levels deep
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _field_size(field) -> str:
+    """The receptive field's extent alone, as its column shows it: "115", "1043×1171" (height × width)."""
+    height, width = field.size
+    return _number(height) if height == width else f"{_number(height)}×{_number(width)}"
+
+
+def _row_tooltip(node, field) -> str:
+    """Everything the row knows, wrapped (rich text) so it never runs the width of the screen."""
+    lines = [f"<b>{html.escape(node.path)}</b> ({html.escape(node.type_name)})"]
+    if node.output_shape:
+        axes = " (channels × height × width)" if len(node.output_shape) == 4 else ""
+        lines.append(f"output {_format_shape(node.output_shape)}{axes}")
+    lines.append(f"{node.total_params:,} parameters")
+    if field is not None:
+        lines.append(f"receptive field {html.escape(str(field))}: its size in input pixels, the jump (stride) "
+                     "between neighbouring units' fields, and the centre of the first unit's field")
+    return "<qt>" + "<br>".join(lines) + "</qt>"
 
 
 def _format_shape(shape) -> str:
@@ -42,7 +77,23 @@ class LayerTree(QWidget):
         self.view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.view.setUniformRowHeights(True)
         self.view.setAlternatingRowColors(True)
-        self.view.header().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.view.setIndentation(INDENT)
+        header = self.view.header()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(False)
+        self.model.setHeaderData(FIELD, Qt.Orientation.Horizontal,
+                                 "<qt>Receptive field: its size in input pixels (height×width where they differ). "
+                                 "A row's tooltip adds its jump and start.</qt>", Qt.ItemDataRole.ToolTipRole)
+        # Right click on the header: which columns to show.
+        header.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+        self.column_actions: dict[str, QAction] = {}
+        for column, title in enumerate(COLUMNS[1:], start=1):
+            name = "receptive field" if column == FIELD else title.lower()
+            action = QAction(f"Show {name}", header, checkable=True, checked=title not in HIDDEN_AT_FIRST)
+            action.toggled.connect(lambda shown, c=column: self.view.setColumnHidden(c, not shown))
+            header.addAction(action)
+            self.column_actions[title] = action
+            self.view.setColumnHidden(column, title in HIDDEN_AT_FIRST)
         self.view.selectionModel().currentChanged.connect(self._on_current_changed)
         self.search = QLineEdit()
         self.search.setPlaceholderText("Filter layers (name or type)…")
@@ -72,17 +123,18 @@ class LayerTree(QWidget):
             self.select(selected, emit=False)
 
     def _add(self, parent: QStandardItem, node) -> None:
-        rf = node.receptive_field
+        field = node.receptive_field if node.is_conv_or_pool else None
         cells = [
             QStandardItem(node.name),
             QStandardItem(_format_shape(node.output_shape)),
-            QStandardItem(str(rf) if rf is not None and node.is_conv_or_pool else ""),
+            QStandardItem(_field_size(field) if field is not None else ""),
             QStandardItem(node.type_name),
             QStandardItem(_format_count(node.total_params)),
         ]
-        cells[2].setToolTip("Receptive field: size in input pixels, jump (stride) between units, centre of the first unit")
+        tooltip = _row_tooltip(node, field)
+        for cell in cells:
+            cell.setToolTip(tooltip)
         cells[0].setData(node.path, PATH_ROLE)
-        cells[0].setToolTip(node.path)
         parent.appendRow(cells)
         self._items[node.path] = cells[0]
         for child in node.children:

@@ -5,10 +5,17 @@ each frame shown, not for each step; the x axis is the step, so the shape stays 
 A term that has been 0 all along (a weight switched off) gets no curve. Losses span
 decades, so the y axis turns logarithmic once the positive values span two of them and
 none is negative; a 0 (a content loss at its start) is then left out of its curve.
+
+The plot sits in a narrow, scrolling form, so it keeps out of the way: a lone curve is
+named by the axis, several by a coloured key above the plot (a legend inside would cover
+the curves); the axes show plain numbers (pyqtgraph's own "loss (x0.001)" rescaling
+reads as a different quantity); and the wheel scrolls the form, as it does everywhere
+else in it, instead of zooming the plot (which always shows the whole run).
 """
 
 from __future__ import annotations
 
+import html
 import math
 
 import pyqtgraph as pg
@@ -30,20 +37,31 @@ class LossPlot(pg.PlotWidget):
         self.setMaximumHeight(220)
         self.setLabel("bottom", "step")
         self.setLabel("left", "loss")
+        for side in ("left", "bottom"):
+            self.getPlotItem().getAxis(side).enableAutoSIPrefix(False)
         self.showGrid(x=True, y=True, alpha=0.3)
-        self.addLegend(offset=(-10, 10), brush=pg.mkBrush(255, 255, 255, 210))  # readable over the curves
         self.getPlotItem().setMenuEnabled(False)
+        self.setMouseEnabled(x=False, y=False)
         self.series: dict[str, tuple[list[float], list[float]]] = {}
         self._curves: dict[str, pg.PlotDataItem] = {}
+
+    def wheelEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        event.ignore()  # on to the scrolling form around the plot
 
     def reset(self) -> None:
         for curve in self._curves.values():
             self.removeItem(curve)
-        legend = self.getPlotItem().legend
-        if legend is not None:
-            legend.clear()
         self.series.clear()
         self._curves.clear()
+        self._name_curves()
+
+    def _name_curves(self) -> None:
+        """The left axis names a lone curve; several get a coloured key in the title row."""
+        names = list(self._curves)
+        self.setLabel("left", names[0] if len(names) == 1 else "loss")
+        key = "&nbsp;&nbsp;".join(f"<span style='color:{_COLOURS[i % len(_COLOURS)]}'>━ {html.escape(name)}</span>"
+                                  for i, name in enumerate(names)) if len(names) > 1 else None
+        self.setTitle(key, size="9pt")
 
     def add(self, step: int, metrics: dict) -> bool:
         """Append a frame's losses; False when it had none (the plot is then not needed)."""
@@ -54,7 +72,8 @@ class LossPlot(pg.PlotWidget):
             values.append(value)
             if name not in self._curves and any(values):
                 colour = _COLOURS[len(self._curves) % len(_COLOURS)]
-                self._curves[name] = self.plot([], [], pen=pg.mkPen(colour, width=2), name=name)
+                self._curves[name] = self.plot([], [], pen=pg.mkPen(colour, width=2))
+                self._name_curves()
         shown = [value for name in self._curves for value in self.series[name][1]]
         positive = [value for value in shown if value > 0]
         log_y = bool(positive) and min(shown) >= 0 and max(positive) > 100 * min(positive)

@@ -27,6 +27,8 @@ from gui.panels import MethodPanel
 from gui.panels.method_panel import TOP1
 from gui.recent_files import RecentFiles
 from gui.status_bar import StatusParts
+from gui.tooltips import wrap_tooltips
+from gui.window_layout import restore_layout, save_layout
 from gui.worker import EngineWorker, JobHandle, describe_failure
 
 
@@ -34,7 +36,6 @@ class MainWindow(QMainWindow):
     def __init__(self, image_path: str | None = None, model_name: str | None = None, settings: QSettings | None = None) -> None:
         super().__init__()
         self.setWindowTitle("ConvScope")
-        self.resize(1400, 860)
         self.setAcceptDrops(True)
         self.settings = settings or QSettings("ConvScope", "ConvScope")
         self.initial_image = image_path
@@ -59,7 +60,7 @@ class MainWindow(QMainWindow):
         self.methods = MethodDock()
         self.methods_dock = self._dock("Methods", "methods", self.methods, Qt.DockWidgetArea.RightDockWidgetArea)
         self.methods_dock.setMinimumWidth(300)
-        self.resizeDocks([self.layers_dock, self.methods_dock], [500, 320], Qt.Orientation.Horizontal)
+        restore_layout(self, self.settings, [self.layers_dock, self.methods_dock])
         self.panels, self.prediction = self.methods.panels, self.methods.prediction
         self.status = StatusParts(self.statusBar())
         self.status_text, self.cancel_button = self.status.text, self.status.cancel_button
@@ -98,6 +99,7 @@ class MainWindow(QMainWindow):
     def _after_startup(self, info: dict) -> None:
         self.methods.add_panels(info["methods"], info["families"], info["model"].labels)
         self.dataset_notes = attach_dataset_notes(self)  # "too few images" on the dataset panels
+        wrap_tooltips(self)  # every widget is built now: the forms' one-line help wraps
         for panel in self.panels.values():
             panel.run_requested.connect(self.run_method)
             panel.cancel_requested.connect(lambda method_id: self._jobs.get(method_id) and self._jobs[method_id].cancel())
@@ -330,5 +332,6 @@ class MainWindow(QMainWindow):
         box.open()
 
     def closeEvent(self, event) -> None:
+        save_layout(self, self.settings)
         self.worker.stop()
         super().closeEvent(event)

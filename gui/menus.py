@@ -9,6 +9,7 @@ from PySide6.QtWidgets import QMessageBox
 from engine.data.samples import sample_paths
 
 from gui import dataset_browser, export_dialogs, help_dialog
+from gui.window_layout import reset_layout
 
 
 class Menus:
@@ -51,6 +52,8 @@ class Menus:
         view_menu.addSeparator()
         view_menu.addAction(window.layers_dock.toggleViewAction())
         view_menu.addAction(window.methods_dock.toggleViewAction())
+        self._action(view_menu, "&Reset window layout",
+                     lambda: reset_layout(window, [window.layers_dock, window.methods_dock]))
         self.cancel_action = QAction("&Cancel", window, shortcut=QKeySequence(Qt.Key.Key_Escape), triggered=window.cancel_jobs)
         self.cancel_action.setShortcutContext(Qt.ShortcutContext.ApplicationShortcut)
         window.addAction(self.cancel_action)

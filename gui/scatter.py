@@ -2,7 +2,9 @@
 
 One ``ScatterPlotItem`` holds every point; brushes are made once per group and shared,
 which keeps tens of thousands of points smooth. Hovering shows the image under the
-pointer in the corner; clicking a point asks the window to open that image.
+pointer in the corner; clicking a point asks the window to open that image. The legend
+has its own column right of the plot, so it never covers a point, and ``fit`` frames
+every point.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pyqtgraph as pg
 from PIL import Image
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from engine.view.display import Scatter
 from engine.view.plots import PALETTE, group_order
@@ -29,7 +31,13 @@ class ScatterView(QWidget):
         super().__init__(parent)
         self.plot = pg.PlotWidget(background="#282828")
         self.plot.setAspectLocked(False)
-        self.legend = self.plot.addLegend(offset=(-10, 10), labelTextColor="#dddddd")
+        # Beside the view box, in the plot's own grid (row 2 holds the view box; column 3
+        # is free): a legend anchored inside the box would sit on the points under it.
+        self.legend = pg.LegendItem(labelTextColor="#dddddd")
+        self.legend.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)  # its rows close together
+        layout = self.plot.getPlotItem().layout
+        layout.addItem(self.legend, 2, 3)
+        layout.setAlignment(self.legend, Qt.AlignmentFlag.AlignTop)
         self.scatter = pg.ScatterPlotItem(size=7, pen=None, hoverable=True, hoverSize=12,
                                           hoverPen=pg.mkPen("w", width=1.5), tip=None)
         self.plot.addItem(self.scatter)
@@ -57,8 +65,17 @@ class ScatterView(QWidget):
         if len(names) <= len(PALETTE):
             for name, brush in zip(names, brushes):
                 self.legend.addItem(pg.ScatterPlotItem(size=8, pen=None, brush=brush), name)
+        self.legend.setVisible(bool(self.legend.items))
         self.plot.setTitle(scatter.title, color="#dddddd")
-        self.plot.autoRange()
+        self.fit()
+
+    def fit(self) -> None:
+        """Frame every point, with a margin so that points on the edge show whole."""
+        points = self.scatter.getData()
+        if len(points[0]) == 0:
+            return
+        (left, right), (bottom, top) = [(float(np.min(axis)), float(np.max(axis))) for axis in points]
+        self.plot.getPlotItem().getViewBox().setRange(xRange=(left, right), yRange=(bottom, top), padding=0.05)
 
     def _on_clicked(self, _item, spots, _event) -> None:
         if len(spots):

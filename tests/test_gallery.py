@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from engine.view.gallery import BOX, Tile, draw_boxes, render_gallery
+from engine.view.gallery import BOX, Tile, _fit, caption_font_size, draw_boxes, render_gallery
 from engine.view.display import Picture
 from engine.view.render import render
 
@@ -73,3 +73,37 @@ def test_a_box_far_past_the_picture_keeps_its_outer_edges_outside():
     assert np.flatnonzero(drawn[49]).tolist() == [20, 21]  # the left edge runs on; no bottom edge
     assert np.flatnonzero(drawn[:, 59]).tolist() == [10, 11]  # the top edge runs on; no right edge
     np.testing.assert_array_equal(boxed, draw_boxes(rgb, [(10, 20, 70, 80)]))
+
+
+def _caption_ink(caption: str, tile: int = 72):
+    """The rows and columns of the caption strip that carry text, and the tile's region."""
+    rgb, (region,) = render_gallery([("", [Tile(solid((0, 0, 0), (tile, tile)), caption=caption)])], tile=tile)
+    ink = rgb[region.bottom:].max(axis=-1) > 128
+    return np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0)), region
+
+
+def test_captions_are_drawn_at_a_size_read_at_100_percent():
+    """Patches use the smallest tiles (72 px): their captions are still 13 px type, not 8."""
+    rows, _columns, _region = _caption_ink("H")
+    assert rows.max() - rows.min() + 1 >= 9  # the cap height
+    rows, _columns, _region = _caption_ink("Hg")
+    assert rows.max() - rows.min() + 1 >= 12  # cap to descender
+    # A caption under a large tile grows with it.
+    small, _c, _r = _caption_ink("H", tile=96)
+    large, _c, _r = _caption_ink("H", tile=224)
+    assert large.max() - large.min() > 1.5 * (small.max() - small.min())
+
+
+def test_a_long_caption_is_shortened_to_its_tile_and_its_second_line_kept_whole():
+    rows, columns, region = _caption_ink("a_very_long_dataset_image_name_indeed\n17.6")
+    assert region.left <= columns.min() and columns.max() < region.right  # nothing spills into the next tile
+    assert _fit("a_very_long_dataset_image_name_indeed", caption_font_size(72), 72).endswith("…")
+    # The second line is the distance in full, below the first: two separate runs of ink.
+    gaps = np.flatnonzero(np.diff(rows) > 1)
+    assert len(gaps) == 1
+    second_rows = rows[gaps[0] + 1:]
+    alone_rows, alone_columns, _region = _caption_ink("17.6")
+    assert len(second_rows) == len(alone_rows)
+    rgb, _ = render_gallery([("", [Tile(solid((0, 0, 0), (72, 72)), caption="x\n17.6")])], tile=72)
+    line_two = rgb[72 + 4 + second_rows.min():72 + 4 + second_rows.max() + 1].max(axis=-1) > 128
+    assert np.array_equal(np.flatnonzero(line_two.any(axis=0)), alone_columns)

@@ -27,3 +27,63 @@ def test_a_narrow_or_signed_range_stays_linear_and_no_losses_means_no_plot(qtbot
     assert not plot.getPlotItem().ctrl.logYCheck.isChecked()
     plot.add(3, {"loss": -400.0})
     assert not plot.getPlotItem().ctrl.logYCheck.isChecked()
+
+
+def test_a_lone_curve_is_named_by_its_axis_and_several_by_a_key_above_the_plot(qtbot):
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    item = plot.getPlotItem()
+    plot.add(1, {"loss": 2.0})
+    assert item.legend is None  # nothing drawn over the curves
+    assert "loss" in item.getAxis("left").labelText and not item.titleLabel.isVisible()
+    plot.add(2, {"loss": 1.0, "style_loss": 0.5})
+    key = item.titleLabel.text
+    assert item.titleLabel.isVisible() and "loss" in key and "style_loss" in key
+    # The key sits in the title row, above the view box where the curves are drawn.
+    title, box = item.titleLabel.sceneBoundingRect(), item.getViewBox().sceneBoundingRect()
+    assert title.bottom() <= box.top() + 1
+    plot.reset()
+    assert not item.titleLabel.isVisible()
+
+
+def test_the_axes_show_plain_numbers_not_a_rescaled_unit(qtbot):
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(300, 200)
+    plot.show()
+    for step, value in enumerate([0.004, 0.003, 0.0025, 0.002], start=1):
+        plot.add(step, {"loss": value})
+    qtbot.wait(50)
+    left = plot.getPlotItem().getAxis("left")
+    assert left.autoSIPrefixScale == 1.0
+    assert "x0.001" not in left.labelString() and "(m" not in left.labelString()
+    assert left.tickStrings([0.002, 0.003], 1.0, 0.001) == ["0.002", "0.003"]
+
+
+def test_the_wheel_over_the_plot_is_left_to_the_form_around_it(qtbot):
+    """The plot ignores the wheel, and Qt hands an ignored (real) wheel event on to the
+    plot's parents: the scrolling form. A test's event is not "spontaneous", which Qt
+    never propagates, so what is checked here is the plot's part: ignored, no zoom."""
+    from PySide6.QtCore import QPoint, QPointF, Qt
+    from PySide6.QtGui import QWheelEvent
+    from PySide6.QtWidgets import QApplication
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(300, 200)
+    plot.show()
+    for step, value in enumerate([3.0, 2.0, 1.5], start=1):
+        plot.add(step, {"loss": value})
+    qtbot.wait(50)
+    before = plot.getPlotItem().getViewBox().viewRange()
+    target = plot.viewport()
+    centre = QPointF(target.width() / 2, target.height() / 2)
+    for delta in (-120, 120):
+        wheel = QWheelEvent(centre, QPointF(target.mapToGlobal(centre.toPoint())), QPoint(0, 0), QPoint(0, delta),
+                            Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False)
+        QApplication.sendEvent(target, wheel)
+        assert not wheel.isAccepted()
+    qtbot.wait(20)
+    assert plot.getPlotItem().getViewBox().viewRange() == before  # the plot did not zoom
+    # Nor does a drag pan it: the plot always shows the whole run.
+    assert plot.getPlotItem().getViewBox().state["mouseEnabled"] == [False, False]

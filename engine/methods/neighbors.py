@@ -93,7 +93,8 @@ def _pixel_vector(source, image: Image.Image) -> np.ndarray:
 
 def _caption(neighbour: dict) -> str:
     name = neighbour["label"] or Path(neighbour["path"]).stem
-    return f"{name} {neighbour['distance']:.3g}"
+    # Two lines, so that a long name shortened to the tile's width never hides the distance.
+    return f"{name}\n{neighbour['distance']:.3g}"
 
 
 SPEC = MethodSpec(

@@ -31,19 +31,41 @@ class Tile:
     box: Optional[tuple[float, float, float, float]] = None  # in the source image's pixels, for the click
 
 
-@lru_cache(maxsize=4)
+# Captions are read at 100% on a screen: 13 px is the smallest size at which "motorcycle"
+# and "3.38" stay legible (the cap height is then 9 px), whatever the tile's size.
+MIN_FONT = 13
+
+
+@lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.ImageFont:
+    # Pillow's built-in scalable font (Pillow >= 10.1): the same glyphs on every machine, offline.
     return ImageFont.load_default(size=size)
+
+
+def caption_font_size(tile: int) -> int:
+    """The captions' and headers' font size, in pixels, for tiles of ``tile`` pixels."""
+    return max(MIN_FONT, tile // 9)
+
+
+def _line_height(size: int) -> int:
+    ascent, descent = _font(size).getmetrics()
+    return ascent + descent + 2
 
 
 def render_gallery(rows: list[tuple[str, list[Tile]]], tile: int = 96, gap: int = 4, caption_lines: int = 1,
                    header_width: int = 0) -> tuple[np.ndarray, list[Region]]:
     """Lay out rows of tiles; each row may start with a header (e.g. "channel 12").
 
-    Returns the mosaic (H x W x 3 uint8) and one Region per tile, in mosaic pixels.
+    A caption may have several lines ("motorcycle\n17.6"); each is shortened with an
+    ellipsis to its tile's width, and the strip under the tiles is as tall as the longest
+    caption (at least ``caption_lines`` lines). Returns the mosaic (H x W x 3 uint8) and
+    one Region per tile, in mosaic pixels.
     """
-    font_size = max(9, tile // 9)
-    caption_height = (font_size + 3) * caption_lines if any(t.caption for _h, ts in rows for t in ts) else 0
+    font_size = caption_font_size(tile)
+    font, line_height = _font(font_size), _line_height(font_size)
+    captions = [t.caption for _h, ts in rows for t in ts if t.caption]
+    lines = max([caption_lines, *(len(c.split("\n")) for c in captions)]) if captions else 0
+    caption_height = line_height * lines + 2 if lines else 0
     if not header_width and any(header for header, _tiles in rows):
         header_width = max(_text_width(header, font_size) for header, _tiles in rows) + 2 * gap
     columns = max((len(tiles) for _header, tiles in rows), default=0)
@@ -56,15 +78,15 @@ def render_gallery(rows: list[tuple[str, list[Tile]]], tile: int = 96, gap: int 
     for row_index, (header, tiles) in enumerate(rows):
         top = gap + row_index * cell_h
         if header:
-            draw.text((gap, top + tile // 2), header, fill=TEXT, font=_font(font_size), anchor="lm")
+            draw.text((gap, top + tile // 2), header, fill=TEXT, font=font, anchor="lm")
         for column, item in enumerate(tiles):
             left = header_width + gap + column * (tile + gap)
             thumbnail = fit_into(item.image, tile)
             offset = (left + (tile - thumbnail.width) // 2, top + (tile - thumbnail.height) // 2)
             canvas.paste(thumbnail, offset)
-            if item.caption:
-                draw.text((left + tile // 2, top + tile + 2), _fit(item.caption, font_size, tile), fill=TEXT,
-                          font=_font(font_size), anchor="ma")
+            for number, line in enumerate(item.caption.split("\n") if item.caption else []):
+                draw.text((left + tile // 2, top + tile + 2 + number * line_height), _fit(line, font_size, tile),
+                          fill=TEXT, font=font, anchor="ma")
             regions.append(Region(left=left, top=top, right=left + tile, bottom=top + tile, path=item.path,
                                   caption=item.caption, box=item.box))
     return np.asarray(canvas), regions

@@ -10,11 +10,14 @@ value that does not fit is said under its field.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Callable
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
@@ -26,11 +29,20 @@ SPIN_LIMIT = 1_000_000  # a number field's range where its parameter states none
 
 
 class ExactDoubleSpinBox(QDoubleSpinBox):
-    """A float field that gives back exactly the value it was set to (2/255, not the 0.0078
-    it shows) until the user changes it."""
+    """A float field that shows a number as a person types it ("95", "0.001", "0.00015"),
+    takes one typed the same way (or as 1e-4), and gives back exactly the value it was set
+    to (2/255, not the rounded number it shows) until the user changes it.
+
+    Qt's own text pads every number to ``decimals()`` places ("95.0000") and rounds what
+    has more to them ("0.0000" for 1e-5); here ``decimals()`` is only the precision kept,
+    ample for a learning rate, and the text is the shortest that reads back the same.
+    """
+
+    PRECISION = 10  # decimal places kept: 1e-10 is the smallest step a field can take
 
     def __init__(self) -> None:
         super().__init__()
+        self.setDecimals(self.PRECISION)
         self._exact: float | None = None
 
     def setValue(self, value: float) -> None:  # noqa: N802 - Qt's name
@@ -42,6 +54,57 @@ class ExactDoubleSpinBox(QDoubleSpinBox):
         if self._exact is not None and round(self._exact, self.decimals()) == round(shown, self.decimals()):
             return self._exact
         return shown
+
+    def textFromValue(self, value: float) -> str:  # noqa: N802 - Qt's name
+        return plain_number(round(value, self.decimals()))
+
+    def valueFromText(self, text: str) -> float:  # noqa: N802 - Qt's name
+        number = _parse_number(text)
+        return self.value() if number is None else number
+
+    def validate(self, text: str, pos: int):
+        number = _parse_number(text)
+        if number is not None:
+            inside = self.minimum() <= number <= self.maximum()
+            state = QValidator.State.Acceptable if inside else QValidator.State.Intermediate
+        elif _PARTIAL_NUMBER.fullmatch(text.strip()):
+            state = QValidator.State.Intermediate  # on the way to a number: "", "-", "1e-"
+        else:
+            state = QValidator.State.Invalid
+        return state, text, pos
+
+    def fixup(self, text: str) -> str:
+        return text
+
+
+_PARTIAL_NUMBER = re.compile(r"[-+]?(\d*[.,]?\d*([eE][-+]?\d*)?)?")
+
+
+def _parse_number(text: str) -> float | None:
+    """A number as a person types it: "0.001", "1e-4", "1,5" (a decimal comma); None if not one."""
+    try:
+        number = float(text.strip().replace(",", "."))
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def plain_number(value: float) -> str:
+    """The shortest plain-decimal text that reads back as ``value``: 95, 0.001, 0.00015, 1000000."""
+    text = repr(float(value))
+    if "e" in text:  # 1e-05, 1e+16: written out, as nobody types exponents into a form
+        text = format(Decimal(text), "f")
+    return text[:-2] if text.endswith(".0") else text
+
+
+def float_step(param) -> float:
+    """One click of a float field's arrows: a tenth of the default's order of magnitude (95 steps
+    by 1, 0.001 by 0.0001); a default of 0 (a term switched off) steps by 0.01 on a 0..1
+    scale and 0.1 otherwise."""
+    default = abs(float(param.default or 0.0))
+    if default == 0:
+        return 0.01 if param.maximum is not None and param.maximum <= 1 else 0.1
+    return 10.0 ** (math.floor(math.log10(default)) - 1)
 
 
 def _int_spin(param, _labels) -> QSpinBox:
@@ -58,8 +121,7 @@ def _put_int(spin: QSpinBox, param, value) -> None:
 
 def _float_spin(param, _labels) -> QDoubleSpinBox:
     spin = ExactDoubleSpinBox()
-    spin.setDecimals(4)
-    spin.setSingleStep(0.01 if abs(param.default or 0) < 1 else 0.1)
+    spin.setSingleStep(float_step(param))
     low = param.minimum if param.minimum is not None else param.above if param.above is not None else -SPIN_LIMIT
     spin.setRange(float(low), float(param.maximum if param.maximum is not None else SPIN_LIMIT))
     return spin
