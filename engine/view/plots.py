@@ -86,13 +86,12 @@ def bar_picture(values: np.ndarray, legend: str = "", width: int = 900, height: 
 
 
 def _ticks(low: float, high: float, most: int = 6) -> list[float]:
-    """Round tick values from low to high, at most ``most`` of them."""
-    span = high - low
-    for step in (0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0):
-        if span / step + 1 <= most:
+    """Round tick values from a tick at or below low to one at or above high, at most ``most``."""
+    for step in (0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0):
+        first, last = np.floor(low / step + 1e-9), np.ceil(high / step - 1e-9)
+        if last - first + 1 <= most:
             break
-    start = np.ceil(low / step - 1e-9) * step
-    return [round(float(value), 6) for value in np.arange(start, high + step * 1e-6, step)]
+    return [round(float(index * step), 6) + 0.0 for index in np.arange(first, last + 1)]  # + 0.0: no "-0"
 
 
 def line_plot_picture(series: dict[str, list[float]], x_labels: list[str], title: str = "", y_label: str = "",
@@ -110,7 +109,7 @@ def line_plot_picture(series: dict[str, list[float]], x_labels: list[str], title
     finite = [float(v) for values in series.values() for v in values if v is not None and np.isfinite(v)]
     low, high = min([y_range[0], *finite]), max([y_range[1], *finite])
     ticks = _ticks(low, high)
-    low, high = min(low, ticks[0]), max(high, ticks[-1])
+    low, high = ticks[0], ticks[-1]
     tick_width = max(int(font.getlength(f"{t:g}")) for t in ticks)
     legend_width = max((int(font.getlength(name)) for name in names), default=0) + 44
     picture = Image.new("RGB", (width, height), BACKGROUND)
