@@ -15,10 +15,13 @@ class Row:
     target: str = ""
     reference: float | None = None  # the same work done by the reference implementation
     note: str = ""
+    higher_is_better: bool = False  # a quality (an IoU), not a time: the ratio is ours over the reference
 
     @property
     def ratio(self) -> str:
-        return f"{self.reference / self.value:.2f}x" if self.reference and self.value else ""
+        if not (self.reference and self.value):
+            return ""
+        return f"{(self.value / self.reference if self.higher_is_better else self.reference / self.value):.2f}x"
 
 
 def median_time(fn, repeats: int = 7, warmup: int = 1) -> float:

@@ -82,11 +82,12 @@ def test_a_value_that_does_not_fit_is_said_under_its_field_and_nothing_runs(qtbo
 def test_a_relation_between_fields_is_said_in_the_forms_words(qtbot):
     panel = panel_for(METHODS["segment"], LABELS)
     qtbot.addWidget(panel)
-    panel.set_value("fg_percentile", 50.0)
-    panel.set_value("bg_percentile", 60.0)
+    panel.set_value("fg_level", 0.5)
+    panel.set_value("bg_level", 0.6)
     with qtbot.assertNotEmitted(panel.run_requested):
         panel.request_run()
-    assert errors_shown(panel) == {"bg_percentile": "(60) must be below 'fg percentile' (50), both between 0 and 100"}
+    assert errors_shown(panel) == {"bg_level": "(0.6) must be below 'fg level' (0.5), both fractions of the map's "
+                                               "maximum between 0 and 1"}
     style = panel_for(METHODS["style"], LABELS)
     qtbot.addWidget(style)
     with qtbot.assertNotEmitted(style.run_requested):

@@ -153,3 +153,51 @@ def test_a_method_that_refuses_a_randomised_network_counts_as_a_blank_map(tiny_m
     assert np.isnan(result.array[0]).all()  # no rank correlation with a constant map
     assert [entry["step"] for entry in result.metrics["blank"]["fussy-map"]] == result.metrics["layers"]
     assert "saliency" not in result.metrics["blank"] and np.isfinite(result.array[1]).all()
+
+
+def test_the_figure_and_the_final_text_carry_every_steps_similarity(tiny_model):
+    from engine.app.session import summarise
+    from engine.methods.sanity_check import similarity_figure
+    from engine.view.plots import PALETTE
+
+    result, frames = run(MethodContext(model=tiny_model, image=random_image((16, 16))), methods="saliency,gradcam",
+                         metric="ssim", seed=2)
+    methods, layers = result.metrics["methods"], result.metrics["layers"]
+    ssim = result.metrics["ssim"]
+    assert methods == ["saliency", "gradcam"] and len(layers) == 3
+    # The final text, as the panel shows it: one line per method, every step's similarity in it.
+    lines = summarise(result).split("\n")
+    assert lines[0].startswith("class ")
+    for method_id, line in zip(methods, lines[1:], strict=True):
+        assert line == f"{method_id} ssim: " + ", ".join(f"{layer} {value:.2f}" for layer, value in
+                                                       zip(layers, ssim[method_id], strict=True))
+    # The figure: one line per method through the original's 1 and each step's value, drawn
+    # where the values say; the points' heights are linear in the values.
+    picture, points = similarity_figure(methods, layers, [ssim[m] for m in methods], "ssim")
+    values = {m: [1.0, *ssim[m]] for m in methods}
+    assert list(points) == methods
+    xy = np.array([p for m in methods for p in points[m]], dtype=np.float64)
+    v = np.array([x for m in methods for x in values[m]])
+    slope, intercept = np.polyfit(v, xy[:, 1], 1)
+    assert slope < 0  # higher similarity, higher up
+    np.testing.assert_allclose(xy[:, 1], slope * v + intercept, atol=0.6)  # pixel rounding only
+    assert [p[0] for p in points["saliency"]] == [p[0] for p in points["gradcam"]]  # the same depth, the same x
+    # The line drawn last covers none of its own markers: each is in its colour.
+    colour = tuple(int(PALETTE[1][i:i + 2], 16) for i in (1, 3, 5))
+    assert all(tuple(picture[y, x]) == colour for x, y in points["gradcam"])
+    # The result's picture holds the grid and that figure beneath it; so does the last frame.
+    figure_height = picture.shape[0]
+    bottom = result.display.rgb[-figure_height:, :picture.shape[1]]
+    np.testing.assert_array_equal(bottom, picture)
+    np.testing.assert_array_equal(frames[-1].display.rgb, result.display.rgb)
+
+
+def test_a_step_without_a_rank_correlation_is_a_gap_in_its_line():
+    from engine.methods.sanity_check import similarity_figure, summary_text
+
+    picture, points = similarity_figure(["a", "b"], ["x", "y"], [[0.5, float("nan")], [0.2, -0.4]], "spearman")
+    assert points["a"][2] is None and points["a"][1] is not None
+    assert points["b"][2][1] > points["b"][1][1] > points["a"][1][1]  # -0.4 below 0.2 below 0.5: the axis reaches below 0
+    assert picture.shape[2] == 3
+    assert summary_text(["a", "b"], ["x", "y"], [[0.5, float("nan")], [0.2, -0.4]], "spearman") == \
+        "a spearman: x 0.50, y n/a\nb spearman: x 0.20, y -0.40"

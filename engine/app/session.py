@@ -472,7 +472,8 @@ def _output_error(error: OSError) -> ConvScopeError:
 
 def summarise(result: Result) -> str:
     """A result's numbers for its panel: "style loss 846.7 → 43.39" for a metric's first
-    and last values, a term that stayed 0 left out."""
+    and last values, a term that stayed 0 left out; then the method's own ``summary`` text,
+    where its numbers are too many to list one by one (a sanity check's per-step similarities)."""
     parts = []
     if result.layer:
         parts.append(f"layer {result.layer}")
@@ -497,4 +498,7 @@ def summarise(result: Result) -> str:
             parts.append(f"{key.replace('_', ' ')} {shown}")
         elif value or metrics[name + "_last"]:
             parts.append(f"{name.replace('_', ' ')} {shown} → {last}")
-    return "; ".join(parts)
+    lines = ["; ".join(parts)] if parts else []
+    if isinstance(metrics.get("summary"), str) and metrics["summary"]:
+        lines.append(metrics["summary"])
+    return "\n".join(lines)

@@ -21,8 +21,12 @@ trained model its refusal ends the check.
 
 What comes out: a grid, one row per method and one column per step after the original,
 each tile captioned with the lowest block randomised so far and its similarity (the one
-``--metric`` picks); ``Result.array`` is that methods x steps matrix, and the metrics hold
-both similarities per method and step.
+``--metric`` picks), and beneath it the paper's figure: that similarity against the
+randomisation's depth, one line per method, starting from the original's 1 (a map is
+identical to itself). Both are one picture, so the window and ``--out`` show the same.
+``Result.array`` is that methods x steps matrix; the metrics hold both similarities per
+method and step, and ``summary`` the chosen one as text, one line per method, which is
+what the panel shows when the run ends (the steps it showed one at a time while running).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from engine.core.errors import MethodInputError
 from engine.view.gallery import Tile, render_gallery
 from engine.core.jobs import Frame, Progress, Result
 from engine.view.display import Picture
-from engine.view.colormaps import apply_colormap
+from engine.view.colormaps import BACKGROUND, apply_colormap
+from engine.view.plots import line_plot_picture
 from engine.methods.registry import METHODS  # read when run: engine.methods fills it after importing this module
 from engine.methods.base import MethodContext
 from engine.methods.params import SEED, TARGET, MethodSpec, Param
@@ -132,6 +137,35 @@ def _grid(method_ids, originals, maps, labels, scores) -> np.ndarray:
     return rgb
 
 
+def similarity_figure(method_ids, labels, scores, metric: str) -> tuple[np.ndarray, dict]:
+    """The paper's figure: each method's similarity to its trained map against how far down
+    the model is randomised, from the original (1: the map itself). Returns the picture and
+    where each point was drawn (``line_plot_picture``)."""
+    series = {method_id: [1.0, *scores[i]] for i, method_id in enumerate(method_ids)}
+    name = "Spearman rank correlation of |map|" if metric == "spearman" else "SSIM of |map|"
+    return line_plot_picture(series, ["original", *labels], title="similarity to the trained model's map, "
+                             "randomised from the top down to the block named", y_label=name, y_range=(0.0, 1.0),
+                             width=max(640, 96 * (len(labels) + 1) + 200))
+
+
+def summary_text(method_ids, labels, scores, metric: str) -> str:
+    """One line per method: its similarity after each step, named by the lowest block randomised."""
+    return "\n".join(f"{method_id} {metric}: " + ", ".join(_caption(label, value) for label, value in zip(labels, scores[i]))
+                     for i, method_id in enumerate(method_ids))
+
+
+def _picture(method_ids, originals, maps, labels, scores, metric: str) -> np.ndarray:
+    """The grid of maps with the figure beneath it, as one picture."""
+    grid = _grid(method_ids, originals, maps, labels, scores)
+    figure, _points = similarity_figure(method_ids, labels[:len(maps)], scores, metric)
+    width = max(grid.shape[1], figure.shape[1])
+    picture = np.empty((grid.shape[0] + figure.shape[0], width, 3), dtype=np.uint8)
+    picture[...] = BACKGROUND
+    picture[:grid.shape[0], :grid.shape[1]] = grid
+    picture[grid.shape[0]:, :figure.shape[1]] = figure
+    return picture
+
+
 def run(ctx, p):
     image = ctx.require_image()
     steps, metric, seed = p.steps, p.metric, p.seed
@@ -187,8 +221,7 @@ def run(ctx, p):
             done += 1
             yield Progress(done / total, f"randomised down to {labels[step]}: {spec.id}")
         maps.append(step_maps)
-        grid = _grid(method_ids, originals, maps, labels, chosen)
-        yield Frame(Picture(rgb=grid, note=f"randomised down to {labels[step]} ({step + 1} of {len(groups)} steps)"),
+        yield Frame(Picture(rgb=_picture(method_ids, originals, maps, labels, chosen, metric), note=f"randomised down to {labels[step]} ({step + 1} of {len(groups)} steps)"),
                     step=step + 1, metrics={f"{m} {metric}": chosen[i][-1] for i, m in enumerate(method_ids)})
 
     matrix = np.array(chosen, dtype=np.float32)
@@ -201,11 +234,13 @@ def run(ctx, p):
         "spearman": {m: spearman[i] for i, m in enumerate(method_ids)},
         "ssim": {m: ssim[i] for i, m in enumerate(method_ids)},
         "blank": blank,
+        "summary": summary_text(method_ids, labels, chosen, metric),
     }
     note = (f"cascading randomisation of a copy of {ctx.model.name}, from {labels[0]} down to {labels[-1]}; "
             f"captions: the lowest block randomised and the {metric} similarity to the trained model's map "
-            f"for '{resolved['label']}'")
-    return Result(display=Picture(rgb=_grid(method_ids, originals, maps, labels, chosen), note=note), array=matrix,
+            f"for '{resolved['label']}'; beneath, that similarity against the depth randomised")
+    return Result(display=Picture(rgb=_picture(method_ids, originals, maps, labels, chosen, metric), note=note),
+                  array=matrix,
                   metrics=metrics, target=resolved)
 
 

@@ -1,21 +1,33 @@
-"""``segment``: cut the object out of the picture, seeded by where the class score is sensitive.
+"""``segment``: cut the object out of the picture, seeded by where the class evidence is.
 
-Simonyan et al. 2014 (section 3.1) segment an object without any segmentation labels: the
-saliency map says roughly where the object is, and GrabCut (Rother et al. 2004) turns
-that rough guess into a sharp mask by modelling the colours of object and background. As
-there:
+Simonyan et al. 2014 (section 3.1) segment an object without any segmentation labels: a
+class map says roughly where the object is, and GrabCut (Rother et al. 2004) turns that
+rough guess into a sharp mask by modelling the colours of object and background:
 
-1. the saliency map of the target class (the ``saliency`` method itself, run by id, so
-   the two always agree) is stretched over the whole picture and smoothed (a Gaussian of
-   ``--smooth`` times the shorter side): raw gradients are speckled, seeds need regions;
-2. pixels above the ``--fg-percentile`` of the smoothed map are foreground for certain,
-   pixels below the ``--bg-percentile`` background for certain (95 and 30, as in the
-   paper); of the rest, those above the median start as probably foreground, the others
-   as probably background;
+1. the class map of the target (``--seeds``: Grad-CAM by default, or SmoothGrad or plain
+   saliency; the method itself, run by id, so the two always agree) is stretched over the
+   whole picture and smoothed (a Gaussian of ``--smooth`` times the shorter side);
+2. pixels where the smoothed map reaches ``--fg-level`` of its maximum are foreground for
+   certain, pixels below ``--bg-level`` of it background for certain; of the rest, those
+   above the levels' midpoint start as probably foreground, the others as probably
+   background;
 3. OpenCV's GrabCut fits a colour mixture model to each side and cuts the graph,
    ``--iterations`` times. Its time grows with the pixels (five iterations at 451x300: 1.4 s
    of CPU), so it runs at most at ``WORK_SIDE`` pixels on the longer side; the mask is then
    scaled to the picture as loaded.
+
+Why not the paper's recipe (plain saliency, its 95th and 30th percentiles)? A percentile
+calls a fixed share of the picture background, whatever the object's size: on Chelsea,
+whose face fills 80% of the frame, 30% of the cat was declared background and the mask
+shrank to the eyes, nose and ears (15% of the picture, IoU 0.17 with the cat). Saliency is
+also speckled: its peaks sit on edges, not on the object's body. Levels relative to the
+map's maximum follow the object's size, and Grad-CAM's map covers the object's extent
+(a 7x7 grid upsampled, one backward pass). ``python -m bench segment_quality`` measures
+both on 24 composites with exact masks (objects pasted onto backgrounds): mean IoU 0.85
+with these defaults, 0.62 with the paper's seeding, 0.58 for a centred box of half the
+picture; on Chelsea 0.91 against the cat's outline. The cost: around a small object the
+coarse Grad-CAM map also takes some background (a small cat on gravel: 0.59, where
+percentiles gave 0.99); ``--seeds saliency`` with higher levels suits such pictures.
 
 The certain seeds keep their labels, so the mask is never empty nor the whole picture. A
 picture with no structure (one flat colour) has no object to find and is refused: GrabCut
@@ -50,13 +62,18 @@ def _opencv():
     return cv2
 
 
-def seed_labels(saliency: np.ndarray, fg_percentile: float, bg_percentile: float) -> np.ndarray:
-    """GrabCut's initial mask from a smoothed saliency map (same shape, uint8 GC_* labels)."""
+SEED_MAPS = ("gradcam", "smoothgrad", "saliency")  # method ids whose map seeds GrabCut
+
+
+def seed_labels(evidence: np.ndarray, fg_level: float, bg_level: float) -> np.ndarray:
+    """GrabCut's initial mask from a smoothed class map (same shape, uint8 GC_* labels):
+    levels are fractions of the way from the map's minimum to its maximum."""
     cv2 = _opencv()
-    high, middle, low = np.percentile(saliency, [fg_percentile, 50.0, bg_percentile])
-    labels = np.where(saliency > middle, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
-    labels[saliency >= high] = cv2.GC_FGD
-    labels[saliency <= low] = cv2.GC_BGD
+    low, high = float(evidence.min()), float(evidence.max())
+    scaled = (evidence - low) / (high - low)  # the caller refuses a flat map
+    labels = np.where(scaled > (fg_level + bg_level) / 2, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    labels[scaled >= fg_level] = cv2.GC_FGD
+    labels[scaled < bg_level] = cv2.GC_BGD
     return labels
 
 
@@ -66,15 +83,15 @@ def _working_size(width: int, height: int) -> tuple[int, int]:
 
 
 def check(p) -> None:
-    if not p.bg_percentile < p.fg_percentile:
-        raise ParamError("bg_percentile", f"({p.bg_percentile:g}) must be below --fg-percentile ({p.fg_percentile:g}), "
-                                          "both between 0 and 100")
+    if not p.bg_level < p.fg_level:
+        raise ParamError("bg_level", f"({p.bg_level:g}) must be below --fg-level ({p.fg_level:g}), both fractions "
+                                     "of the map's maximum between 0 and 1")
 
 
 def run(ctx, p):
     image = ctx.require_image()
     cv2 = _opencv()
-    fg_percentile, bg_percentile, iterations = p.fg_percentile, p.bg_percentile, p.iterations
+    fg_level, bg_level, iterations = p.fg_level, p.bg_level, p.iterations
     rgb = image.to_array()
     height, width = rgb.shape[:2]
     work_w, work_h = _working_size(width, height)
@@ -86,18 +103,18 @@ def run(ctx, p):
 
     resolved = ctx.resolve_target(p.target)
     p.record(target=resolved["index"])
-    found = yield from within(METHODS["saliency"].start(ctx, target=resolved["index"]), 0.0, 0.4)
+    found = yield from within(METHODS[p.seeds].start(ctx, target=resolved["index"]), 0.0, 0.4)
     ctx.cancel.check()
     # The map covers the whole model input, which is the whole picture resized: stretch it corner to corner.
-    saliency = cv2.resize(np.asarray(found.array, dtype=np.float32), (work_w, work_h), interpolation=cv2.INTER_LINEAR)
+    evidence = cv2.resize(np.asarray(found.array, dtype=np.float32), (work_w, work_h), interpolation=cv2.INTER_LINEAR)
     sigma = p.smooth * min(work_w, work_h)
     if sigma > 0:
-        saliency = cv2.GaussianBlur(saliency, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
-    if not np.isfinite(saliency).all() or float(np.ptp(saliency)) == 0.0:
-        raise MethodInputError(f"the saliency map of '{resolved['label']}' is flat here, so it cannot say where the "
+        evidence = cv2.GaussianBlur(evidence, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+    if not np.isfinite(evidence).all() or float(np.ptp(evidence)) == 0.0:
+        raise MethodInputError(f"the {p.seeds} map of '{resolved['label']}' is flat here, so it cannot say where the "
                                "object is; try another --target")
 
-    labels = seed_labels(saliency, fg_percentile, bg_percentile)
+    labels = seed_labels(evidence, fg_level, bg_level)
     seeds = {"foreground": int((labels == cv2.GC_FGD).sum()), "background": int((labels == cv2.GC_BGD).sum())}
     background_model = np.zeros((1, 65), np.float64)
     foreground_model = np.zeros((1, 65), np.float64)
@@ -127,8 +144,8 @@ def run(ctx, p):
         "working_size": [work_w, work_h],
         "mask_size": [width, height],
     }
-    note = (f"GrabCut seeded by the saliency of '{resolved['label']}': {fraction:.0%} of the picture; "
-            f"seeds above the {fg_percentile:g}th / below the {bg_percentile:g}th percentile")
+    note = (f"GrabCut seeded by the {p.seeds} map of '{resolved['label']}': {fraction:.0%} of the picture; "
+            f"seeds above {fg_level:g} / below {bg_level:g} of the map's maximum")
     yield Progress(1.0, "done")
     return Result(display=Picture(rgb=draw_mask(rgb, mask), note=note), array=mask, target=resolved,
                   metrics=metrics)
@@ -150,15 +167,18 @@ def draw_mask(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
 SPEC = MethodSpec(
     id="segment",
     title="Segment (saliency + GrabCut)",
-    summary="Cut the object out without labels: the saliency map seeds GrabCut (Simonyan et al. 2014).",
+    summary="Cut the object out without labels: a class map (Grad-CAM, SmoothGrad or saliency) seeds GrabCut "
+            "(Simonyan et al. 2014).",
     params=(
         TARGET,
-        Param("fg_percentile", "float", 95.0, "pixels whose smoothed saliency is above this percentile are the object",
-              minimum=0.0, maximum=100.0),
-        Param("bg_percentile", "float", 30.0, "pixels whose smoothed saliency is below this percentile are background",
-              minimum=0.0, maximum=100.0),
+        Param("seeds", "choice", "gradcam", "the class map that says where the object is: gradcam (covers the "
+              "object's extent), smoothgrad, or saliency (the paper's; speckled, on edges)", choices=SEED_MAPS),
+        Param("fg_level", "float", 0.4, "pixels where the smoothed map reaches this fraction of its maximum are the "
+              "object", minimum=0.0, maximum=1.0),
+        Param("bg_level", "float", 0.05, "pixels where the smoothed map is below this fraction of its maximum are "
+              "background", minimum=0.0, maximum=1.0),
         Param("iterations", "int", 5, "GrabCut iterations", minimum=1, maximum=50),
-        Param("smooth", "float", 0.03, "blur of the saliency map, as a fraction of the picture's shorter side",
+        Param("smooth", "float", 0.03, "blur of the class map, as a fraction of the picture's shorter side",
               minimum=0.0, maximum=0.5),
         SEED,
     ),

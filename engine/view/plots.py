@@ -83,3 +83,73 @@ def bar_picture(values: np.ndarray, legend: str = "", width: int = 900, height: 
         draw.text((6, top - 6), f"{high:.3g}", fill=TEXT, font=font)
         draw.text((6, bottom - 8), f"{low:.3g}", fill=TEXT, font=font)
     return np.asarray(picture)
+
+
+def _ticks(low: float, high: float, most: int = 6) -> list[float]:
+    """Round tick values from a tick at or below low to one at or above high, at most ``most``."""
+    for step in (0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0):
+        first, last = np.floor(low / step + 1e-9), np.ceil(high / step - 1e-9)
+        if last - first + 1 <= most:
+            break
+    return [round(float(index * step), 6) + 0.0 for index in np.arange(first, last + 1)]  # + 0.0: no "-0"
+
+
+def line_plot_picture(series: dict[str, list[float]], x_labels: list[str], title: str = "", y_label: str = "",
+                      y_range: tuple[float, float] = (0.0, 1.0), width: int = 900,
+                      height: int = 360) -> tuple[np.ndarray, dict[str, list[tuple[int, int] | None]]]:
+    """Lines over named x positions, one per series, each point marked; the legend beside the
+    plot, so it never covers a line.
+
+    ``y_range`` is widened to take every finite value; a NaN is a gap in its line. Returns
+    the picture and, per series, where each value was drawn (x, y in picture pixels; None
+    for a NaN), so what the figure shows can be checked against the numbers.
+    """
+    font = _font(FONT_SIZE)
+    names = list(series)
+    finite = [float(v) for values in series.values() for v in values if v is not None and np.isfinite(v)]
+    low, high = min([y_range[0], *finite]), max([y_range[1], *finite])
+    ticks = _ticks(low, high)
+    low, high = ticks[0], ticks[-1]
+    tick_width = max(int(font.getlength(f"{t:g}")) for t in ticks)
+    legend_width = max((int(font.getlength(name)) for name in names), default=0) + 44
+    picture = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(picture)
+    top, left = 30 + (FONT_SIZE + 4 if y_label else 0), 14 + tick_width
+    bottom, right = height - 2 * FONT_SIZE - 8, width - legend_width
+    draw.text((left, 8), title, fill=TEXT, font=font)
+    if y_label:
+        draw.text((left, 8 + FONT_SIZE + 4), y_label, fill=TEXT, font=font)
+    draw.rectangle((left, top, right, bottom), outline=AXIS)
+
+    def to_y(value: float) -> int:
+        return round(bottom - 6 - (value - low) / (high - low or 1.0) * (bottom - top - 12))
+
+    count = max(len(x_labels), 1)
+    xs = [round(left + 24 + index * (right - left - 48) / max(count - 1, 1)) for index in range(count)]
+    for value in ticks:
+        y = to_y(value)
+        draw.line((left - 4, y, left, y), fill=AXIS)
+        draw.line((left + 1, y, right - 1, y), fill=(60, 60, 60))
+        draw.text((left - 6, y), f"{value:g}", fill=TEXT, font=font, anchor="rm")
+    # Labels that would run into each other are thinned out, the first and last kept.
+    widest = max((font.getlength(label) for label in x_labels), default=0.0) + 8
+    every = max(1, int(np.ceil(widest / max((right - left - 48) / max(count - 1, 1), 1.0))))
+    for index, (x, label) in enumerate(zip(xs, x_labels)):
+        draw.line((x, bottom, x, bottom + 4), fill=AXIS)
+        if index % every == 0 or index == count - 1:
+            draw.text((x, bottom + 6), label, fill=TEXT, font=font, anchor="ma")
+    drawn: dict[str, list[tuple[int, int] | None]] = {}
+    for index, name in enumerate(names):
+        colour = PALETTE[index % len(PALETTE)]
+        points = [(x, to_y(float(v))) if v is not None and np.isfinite(v) else None for x, v in zip(xs, series[name])]
+        for start, end in zip(points, points[1:]):
+            if start and end:
+                draw.line((*start, *end), fill=colour, width=2)
+        for point in points:
+            if point:
+                draw.ellipse((point[0] - 4, point[1] - 4, point[0] + 4, point[1] + 4), fill=colour)
+        drawn[name] = points
+        y = top + 6 + index * (FONT_SIZE + 6)
+        draw.line((right + 12, y + 7, right + 30, y + 7), fill=colour, width=2)
+        draw.text((right + 36, y), name, fill=TEXT, font=font)
+    return np.asarray(picture), drawn
