@@ -145,6 +145,21 @@ class MainWindow(QMainWindow):
             self.panels[shown.method].request_run()
         else:
             self.show_image()
+        self._calibrate()
+
+    def _calibrate(self) -> None:
+        """Time this machine's passes at the image's size (once per model, size and device),
+        so the forms can say how long a run will take."""
+        handle = self.worker.submit(lambda session, job: session.calibrate(), "Timing this machine",
+                                    replaces=self._jobs.get("calibrate"))
+        self._jobs["calibrate"] = handle
+        handle.finished.connect(self._set_machine)
+        for signal in (handle.finished, handle.failed, handle.cancelled):
+            signal.connect(self._job_done)
+
+    def _set_machine(self, machine) -> None:
+        for panel in self.panels.values():
+            panel.estimate.set_machine(machine)
 
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls() and any(url.isLocalFile() for url in event.mimeData().urls()):
@@ -257,6 +272,7 @@ class MainWindow(QMainWindow):
 
     def _show_result(self, panel: MethodPanel, shown) -> None:
         self.session.show(shown)
+        self._set_machine(self.session.machine)  # the run corrected its method's estimate
         panel.set_running(False)
         panel.show_status(shown.summary)
         self.canvas.show_display(shown.display)
@@ -328,5 +344,7 @@ class MainWindow(QMainWindow):
         box.open()
 
     def closeEvent(self, event) -> None:
-        self.worker.stop()
+        if self.worker.is_busy():
+            self.status.text.setText("Stopping the running job…")
+        self.worker.stop()  # cancels every job and waits for the engine thread to end
         super().closeEvent(event)

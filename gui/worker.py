@@ -201,9 +201,12 @@ class EngineWorker(QThread):
             return bool(self._pending)
 
     def stop(self) -> None:
+        """Cancel every job and wait until the engine thread has ended. A method checks its
+        cancel between steps, so the wait is one step long; a thread left running would be
+        destroyed with the window while it still runs (Qt aborts on that)."""
         self.cancel_all()
         self._queue.put(None)
-        self.wait(5000)
+        self.wait()
 
     def _forget(self, handle: JobHandle) -> None:
         with self._lock:

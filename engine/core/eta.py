@@ -80,6 +80,9 @@ class Eta:
             seconds_per_unit = max(seconds_per_unit, waited / self._df)
         return max(0.0, (1.0 - self.fraction) * seconds_per_unit - waited)
 
+    def elapsed(self, now: float | None = None) -> float:
+        return (time.perf_counter() if now is None else now) - self.start
+
     def text(self, now: float | None = None) -> str:
         """'about 40 s left', or '' while nothing is known."""
         left = self.seconds_left(now)
