@@ -151,7 +151,7 @@ class MainWindow(QMainWindow):
         """Time this machine's passes at the image's size (once per model, size and device),
         so the forms can say how long a run will take."""
         handle = self.worker.submit(lambda session, job: session.calibrate(), "Timing this machine",
-                                    replaces=self._jobs.get("calibrate"))
+                                    replaces=self._jobs.get("calibrate"), background=True)
         self._jobs["calibrate"] = handle
         handle.finished.connect(self._set_machine)
         for signal in (handle.finished, handle.failed, handle.cancelled):

@@ -124,3 +124,16 @@ def test_quitting_during_a_run_cancels_it_and_joins_the_engine_thread(qtbot, tmp
     gc.collect()
     assert worker is not None
     assert not [text for _kind, text in qt_messages if "Destroyed while thread" in text]
+
+
+def test_timing_the_machine_is_kept_off_the_every_job_signals(window, qtbot):
+    # Observers of every job (tests, benchmarks) wait for the jobs they asked for; the
+    # window's timing of the machine runs behind them unannounced.
+    announced = []
+    window.worker.job_finished.connect(lambda handle, _value: announced.append(handle))
+    handle = window.worker.submit(lambda session, job: 7, "Timing this machine", background=True)
+    with qtbot.waitSignal(handle.finished, timeout=TIMEOUT) as finished:
+        pass
+    assert finished.args == [7] and handle not in announced
+    asked = window.worker.submit(lambda session, job: 8, "Asked for")
+    qtbot.waitUntil(lambda: asked in announced, timeout=TIMEOUT)
