@@ -142,3 +142,18 @@ def test_the_estimate_is_within_a_factor_of_two_of_the_run(method_id, values, se
     assert 0.5 <= ratios[-1] <= 2.0, ratios
     # and the runs taught the estimate: the method's ratio is a weighted mean of the measured ones
     assert min(ratios) * 0.9 <= session.machine.ratios[method_id] <= max(ratios) * 1.1
+
+
+def test_a_cancelled_timing_publishes_nothing_and_the_next_one_runs(session):
+    from engine.core.errors import JobCancelled
+    from engine.core.jobs import CancelToken
+
+    token = CancelToken()
+    token.cancel()  # a job the user asked for came first
+    session.machine = None
+    with pytest.raises(JobCancelled):
+        session.calibrate(fresh=True, cancel=token)
+    assert session.machine is None
+    machine = session.calibrate()
+    assert machine.forward_s > 0 and machine.backward_s > machine.forward_s
+    assert session.machine is machine

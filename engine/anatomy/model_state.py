@@ -244,11 +244,12 @@ class ModelState:
         return self._once("functional relus", find)
 
     # -- this machine's pace ----------------------------------------------------------------
-    def speed(self, size: Size = None, fresh: bool = False) -> Speed:
+    def speed(self, size: Size = None, fresh: bool = False, check: Callable[[], None] | None = None) -> Speed:
         """Seconds per image of an inference pass and of a forward and backward pass, at
         ``size``, on the device the model is on: timed once (the faster of two timed passes
         after an untimed one, so a first call's allocations do not count), then kept;
-        ``fresh``: timed again now (the machine got busier or quieter)."""
+        ``fresh``: timed again now (the machine got busier or quieter). ``check`` is called
+        between the passes (a cancel token's check: a timing nobody waits for gives way)."""
         size = self._size(size)
         parameter = next(self.module.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
@@ -256,9 +257,9 @@ class ModelState:
         if fresh:
             with self._lock:
                 self._slots.pop(key, None)
-        return self._once(key, lambda: self._calibrate(size, device))
+        return self._once(key, lambda: self._calibrate(size, device, check or (lambda: None)))
 
-    def _calibrate(self, size: InputSize, device: torch.device) -> Speed:
+    def _calibrate(self, size: InputSize, device: torch.device, check: Callable[[], None]) -> Speed:
         generator = torch.Generator().manual_seed(0)
         batch = torch.randn((CALIBRATION_BATCH, 3, *size), generator=generator).to(device)
         forward = self.fast_copy(batch[:1])
@@ -273,8 +274,8 @@ class ModelState:
             output = self.run_in_fast_layout(backward, pixels)
             first_tensor(output).sum().backward()
 
-        return Speed(forward_s=_fastest(infer, device) / CALIBRATION_BATCH,
-                     backward_s=_fastest(differentiate, device) / CALIBRATION_BATCH)
+        return Speed(forward_s=_fastest(infer, device, check) / CALIBRATION_BATCH,
+                     backward_s=_fastest(differentiate, device, check) / CALIBRATION_BATCH)
 
     def note_run(self, method: str, predicted_s: float, measured_s: float) -> None:
         """A finished run of ``method``: its measured seconds against those predicted from
@@ -292,15 +293,17 @@ class ModelState:
             return dict(self._run_ratios)
 
 
-def _fastest(fn: Callable[[], None], device: torch.device, repeats: int = 2) -> float:
-    """Seconds of the fastest of ``repeats`` timed calls, after one untimed call."""
+def _fastest(fn: Callable[[], None], device: torch.device, check: Callable[[], None], repeats: int = 2) -> float:
+    """Seconds of the fastest of ``repeats`` timed calls, after one untimed call; ``check()`` before each."""
     def timed() -> float:
+        check()
         start = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
+    check()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -223,16 +223,16 @@ class Session:
         return (height, width)
 
     # -- how long a run takes (the engine thread) ------------------------------------------
-    def calibrate(self, fresh: bool = False) -> Machine:
+    def calibrate(self, fresh: bool = False, cancel: CancelToken | None = None) -> Machine:
         """This machine's pace with the model at the image's input size (timed once per
         model, size and device, in the model's state; ``fresh``: timed again), with what an
         estimate reads about the model; kept as ``machine`` for the estimates a form shows
-        before a run."""
+        before a run. ``cancel`` stops the timing between its passes."""
         from engine.attribution.randomise import parameter_blocks
 
         model = self._require_model()
         size = self._input_size()
-        speed = model.state.speed(size, fresh=fresh)
+        speed = model.state.speed(size, fresh=fresh, check=cancel.check if cancel else None)
         shapes = model.state.output_shapes(size)
         self.machine = Machine(input_size=size, model_size=model.preprocessing.size, forward_s=speed.forward_s,
                                backward_s=speed.backward_s, shapes=dict(shapes), presets=dict(model.layer_presets),
