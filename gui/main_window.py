@@ -149,6 +149,22 @@ class MainWindow(QMainWindow):
             self.panels[shown.method].request_run()
         else:
             self.show_image()
+        self._calibrate()
+
+    def _calibrate(self) -> None:
+        """Time this machine's passes at the image's size (once per model, size and device),
+        so the forms can say how long a run will take; any job asked for stops it (``_submit``),
+        and it starts again when the engine is idle (``_job_done``)."""
+        handle = self.worker.submit(lambda session, job: session.calibrate(cancel=job.token), "Timing this machine",
+                                    replaces=self._jobs.get("calibrate"), background=True)
+        self._jobs["calibrate"] = handle
+        handle.finished.connect(self._set_machine)
+        for signal in (handle.finished, handle.failed, handle.cancelled):
+            signal.connect(self._job_done)
+
+    def _set_machine(self, machine) -> None:
+        for panel in self.panels.values():
+            panel.estimate.set_machine(machine)
 
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls() and any(url.isLocalFile() for url in event.mimeData().urls()):
@@ -261,6 +277,7 @@ class MainWindow(QMainWindow):
 
     def _show_result(self, panel: MethodPanel, shown) -> None:
         self.session.show(shown)
+        self._set_machine(self.session.machine)  # the run corrected its method's estimate
         panel.set_running(False)
         panel.show_status(shown.summary)
         self.canvas.show_display(shown.display)
@@ -301,6 +318,8 @@ class MainWindow(QMainWindow):
         """Submit a job that replaces the newest of its ``kind``, with the status bar following it:
         ``finished(value)``; ``failed(error)`` or the error shown under ``title``; ``stopped``
         gets "failed" or "cancelled" first."""
+        if self._jobs.get("calibrate") is not None:
+            self._jobs["calibrate"].cancel()  # what the user asked for goes first
         handle = self.worker.submit(fn, description, replaces=self._jobs.get(kind))
         self._jobs[kind] = handle
         handle.started.connect(lambda: self.status.set_busy(True, f"{description}…"))
@@ -318,6 +337,9 @@ class MainWindow(QMainWindow):
     def _job_done(self, *_outcome) -> None:
         busy = self.worker.is_busy()
         self.status.set_busy(busy, self.status.text.text() if busy else "Ready")
+        timing = self._jobs.get("calibrate")
+        if not busy and timing is not None and timing.cancel_requested and self.session.machine is None:
+            self._calibrate()  # stopped for a job earlier: the engine is idle now
 
     # -- errors and lifetime ---------------------------------------------------------------------
     def say(self, message: str) -> None:
@@ -333,5 +355,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:
         save_layout(self, self.settings)
-        self.worker.stop()
+        if self.worker.is_busy():
+            self.status.text.setText("Stopping the running job…")
+        self.worker.stop()  # cancels every job and waits for the engine thread to end
         super().closeEvent(event)

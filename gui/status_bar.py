@@ -1,9 +1,16 @@
-"""The status bar's parts: a line of text, the progress of the running job, Cancel, the
-device picker and the model's name."""
+"""The status bar's parts: a line of text, the progress of the running job with how long
+is left, Cancel, the device picker and the model's name."""
 
 from __future__ import annotations
 
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QComboBox, QLabel, QProgressBar, QPushButton, QStatusBar
+
+from engine.core.eta import Eta
+
+# A run is told its time left once it is expected to take this long in all (shorter ones
+# are over before anyone reads it) and has shown a pace.
+ETA_SHOWN_FROM_S = 10.0
 
 
 class StatusParts:
@@ -26,13 +33,25 @@ class StatusParts:
         bar.addPermanentWidget(QLabel("Device"))
         bar.addPermanentWidget(self.device_box)
         bar.addPermanentWidget(self.model_label)
+        self.eta: Eta | None = None
+        self._message = ""
+        # Counts the time left down between progress events, which a slow step spaces out.
+        self._tick = QTimer(bar)
+        self._tick.setInterval(1000)
+        self._tick.timeout.connect(self._count_down)
+        self._shown = ""  # the text this class last wrote: another writer's text is left alone
 
     def set_busy(self, busy: bool, message: str) -> None:
         self.cancel_button.setEnabled(busy)
+        self._message = self._shown = message
         self.text.setText(message)
+        # A job starting, or the last one ending: the pace measured so far was another job's.
+        self.eta = Eta() if busy else None
         if busy:
             self.progress.setRange(0, 0)
+            self._tick.start()
         else:
+            self._tick.stop()
             self.progress.setRange(0, 1000)
             self.progress.setValue(0)
 
@@ -42,8 +61,31 @@ class StatusParts:
         else:
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(fraction * 1000))
+        if self.eta is not None:
+            self.eta.update(fraction)
         if message:
-            self.text.setText(message)
+            self._message = message
+        self._show_text()
+
+    def time_left(self) -> str:
+        """'about 40 s left' for a long run with a pace; '' otherwise."""
+        if self.eta is None:
+            return ""
+        left = self.eta.seconds_left()
+        if left is None or self.eta.elapsed() + left < ETA_SHOWN_FROM_S:
+            return ""
+        return self.eta.text()
+
+    def _show_text(self) -> None:
+        if self.eta is None:
+            return
+        left = self.time_left()
+        self._shown = f"{self._message} · {left}" if left and self._message else left or self._message
+        self.text.setText(self._shown)
+
+    def _count_down(self) -> None:
+        if self.text.text() == self._shown:  # not an error or a hint the window put there since
+            self._show_text()
 
     def set_devices(self, devices: list[str]) -> None:
         self.device_box.blockSignals(True)

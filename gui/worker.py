@@ -68,9 +68,10 @@ class JobHandle(QObject):
     _frame_waiting = Signal()
     _ended = Signal(object)
 
-    def __init__(self, worker: "EngineWorker", fn: Callable, description: str) -> None:
+    def __init__(self, worker: "EngineWorker", fn: Callable, description: str, background: bool = False) -> None:
         super().__init__()
         self.description = description
+        self.background = background  # not announced on the worker's every-job signals
         self.token = CancelToken()
         self.done = False
         self._fn = fn
@@ -94,7 +95,8 @@ class JobHandle(QObject):
     def _on_began(self) -> None:
         if not self.token.cancelled:
             self.started.emit()
-            self._worker.job_started.emit(self)
+            if not self.background:
+                self._worker.job_started.emit(self)
 
     def _on_frame_waiting(self) -> None:
         with self._lock:
@@ -105,15 +107,19 @@ class JobHandle(QObject):
     def _on_ended(self, outcome) -> None:
         self.done = True
         self._worker._forget(self)  # so a slot asking is_busy() already sees this job as over
+        announce = not self.background
         if self.token.cancelled or isinstance(outcome, _Cancelled):
             self.cancelled.emit()
-            self._worker.job_cancelled.emit(self)
+            if announce:
+                self._worker.job_cancelled.emit(self)
         elif isinstance(outcome, _Failed):
             self.failed.emit(outcome.error)
-            self._worker.job_failed.emit(self, outcome.error)
+            if announce:
+                self._worker.job_failed.emit(self, outcome.error)
         else:
             self.finished.emit(outcome.result)
-            self._worker.job_finished.emit(self, outcome.result)
+            if announce:
+                self._worker.job_finished.emit(self, outcome.result)
 
     # -- the engine thread -----------------------------------------------------------------
     def report(self, fraction: float, message: str = "") -> None:
@@ -165,7 +171,8 @@ class EngineWorker(QThread):
     engine_ready = Signal(object)  # the Session, once torch and the engine are imported
     engine_failed = Signal(str)
     # Every job's start and end, after its handle's own signal: for observers that watch
-    # all jobs (a benchmark, a test); the window listens to the handles.
+    # all jobs (a benchmark, a test); the window listens to the handles. Background jobs
+    # (timing the machine for the estimates) are left out: nobody asked for them.
     job_started = Signal(object)  # handle
     job_finished = Signal(object, object)  # handle, result
     job_failed = Signal(object, object)  # handle, exception
@@ -179,12 +186,14 @@ class EngineWorker(QThread):
         self.session = None
 
     # -- called from the UI thread --------------------------------------------------
-    def submit(self, fn: Callable, description: str = "", replaces: JobHandle | None = None) -> JobHandle:
+    def submit(self, fn: Callable, description: str = "", replaces: JobHandle | None = None,
+               background: bool = False) -> JobHandle:
         """Queue ``fn(session, job)``; ``replaces``, an earlier job doing the same thing, is
-        cancelled first (asking again replaces the job that was asked before)."""
+        cancelled first (asking again replaces the job that was asked before);
+        ``background``: work the user did not ask for, kept off the every-job signals."""
         if replaces is not None:
             replaces.cancel()
-        handle = JobHandle(self, fn, description)
+        handle = JobHandle(self, fn, description, background)
         with self._lock:
             self._pending.append(handle)
         self._queue.put(handle)
@@ -201,9 +210,12 @@ class EngineWorker(QThread):
             return bool(self._pending)
 
     def stop(self) -> None:
+        """Cancel every job and wait until the engine thread has ended. A method checks its
+        cancel between steps, so the wait is one step long; a thread left running would be
+        destroyed with the window while it still runs (Qt aborts on that)."""
         self.cancel_all()
         self._queue.put(None)
-        self.wait(5000)
+        self.wait()
 
     def _forget(self, handle: JobHandle) -> None:
         with self._lock:

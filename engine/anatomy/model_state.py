@@ -11,7 +11,11 @@ about a model is kept anywhere else. What it holds:
   tiling of DeepDream and the patches' boxes read the same fields the tree shows;
 - what the activation capture learnt: the layers whose outputs the model later
   overwrites in place (``engine.anatomy.activations``);
-- which modules apply ReLU as a function, which guided backprop must refuse.
+- which modules apply ReLU as a function, which guided backprop must refuse;
+- how fast this machine runs the model (``speed``): seconds per image of a forward pass
+  and of a forward and backward pass, timed once per input size and device, and each
+  method's measured time against its predicted time (``note_run``), so the estimates a
+  panel shows before a run (``engine.methods.cost``) learn from the runs themselves.
 
 The fast copy depends on the weights: it is rebuilt when any parameter or buffer changes
 (``fast_copy.weights_version``: other weights loaded into the same module, the sanity
@@ -30,6 +34,7 @@ version replaces the old copy instead of adding a key.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +45,7 @@ from typing import Callable, Iterable, TypeVar
 import torch
 from torch import nn
 
+from engine.anatomy.hooks import first_tensor
 from engine.anatomy.fast_copy import FastCopy, backward_works, build_fast_copy, can_have_fast_copy, weights_version
 from engine.anatomy.layer_tree import InputSize, LayerNode, trace_model, tree_from_traces
 from engine.anatomy.receptive_field import LayerTrace, ReceptiveField
@@ -47,6 +53,11 @@ from engine.anatomy.relus import functional_relu_calls
 from engine.anatomy.twin import has_script_modules, module_twin
 
 T = TypeVar("T")
+# Images per timed pass when calibrating: methods run batches (occlusion 8, SmoothGrad and
+# integrated gradients as many as fit), and a batch of one costs more per image than that.
+CALIBRATION_BATCH = 2
+# Weight of the newest run in a method's measured/predicted ratio.
+RUN_WEIGHT = 0.5
 Size = int | tuple[int, int] | None  # an input size: (height, width), a square's side, or None for the model's own
 # Per-size results kept at most (traces, shapes, fields and trees together): a session that
 # opens many pictures of different sizes does not grow without bound.
@@ -60,6 +71,14 @@ class _Slot:
     lock: threading.Lock = field(default_factory=threading.Lock)
     done: bool = False
     value: object = None
+
+
+@dataclass(frozen=True)
+class Speed:
+    """This machine's pace with the model at one input size: seconds per image."""
+
+    forward_s: float  # an inference pass
+    backward_s: float  # a forward pass and a backward pass to the input
 
 
 @dataclass
@@ -83,6 +102,7 @@ class ModelState:
         self._fast: _FastCopyRecord | None = None
         self._channels_last = True
         self._overwritten: frozenset[str] = frozenset()
+        self._run_ratios: dict[str, float] = {}  # method id -> measured / predicted seconds
 
     # -- computed once ----------------------------------------------------------------------
     def _once(self, key: Hashable, compute: Callable[[], T]) -> T:
@@ -222,3 +242,69 @@ class ModelState:
             return MappingProxyType(functional_relu_calls(network, sample))
 
         return self._once("functional relus", find)
+
+    # -- this machine's pace ----------------------------------------------------------------
+    def speed(self, size: Size = None, fresh: bool = False, check: Callable[[], None] | None = None) -> Speed:
+        """Seconds per image of an inference pass and of a forward and backward pass, at
+        ``size``, on the device the model is on: timed once (the faster of two timed passes
+        after an untimed one, so a first call's allocations do not count), then kept;
+        ``fresh``: timed again now (the machine got busier or quieter). ``check`` is called
+        between the passes (a cancel token's check: a timing nobody waits for gives way)."""
+        size = self._size(size)
+        parameter = next(self.module.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        key = ("speed", size, str(device))
+        if fresh:
+            with self._lock:
+                self._slots.pop(key, None)
+        return self._once(key, lambda: self._calibrate(size, device, check or (lambda: None)))
+
+    def _calibrate(self, size: InputSize, device: torch.device, check: Callable[[], None]) -> Speed:
+        generator = torch.Generator().manual_seed(0)
+        batch = torch.randn((CALIBRATION_BATCH, 3, *size), generator=generator).to(device)
+        forward = self.fast_copy(batch[:1])
+        backward = self.gradient_network(batch[:1])
+
+        def infer() -> None:
+            with torch.inference_mode():
+                self.run_in_fast_layout(forward, batch)
+
+        def differentiate() -> None:
+            pixels = batch.clone().requires_grad_(True)
+            output = self.run_in_fast_layout(backward, pixels)
+            first_tensor(output).sum().backward()
+
+        return Speed(forward_s=_fastest(infer, device, check) / CALIBRATION_BATCH,
+                     backward_s=_fastest(differentiate, device, check) / CALIBRATION_BATCH)
+
+    def note_run(self, method: str, predicted_s: float, measured_s: float) -> None:
+        """A finished run of ``method``: its measured seconds against those predicted from
+        ``speed``; later predictions for the method are scaled by the weighted ratio."""
+        if predicted_s <= 0 or measured_s <= 0:
+            return
+        ratio = measured_s / predicted_s
+        with self._lock:
+            old = self._run_ratios.get(method)
+            self._run_ratios[method] = ratio if old is None else RUN_WEIGHT * ratio + (1 - RUN_WEIGHT) * old
+
+    def run_ratios(self) -> dict[str, float]:
+        """Method id -> how much longer (>1) or shorter its runs took than predicted."""
+        with self._lock:
+            return dict(self._run_ratios)
+
+
+def _fastest(fn: Callable[[], None], device: torch.device, check: Callable[[], None], repeats: int = 2) -> float:
+    """Seconds of the fastest of ``repeats`` timed calls, after one untimed call; ``check()`` before each."""
+    def timed() -> float:
+        check()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    check()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return min(timed() for _ in range(repeats))

@@ -28,9 +28,10 @@ from engine.anatomy.layer_tree import LayerNode
 from engine.core.device import available_devices, resolve_device
 from engine.core.errors import (ConvScopeError, MethodInputError, NothingToExportError, OutputExistsError,
                                 OutputWriteError)
-from engine.core.jobs import CancelToken, Job, Result
+from engine.core.jobs import CancelToken, Job, Result, Stopwatch
 from engine.data.images import LoadedImage, check_targets, load_image, write_together
 from engine.methods import METHODS, MethodContext, MethodSpec, family_of
+from engine.methods.cost import Machine, predicted_seconds
 from engine.models.registry import BUNDLED_MODEL, LoadedModel, available_models, load_model
 from engine.view.colorbar import display_colour_bar
 from engine.view.display import Display, MapOverPhoto, Picture, Scatter, TileGrid
@@ -138,6 +139,9 @@ class Session:
         self.features = FeatureCache()
         self.device = resolve_device(device)
         self.shown: Shown | None = None
+        # This machine's pace with the model at the image's size (``calibrate``); replaced,
+        # never changed in place, so the window's thread may read it while a job runs.
+        self.machine: Machine | None = None
 
     # -- what there is to choose from ----------------------------------------------
     @staticmethod
@@ -173,6 +177,7 @@ class Session:
                    progress=None, cancel: CancelToken | None = None) -> ModelInfo:
         model = load_model(name, weights_path=weights_path, device=self.device, trust=trust, progress=progress, cancel=cancel)
         self.model = model
+        self.machine = None
         self.features.clear()
         return self.model_info()
 
@@ -186,10 +191,13 @@ class Session:
         if self.model is not None:
             self.model.to(self.device)
             self.features.clear()
+        self.machine = None
         return str(self.device)
 
     def open_image(self, path: str) -> ImageInfo:
         self.image = load_image(path)
+        if self.machine is not None and self.machine.input_size != self._input_size():
+            self.machine = None
         return self.image_info()
 
     def image_info(self) -> ImageInfo:
@@ -204,12 +212,34 @@ class Session:
         return self.features.get(self.model, self.image).top_k(self.model.labels)
 
     def layer_tree(self) -> LayerNode:
+        return self._require_model().state.layer_tree(self._input_size())
+
+    def _input_size(self) -> tuple[int, int]:
+        """(height, width) of the model input the open image makes (the model's own without one)."""
         model = self._require_model()
         if self.image is not None:
             width, height = model.preprocessing.input_size(*self.image.size)
         else:
             height = width = model.preprocessing.size
-        return model.state.layer_tree((height, width))
+        return (height, width)
+
+    # -- how long a run takes (the engine thread) ------------------------------------------
+    def calibrate(self, fresh: bool = False, cancel: CancelToken | None = None) -> Machine:
+        """This machine's pace with the model at the image's input size (timed once per
+        model, size and device, in the model's state; ``fresh``: timed again), with what an
+        estimate reads about the model; kept as ``machine`` for the estimates a form shows
+        before a run. ``cancel`` stops the timing between its passes."""
+        from engine.attribution.randomise import parameter_blocks
+
+        model = self._require_model()
+        size = self._input_size()
+        speed = model.state.speed(size, fresh=fresh, check=cancel.check if cancel else None)
+        shapes = model.state.output_shapes(size)
+        self.machine = Machine(input_size=size, model_size=model.preprocessing.size, forward_s=speed.forward_s,
+                               backward_s=speed.backward_s, shapes=dict(shapes), presets=dict(model.layer_presets),
+                               blocks=len(parameter_blocks(model.module, list(shapes))),
+                               ratios=model.state.run_ratios())
+        return self.machine
 
     # -- running a method (the engine thread) ---------------------------------------------
     def start(self, method_id: str, values: dict, cancel: CancelToken) -> Job:
@@ -223,10 +253,17 @@ class Session:
         context = MethodContext(model=self._require_model(), image=self.image, cancel=cancel, features=self.features)
         if spec.needs_image:
             context.require_image()
-        return self._shown_when_done(spec.id, spec.start(context, bound), bound)
+        machine = self.machine
+        predicted = predicted_seconds(spec, values, machine) if machine is not None else None
+        return self._shown_when_done(spec.id, spec.start(context, bound), bound, predicted)
 
-    def _shown_when_done(self, method_id: str, job: Job, bound: dict) -> Job:
+    def _shown_when_done(self, method_id: str, job: Job, bound: dict, predicted: float | None = None) -> Job:
+        watch = Stopwatch()
         result = yield from job
+        if predicted is not None and self.machine is not None:
+            # A finished run teaches the estimate: later ones are scaled by how far off this was.
+            self.model.state.note_run(method_id, predicted, watch.seconds)
+            self.machine = self.machine.with_ratios(self.model.state.run_ratios())
         return self.result_shown(method_id, result, bound)
 
     def result_shown(self, method_id: str, result: Result, bound: dict | None = None) -> Shown:

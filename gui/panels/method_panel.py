@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from engine.core.errors import MethodInputError, ParamError
+from gui.estimate_label import EstimateLabel
 
 TOP1 = "top-1 prediction"
 LAYER_KEYWORDS = ("early", "middle", "late")
@@ -290,6 +291,8 @@ class MethodPanel(QWidget):
         layout.addWidget(summary)
         layout.addLayout(self.form)
         layout.addLayout(buttons)
+        self.estimate = EstimateLabel(self)  # "about 2 min on this machine", for long runs
+        layout.addWidget(self.estimate)
         layout.addWidget(self.status)
         self.loss_plot = None
         if spec.streams_frames:
