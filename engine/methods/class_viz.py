@@ -28,7 +28,7 @@ from engine.optvis.optimise import Projection, optimise, probe_model, side_by_si
 from engine.optvis.parameterisation import PARAMETERISATIONS, make_image_param
 from engine.optvis.regularisers import centre_bias as centre_bias_penalty, clip_small_contribution, clip_small_norm, gaussian_blur, \
     l2_decay, l2_penalty, total_variation
-from engine.optvis.transforms import compose, jitter as jitter_transform, scale_rotate
+from engine.optvis.transforms import compose, jitter as jitter_transform, pad as pad_transform, scale_rotate
 from engine.methods.params import (JITTER_LIMIT, LAYER, LR_LIMIT, SEED, WEIGHT_LIMIT, MethodSpec, Param, require_channel,
                                    require_position)
 
@@ -94,13 +94,14 @@ def run(ctx, p):
                                       lambda x, g: clip_small_contribution(x, g, p.clip_contribution)))
 
     generator = ctx.generator(p.seed)
-    image = make_image_param(param, (facets, 3, size, size), generator, device=ctx.device)
+    image = make_image_param(param, (facets, 3, size, size), generator, device=ctx.device,
+                             decay_power=p.spectrum_decay)
     recorder = FrameRecorder()
     yield Progress(0.0, f"optimising for {what}")
     optimised = yield from optimise(
         ctx.model, image, loss, steps=steps, lr=p.lr, generator=generator, cancel=ctx.cancel,
-        transform=compose(jitter_transform(p.jitter), scale_rotate(p.scale, p.rotate)), projections=projections,
-        recorder=recorder, label="step")
+        transform=compose(pad_transform(p.pad), jitter_transform(p.jitter), scale_rotate(p.scale, p.rotate)),
+        projections=projections, recorder=recorder, label="step")
 
     final = optimised.image
     if float(final.std()) < 1e-3:
@@ -155,6 +156,9 @@ SPEC = MethodSpec(
         Param("at", "position", None, "neuron position Y,X on the layer's grid (default: the centre)"),
         Param("param", "choice", "fourier", "pixels, or a decorrelated Fourier spectrum (Olah et al. 2017)",
               choices=PARAMETERISATIONS),
+        Param("spectrum_decay", "float", 1.0,
+              "Fourier picture: frequency f starts and moves as 1/f to this power (higher: smoother)",
+              minimum=0.0, maximum=4.0),
         Param("steps", "int", 64, "optimisation steps", minimum=1, maximum=10000),
         Param("lr", "float", 0.1, "Adam's step size", minimum=0.0, maximum=LR_LIMIT),
         Param("size", "int", 0, "side of the square picture in pixels (0: the model's input size)", minimum=0,
@@ -176,6 +180,8 @@ SPEC = MethodSpec(
               minimum=0.0, maximum=100.0),
         Param("clip_contribution", "float", 0.0,
               "percentile: grey out pixels whose |pixel x gradient| is below it (0: off)", minimum=0.0, maximum=100.0),
+        Param("pad", "int", 0, "grey border in pixels added before the shifts, zooms and turns (0: off)", minimum=0,
+              maximum=JITTER_LIMIT),
         Param("jitter", "int", 8, "random shift in pixels before each step (0: off)", minimum=0, maximum=JITTER_LIMIT),
         Param("scale", "float", 0.1, "random zoom of up to this fraction before each step (0: off)", minimum=0.0,
               maximum=0.9),
