@@ -13,8 +13,8 @@ Completeness: the attributions sum to score(x) - score(x'). The difference betwe
 two, ``completeness_gap`` (and ``relative_gap``, divided by |score(x) - score(x')|), says
 how well the steps approximate the integral. It is no fixed fraction: ReLU6's kinks make
 the integrand jump along the path, so the gap falls unevenly as steps are added. On the
-bundled model and the sample photos (black baseline, top-1 class) it measured 5.9-10.7% at
-the default 32 steps and 0.5-1.7% at 128; the note under the map states the run's own gap
+bundled model and the sample photos (black baseline, top-1 class) it measured 2.8-10.7% at
+the default 32 steps (five photos) and 0.3-1.7% at 128 (four); the note under the map states the run's own gap
 and asks for more steps above 2%. The map is the sum
 over colour channels, which keeps that property, drawn with diverging colours: red
 raises the score, blue lowers it.
