@@ -9,6 +9,7 @@ from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
 from engine.optvis.optimise import probe_model
 from engine.optvis.parameterisation import make_image_param
+from engine.optvis.robustness import class_probability_under_crops
 from tests.conftest import make_tiny_model
 
 SPEC = METHODS["class-viz"]
@@ -20,10 +21,11 @@ def run(ctx, on_frame=None, **params):
     return result, frames
 
 
-def test_the_default_run_is_classified_as_its_class(bundled):
-    # Defaults (Fourier, jitter/zoom/turn, blur every 4 steps) at the model's size, 10 steps:
-    # measured 0.9995 for goldfish; 6 steps already gave 0.53-0.98 over three seeds.
-    result, frames = run(MethodContext(model=bundled, image=None), target="goldfish", steps=10)
+def test_the_default_run_is_classified_as_its_class_even_cropped(bundled):
+    # Defaults (decorrelated Fourier picture; grey border, jitter, zoom and turns before every
+    # step) at the model's size, 16 steps: measured 0.996 for goldfish as made, and 0.70 as
+    # the mean over 16 random crops of 60-100% of the side; the full 64 steps reach 0.94.
+    result, frames = run(MethodContext(model=bundled, image=None), target="goldfish", steps=16)
     assert result.array.shape == (224, 224, 3) and float(result.array.std()) > 0.05
     with torch.no_grad():
         picture = torch.from_numpy(result.array).permute(2, 0, 1)[None]
@@ -32,9 +34,11 @@ def test_the_default_run_is_classified_as_its_class(bundled):
     assert result.metrics["probability"][0] == pytest.approx(float(probabilities[1]), abs=1e-4)
     assert result.metrics["top1"] == ["goldfish"] and result.target == {"index": 1, "label": "goldfish"}
     assert result.metrics["loss_last"] < result.metrics["loss_first"] - 5  # the logit rose by more than 5
-    assert len(frames) == 10 and all("loss" in f.metrics and "class" in f.metrics for f in frames)
-    assert len(result.frames) == 11  # the picture of every step, then the final one
+    assert len(frames) == 16 and all("loss" in f.metrics and "class" in f.metrics for f in frames)
+    assert len(result.frames) == 17  # the picture of every step, then the final one
     np.testing.assert_array_equal(result.frames[-1], (np.clip(result.array, 0, 1) * 255 + 0.5).astype(np.uint8))
+    # A picture of the class, not a pixel-exact pattern: it keeps the class when cropped and shifted.
+    assert class_probability_under_crops(bundled, picture, 1, crops=16) > 0.5
 
 
 def _start_activation(model, path, channel, size, seed, position=None):
@@ -48,14 +52,17 @@ def _start_activation(model, path, channel, size, seed, position=None):
 def test_channel_and_neuron_objectives_raise_their_unit_fivefold(bundled):
     ctx = MethodContext(model=bundled, image=None)
     layer, channel, size = "stages.3.2.expand_relu6", 7, 96
-    result, _ = run(ctx, objective="channel", layer=layer, channel=channel, size=size, steps=12)
+    # The objectives are under test, not the defaults: the settings the numbers were measured
+    # with (the defaults are tuned for classes at 224 px; a 12-pixel border is large at 96).
+    measured = dict(lr=0.1, pad=0, jitter=8, scale=0.1, rotate=10.0, blur_every=4)
+    result, _ = run(ctx, objective="channel", layer=layer, channel=channel, size=size, steps=12, **measured)
     before = _start_activation(bundled, layer, channel, size, seed=0)
     # Measured: 0.26-0.31 at the start, 3.9 after 12 steps (seeds 0 and 1).
     assert result.metrics["activation"][0] > 5 * max(before, 0.1) and result.layer == layer
     # One neuron on the 6x6 grid: it starts off (ReLU6 at 0) and still rises, because the
     # objective reads the value entering the ReLU.
-    result, _ = run(ctx, objective="neuron", layer=layer, channel=channel, at="2,3", size=size, steps=12, jitter=0,
-                    scale=0.0, rotate=0.0)
+    result, _ = run(ctx, objective="neuron", layer=layer, channel=channel, at="2,3", size=size, steps=12,
+                    **{**measured, "jitter": 0, "scale": 0.0, "rotate": 0.0})
     before = _start_activation(bundled, layer, channel, size, seed=0, position=(2, 3))
     # Measured: 0.05-0.31 at the start, 6.0 (ReLU6's ceiling) after 12 steps.
     assert before < 1.0 and result.metrics["activation"][0] > 5.0 and result.params["at"] == [2, 3]
@@ -67,7 +74,8 @@ def test_channel_and_neuron_objectives_raise_their_unit_fivefold(bundled):
 def test_facets_differ_and_the_diversity_term_pushes_them_apart(bundled):
     ctx = MethodContext(model=bundled, image=None)
     common = dict(objective="channel", layer="stages.3.2.expand_relu6", channel=7, size=64, steps=10, facets=3,
-                  diversity_layer="stages.3.2.expand_relu6")
+                  diversity_layer="stages.3.2.expand_relu6", lr=0.1, pad=0, jitter=8, scale=0.1, rotate=10.0,
+                  blur_every=4)  # the settings it was measured with
     diverse, _ = run(ctx, diversity=5.0, **common)
     alike, _ = run(ctx, diversity=0.0, **common)
     assert diverse.array.shape == (3, 64, 64, 3) and diverse.display.rgb.shape[1] > 3 * 64

@@ -17,7 +17,8 @@ from engine.optvis.parameterisation import COLOUR_MATRIX, IMAGENET_COLOUR_EIGENV
     FourierImage, PixelImage, colour_correlation_sqrt, correlate_colour, decorrelate_colour, spectrum_scale
 from engine.optvis.regularisers import centre_bias, clip_small_contribution, clip_small_norm, gaussian_blur, l2_decay, \
     l2_penalty
-from engine.optvis.transforms import compose, jitter, random_scale_rotate, scale_rotate_image
+from engine.optvis.robustness import random_crops
+from engine.optvis.transforms import compose, jitter, pad, random_scale_rotate, scale_rotate_image
 
 
 def gen(seed=0):
@@ -144,6 +145,34 @@ def test_scale_rotate_turns_and_zooms_about_the_centre():
     assert torch.allclose(scale_rotate_image(y, 1.0, 0.0), y, atol=1e-6)
     moved = compose(jitter(3), lambda t, g: random_scale_rotate(t, g, 0.2, 20))(y, gen(13))
     assert moved.shape == y.shape and not torch.allclose(moved, y)
+
+
+def test_pad_surrounds_the_picture_with_grey_so_a_shift_does_not_wrap_it():
+    y = torch.rand(1, 3, 6, 5, generator=gen(14))
+    padded = pad(3)(y, gen())
+    assert padded.shape == (1, 3, 12, 11) and torch.equal(padded[..., 3:9, 3:8], y)
+    border = padded.clone()
+    border[..., 3:9, 3:8] = 0.5
+    assert torch.equal(border, torch.full_like(padded, 0.5))
+    # A shift smaller than the border moves the picture whole: every pixel is still there.
+    shifted = compose(pad(3), jitter(3))(y, gen(15))
+    assert sorted(shifted.flatten().tolist()) == sorted(padded.flatten().tolist())
+    assert torch.equal(pad(0)(y, gen()), y)
+
+
+def test_random_crops_are_resized_windows_of_the_picture_at_least_the_smallest_fraction():
+    # A picture whose pixels are their own column index: a crop resized back keeps its
+    # columns in order, and its span says how wide the window was.
+    width = 40
+    columns = torch.arange(width, dtype=torch.float32).view(1, 1, 1, width).expand(1, 3, width, width).contiguous()
+    crops = random_crops(columns, 20, gen(16), smallest=0.6)
+    assert crops.shape == (20, 3, width, width)
+    spans = crops[:, 0, 0, -1] - crops[:, 0, 0, 0]
+    assert bool((spans >= 0.6 * width - 2).all()) and bool((spans <= width).all())
+    assert bool((crops >= -1e-4).all()) and bool((crops <= width - 1 + 1e-4).all())
+    assert len({round(float(s)) for s in spans}) > 5  # the sizes vary
+    assert torch.equal(random_crops(columns, 20, gen(16)), crops)  # seeded
+    np.testing.assert_allclose(random_crops(columns, 3, gen(17), smallest=1.0), columns.expand(3, -1, -1, -1))
 
 
 # -- objectives -----------------------------------------------------------------------------

@@ -5,8 +5,12 @@ steps (``engine.optvis.optimise``) run by the one loop of ``engine.optvis.loop``
 is a class's logit, a channel's mean or one unit of a layer; the priors are switchable one
 by one so their effect can be seen: L2 (penalty and decay), total variation, a centre bias,
 periodic Gaussian blur, and clipping pixels of small norm or small contribution to the mean
-colour (Yosinski et al. 2015), plus random jitter, zoom and rotation before every forward
-(Olah et al. 2017). The picture is raw pixels or a decorrelated Fourier spectrum. With
+colour (Yosinski et al. 2015), plus a grey border, random jitter, zoom and rotation before
+every forward (Olah et al. 2017; Lucent's standard transforms). The defaults (no blur, lr 0.05,
+border 12, jitter 16, zoom 20%, turns of 15 degrees) were chosen by how well the picture keeps
+its class under random crops (``engine.optvis.robustness``, ``bench/class_viz_quality.py``):
+0.94 for 'Egyptian cat' against 0.86 with the old ones (goldfish: 0.93 against 0.98) (lr 0.1, a blur every 4 steps, jitter 8,
+zoom 10%, turns of 10 degrees, no border). The picture is raw pixels or a decorrelated Fourier spectrum. With
 ``--facets N`` the batch holds N pictures pushed apart by a diversity term, to show several
 faces of one unit in one run.
 """
@@ -28,7 +32,7 @@ from engine.optvis.optimise import Projection, optimise, probe_model, side_by_si
 from engine.optvis.parameterisation import PARAMETERISATIONS, make_image_param
 from engine.optvis.regularisers import centre_bias as centre_bias_penalty, clip_small_contribution, clip_small_norm, gaussian_blur, \
     l2_decay, l2_penalty, total_variation
-from engine.optvis.transforms import compose, jitter as jitter_transform, scale_rotate
+from engine.optvis.transforms import compose, jitter as jitter_transform, pad as pad_transform, scale_rotate
 from engine.methods.params import (JITTER_LIMIT, LAYER, LR_LIMIT, SEED, WEIGHT_LIMIT, MethodSpec, Param, require_channel,
                                    require_position)
 
@@ -94,13 +98,14 @@ def run(ctx, p):
                                       lambda x, g: clip_small_contribution(x, g, p.clip_contribution)))
 
     generator = ctx.generator(p.seed)
-    image = make_image_param(param, (facets, 3, size, size), generator, device=ctx.device)
+    image = make_image_param(param, (facets, 3, size, size), generator, device=ctx.device,
+                             decay_power=p.spectrum_decay)
     recorder = FrameRecorder()
     yield Progress(0.0, f"optimising for {what}")
     optimised = yield from optimise(
         ctx.model, image, loss, steps=steps, lr=p.lr, generator=generator, cancel=ctx.cancel,
-        transform=compose(jitter_transform(p.jitter), scale_rotate(p.scale, p.rotate)), projections=projections,
-        recorder=recorder, label="step")
+        transform=compose(pad_transform(p.pad), jitter_transform(p.jitter), scale_rotate(p.scale, p.rotate)),
+        projections=projections, recorder=recorder, label="step")
 
     final = optimised.image
     if float(final.std()) < 1e-3:
@@ -155,8 +160,11 @@ SPEC = MethodSpec(
         Param("at", "position", None, "neuron position Y,X on the layer's grid (default: the centre)"),
         Param("param", "choice", "fourier", "pixels, or a decorrelated Fourier spectrum (Olah et al. 2017)",
               choices=PARAMETERISATIONS),
+        Param("spectrum_decay", "float", 1.0,
+              "Fourier picture: frequency f starts and moves as 1/f to this power (higher: smoother)",
+              minimum=0.0, maximum=4.0),
         Param("steps", "int", 64, "optimisation steps", minimum=1, maximum=10000),
-        Param("lr", "float", 0.1, "Adam's step size", minimum=0.0, maximum=LR_LIMIT),
+        Param("lr", "float", 0.05, "Adam's step size", minimum=0.0, maximum=LR_LIMIT),
         Param("size", "int", 0, "side of the square picture in pixels (0: the model's input size)", minimum=0,
               maximum=1024, special="model's size"),
         Param("facets", "int", 1, "how many diverse pictures to make at once, shown side by side", minimum=1, maximum=8),
@@ -170,16 +178,18 @@ SPEC = MethodSpec(
         Param("tv", "float", 0.0, "total variation weight, per pixel (0: off)", minimum=0.0, maximum=WEIGHT_LIMIT),
         Param("centre_bias", "float", 0.0, "weight of an L2 penalty that grows towards the edges (0: off)", minimum=0.0,
               maximum=WEIGHT_LIMIT),
-        Param("blur_every", "int", 4, "blur the picture every N steps (0: off)", minimum=0, maximum=10000),
+        Param("blur_every", "int", 0, "blur the picture every N steps (0: off)", minimum=0, maximum=10000),
         Param("blur_sigma", "float", 0.5, "the blur's Gaussian sigma in pixels", minimum=0.0, maximum=20.0),
         Param("clip_norm", "float", 0.0, "percentile: grey out pixels whose colour norm is below it (0: off)",
               minimum=0.0, maximum=100.0),
         Param("clip_contribution", "float", 0.0,
               "percentile: grey out pixels whose |pixel x gradient| is below it (0: off)", minimum=0.0, maximum=100.0),
-        Param("jitter", "int", 8, "random shift in pixels before each step (0: off)", minimum=0, maximum=JITTER_LIMIT),
-        Param("scale", "float", 0.1, "random zoom of up to this fraction before each step (0: off)", minimum=0.0,
+        Param("pad", "int", 12, "grey border in pixels added before the shifts, zooms and turns (0: off)", minimum=0,
+              maximum=JITTER_LIMIT),
+        Param("jitter", "int", 16, "random shift in pixels before each step (0: off)", minimum=0, maximum=JITTER_LIMIT),
+        Param("scale", "float", 0.2, "random zoom of up to this fraction before each step (0: off)", minimum=0.0,
               maximum=0.9),
-        Param("rotate", "float", 10.0, "random rotation of up to this many degrees before each step (0: off)",
+        Param("rotate", "float", 15.0, "random rotation of up to this many degrees before each step (0: off)",
               minimum=0.0, maximum=180.0),
         SEED,
     ),

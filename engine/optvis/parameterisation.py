@@ -158,11 +158,11 @@ PARAMETERISATIONS = ("pixel", "fourier")
 
 
 def make_image_param(kind: str, shape: tuple[int, int, int, int], generator: torch.Generator,
-                     device: torch.device | str = "cpu", sd: float = 0.01) -> ImageParam:
+                     device: torch.device | str = "cpu", sd: float = 0.01, decay_power: float = 1.0) -> ImageParam:
     """A random starting picture of ``shape`` (N x 3 x H x W) in the named parameterisation."""
     if kind == "pixel":
         return PixelImage.random(shape, generator, sd=sd, device=device)
     if kind == "fourier":
-        return FourierImage.random(shape, generator, sd=sd, device=device)
+        return FourierImage.random(shape, generator, sd=sd, decay_power=decay_power, device=device)
     raise ValueError(f"unknown parameterisation '{kind}'; use one of {', '.join(PARAMETERISATIONS)}")
 

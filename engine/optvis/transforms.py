@@ -69,6 +69,18 @@ def jitter(max_shift: int) -> Transform:
     return apply
 
 
+def pad(pixels: int, value: float = 0.5) -> Transform:
+    """A border of ``pixels`` in a constant grey round the picture (Lucent's ``pad``): the
+    shifts, zooms and turns after it then move the picture against a plain surround
+    instead of wrapping its edges round or mirroring them, so nothing that matters to the
+    class can hide at the border."""
+    def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if pixels <= 0:
+            return x
+        return F.pad(x, (pixels, pixels, pixels, pixels), mode="constant", value=value)
+    return apply
+
+
 def scale_rotate(max_scale: float, max_degrees: float) -> Transform:
     def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return random_scale_rotate(x, generator, max_scale, max_degrees)
