@@ -19,6 +19,7 @@ from PySide6.QtCore import QRectF, Qt, QTimer, Signal
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QSizePolicy, QSlider, QStackedWidget, QToolButton,
                                QVBoxLayout, QWidget)
 
+from engine.core.errors import in_field_words
 from engine.view.colormaps import COLORMAPS, colormap_lut
 from engine.view.display import Bars, Display, Gallery, MapOverPhoto, Scatter
 from engine.view.render import colour_scale, render
@@ -131,7 +132,7 @@ class Canvas(QWidget):
         self.display = display
         self.message.setText("")
         self._redraw()
-        self.note.setText(display.note)
+        self.note.setText(in_field_words(display.note))
         if frame:
             self.frames_shown += 1
         if first or previous_shape != self._extent():

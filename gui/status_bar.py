@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QComboBox, QLabel, QProgressBar, QPushButton, QStatusBar
 
+from engine.core.errors import in_field_words
+
 
 class StatusParts:
     def __init__(self, bar: QStatusBar) -> None:
@@ -43,7 +45,7 @@ class StatusParts:
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(fraction * 1000))
         if message:
-            self.text.setText(message)
+            self.text.setText(in_field_words(message))
 
     def set_devices(self, devices: list[str]) -> None:
         self.device_box.blockSignals(True)

@@ -20,7 +20,8 @@ et al. 2017): each step trains one style (in turn) through its own gamma and bet
 Training is long on a CPU, so it is resumable. ``<save>.ckpt`` holds the network, the
 optimizer state, the step, the random generator's state, the position in the shuffled
 content order and the style targets. It is written every ``--checkpoint-every`` steps,
-when the job is cancelled, and at the end; rerunning with the same ``--save`` continues
+when the job is cancelled, and at the end; a cancelled run given no ``--save`` (one that
+would only have filled the library) removes it instead, leaving nothing behind. Rerunning with the same ``--save`` continues
 from it (``--restart`` starts over), and a larger ``--steps`` trains a finished style
 further. A resumed run uses the checkpoint's style targets, so it optimises exactly what
 the first run did; on the CPU it ends bit for bit where an uninterrupted run would.
@@ -45,10 +46,11 @@ from engine.models.preprocessing import unit_tensor_to_rgb
 from engine.optvis.loop import Step, optimisation_loop, require_finite
 from engine.style.perceptual import (Features, PerceptualLayers, PerceptualLoss, choose_transform, gram_targets, layer_list,
                           perceptual_layers)
-from engine.style.style_library import (CHECKPOINT_FORMAT, FORMAT_VERSION, checkpoint_path, prepare_save_place,
-                             read_convscope_file, save_path, save_style, style_payload, write_failure, write_torch_file)
+from engine.style.style_library import (CHECKPOINT_FORMAT, DEFAULT_STYLE, FORMAT_VERSION, checkpoint_path,
+                                        prepare_save_place, read_convscope_file, save_path, save_style, style_payload,
+                                        style_picture, write_failure, write_torch_file)
 from engine.style.style_net import StyleNet, build_style_net, one_hot_mix
-from engine.methods.params import SEED, TEMPERATURE_LIMIT, WEIGHT_LIMIT, MethodSpec, Param, ParamError
+from engine.methods.params import SEED, TEMPERATURE_LIMIT, WEIGHT_LIMIT, MethodSpec, Param
 
 PREVIEW_GAP = 4  # pixels between the styles of a multi-style preview
 
@@ -263,15 +265,8 @@ class Training:
         })
 
 
-def check(p) -> None:
-    if p.style is None:
-        raise ParamError("style", "needs a style picture",
-                         "fast-style-train needs a style picture: add --style IMAGE (repeat it to train "
-                         "several styles into one network)")
-
-
 def run(ctx, p):
-    styles = list(p.style)
+    styles = [style_picture(path) for path in p.style]  # a shipped style's name: its picture
     steps, batch, size, lr, temperature, width, blocks = p.steps, p.batch, p.size, p.lr, p.temperature, p.width, p.blocks
     content_weight, style_weight, tv_weight, seed = p.content_weight, p.style_weight, p.tv_weight, p.seed
     style_size, save, checkpoint_every, preview_every = p.style_size, p.save, p.checkpoint_every, p.preview_every
@@ -340,11 +335,18 @@ def run(ctx, p):
             training.write_checkpoint()
         return step
 
+    # A run given no save place trains into the library under the style's name; stopped,
+    # it leaves nothing there (no half-trained checkpoint the user never asked to keep),
+    # unless it continued a checkpoint that was there before.
+    keep_when_stopped = save is not None or checkpoint is not None
     try:
         yield from optimisation_loop(train, steps, first=training.step + 1, show=show, every=preview_every,
                                      showing=show(training.step, None), cancel=ctx.cancel, recorder=recorder)
     except (JobCancelled, KeyboardInterrupt, GeneratorExit):
-        training.write_checkpoint()
+        if keep_when_stopped:
+            training.write_checkpoint()
+        else:
+            checkpoint_file.unlink(missing_ok=True)  # the periodic ones this run wrote
         raise
     finally:
         stream.close()
@@ -403,7 +405,8 @@ SPEC = MethodSpec(
             "several styles share one network through conditional instance norm.",
     params=(
         Param("dataset", "dataset", "samples", "content pictures: a folder of images, or 'samples' / 'digits'"),
-        Param("style", "images", None, "style picture(s); several train one network with one gamma/beta per style"),
+        Param("style", "images", DEFAULT_STYLE, "style picture(s); several train one network with one gamma/beta per "
+              f"style ({DEFAULT_STYLE}: the stained-glass picture ConvScope ships)"),
         Param("steps", "int", 1000, "total training steps (a resumed run counts the checkpoint's steps)",
               minimum=1, maximum=1_000_000),
         Param("batch", "int", 4, "content pictures per step", minimum=1, maximum=64),
@@ -437,5 +440,4 @@ SPEC = MethodSpec(
     run=run,
     needs_image=False,
     streams_frames=True,
-    check=check,
 )
