@@ -16,7 +16,6 @@ from PIL import Image
 from PySide6.QtWidgets import QAbstractSpinBox, QComboBox, QLabel, QLineEdit, QPushButton, QWidget
 
 from engine.data.samples import sample_path
-from engine.methods import METHODS
 from gui.panels.method_panel import LayerPicker
 
 TIMEOUT = 180_000
