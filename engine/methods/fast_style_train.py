@@ -398,6 +398,10 @@ def _read_checkpoint(path: Path, identity: dict) -> dict:
     return checkpoint
 
 
+# What the shipped network was trained with, and so the defaults.
+DEFAULT_RECIPE = {"steps": 300, "batch": 2, "size": 128, "style_size": 192, "lr": 5e-3, "style_weight": 0.5,
+                  "width": 16, "blocks": 3}
+
 SPEC = MethodSpec(
     id="fast-style-train",
     title="Fast style: train",
@@ -407,15 +411,20 @@ SPEC = MethodSpec(
         Param("dataset", "dataset", "samples", "content pictures: a folder of images, or 'samples' / 'digits'"),
         Param("style", "images", DEFAULT_STYLE, "style picture(s); several train one network with one gamma/beta per "
               f"style ({DEFAULT_STYLE}: the stained-glass picture ConvScope ships)"),
-        Param("steps", "int", 1000, "total training steps (a resumed run counts the checkpoint's steps)",
+        # The defaults are the shipped stained-glass network's recipe (make style-network):
+        # minutes on two CPU cores, where Johnson et al.'s (40,000 steps of batch 4 at 256
+        # px, width 32, 5 blocks; 1.4 s a step here) take most of a day; raise them on a GPU.
+        Param("steps", "int", DEFAULT_RECIPE["steps"], "total training steps (a resumed run counts the checkpoint's steps)",
               minimum=1, maximum=1_000_000),
-        Param("batch", "int", 4, "content pictures per step", minimum=1, maximum=64),
-        Param("size", "int", 256, "side of the square content crops, in pixels", minimum=16, maximum=1024),
-        Param("style_size", "int", 0, "shorter side of the style pictures when measuring their Grams (0: --size)",
-              minimum=0, maximum=2048, special="--size"),
-        Param("lr", "float", 1e-3, "Adam learning rate", minimum=0.0, maximum=1.0),
+        Param("batch", "int", DEFAULT_RECIPE["batch"], "content pictures per step (Johnson: 4)", minimum=1, maximum=64),
+        Param("size", "int", DEFAULT_RECIPE["size"], "side of the square content crops, in pixels (Johnson: 256)",
+              minimum=16, maximum=1024),
+        Param("style_size", "int", DEFAULT_RECIPE["style_size"], "shorter side of the style pictures when measuring "
+              "their Grams (0: --size)", minimum=0, maximum=2048, special="--size"),
+        Param("lr", "float", DEFAULT_RECIPE["lr"], "Adam learning rate (Johnson: 0.001, over far more steps)",
+              minimum=0.0, maximum=1.0),
         Param("content_weight", "float", 1.0, "weight of the content loss", minimum=0.0, maximum=WEIGHT_LIMIT),
-        Param("style_weight", "float", 2.0, "weight of the style (Gram) loss, relative to its targets' size", minimum=0.0,
+        Param("style_weight", "float", DEFAULT_RECIPE["style_weight"], "weight of the style (Gram) loss, relative to its targets' size", minimum=0.0,
               maximum=WEIGHT_LIMIT),
         Param("tv_weight", "float", 1.0, "weight of the total-variation smoothness loss", minimum=0.0,
               maximum=WEIGHT_LIMIT),
@@ -426,9 +435,9 @@ SPEC = MethodSpec(
               choices=("auto", *TRANSFORMS)),
         Param("temperature", "float", DEFAULT_TEMPERATURE, "softmax temperature", minimum=1e-3,
               maximum=TEMPERATURE_LIMIT),
-        Param("width", "int", 32, "channels of the network's first layer (Johnson: 32; smaller is faster)",
+        Param("width", "int", DEFAULT_RECIPE["width"], "channels of the network's first layer (Johnson: 32; smaller is faster)",
               minimum=4, maximum=128),
-        Param("blocks", "int", 5, "residual blocks (Johnson: 5)", minimum=0, maximum=16),
+        Param("blocks", "int", DEFAULT_RECIPE["blocks"], "residual blocks (Johnson: 5)", minimum=0, maximum=16),
         Param("save", "save_file", None, "where to save the network: a file, or a name in the style library "
               "(default: named after the style pictures); its .ckpt checkpoint sits beside it"),
         Param("checkpoint_every", "int", 100, "write a resumable checkpoint every N steps (0: only at cancel and end)",
