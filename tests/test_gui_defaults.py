@@ -90,6 +90,8 @@ def test_panels_start_on_their_own_defaults_and_name_every_choice(qtbot, window)
     from tests.test_gui import click_layer
 
     gradcam, guided = window.panels["gradcam"], window.panels["guided-backprop"]
+    # The tree starts on the model's middle layer; the buttons offer it, the fields keep their own.
+    assert gradcam.editors["layer"].selected == window.model_info.presets["middle"]
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         window.select_method("activations")
         click_layer(qtbot, window, "stem.conv")  # activations follow the tree and rerun

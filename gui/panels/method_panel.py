@@ -352,22 +352,27 @@ class MethodPanel(QWidget):
 
         Only a panel whose subject is the layer takes it; every other offers it beside its
         layer fields ("use selected layer"), so Grad-CAM stays at its own late layer."""
-        self.selected_layer = path
-        for editor in self.editors.values():
-            if isinstance(editor, LayerPicker):
-                editor.set_selected(path)
+        self._offer_layer(path)
         if self.follows_layer and "layer" in self.editors:
             self.set_value("layer", path)
         return self.follows_layer
 
     def reset_layer(self, preset: str | None) -> None:
         """After a model change: each layer field back to its method's own default (a
-        panel that follows the tree: the model's preset for "middle", which the tree shows)."""
-        self.layer_clicked("")
+        panel that follows the tree: the model's preset for "middle", which the tree
+        selects, so the "use selected layer" buttons offer it)."""
+        self._offer_layer(preset or "")
         for param in self.spec.params:
             if param.kind == "layer":
                 follow = self.follows_layer and preset and param.default == "middle"
                 self.set_value(param.name, preset if follow else param.default)
+
+    def _offer_layer(self, path: str) -> None:
+        """The layer tree's selection, for the "use selected layer" buttons ("" for none)."""
+        self.selected_layer = path
+        for editor in self.editors.values():
+            if isinstance(editor, LayerPicker):
+                editor.set_selected(path)
 
     def request_run(self) -> None:
         values = self.values()
