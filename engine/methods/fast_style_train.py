@@ -399,7 +399,7 @@ def _read_checkpoint(path: Path, identity: dict) -> dict:
 
 
 # What the shipped network was trained with, and so the defaults.
-DEFAULT_RECIPE = {"steps": 300, "batch": 2, "size": 128, "style_size": 192, "lr": 5e-3, "style_weight": 0.5,
+DEFAULT_RECIPE = {"steps": 100, "batch": 2, "size": 128, "style_size": 192, "lr": 5e-3, "style_weight": 0.5,
                   "width": 16, "blocks": 3}
 
 SPEC = MethodSpec(
