@@ -196,7 +196,7 @@ def test_booleans_choices_targets_channels_and_text():
     style = param("style", "style")
     assert style.coerce("a.png") == ("a.png",) and style.coerce(["a.png", " ", "b.png"]) == ("a.png", "b.png")
     assert style.coerce("a.png; b.png") == ("a.png", "b.png") and style.coerce(["a;b.png"]) == ("a;b.png",)
-    assert style.coerce([]) is None
+    assert style.coerce([]) == ("stained-glass",)  # a list naming nothing: the default picture
     with pytest.raises(MethodInputError, match="filters has no option nope"):
         METHODS["filters"].bind({"nope": 1})
 
