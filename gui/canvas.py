@@ -22,6 +22,7 @@ from PySide6.QtGui import QFontMetrics, QPainter
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QSizePolicy, QSlider, QStackedWidget, QToolButton,
                                QVBoxLayout, QWidget)
 
+from engine.core.errors import in_field_words
 from engine.view.colorbar import display_colour_bar
 from engine.view.colormaps import COLORMAPS, colormap_lut
 from engine.view.display import Bars, Display, Gallery, MapOverPhoto, Scatter
@@ -146,7 +147,7 @@ class Canvas(QWidget):
         self.display = display
         self.message.setText("")
         self._redraw()
-        self.note.setText(display.note)
+        self.note.setText(in_field_words(display.note))
         if frame:
             self.frames_shown += 1
         if first or previous_shape != self._extent():

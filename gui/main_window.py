@@ -14,7 +14,7 @@ from pathlib import Path
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QApplication, QDockWidget, QMainWindow, QMessageBox
 
-from engine.core.errors import UntrustedFileError, WeightsMissingError
+from engine.core.errors import UntrustedFileError, WeightsMissingError, in_field_words
 from engine.data.samples import DEFAULT_SAMPLE, sample_path
 
 from gui import dialogs
@@ -347,6 +347,7 @@ class MainWindow(QMainWindow):
 
     def show_error(self, title: str, message: str) -> None:
         """A message for a person; never a traceback. Non-blocking, so jobs keep flowing."""
+        message = in_field_words(message)  # the engine names options by flag; the window by field
         self.last_error = message
         self.status.text.setText(message.splitlines()[0] if message else title)
         box = QMessageBox(QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Ok, self)

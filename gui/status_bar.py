@@ -6,6 +6,7 @@ from __future__ import annotations
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QComboBox, QLabel, QProgressBar, QPushButton, QStatusBar
 
+from engine.core.errors import in_field_words
 from engine.core.eta import Eta
 
 # A run is told its time left once it is expected to take this long in all (shorter ones
@@ -64,7 +65,7 @@ class StatusParts:
         if self.eta is not None:
             self.eta.update(fraction)
         if message:
-            self._message = message
+            self._message = in_field_words(message)
         self._show_text()
 
     def time_left(self) -> str:

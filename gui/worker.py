@@ -31,7 +31,7 @@ from typing import Any, Callable
 from PySide6.QtCore import QObject, QThread, Signal
 
 # engine.core.jobs and engine.core.errors need only numpy: cheap enough for the UI thread.
-from engine.core.errors import ConvScopeError, JobCancelled
+from engine.core.errors import ConvScopeError, JobCancelled, in_field_words
 from engine.core.jobs import CancelToken, Frame, Progress
 
 log = logging.getLogger("convscope")
@@ -244,7 +244,7 @@ def describe_failure(error: BaseException, description: str) -> str:
     """A failed job's message for a person: the error's own words when it is one we
     raise for the user, a hint when memory ran out, else what failed and how."""
     if isinstance(error, ConvScopeError):
-        return str(error)
+        return in_field_words(str(error))
     if _is_out_of_memory(error):
         from engine.core.device import OUT_OF_MEMORY_MESSAGE
 

@@ -55,8 +55,8 @@ def test_the_target_is_reached_inside_the_bound(bundled, photo, target, loss, co
     assert float(logits[goal] - torch.cat([logits[:goal], logits[goal + 1:]]).max()) > confidence
     metrics = result.metrics
     assert metrics["success"] is True and 1 <= metrics["steps"] <= 20
-    assert metrics["linf"] == pytest.approx(float((adversarial - original).abs().max()), abs=1e-7)
-    assert metrics["l2"] == pytest.approx(float((adversarial - original).norm()), rel=1e-5)
+    assert metrics["linf"] == float((adversarial.double() - original.double()).abs().max()) <= metrics["eps"]
+    assert metrics["l2"] == pytest.approx(float((adversarial.double() - original.double()).norm()), rel=1e-9)
     assert metrics["target_prob_before"] < 0.01 < metrics["target_prob"]
     assert metrics["original_prob_after"] < metrics["original_prob"]
     assert metrics["lead"] > confidence
@@ -122,8 +122,6 @@ def test_bad_requests_are_clear():
     ctx = MethodContext(model=model, image=image)
     top = classify(model, model.preprocessing.to_unit_tensor(image.image))[0]
     other = (top + 1) % 5
-    with pytest.raises(MethodInputError, match="needs --target"):
-        run(ctx)
     with pytest.raises(MethodInputError, match=f"already classified as 'class {top}'.*choose another --target"):
         run(ctx, target=top)
     with pytest.raises(MethodInputError, match="--eps must be above 0"):
@@ -146,3 +144,33 @@ def test_cancelling_keeps_no_result():
     cancel = CancelToken()
     job = SPEC.start(MethodContext(model=model, image=image, cancel=cancel), target=(top + 1) % 5, eps=0.001, steps=50)
     assert frames_before_cancel(job, cancel) == 1
+
+
+def test_the_default_target_is_the_least_likely_class_and_the_bound_is_reported_exactly():
+    model, image = tiny_setup()
+    ctx = MethodContext(model=model, image=image)
+    with torch.no_grad():
+        logits = model.module(model.preprocessing.normalise(model.preprocessing.to_unit_tensor(image.image)))[0]
+    # A confidence no step budget reaches keeps every pixel pushed to the bound.
+    result, _ = run(ctx, confidence=1000.0, steps=30)
+    assert result.target["index"] == int(logits.argmin()) == result.params["target"]
+    metrics = result.metrics
+    # Exactly 2 levels of 255 at the default eps of 2/255: equal as written, not to float32's rounding.
+    assert metrics["linf_levels"] == 2 and metrics["linf_8bit"] == DEFAULT_EPS == metrics["eps"]
+    assert metrics["linf"] <= metrics["eps"]
+
+
+@pytest.mark.parametrize("radius", [DEFAULT_EPS, 1 / 255, 0.0078, 3.49 / 255, 0.3])
+def test_the_projection_bounds_never_reach_past_the_radius(radius):
+    from engine.methods.adversarial import projection_bounds
+
+    levels = torch.arange(256, dtype=torch.float32)
+    original = (levels / 255).reshape(1, 1, 16, 16)  # every 8-bit value, as to_unit_tensor gives them
+    low, high = projection_bounds(original, radius)
+    exact = original.double()
+    assert bool((low.double() >= (exact - radius).clamp(0, 1)).all())
+    assert bool((high.double() <= (exact + radius).clamp(0, 1)).all())
+    # Tight: one float32 step further out would be past the radius (or past 0..1).
+    assert bool(((torch.nextafter(low, torch.zeros_like(low)).double() < (exact - radius).clamp(0, 1))
+                 | (low == 0)).all())
+    assert bool((torch.nextafter(high, torch.ones_like(high) * 2).double() > (exact + radius).clamp(0, 1)).all())

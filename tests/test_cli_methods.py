@@ -13,9 +13,7 @@ from PIL import Image
 from engine.app.cli import main
 from engine.view.export import sidecar_path_for
 from engine.methods import METHODS
-from engine.data.samples import sample_path
 
-BRICK = str(sample_path("brick"))
 
 # The few flags each method needs to be quick (and, for fast-style, the network that
 # fast-style-train writes first: the order matters).
@@ -35,12 +33,12 @@ QUICK_ARGS = {
     "segment": ["--iterations", "1"],
     "sanity-check": ["--methods", "saliency", "--steps", "2"],
     "class-viz": ["--steps", "3", "--size", "64"],
-    "adversarial": ["--steps", "2", "--target", "1"],
+    "adversarial": ["--steps", "2"],  # the default target: the least likely class
     "inversion": ["--steps", "3", "--size", "64"],
     "dream": ["--steps", "2", "--octaves", "1", "--size", "64"],
     "texture": ["--steps", "2", "--size", "48", "--sample-size", "48"],
-    "style": ["--style", BRICK, "--steps", "2", "--size", "48"],
-    "fast-style-train": ["--dataset", "samples", "--style", BRICK, "--steps", "1", "--batch", "1", "--size", "32",
+    "style": ["--steps", "2", "--size", "48"],  # the default style: the shipped picture
+    "fast-style-train": ["--dataset", "samples", "--steps", "1", "--batch", "1", "--size", "32",
                          "--width", "8", "--blocks", "1", "--save", "bricks"],
     "fast-style": ["--style-model", "bricks", "--size", "48"],
 }

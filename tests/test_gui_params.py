@@ -48,7 +48,10 @@ def test_every_field_gives_back_the_value_put_in_it(qtbot, spec):
             assert panel.values()[param.name] is None
     if "target" in panel.editors:
         panel.set_value("target", None)
-        assert panel.editors["target"].currentText() == TOP1 and panel.values()["target"] is None
+        # The first entry, named: the top-1 prediction, or the method's own default.
+        shown = panel.editors["target"].currentText()
+        assert shown == (TOP1 if spec.param("target").default is None else "least-likely class")
+        assert panel.editors["target"].itemText(0) == shown and panel.values()["target"] is None
 
 
 def test_a_float_field_keeps_the_exact_default(qtbot):
@@ -90,18 +93,17 @@ def test_a_relation_between_fields_is_said_in_the_forms_words(qtbot):
                                                "maximum between 0 and 1"}
     style = panel_for(METHODS["style"], LABELS)
     qtbot.addWidget(style)
+    style.set_value("style_weights", (0.7, 0.3))  # two weights for the one default picture
     with qtbot.assertNotEmitted(style.run_requested):
         style.request_run()
-    assert errors_shown(style) == {"style": "needs at least one style picture"}
-    adversarial = panel_for(METHODS["adversarial"], LABELS)
-    qtbot.addWidget(adversarial)
-    with qtbot.assertNotEmitted(adversarial.run_requested):
-        adversarial.request_run()
-    assert errors_shown(adversarial) == {"target": "is needed: the class the image should be mistaken for"}
-    adversarial.set_value("target", "3")
-    with qtbot.waitSignal(adversarial.run_requested):
-        adversarial.request_run()
-    assert errors_shown(adversarial) == {}
+    assert errors_shown(style) == {"style_weights": "gives 2 weights for 1 style picture; give one weight per picture"}
+    # Every method's defaults pass the form's checks: nothing is required but not given.
+    for spec in METHODS.values():
+        panel = panel_for(spec, LABELS)
+        qtbot.addWidget(panel)
+        with qtbot.waitSignal(panel.run_requested):
+            panel.request_run()
+        assert errors_shown(panel) == {}, spec.id
 
 
 def test_every_bad_text_field_is_marked_at_once(qtbot):

@@ -29,11 +29,13 @@ def save_two_style_network(name: str) -> None:
 def test_trained_styles_are_offered_and_the_sliders_blend_them(qtbot, window):
     panel = window.select_method("fast-style")
     picker = panel.editors["style_model"]
-    assert picker.field.count() == 0 and not panel.mixer.sliders
+    # The shipped style is there from the start, and chosen: one style, nothing to mix.
+    assert [picker.field.itemText(i) for i in range(picker.field.count())] == ["stained-glass"]
+    assert picker.edit.text() == "stained-glass" and not panel.mixer.sliders
     save_two_style_network("pair")
     picker.field.showPopup()  # the list is asked for afresh: a style trained a minute ago is there
     picker.field.hidePopup()
-    assert [picker.field.itemText(i) for i in range(picker.field.count())] == ["pair"]
+    assert [picker.field.itemText(i) for i in range(picker.field.count())] == ["pair", "stained-glass"]
     picker.field.setCurrentIndex(0)
     assert panel.mixer.names == ["brick", "coffee"] and len(panel.mixer.sliders) == 2
     assert panel.values()["style_mix"] == "0.5,0.5"
@@ -100,7 +102,7 @@ def test_a_style_trained_in_the_window_is_then_offered_by_fast_style(qtbot, wind
                                       style=str(sample_path("brick")), steps=4, batch=2, size=32, width=8, blocks=1,
                                       preview_every=2, save="bricks")
     assert frames >= 2 and not panel.loss_plot.isHidden()
-    assert [entry.name for entry in list_styles()] == ["bricks"]
+    assert [entry.name for entry in list_styles()] == ["bricks", "stained-glass"]  # and the shipped one
     picker = window.select_method("fast-style").editors["style_model"]
     picker.field.showPopup()
     picker.field.hidePopup()

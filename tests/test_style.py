@@ -147,15 +147,26 @@ def test_bad_style_inputs_say_what_to_do(ctx, tmp_path):
         run(ctx, style=[str(broken)], steps=1)
     with pytest.raises(MethodInputError, match="--style: missing.png: no such file"):
         run(ctx, style=[str(tmp_path / "missing.png")], steps=1)
-    with pytest.raises(MethodInputError, match="needs at least one style picture"):
-        run(ctx, steps=1)
     style = save(tmp_path, "dots", "dots")
-    with pytest.raises(MethodInputError, match="gives 2 weights for 1 --style images"):
+    with pytest.raises(MethodInputError, match="gives 2 weights for 1 style picture; give one weight per picture"):
         run(ctx, style=[style], style_weights="0.5,0.5", steps=1)
     with pytest.raises(MethodInputError, match="numbers separated by commas"):
         run(ctx, style=[style], style_weights="a,b", steps=1)
     with pytest.raises(MethodInputError, match="--style-layers: the model has no layer"):
         run(ctx, style=[style], style_layers="features.77", steps=1)
+
+
+def test_the_default_style_is_the_shipped_picture(ctx):
+    from engine.style.style_library import BUILTIN_DIR, style_picture
+
+    shipped = BUILTIN_DIR / "stained-glass.png"
+    assert SPEC.param("style").default == "stained-glass" and style_picture("stained-glass") == str(shipped)
+    by_default, _ = run(ctx, steps=2)
+    named, _ = run(ctx, style=[str(shipped)], steps=2)
+    unstyled, _ = run(ctx, style=[str(shipped)], steps=2, style_weight=0.0)
+    assert by_default.params["style"] == ["stained-glass"]
+    assert np.array_equal(by_default.array, named.array)
+    assert not np.array_equal(by_default.array, unstyled.array)  # the picture's style term moved it
 
 
 def test_cancelled_style_returns_no_result(ctx, tmp_path):

@@ -5,6 +5,8 @@ written for a person (the CLI prints it on one line, the GUI shows it in a dialo
 it says what went wrong and what to do about it, never how the code got there.
 """
 
+import re
+
 
 class ConvScopeError(Exception):
     """Base of every user-facing error."""
@@ -51,6 +53,26 @@ class ParamError(MethodInputError):
 def flag_of(name: str) -> str:
     """The CLI flag of a parameter: --name-with-dashes."""
     return "--" + name.replace("_", "-")
+
+
+def label_of(name: str) -> str:
+    """The window's name for a parameter's field: "name with spaces"."""
+    return name.replace("_", " ")
+
+
+# A flag as the engine's texts write it: "--style-model", not part of a longer word.
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+
+
+def in_field_words(text: str) -> str:
+    """A text for the window: every parameter it names as a flag ("--style-model") named
+    as the window's field ("'style model'").
+
+    The engine writes one text for both front ends, naming parameters by their flags, so
+    the CLI prints it as it is and the window renders it with this: the one place where a
+    flag becomes a field's name (messages, descriptions, help, special values alike).
+    """
+    return _FLAG.sub(lambda match: f"'{label_of(match[1].replace('-', '_'))}'", text)
 
 
 class JobCancelled(ConvScopeError):

@@ -5,6 +5,8 @@ training checkpoint). A network trained on several styles mixes them by their
 conditional instance-norm parameters: ``--style-mix 0.7,0.3`` runs it with
 gamma = 0.7 gamma_1 + 0.3 gamma_2 (and beta likewise); the weights are normalised to
 sum 1. The loss model plays no part here; the current model only classifies the image.
+The default network is the one ConvScope ships (``stained-glass``, see
+``engine.style.style_library``), so the method runs before anything was trained.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from engine.core.errors import MethodInputError
 from engine.core.jobs import Progress, Result
 from engine.view.display import Picture
 from engine.models.preprocessing import unit_tensor_to_rgb
-from engine.style.style_library import list_styles, load_style
+from engine.style.style_library import DEFAULT_STYLE, list_styles, load_style
 from engine.style.style_net import MIN_SIDE, style_mix as normalised_mix
 from engine.methods.params import WEIGHT_LIMIT, MethodSpec, Param
 
@@ -67,8 +69,9 @@ SPEC = MethodSpec(
     summary="Stylise the image in one forward pass of a network trained with fast-style-train; "
             "a multi-style network blends its styles by their instance-norm parameters.",
     params=(
-        Param("style_model", "file", None, "a style network file from fast-style-train, or the name of a style in "
-              "the library", suggest=lambda: [entry.name for entry in list_styles()]),
+        Param("style_model", "file", DEFAULT_STYLE, "a style network file from fast-style-train, or the name of a "
+              f"style in the library ({DEFAULT_STYLE}: the network ConvScope ships, trained on its stained-glass "
+              "picture)", suggest=lambda: [entry.name for entry in list_styles()]),
         Param("style_mix", "weights", None, "for a network of several styles: one weight per style, e.g. 0.7,0.3 "
               "(normalised; empty: equal)", maximum=WEIGHT_LIMIT),
         Param("size", "int", 512, "shorter side of the stylised picture in pixels (0: the image as loaded)",

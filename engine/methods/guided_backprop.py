@@ -147,7 +147,8 @@ SPEC = MethodSpec(
             "the image parts that drive it (Springenberg et al. 2015).",
     params=(
         TARGET,
-        Param("layer", "layer", None, "a layer, to explain one of its neurons (empty: the class score)"),
+        Param("layer", "layer", None, "a layer, to explain one of its neurons (empty: the class score)",
+              blank="class score (no layer)"),
         Param("channel", "channel", None, "the neuron's channel in --layer (empty: the strongest)",
               special="strongest"),
         Param("at", "position", None, "the neuron's position Y,X in --layer's map (empty: where the channel is largest)"),

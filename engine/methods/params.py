@@ -413,6 +413,9 @@ class Param:
     above: float | None = None  # the value must be greater than this
     most: int | None = None  # items of a list kind (LIST_LIMIT when None)
     special: str = ""  # what the minimum value means when it is a sentinel ("model's size" for 0)
+    # What leaving the field empty means, as a form names that choice ("class score (no
+    # layer)"); "" reads it from the help's "(empty: ...)" or "(default: ...)".
+    blank: str = ""
     # Values worth offering, asked afresh each time (trained styles in the library): the
     # GUI lists them in the field, which still takes any other value.
     suggest: Callable[[], list[str]] | None = field(default=None, compare=False)
@@ -430,6 +433,15 @@ class Param:
         """The form's name for the field."""
         return self.name.replace("_", " ")
 
+    @property
+    def blank_text(self) -> str:
+        """What an empty field means, in words: ``blank``, else the help's "(empty: X)" or
+        "(default: X)", else "default" (a form never offers a choice without a name)."""
+        if self.blank:
+            return self.blank
+        said = re.search(r"\((?:empty|default): ([^()]*(?:\([^()]*\)[^()]*)*)\)", self.help)
+        return said[1].strip() if said else "default"
+
     def coerce(self, value: Any) -> Any:
         """``value`` as the method receives it; None or blank text give the default."""
         kind = KINDS[self.kind]
@@ -437,7 +449,10 @@ class Param:
             return None
         if value is None or (isinstance(value, str) and not value.strip()):
             return None if self.default is None else kind.parse(self, self.default)
-        return kind.parse(self, value)
+        parsed = kind.parse(self, value)
+        if parsed is None and self.default is not None:  # a list that names nothing: the default's
+            return kind.parse(self, self.default)
+        return parsed
 
     def text(self, value: Any) -> str:
         """A value as a flag or a text field spells it ("" for None); text is kept as it is."""

@@ -31,6 +31,7 @@ from engine.view.animation import FrameRecorder
 from engine.core.errors import ConvScopeError, MethodInputError
 from engine.style.activation_transforms import DEFAULT_TEMPERATURE, TRANSFORMS
 from engine.data.images import load_image
+from engine.style.style_library import DEFAULT_STYLE, style_picture
 from engine.core.jobs import Result
 from engine.view.display import Picture
 from engine.models.preprocessing import unit_tensor_to_rgb
@@ -68,17 +69,15 @@ def _named_terms(total: torch.Tensor, parts: dict[str, float]) -> tuple[torch.Te
 
 
 def check(p) -> None:
-    if p.style is None:
-        raise ParamError("style", "needs at least one style picture",
-                         "style needs at least one style picture: give --style FILE (repeat it to blend several)")
     if p.style_weights is not None and len(p.style_weights) != len(p.style):
-        raise ParamError("style_weights", f"gives {len(p.style_weights)} weights for {len(p.style)} --style images; "
-                                          "give one per style image")
+        raise ParamError("style_weights", f"gives {len(p.style_weights)} weights for {len(p.style)} style "
+                                          f"picture{'s' if len(p.style) != 1 else ''}; "
+                                          "give one weight per picture")
 
 
 def run(ctx, p):
     image = ctx.require_image()
-    paths = list(p.style)
+    paths = [style_picture(path) for path in p.style]
     weights = list(p.style_weights or [1.0] * len(paths))
     steps, optimizer, preserve_color = p.steps, p.optimizer, p.preserve_color
     styles = []
@@ -161,7 +160,8 @@ SPEC = MethodSpec(
     title="Style transfer",
     summary="Repaint the image in the style of other pictures: match content features and style Grams (Gatys 2016).",
     params=(
-        Param("style", "images", None, "style picture(s); repeat the flag to blend several"),
+        Param("style", "images", DEFAULT_STYLE, f"style picture(s); repeat the flag to blend several "
+              f"({DEFAULT_STYLE}: the stained-glass picture ConvScope ships)"),
         Param("style_weights", "weights", None, "blend of the style pictures' Grams, e.g. 0.7,0.3 (empty: equal)",
               maximum=WEIGHT_LIMIT),
         Param("content_layers", "layers", None, "content layers, comma-separated (empty: per model; VGG: conv4_2)"),

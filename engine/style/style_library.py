@@ -15,6 +15,12 @@ dict under "model" beside the training state, so a half-trained style can be tri
 The library is the folder ``<cache>/styles`` (see ``engine.core.cache_dir``): ``--save NAME``
 without a folder or suffix saves ``<cache>/styles/NAME.pt``, and ``--style-model NAME``
 finds it again. ``list_styles()`` is what the GUI offers.
+
+ConvScope ships one style of its own (``engine/resources/styles``): the picture
+``stained-glass.png``, drawn by ``packaging/make_style_picture.py``, and the network
+``stained-glass.pt``, trained on it by ``fast-style-train`` (``make style-network``). They
+are the defaults of ``style``, ``fast-style-train`` and ``fast-style``, so each runs as it
+comes; a style of the same name in the library is the user's and comes first.
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ FORMAT_VERSION = 1
 SUFFIX = ".pt"
 CHECKPOINT_SUFFIX = ".ckpt"
 _UNSAFE_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9._+-]+")
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "resources" / "styles"
+DEFAULT_STYLE = "stained-glass"  # the shipped style picture and network, by name
+PICTURE_SUFFIX = ".png"
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,16 @@ class StyleModel:
 
 def library_dir() -> Path:
     return cache_dir() / "styles"
+
+
+def style_picture(spec: str) -> str:
+    """The picture a style field names: a file as given, or the name of a shipped style
+    picture ('stained-glass') when no such file exists."""
+    if not Path(spec).expanduser().exists() and is_library_name(spec):
+        builtin = BUILTIN_DIR / (spec + PICTURE_SUFFIX)
+        if builtin.is_file():
+            return str(builtin)
+    return spec
 
 
 def style_name_for(style_paths: list[str]) -> str:
@@ -174,8 +193,10 @@ def resolve_style_model(spec: str | None) -> Path:
     path = Path(spec).expanduser()
     if path.is_file():
         return path
-    if is_library_name(spec) and (library_dir() / (spec + SUFFIX)).is_file():
-        return library_dir() / (spec + SUFFIX)
+    if is_library_name(spec):
+        for folder in (library_dir(), BUILTIN_DIR):
+            if (folder / (spec + SUFFIX)).is_file():
+                return folder / (spec + SUFFIX)
     if path.exists():
         raise MethodInputError(f"{spec} is a folder, not a style model file")
     raise MethodInputError(f"no style model '{spec}': it is neither a file nor a style in the library "
@@ -238,13 +259,17 @@ def _style_names(payload: dict[str, Any], count: int) -> list[str]:
 
 
 def list_styles() -> list[StyleEntry]:
-    """The trained styles in the library, by name; unreadable files are left out."""
+    """The trained styles in the library and the shipped ones, by name (the library's
+    first where both have a name); unreadable files are left out."""
     folder = library_dir()
-    if not folder.is_dir():
-        return []
-    remove_stale_parts(folder)  # style models and checkpoints whose writer was killed
+    paths = []
+    if folder.is_dir():
+        remove_stale_parts(folder)  # style models and checkpoints whose writer was killed
+        paths = sorted(folder.glob("*" + SUFFIX))
+    names = {path.stem for path in paths}
+    paths += [path for path in sorted(BUILTIN_DIR.glob("*" + SUFFIX)) if path.stem not in names]
     entries = []
-    for path in sorted(folder.glob("*" + SUFFIX)):
+    for path in paths:
         try:
             payload = read_torch_file(path, "ConvScope style model", mmap=True)
         except ConvScopeError:  # a damaged or foreign file in the folder: not a style to offer

@@ -10,7 +10,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QGridLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
-from engine.core.errors import ConvScopeError
+from engine.core.errors import ConvScopeError, in_field_words
 
 from gui.panels.method_panel import Editor, MethodPanel
 
@@ -116,7 +116,7 @@ class FastStylePanel(MethodPanel):
         try:
             self.mixer.set_styles(style_names_of(text))
         except ConvScopeError as error:  # a half-typed path, a foreign file: said under the sliders
-            self.mixer.set_styles([], str(error))
+            self.mixer.set_styles([], in_field_words(str(error)))
         except Exception as error:  # noqa: BLE001 - never a traceback from typing into a field
             self.mixer.set_styles([], f"{text} could not be read: {error}")
 

@@ -6,6 +6,12 @@ turns into flags, so the panel and the command line can never disagree on an opt
 has the same shape): how to build it, read it and fill it. What a field holds is read as
 a flag would give it, and checked by the method's own ``bind`` before a run starts; a
 value that does not fit is said under its field.
+
+Every field starts on its method's own default, the CLI's: the layer tree's selection
+fills a layer field only in panels whose subject is the layer (activations, filters) or
+when the user asks with the field's "use selected layer" button. A choice that means
+"leave it out" is named (``Param.blank_text``), and every text the engine wrote with
+flags is shown with the form's field names (``in_field_words``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from engine.core.errors import MethodInputError, ParamError
+from engine.core.errors import MethodInputError, ParamError, in_field_words
 from gui.estimate_label import EstimateLabel
 
 TOP1 = "top-1 prediction"
@@ -112,7 +118,7 @@ def _int_spin(param, _labels) -> QSpinBox:
     spin = QSpinBox()
     spin.setRange(int(param.minimum if param.minimum is not None else -SPIN_LIMIT),
                   int(param.maximum if param.maximum is not None else SPIN_LIMIT))
-    spin.setSpecialValueText(param.special)
+    spin.setSpecialValueText(in_field_words(param.special))
     return spin
 
 
@@ -138,7 +144,7 @@ def _channel_spin(param, _labels) -> QSpinBox:
         spin.setRange(int(param.minimum), SPIN_LIMIT)
     else:  # -1 stands for "no channel", which each method names (all of them, the strongest)
         spin.setRange(-1, SPIN_LIMIT)
-        spin.setSpecialValueText(param.special or "all")
+        spin.setSpecialValueText(in_field_words(param.special or "all"))
     return spin
 
 
@@ -156,11 +162,45 @@ def _put_choice(box: QComboBox, _param, value) -> None:
     box.setCurrentIndex(max(0, box.findText(str(value))))
 
 
-def _layer_box(param, _labels) -> QComboBox:
-    box = QComboBox()
-    box.setEditable(True)
-    box.addItems(([param.default] if param.default not in (*LAYER_KEYWORDS, None) else []) + list(LAYER_KEYWORDS))
-    return box
+class LayerPicker(QWidget):
+    """A layer field: the method's keywords (and its own default) to choose from, any
+    module path typed, and a "use selected layer" button that takes the layer tree's
+    selection, so the tree fills the field only when the user asks.
+
+    A layer that may be left out (guided backprop's: then the class score is explained)
+    has that choice as the list's first entry, named (``Param.blank_text``)."""
+
+    def __init__(self, param) -> None:
+        super().__init__()
+        self.blank = param.blank_text if param.default is None else None
+        self.box = QComboBox()
+        self.box.setEditable(True)
+        self.box.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        own = [param.default] if param.default not in (*LAYER_KEYWORDS, None) else []
+        self.box.addItems(([self.blank] if self.blank else []) + own + list(LAYER_KEYWORDS))
+        self.use_selected = QPushButton("use selected layer")
+        self.use_selected.setToolTip("Select a layer in the layer tree first")
+        self.use_selected.setEnabled(False)
+        self.use_selected.clicked.connect(lambda: self.setCurrentText(self.selected))
+        self.selected = ""
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.box, 1)
+        layout.addWidget(self.use_selected)
+
+    def set_selected(self, path: str) -> None:
+        """The layer tree's selection, offered by the button (not put in the field)."""
+        self.selected = path
+        self.use_selected.setEnabled(bool(path))
+        self.use_selected.setToolTip(f"Put the layer selected in the layer tree here: {path}" if path else
+                                     "Select a layer in the layer tree first")
+
+    def currentText(self) -> str:  # noqa: N802 - the QComboBox-like interface the panel reads
+        text = self.box.currentText().strip()
+        return "" if text == self.blank else text
+
+    def setCurrentText(self, text: str) -> None:  # noqa: N802
+        self.box.setCurrentText(text or self.blank or "")
 
 
 def _combo_text(box) -> str | None:
@@ -171,33 +211,46 @@ def _put_combo_text(box, param, value) -> None:
     box.setCurrentText(param.text(value))
 
 
-def _target_box(_param, labels: list[str]) -> QComboBox:
+def _target_box(param, labels: list[str]) -> QComboBox:
     box = QComboBox()
     box.setEditable(True)
     box.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+    # The first entry is the method's default, named: the top-1 prediction, or the
+    # method's own keyword (adversarial's "least-likely class").
+    box.setProperty("default_entry", TOP1 if param.default is None else _keyword_entry(param.default))
     _list_targets(box, labels)
     box.completer().setFilterMode(Qt.MatchFlag.MatchContains)
     box.completer().setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
     return box
 
 
+def _keyword_entry(keyword) -> str:
+    return f"{keyword} class" if isinstance(keyword, str) and not keyword.isdigit() else str(keyword)
+
+
 def _list_targets(box: QComboBox, labels: list[str]) -> None:
     box.clear()
-    box.addItem(TOP1)
+    box.addItem(box.property("default_entry"))
     box.addItems([f"{i}: {label}" for i, label in enumerate(labels)])
 
 
 def _target_value(box: QComboBox) -> str | None:
+    """None for the first entry (the method's default); else the index or label typed."""
     text = box.currentText().strip()
-    return None if not text or text == TOP1 else text.split(":", 1)[0].strip()
+    return None if not text or text == box.property("default_entry") else text.split(":", 1)[0].strip()
 
 
 def _put_target(box: QComboBox, param, value) -> None:
-    box.setCurrentText(TOP1 if value is None else param.text(value))
+    default = value is None or (param.default is not None and param.text(value) == param.text(param.default))
+    box.setCurrentText(box.property("default_entry") if default else param.text(value))
 
 
-def _line_edit(_param, _labels) -> QLineEdit:
-    return QLineEdit()
+def _line_edit(param, _labels) -> QLineEdit:
+    field = QLineEdit()
+    # An empty field is a choice too: say which (the help's "empty: ..." or "default").
+    if param.default is None:
+        field.setPlaceholderText(in_field_words(param.blank_text))
+    return field
 
 
 def _put_text(field, param, value) -> None:
@@ -215,7 +268,8 @@ class Editor:
 
 
 _TEXT = Editor(_line_edit, lambda field: field.text().strip() or None, _put_text)
-_FILE = Editor(lambda param, _labels: FilePicker(param.kind, param.suggest), lambda picker: picker.value(),
+_FILE = Editor(lambda param, _labels: FilePicker(param.kind, param.suggest, param.blank_text if param.default is None
+                                                  else ""), lambda picker: picker.value(),
                lambda picker, _param, value: picker.set_value(value))
 
 EDITORS: dict[str, Editor] = {
@@ -223,7 +277,7 @@ EDITORS: dict[str, Editor] = {
     "float": Editor(_float_spin, lambda spin: spin.value(), _put_float),
     "bool": Editor(_check_box, lambda check: check.isChecked(), lambda check, _param, value: check.setChecked(bool(value))),
     "choice": Editor(_choice_box, lambda box: box.currentText(), _put_choice),
-    "layer": Editor(_layer_box, _combo_text, _put_combo_text),
+    "layer": Editor(lambda param, _labels: LayerPicker(param), _combo_text, _put_combo_text),
     "target": Editor(_target_box, _target_value, _put_target),
     "channel": Editor(_channel_spin, lambda spin: None if spin.value() < 0 else spin.value(),
                       lambda spin, _param, value: spin.setValue(-1 if value is None else int(value))),
@@ -252,19 +306,20 @@ class MethodPanel(QWidget):
         self.field_errors: dict[str, QLabel] = {}
         self.running = False
 
+        self.selected_layer = ""  # the layer tree's selection, offered by each layer field
         title = QLabel(f"<b>{spec.title}</b>")
-        summary = QLabel(spec.summary)
+        summary = QLabel(in_field_words(spec.summary))
         summary.setWordWrap(True)
         summary.setStyleSheet("color: #555;")
         self.form = QFormLayout()
         self.form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         for param in spec.params:
             editor = self._editor(param).make(param, labels)
-            editor.setToolTip(param.help)
+            editor.setToolTip(in_field_words(param.help))
             self.editors[param.name] = editor
             self.set_value(param.name, param.default)
             label = QLabel(param.label)
-            label.setToolTip(param.help)
+            label.setToolTip(in_field_words(param.help))
             self.form.addRow(label, editor)
             error = QLabel()
             error.setWordWrap(True)
@@ -350,8 +405,7 @@ class MethodPanel(QWidget):
 
     def _in_field_words(self, text: str) -> str:
         """A message that names flags (--fg-percentile) naming this form's fields instead."""
-        names = {param.name.replace("_", "-"): param.label for param in self.spec.params}
-        return re.sub(r"--([a-z][a-z0-9-]*)", lambda m: f"'{names[m[1]]}'" if m[1] in names else m[0], text)
+        return in_field_words(text)
 
     def set_labels(self, labels: list[str]) -> None:
         for param in self.spec.params:
@@ -360,16 +414,31 @@ class MethodPanel(QWidget):
 
     # -- the window's calls -------------------------------------------------------------
     def layer_clicked(self, path: str) -> bool:
-        """The user picked a layer in the tree; returns True when the panel wants to re-run."""
-        if "layer" in self.editors:
+        """The user picked a layer in the tree; returns True when the panel wants to re-run.
+
+        Only a panel whose subject is the layer takes it; every other offers it beside its
+        layer fields ("use selected layer"), so Grad-CAM stays at its own late layer."""
+        self._offer_layer(path)
+        if self.follows_layer and "layer" in self.editors:
             self.set_value("layer", path)
         return self.follows_layer
 
     def reset_layer(self, preset: str | None) -> None:
-        """After a model change: the model's preset, or the method's own default keyword."""
+        """After a model change: each layer field back to its method's own default (a
+        panel that follows the tree: the model's preset for "middle", which the tree
+        selects, so the "use selected layer" buttons offer it)."""
+        self._offer_layer(preset or "")
         for param in self.spec.params:
             if param.kind == "layer":
-                self.set_value(param.name, preset if preset and param.default == "middle" else param.default)
+                follow = self.follows_layer and preset and param.default == "middle"
+                self.set_value(param.name, preset if follow else param.default)
+
+    def _offer_layer(self, path: str) -> None:
+        """The layer tree's selection, for the "use selected layer" buttons ("" for none)."""
+        self.selected_layer = path
+        for editor in self.editors.values():
+            if isinstance(editor, LayerPicker):
+                editor.set_selected(path)
 
     def request_run(self) -> None:
         values = self.values()
@@ -391,7 +460,7 @@ class MethodPanel(QWidget):
             self.loss_plot.show()
 
     def show_status(self, text: str) -> None:
-        self.status.setText(text)
+        self.status.setText(in_field_words(text))
 
 
 class DatasetPicker(QWidget):
@@ -438,7 +507,7 @@ class FilePicker(QWidget):
     IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.tif *.tiff *.webp);;All files (*)"
     SEPARATOR = ";"
 
-    def __init__(self, kind: str, suggest=None) -> None:
+    def __init__(self, kind: str, suggest=None, blank: str = "") -> None:
         super().__init__()
         self.kind = kind
         if suggest is None:
@@ -446,7 +515,10 @@ class FilePicker(QWidget):
         else:  # a list of known values (trained styles) that still takes any path
             self.field = SuggestionBox(suggest)
             self.edit = self.field.lineEdit()
-        self.edit.setPlaceholderText({"image": "an image file", "images": "one or more image files",
+        # What an empty field means, where it means something ("the current image"),
+        # else what to put there.
+        self.edit.setPlaceholderText(in_field_words(blank) if blank and blank != "default" else
+                                     {"image": "an image file", "images": "one or more image files",
                                       "file": "a file", "save_file": "where to save"}[kind])
         browse = QPushButton("Browse…")
         browse.clicked.connect(self.browse)
