@@ -338,7 +338,8 @@ class MainWindow(QMainWindow):
         busy = self.worker.is_busy()
         self.status.set_busy(busy, self.status.text.text() if busy else "Ready")
         timing = self._jobs.get("calibrate")
-        if not busy and timing is not None and timing.cancel_requested and self.session.machine is None:
+        if (not busy and timing is not None and timing.cancel_requested and self.session is not None
+                and self.session.machine is None):
             self._calibrate()  # stopped for a job earlier: the engine is idle now
 
     # -- errors and lifetime ---------------------------------------------------------------------

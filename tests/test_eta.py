@@ -85,12 +85,16 @@ def test_declared_costs_follow_the_parameters():
     one_round = sum((method_cost(METHODS[m], {}, machine) for m in ("saliency", "gradcam")), Cost())
     assert method_cost(METHODS["sanity-check"], {"methods": "saliency,gradcam"}, machine) == one_round * 11
     assert method_cost(METHODS["sanity-check"], {"methods": "saliency,gradcam", "steps": 3}, machine) == one_round * 4
-    # fast-style-train's default: 1000 steps of 4 crops at 256 px through the style and the
-    # loss network, forward and back; at 0.4 s a pass (a busy 2-core machine) that is hours
+    # Johnson's recipe: 1000 steps of 4 crops at 256 px through the style and the loss
+    # network, forward and back; at 0.4 s a pass (a busy 2-core machine) that is hours,
+    # while the CPU-sized default (100 steps of 2 crops at 128 px) is under a minute
     busy = _machine(backward_s=0.4)
-    train = estimate_seconds(METHODS["fast-style-train"], {"style": "a.png"}, busy)
+    johnson = {"style": "a.png", "steps": 1000, "batch": 4, "size": 256}
+    train = estimate_seconds(METHODS["fast-style-train"], johnson, busy)
     assert train == pytest.approx(1000 * 4 * 2 * (256 * 256) / (224 * 224) * 0.4)
     assert train > 3600
+    default = estimate_seconds(METHODS["fast-style-train"], {"style": "a.png"}, busy)
+    assert default == pytest.approx(100 * 2 * 2 * (128 * 128) / (224 * 224) * 0.4) and default < 60
 
 
 def test_no_estimate_for_values_that_do_not_bind_or_methods_without_a_cost():

@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
 
 from engine.core.errors import MethodInputError, ParamError, in_field_words
 from gui.estimate_label import EstimateLabel
+from gui.tooltips import wrapped
 
 TOP1 = "top-1 prediction"
 LAYER_KEYWORDS = ("early", "middle", "late")
@@ -192,8 +193,9 @@ class LayerPicker(QWidget):
         """The layer tree's selection, offered by the button (not put in the field)."""
         self.selected = path
         self.use_selected.setEnabled(bool(path))
-        self.use_selected.setToolTip(f"Put the layer selected in the layer tree here: {path}" if path else
-                                     "Select a layer in the layer tree first")
+        # set after the window wraps its tooltips, so wrapped here
+        self.use_selected.setToolTip(wrapped(f"Put the layer selected in the layer tree here: {path}" if path else
+                                             "Select a layer in the layer tree first"))
 
     def currentText(self) -> str:  # noqa: N802 - the QComboBox-like interface the panel reads
         text = self.box.currentText().strip()
