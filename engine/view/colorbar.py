@@ -83,13 +83,15 @@ def nice_ticks(low: float, high: float, *, clipped_low: bool = False, clipped_hi
             values = [v for v in values if v - low > END_CLEARANCE * span]
         if clipped_high:
             values = [v for v in values if high - v > END_CLEARANCE * span]
+        count = len(values) + clipped_low + clipped_high
+        if not (2 <= count <= most or (count <= most and step > span)):
+            continue  # labels are only formatted for the step that is kept: a frame's bar is drawn live
         ticks = [(v, format_value(v, step)) for v in values]
         if clipped_low:
             ticks.insert(0, (low, "< " + format_value(low, step / 10)))  # a digit finer than the ticks
         if clipped_high:
             ticks.append((high, "> " + format_value(high, step / 10)))
-        if 2 <= len(ticks) <= most or (len(ticks) <= most and step > span):
-            return tuple(ticks)
+        return tuple(ticks)
     return ((low, format_value(low, span)), (high, format_value(high, span)))
 
 

@@ -48,41 +48,43 @@ def _scalar_map(scalar: ScalarMap, view: ViewSettings) -> np.ndarray:
 def _map_over_photo(overlay: MapOverPhoto, view: ViewSettings) -> np.ndarray:
     """Each pixel (1 - opacity) x the photo + opacity x the map's colour, rounded.
 
-    Both terms take 256 values per channel, so the blend is a 256 x 256 table per
-    channel, computed with the same float32 arithmetic a per-pixel blend would use (the
-    pixels are identical) and looked up per pixel: a 12-megapixel photo blends in a
-    fifth of a second instead of a second, which keeps the opacity slider live.
+    Both terms take few values per channel (256 photo levels; 256 map colours and the
+    background, where the map has no value), so the blend is a table per channel, computed
+    with the same float32 arithmetic a per-pixel blend would use (the pixels are identical)
+    and looked up per pixel: a 12-megapixel photo blends in a fifth of a second instead of
+    a second, which keeps the opacity slider live and leaves the engine's cores to the
+    engine while a run streams its frames.
     """
-    indices, finite = _overlay_indices(overlay)
-    lut = colormap_lut(view.colormap or overlay.colormap).astype(np.float32)
+    entries = _overlay_entries(overlay)
+    colours = np.concatenate([colormap_lut(view.colormap or overlay.colormap).astype(np.float32),
+                              np.array([BACKGROUND], dtype=np.float32)])
     keep, opacity = 1 - view.overlay_opacity, view.overlay_opacity
     photo_levels = np.arange(256, dtype=np.float32)[:, None]
     blended = np.empty_like(overlay.photo)
-    pairs = indices.astype(np.uint16)  # photo level << 8 | map entry, per channel
+    index = np.empty(entries.shape, dtype=np.int32)
     for channel in range(3):
-        table = np.clip(keep * photo_levels + opacity * lut[None, :, channel] + 0.5, 0, 255).astype(np.uint8)
-        index = overlay.photo[..., channel].astype(np.uint16)
-        index <<= 8
-        index |= pairs
+        table = np.clip(keep * photo_levels + opacity * colours[None, :, channel] + 0.5, 0, 255).astype(np.uint8)
+        np.multiply(overlay.photo[..., channel], len(colours), out=index, dtype=np.int32)
+        index += entries
         np.take(table.ravel(), index, out=blended[..., channel])
-    if not finite.all():  # cells without a value: the background colour blended over the photo
-        background = np.array(BACKGROUND, dtype=np.float32)
-        mixed = keep * overlay.photo[~finite].astype(np.float32) + opacity * background
-        blended[~finite] = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
     return draw_boxes(blended, overlay.boxes)
 
 
 @lru_cache(maxsize=1)
-def _overlay_indices(overlay: MapOverPhoto) -> tuple[np.ndarray, np.ndarray]:
-    """The map stretched over the photo as colour-table entries, and where it has values.
+def _overlay_entries(overlay: MapOverPhoto) -> np.ndarray:
+    """The map stretched over the photo as colour-table entries: 0..255 the colormap's, 256
+    the background's where the map has no value.
 
     They depend on the display alone (not on the colormap or the opacity the user picks),
     so they are made once for the display on show: the canvas draws it again whenever the
     opacity or the colormap changes, and export draws it once more. A display is frozen
-    and compares by identity, so it is its own key; only the newest is kept (2 bytes a
+    and compares by identity, so it is its own key; only the newest is kept (4 bytes a
     photo pixel), never a trail of old ones.
     """
-    return colour_indices(overlay_map(overlay), overlay.levels)
+    indices, finite = colour_indices(overlay_map(overlay), overlay.levels)
+    entries = indices.astype(np.int32)
+    entries[~finite] = 256
+    return entries
 
 
 def _tile_grid(grid: TileGrid, view: ViewSettings) -> np.ndarray:
