@@ -44,6 +44,7 @@ class LossPlot(pg.PlotWidget):
         self.setMouseEnabled(x=False, y=False)
         self.series: dict[str, tuple[list[float], list[float]]] = {}
         self._curves: dict[str, pg.PlotDataItem] = {}
+        self._log_y = False
 
     def wheelEvent(self, event) -> None:  # noqa: N802 - Qt's name
         event.ignore()  # on to the scrolling form around the plot
@@ -77,7 +78,9 @@ class LossPlot(pg.PlotWidget):
         shown = [value for name in self._curves for value in self.series[name][1]]
         positive = [value for value in shown if value > 0]
         log_y = bool(positive) and min(shown) >= 0 and max(positive) > 100 * min(positive)
-        self.setLogMode(x=False, y=log_y)
+        if log_y != self._log_y:  # pyqtgraph redraws both axes on every call, changed or not
+            self._log_y = log_y
+            self.setLogMode(x=False, y=log_y)
         for name, curve in self._curves.items():
             steps, values = self.series[name]
             if log_y:

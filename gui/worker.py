@@ -12,8 +12,9 @@ is imported on this thread when it starts, so the window is on screen before the
 imports begin; and the model is only ever touched from here.
 
 Frames are never queued: the newest replaces the one before it, and the handle hands a
-frame to the UI thread only once the previous one has been taken, so a slow canvas sees
-fewer frames, never an ever-growing backlog. A cancelled job, or one superseded by a
+frame to the UI thread only once the previous one has been taken and at most five times a
+second, so a slow canvas sees fewer frames, never an ever-growing backlog; progress
+reports likewise, at most ten a second, the last one always shown before the end. A cancelled job, or one superseded by a
 newer job (``submit(..., replaces=old)``), emits ``cancelled`` and never its result or a
 late frame, even if the engine had already finished it.
 """
@@ -21,20 +22,71 @@ late frame, even if the engine had already finished it.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
+import time
 import traceback
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, QThread, Signal
+from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
 # engine.core.jobs and engine.core.errors need only numpy: cheap enough for the UI thread.
 from engine.core.errors import ConvScopeError, JobCancelled, in_field_words
 from engine.core.jobs import CancelToken, Frame, Progress
 
 log = logging.getLogger("convscope")
+
+# At most five frames and ten progress reports a second reach the UI thread. Drawing a
+# frame (the colours, the colour bar, the loss plot, the paint) takes 5-10 ms of a core the
+# engine's arithmetic also wants, and a torch team on every core stalls whenever one of
+# its threads is pushed off: occlusion's 55 frames in 5 s cost its run a sixth of its speed.
+FRAME_INTERVAL_S = 0.2
+PROGRESS_INTERVAL_S = 0.1
+
+
+class _Newest(QObject):
+    """The newest of a stream of values from the engine thread (frames, progress), handed
+    to ``deliver`` on the UI thread once the one before it has been taken and no sooner
+    than ``interval()`` seconds after it: values in between are replaced, never queued."""
+
+    _waiting = Signal()
+
+    def __init__(self, deliver: Callable[[Any], None], interval: Callable[[], float]) -> None:
+        super().__init__()
+        self._deliver = deliver
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._value: Any = None
+        self._pending = False
+        self._delivered_at = -math.inf
+        self._waiting.connect(self._on_waiting)
+
+    def offer(self, value) -> None:  # the engine thread
+        with self._lock:
+            self._value = value
+            notify = not self._pending
+            self._pending = True
+        if notify:
+            self._waiting.emit()
+
+    def take(self):
+        """The value waiting, if any (None), no longer waiting."""
+        with self._lock:
+            value, self._value, self._pending = self._value, None, False
+        return value
+
+    def _on_waiting(self) -> None:
+        wait = self._delivered_at + self._interval() - time.monotonic()
+        if wait > 0:  # still pending, so the engine does not ask again: one timer per gap
+            QTimer.singleShot(math.ceil(wait * 1000), self, self._on_waiting)
+            return
+        value = self.take()
+        if value is not None:
+            self._delivered_at = time.monotonic()
+            self._deliver(value)
 
 
 @dataclass
@@ -64,8 +116,6 @@ class JobHandle(QObject):
     # From the engine thread to this object; queued into the UI thread, where the public
     # signals above are emitted.
     _began = Signal()
-    _progressed = Signal(float, str)
-    _frame_waiting = Signal()
     _ended = Signal(object)
 
     def __init__(self, worker: "EngineWorker", fn: Callable, description: str, background: bool = False) -> None:
@@ -76,12 +126,9 @@ class JobHandle(QObject):
         self.done = False
         self._fn = fn
         self._worker = worker
-        self._lock = threading.Lock()
-        self._latest_frame: Frame | None = None
-        self._frame_pending = False
+        self._frames = _Newest(self._deliver_frame, lambda: FRAME_INTERVAL_S)
+        self._progress = _Newest(lambda report: self._deliver_progress(*report), lambda: PROGRESS_INTERVAL_S)
         self._began.connect(self._on_began)
-        self._progressed.connect(self.progress)
-        self._frame_waiting.connect(self._on_frame_waiting)
         self._ended.connect(self._on_ended)
 
     # -- the UI thread ---------------------------------------------------------------------
@@ -98,13 +145,20 @@ class JobHandle(QObject):
             if not self.background:
                 self._worker.job_started.emit(self)
 
-    def _on_frame_waiting(self) -> None:
-        with self._lock:
-            frame, self._latest_frame, self._frame_pending = self._latest_frame, None, False
-        if frame is not None and not self.done and not self.token.cancelled:
+    def _deliver_frame(self, frame: Frame) -> None:
+        if not self.done and not self.token.cancelled:
             self.frame.emit(frame)
 
+    def _deliver_progress(self, fraction: float, message: str) -> None:
+        if not self.done and not self.token.cancelled:
+            self.progress.emit(fraction, message)
+
     def _on_ended(self, outcome) -> None:
+        # The last progress report is shown before the end; a frame still waiting is not:
+        # the result replaces it.
+        last_report, _ = self._progress.take(), self._frames.take()
+        if last_report is not None:
+            self._deliver_progress(*last_report)
         self.done = True
         self._worker._forget(self)  # so a slot asking is_busy() already sees this job as over
         announce = not self.background
@@ -125,15 +179,7 @@ class JobHandle(QObject):
     def report(self, fraction: float, message: str = "") -> None:
         """Progress of work that is not a generator; raises JobCancelled once cancelled."""
         self.token.check()
-        self._progressed.emit(fraction, message)
-
-    def _offer_frame(self, frame: Frame) -> None:
-        with self._lock:
-            self._latest_frame = frame
-            notify = not self._frame_pending
-            self._frame_pending = True
-        if notify:
-            self._frame_waiting.emit()
+        self._progress.offer((fraction, message))
 
     def _run(self, session) -> None:
         self._ended.emit(self._outcome(session))
@@ -162,9 +208,9 @@ class JobHandle(QObject):
             except StopIteration as stop:
                 return stop.value
             if isinstance(event, Frame):
-                self._offer_frame(event)
+                self._frames.offer(event)
             elif isinstance(event, Progress):
-                self._progressed.emit(event.fraction, event.message)
+                self._progress.offer((event.fraction, event.message))
 
 
 class EngineWorker(QThread):

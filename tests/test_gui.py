@@ -66,7 +66,10 @@ def test_clicking_a_tile_shows_that_channel_over_the_image(qtbot, window):
     assert window.session.shown.result.params["channel"] == 1  # unsorted tiles: tile 1 is channel 1
 
 
-def test_dream_streams_frames_then_shows_the_result(qtbot, window):
+def test_dream_streams_frames_then_shows_the_result(qtbot, window, monkeypatch):
+    from gui import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "FRAME_INTERVAL_S", 0.0)  # every frame of this short run; pacing: test_worker
     panel = window.select_method("dream")
     panel.set_value("steps", 4)
     panel.set_value("octaves", 2)
@@ -221,6 +224,7 @@ def test_a_zoo_download_shows_its_progress(qtbot, window, tmp_path, monkeypatch)
     import torchvision
 
     from engine.models import zoo
+    from gui import worker as worker_module
     from tests.test_zoo import save_with_hash_name
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
@@ -228,6 +232,7 @@ def test_a_zoo_download_shows_its_progress(qtbot, window, tmp_path, monkeypatch)
     monkeypatch.setattr(zoo.default_weights("squeezenet1_1").value, "url", served.as_uri())
     monkeypatch.setattr(zoo, "DOWNLOAD_CHUNK_SIZE", 256 * 1024)
     monkeypatch.setattr(zoo, "PROGRESS_INTERVAL_S", 0.0)
+    monkeypatch.setattr(worker_module, "PROGRESS_INTERVAL_S", 0.0)  # every report, to count them
     reports = []
     with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
         handle = window.load_model("squeezenet1_1")
@@ -333,7 +338,7 @@ def test_a_superseded_runs_late_frame_never_reaches_the_canvas(qtbot, window):
     newer = window.run_method("dream", panel.values())  # supersedes the first
     stale = Frame(Picture(rgb=np.zeros((8, 8, 3), np.uint8)), step=1, metrics={"loss": 1.0})
     before = window.canvas.frames_shown
-    first._offer_frame(stale)  # as if the engine thread had just made it
+    first._frames.offer(stale)  # as if the engine thread had just made it
     assert window.canvas.frames_shown == before and "loss" not in panel.loss_plot.series
     with qtbot.waitSignal(newer.finished, timeout=TIMEOUT):
         pass

@@ -4,6 +4,7 @@ style network joins the library, and the fast-style panel blends its styles by s
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -12,6 +13,15 @@ from engine.style.style_library import library_dir, list_styles, save_style
 from engine.style.style_net import build_style_net
 
 TIMEOUT = 120_000
+
+
+@pytest.fixture(autouse=True)
+def every_frame(monkeypatch):
+    """These runs are a second long and count their frames; the window's pacing of frames
+    (five a second) has its own test in test_worker."""
+    from gui import worker
+
+    monkeypatch.setattr(worker, "FRAME_INTERVAL_S", 0.0)
 
 
 def save_two_style_network(name: str) -> None:

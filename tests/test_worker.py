@@ -42,19 +42,20 @@ def record(handle) -> list[tuple]:
 
 
 def test_signals_come_in_order_and_the_result_last(qtbot, worker):
-    shown = threading.Event()
+    shown = {1: threading.Event(), 2: threading.Event()}
 
     def job(session, handle):
         yield Progress(0.25, "a quarter")
         yield frame(1)
-        shown.wait(5)  # the UI thread has taken frame 1 before frame 2 is made
+        shown[1].wait(5)  # the UI thread has taken frame 1 before frame 2 is made
         yield frame(2)
+        shown[2].wait(5)  # a frame still waiting at the end is dropped: the result replaces it
         yield Progress(1.0, "done")
         return "the result"
 
     handle = worker.submit(job, "ordered")
     seen = record(handle)
-    handle.frame.connect(lambda _frame: shown.set())
+    handle.frame.connect(lambda shown_frame: shown[shown_frame.step].set())
     with qtbot.waitSignal(handle.finished, timeout=TIMEOUT):
         pass
     assert [event[0] for event in seen] == ["started", "progress", "frame", "frame", "progress", "finished"]
@@ -224,3 +225,28 @@ def test_report_stops_a_cancelled_job(qtbot, worker):
     with qtbot.waitSignal(handle.cancelled, timeout=TIMEOUT):
         pass
     assert reached == ["stopped"]
+
+
+def test_frames_and_progress_reach_the_window_at_a_paced_rate_and_the_last_report_before_the_end(qtbot, worker):
+    """A run that makes 100 frames and reports in a second costs the UI thread five
+    frames and ten reports, not a hundred of each; the final report is still shown."""
+    from gui import worker as worker_module
+
+    def steady(session, handle):
+        for step in range(100):
+            yield frame(step)
+            yield Progress(step / 100, f"step {step}")
+            time.sleep(0.01)
+        yield Progress(1.0, "all done")
+        return "steady"
+
+    handle = worker.submit(steady, "a steady stream")
+    seen = record(handle)
+    with qtbot.waitSignal(handle.finished, timeout=TIMEOUT):
+        pass
+    frames = [event[1].step for event in seen if event[0] == "frame"]
+    reports = [event[1:] for event in seen if event[0] == "progress"]
+    seconds = 100 * 0.01
+    assert 2 <= len(frames) <= seconds / worker_module.FRAME_INTERVAL_S + 2 and frames == sorted(frames)
+    assert 3 <= len(reports) <= seconds / worker_module.PROGRESS_INTERVAL_S + 2
+    assert reports[-1] == (1.0, "all done") and seen[-1] == ("finished", "steady")
