@@ -22,9 +22,10 @@ def run(ctx, on_frame=None, **params):
 
 
 def test_the_default_run_is_classified_as_its_class_even_cropped(bundled):
-    # Defaults (decorrelated Fourier picture; grey border, jitter, zoom and turns before every
-    # step) at the model's size, 16 steps: measured 0.996 for goldfish as made, and 0.70 as
-    # the mean over 16 random crops of 60-100% of the side; the full 64 steps reach 0.94.
+    # Defaults (decorrelated Fourier picture; grey border, jitter, zoom and turns, then 4 crops
+    # scored per step) at the model's size, 16 steps: measured 0.9994-0.9999 for goldfish as
+    # made, and 0.993-0.999 as the mean over 16 random crops of 60-100% of the side (seeds
+    # 0 and 1); with one view per step they were 0.996 and 0.70.
     result, frames = run(MethodContext(model=bundled, image=None), target="goldfish", steps=16)
     assert result.array.shape == (224, 224, 3) and float(result.array.std()) > 0.05
     with torch.no_grad():
@@ -38,7 +39,7 @@ def test_the_default_run_is_classified_as_its_class_even_cropped(bundled):
     assert len(result.frames) == 17  # the picture of every step, then the final one
     np.testing.assert_array_equal(result.frames[-1], (np.clip(result.array, 0, 1) * 255 + 0.5).astype(np.uint8))
     # A picture of the class, not a pixel-exact pattern: it keeps the class when cropped and shifted.
-    assert class_probability_under_crops(bundled, picture, 1, crops=16) > 0.5
+    assert class_probability_under_crops(bundled, picture, 1, crops=16) > 0.9
 
 
 def _start_activation(model, path, channel, size, seed, position=None):

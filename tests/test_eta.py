@@ -78,9 +78,13 @@ def test_declared_costs_follow_the_parameters():
     assert method_cost(METHODS["gradcam"], {}, machine) == Cost(backwards=1)
     smooth = [method_cost(METHODS["smoothgrad"], {"samples": n}, machine).backwards for n in (10, 20)]
     assert smooth == [10, 20]
-    # a class-viz picture twice the side costs four times as much
-    small, large = (method_cost(METHODS["class-viz"], {"size": s}, machine).backwards for s in (112, 224))
+    # a class-viz picture twice the side costs four times as much; its crops' cost goes with their size
+    small, large = (method_cost(METHODS["class-viz"], {"size": s, "views": 1}, machine).backwards for s in (112, 224))
     assert large == pytest.approx(4 * small)
+    crops = {n: method_cost(METHODS["class-viz"], {"views": n, "view_size": 112}, machine).backwards for n in (2, 4)}
+    assert crops[4] - crops[2] == pytest.approx(64 * 2 * 0.25)  # 64 steps, two more crops of a quarter the pixels
+    neuron = method_cost(METHODS["class-viz"], {"objective": "neuron", "views": 4}, machine).backwards
+    assert neuron == pytest.approx(64 * 1.5)  # the neuron objective scores the whole picture only
     # the sanity check: every method on the trained model, then once per randomised block
     one_round = sum((method_cost(METHODS[m], {}, machine) for m in ("saliency", "gradcam")), Cost())
     assert method_cost(METHODS["sanity-check"], {"methods": "saliency,gradcam"}, machine) == one_round * 11

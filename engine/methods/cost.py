@@ -86,6 +86,17 @@ def _gradcam(p: BoundParams, m: Machine) -> Cost:
     return Cost(backwards=1)
 
 
+def _class_viz(p, m) -> Cost:
+    """A pass per crop at the crops' size (the neuron objective and facets score the whole
+    picture), and the transforms and the parameterisation's decoding at the picture's
+    size: measured about half a pass at the model's size."""
+    from engine.methods.class_viz import views_scored
+
+    views = views_scored(p)
+    scored = views * m.square(p.view_size or p.size) if views > 1 else p.facets * m.square(p.size)
+    return Cost(backwards=p.steps * (scored + 0.5 * p.facets * m.square(p.size)))
+
+
 def _sanity_check(p: BoundParams, m: Machine) -> Cost | None:
     from engine.methods.sanity_check import choose_methods
 
@@ -124,9 +135,7 @@ COSTS: dict[str, Callable[[BoundParams, Machine], Cost | None]] = {
     "smoothgrad": lambda p, m: Cost(forwards=1, backwards=p.samples),
     "integrated-gradients": lambda p, m: Cost(forwards=2, backwards=p.steps),
     "sanity-check": _sanity_check,
-    # Each step also transforms (jitter, scale, rotation) and decodes the parameterisation:
-    # measured about half a pass more at the model's size.
-    "class-viz": lambda p, m: Cost(backwards=1.5 * p.steps * p.facets * m.square(p.size)),
+    "class-viz": _class_viz,
     "adversarial": lambda p, m: Cost(backwards=p.steps),  # at most: it stops once the target leads
     "inversion": lambda p, m: Cost(backwards=p.steps * len(p.strip or (p.layer,)) * m.shorter_side(p.size)),
     "dream": _dream,

@@ -11,26 +11,11 @@ picture always gets one number.
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 from engine.models.model import LoadedModel
+from engine.optvis.transforms import random_crops
 
 SMALLEST_CROP = 0.6  # the smallest crop's side, as a fraction of the picture's
-
-
-def random_crops(picture: torch.Tensor, count: int, generator: torch.Generator,
-                 smallest: float = SMALLEST_CROP) -> torch.Tensor:
-    """``count`` random square crops of a 1 x 3 x H x W picture, each resized to H x W."""
-    height, width = picture.shape[-2:]
-    crops = []
-    for _ in range(count):
-        fraction = smallest + (1.0 - smallest) * float(torch.rand((), generator=generator))
-        side_y, side_x = max(1, round(height * fraction)), max(1, round(width * fraction))
-        top = int(torch.randint(0, height - side_y + 1, (), generator=generator))
-        left = int(torch.randint(0, width - side_x + 1, (), generator=generator))
-        crop = picture[..., top:top + side_y, left:left + side_x]
-        crops.append(F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False))
-    return torch.cat(crops)
 
 
 def class_probability_under_crops(model: LoadedModel, picture: torch.Tensor, index: int, crops: int = 32,
@@ -38,7 +23,7 @@ def class_probability_under_crops(model: LoadedModel, picture: torch.Tensor, ind
     """The mean softmax probability of class ``index`` over ``crops`` random crops of the
     1 x 3 x H x W picture (0..1 pixels), ``batch`` crops per forward."""
     generator = torch.Generator().manual_seed(seed)
-    views = random_crops(picture.detach().float().cpu(), crops, generator)
+    views = random_crops(picture.detach().float().cpu(), crops, generator, SMALLEST_CROP)
     total = 0.0
     with torch.no_grad():
         for start in range(0, crops, batch):

@@ -87,6 +87,36 @@ def scale_rotate(max_scale: float, max_degrees: float) -> Transform:
     return apply
 
 
+def random_crops(picture: torch.Tensor, count: int, generator: torch.Generator, smallest: float,
+                 size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``count`` random square crops of an N x 3 x H x W batch, each covering a random
+    ``smallest``-100% of the side at a random place (the same box for every item) and
+    resized to ``size`` (default H x W); the result is view-major, count * N items."""
+    height, width = picture.shape[-2:]
+    size = size or (height, width)
+    crops = []
+    for _ in range(count):
+        fraction = smallest + (1.0 - smallest) * float(torch.rand((), generator=generator))
+        side_y, side_x = max(1, round(height * fraction)), max(1, round(width * fraction))
+        top = int(torch.randint(0, height - side_y + 1, (), generator=generator))
+        left = int(torch.randint(0, width - side_x + 1, (), generator=generator))
+        crops.append(resize(picture[..., top:top + side_y, left:left + side_x], size))
+    return torch.cat(crops)
+
+
+def crops(count: int, smallest: float, size: int) -> Transform:
+    """Score ``count`` crops of the picture at once, each ``smallest``-100% of the side,
+    resized to ``size`` x ``size`` (0: the picture's own size): the picture must show its
+    class at several scales and places in every step, not only as a whole, which is what
+    turns a class's texture into its objects (the multi-crop robustness of Fel et al. 2023,
+    "MACO"). Crops of a quarter fewer pixels than the picture cost less per view."""
+    def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if count <= 1:
+            return x
+        return random_crops(x, count, generator, smallest, (size, size) if size else None)
+    return apply
+
+
 def compose(*transforms: Transform) -> Transform:
     def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         for transform in transforms:
