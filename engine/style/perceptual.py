@@ -321,6 +321,9 @@ class PixelDescent:
         with torch.no_grad():
             self.pixels.copy_(state)
 
+    def restart(self) -> None:
+        self.optimizer.state.clear()  # L-BFGS's history and step count, Adam's moments
+
 
 # -- options shared by the texture and style methods --------------------------------------------
 def layer_list(names: Sequence[str] | None, default: Sequence[str], resolve: Callable[[str], str], flag: str) -> list[str]:
