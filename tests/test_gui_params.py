@@ -62,6 +62,15 @@ def test_a_float_field_keeps_the_exact_default(qtbot):
     assert panel.values()["eps"] == 0.5
 
 
+def test_a_fields_special_value_is_named_not_shown_as_a_number(qtbot):
+    panel = panel_for(METHODS["adversarial"], LABELS)
+    qtbot.addWidget(panel)
+    step = panel.editors["lr"]
+    assert step.text() == "eps / 4" and panel.values()["lr"] == 0.0  # 0 stands for eps / 4
+    step.setValue(0.01)
+    assert step.text() == "0.01" and panel.values()["lr"] == 0.01
+
+
 def errors_shown(panel) -> dict[str, str]:
     return {name: label.text() for name, label in panel.field_errors.items() if panel.form.isRowVisible(label)}
 

@@ -132,6 +132,7 @@ def _float_spin(param, _labels) -> QDoubleSpinBox:
     spin.setSingleStep(float_step(param))
     low = param.minimum if param.minimum is not None else param.above if param.above is not None else -SPIN_LIMIT
     spin.setRange(float(low), float(param.maximum if param.maximum is not None else SPIN_LIMIT))
+    spin.setSpecialValueText(in_field_words(param.special))  # what the minimum stands for ("eps / 4")
     return spin
 
 
