@@ -75,7 +75,7 @@ def _cli_seconds(method_id: str, values: dict, image: str) -> tuple[float, dict]
 
 
 def run() -> list[Row]:
-    from PySide6.QtCore import QEventLoop, QSettings, QTimer
+    from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
     from engine.data.samples import sample_path
@@ -83,22 +83,14 @@ def run() -> list[Row]:
 
     app = QApplication.instance() or QApplication([])
     from gui.main_window import MainWindow
+    from gui.wait import wait_until
 
     window = MainWindow(settings=QSettings("/tmp/convscope-bench-window-vs-cli.ini", QSettings.Format.IniFormat))
     window.show()
     window.start_engine()
 
     def spin_until(condition, timeout=TIMEOUT_S):
-        # A blocking event loop, as app.exec() is: a loop of processEvents() would keep the
-        # UI thread busy on one of the cores the engine thread's arithmetic needs.
-        loop = QEventLoop()
-        poll = QTimer(interval=20, timeout=lambda: condition() and loop.quit())
-        QTimer.singleShot(int(timeout * 1000), loop.quit)
-        poll.start()
-        if not condition():
-            loop.exec()
-        poll.stop()
-        if not condition():
+        if not wait_until(condition, timeout):
             raise TimeoutError("the window did not get there in time")
 
     spin_until(lambda: window.image_info is not None)

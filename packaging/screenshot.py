@@ -1,7 +1,7 @@
 """Take the README's screenshot: the real window on an X display (e.g. Xvfb), captured
 with ImageMagick's `import`, after opening a photo and clicking a layer.
 
-    Xvfb :99 -screen 0 1500x900x24 &  DISPLAY=:99 .venv/bin/python packaging/screenshot.py resources/screenshot.png
+    Xvfb :99 -screen 0 1600x1000x24 &  DISPLAY=:99 .venv/bin/python packaging/screenshot.py resources/screenshot.png
     DISPLAY=:99 .venv/bin/python packaging/screenshot.py out.png embed - dataset=digits algo=tsne
 """
 
@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PySide6.QtCore import QEventLoop, QSettings  # noqa: E402
+from PySide6.QtCore import QSettings  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
+
+
+WIDTH, HEIGHT = 1600, 1000  # the screen a new user is walked on
 
 
 def main(out: str, method: str = "activations", layer: str = "stages.2.1.expand_relu6", **params: str) -> None:
@@ -23,15 +25,13 @@ def main(out: str, method: str = "activations", layer: str = "stages.2.1.expand_
     from gui.main_window import MainWindow
 
     window = MainWindow(settings=QSettings("/tmp/convscope-screenshot.ini", QSettings.Format.IniFormat))
-    window.setGeometry(0, 0, 1500, 900)
+    window.setGeometry(0, 0, WIDTH, HEIGHT)
     window.show()
     window.start_engine()
-    loop = QEventLoop()
+    from gui.wait import wait_until
 
     def wait(condition, seconds=120.0):
-        deadline = time.time() + seconds
-        while not condition() and time.time() < deadline:
-            loop.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+        wait_until(condition, seconds)
 
     # scroll_panel=bottom shows the end of a long form: Run, the status and the loss plot.
     scroll_to_bottom = params.pop("scroll_panel", "") == "bottom"
@@ -48,7 +48,7 @@ def main(out: str, method: str = "activations", layer: str = "stages.2.1.expand_
         bar = window.methods.pages[method].verticalScrollBar()
         bar.setValue(bar.maximum())
     wait(lambda: False, seconds=1.0)  # let the window paint
-    subprocess.run(["import", "-window", "root", "-crop", "1500x900+0+0", out], check=True)
+    subprocess.run(["import", "-window", "root", "-crop", f"{WIDTH}x{HEIGHT}+0+0", out], check=True)
     window.close()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PySide6.QtCore import QEventLoop, QSettings  # noqa: E402
+from PySide6.QtCore import QSettings  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 WIDTH, HEIGHT = 1600, 1000
@@ -33,13 +33,7 @@ def main(folder: str, *methods: str, limit: str = "120") -> None:
     window.setGeometry(0, 0, WIDTH, HEIGHT)
     window.show()
     window.start_engine()
-    loop = QEventLoop()
-
-    def wait(condition, seconds: float) -> bool:
-        deadline = time.time() + seconds
-        while not condition() and time.time() < deadline:
-            loop.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
-        return condition()
+    from gui.wait import wait_until as wait
 
     def shoot(name: str) -> None:
         wait(lambda: False, 1.0)  # let the window paint

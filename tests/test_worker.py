@@ -250,3 +250,20 @@ def test_frames_and_progress_reach_the_window_at_a_paced_rate_and_the_last_repor
     assert 2 <= len(frames) <= seconds / worker_module.FRAME_INTERVAL_S + 2 and frames == sorted(frames)
     assert 3 <= len(reports) <= seconds / worker_module.PROGRESS_INTERVAL_S + 2
     assert reports[-1] == (1.0, "all done") and seen[-1] == ("finished", "steady")
+
+
+def test_wait_until_blocks_on_the_event_loop_until_the_condition_holds_or_time_is_up(qtbot):
+    from PySide6.QtCore import QTimer
+
+    from gui.wait import wait_until
+
+    flag = []
+    QTimer.singleShot(100, lambda: flag.append(1))  # only an event loop running delivers it
+    started = time.monotonic()
+    assert wait_until(lambda: bool(flag), 5.0) and time.monotonic() - started < 2.0
+    started = time.monotonic()
+    assert not wait_until(lambda: False, 0.2) and 0.15 < time.monotonic() - started < 2.0
+    # The loop sleeps between events: a second of waiting costs the UI thread little CPU.
+    cpu = time.thread_time()
+    wait_until(lambda: False, 1.0)
+    assert time.thread_time() - cpu < 0.3
