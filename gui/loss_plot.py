@@ -1,7 +1,8 @@
 """The live loss plot of an optimisation: every metric whose name says it is a loss.
 
 Frames arrive at the canvas's pace (stale ones are dropped), so a curve has a point for
-each frame shown, not for each step; the x axis is the step, so the shape stays true.
+each frame shown, not for each step; the x axis is the step, so the shape stays true. The
+curves are redrawn at most twice a second.
 A term that has been 0 all along (a weight switched off) gets no curve. Losses span
 decades, so the y axis turns logarithmic once the positive values span two of them and
 none is negative; a 0 (a content loss at its start) is then left out of its curve.
@@ -17,8 +18,15 @@ from __future__ import annotations
 
 import html
 import math
+import time
 
 import pyqtgraph as pg
+from PySide6.QtCore import QTimer
+
+# Redrawing the plot (its curves and both axes' ticks and labels) takes the UI thread about
+# 6 ms of a core the engine's arithmetic also wants; at every frame it cost a one-second
+# DeepDream run a tenth of its speed.
+REDRAW_INTERVAL_S = 0.5
 
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 
@@ -45,11 +53,16 @@ class LossPlot(pg.PlotWidget):
         self.series: dict[str, tuple[list[float], list[float]]] = {}
         self._curves: dict[str, pg.PlotDataItem] = {}
         self._log_y = False
+        self._drawn_at = -math.inf
+        self._redraw = QTimer(self, singleShot=True)
+        self._redraw.timeout.connect(self.flush)
 
     def wheelEvent(self, event) -> None:  # noqa: N802 - Qt's name
         event.ignore()  # on to the scrolling form around the plot
 
     def reset(self) -> None:
+        self._redraw.stop()
+        self._drawn_at = -math.inf
         for curve in self._curves.values():
             self.removeItem(curve)
         self.series.clear()
@@ -65,7 +78,9 @@ class LossPlot(pg.PlotWidget):
         self.setTitle(key, size="9pt")
 
     def add(self, step: int, metrics: dict) -> bool:
-        """Append a frame's losses; False when it had none (the plot is then not needed)."""
+        """Append a frame's losses; False when it had none (the plot is then not needed).
+        The curves are redrawn at most every ``REDRAW_INTERVAL_S``, the newest points always
+        within that time (``flush`` draws them at once)."""
         losses = loss_metrics(metrics)
         for name, value in losses.items():
             steps, values = self.series.setdefault(name, ([], []))
@@ -75,6 +90,18 @@ class LossPlot(pg.PlotWidget):
                 colour = _COLOURS[len(self._curves) % len(_COLOURS)]
                 self._curves[name] = self.plot([], [], pen=pg.mkPen(colour, width=2))
                 self._name_curves()
+        if losses:
+            wait = self._drawn_at + REDRAW_INTERVAL_S - time.monotonic()
+            if wait <= 0:
+                self.flush()
+            elif not self._redraw.isActive():
+                self._redraw.start(math.ceil(wait * 1000))
+        return bool(self._curves)
+
+    def flush(self) -> None:
+        """Draw every point added so far."""
+        self._redraw.stop()
+        self._drawn_at = time.monotonic()
         shown = [value for name in self._curves for value in self.series[name][1]]
         positive = [value for value in shown if value > 0]
         log_y = bool(positive) and min(shown) >= 0 and max(positive) > 100 * min(positive)
@@ -87,4 +114,3 @@ class LossPlot(pg.PlotWidget):
                 kept = [(s, v) for s, v in zip(steps, values) if v > 0]
                 steps, values = [s for s, _ in kept], [v for _, v in kept]
             curve.setData(list(steps), list(values))
-        return bool(self._curves)

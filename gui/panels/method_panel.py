@@ -449,9 +449,11 @@ class MethodPanel(QWidget):
             self.run_requested.emit(self.method_id, values)
 
     def set_running(self, running: bool) -> None:
-        if running and self.loss_plot is not None:  # a new run: a new curve
-            self.loss_plot.reset()
-            self.loss_plot.hide()
+        if self.loss_plot is not None:
+            if running:  # a new run: a new curve, in the place the last one had (no relayout)
+                self.loss_plot.reset()
+            else:
+                self.loss_plot.flush()  # the run's last points at once, not at the next redraw
         self.running = running
         self.cancel_button.setEnabled(running)
 
