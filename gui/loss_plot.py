@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import html
 import math
-import time
 
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer
+
+from gui.pacing import Newest
 
 # Redrawing the plot (its curves and both axes' ticks and labels) takes the UI thread about
 # 6 ms of a core the engine's arithmetic also wants; at every frame it cost a one-second
@@ -53,16 +53,13 @@ class LossPlot(pg.PlotWidget):
         self.series: dict[str, tuple[list[float], list[float]]] = {}
         self._curves: dict[str, pg.PlotDataItem] = {}
         self._log_y = False
-        self._drawn_at = -math.inf
-        self._redraw = QTimer(self, singleShot=True)
-        self._redraw.timeout.connect(self.flush)
+        self._redraw = Newest(lambda _points: self.flush(), lambda: REDRAW_INTERVAL_S)
 
     def wheelEvent(self, event) -> None:  # noqa: N802 - Qt's name
         event.ignore()  # on to the scrolling form around the plot
 
     def reset(self) -> None:
-        self._redraw.stop()
-        self._drawn_at = -math.inf
+        self._redraw.forget()
         for curve in self._curves.values():
             self.removeItem(curve)
         self.series.clear()
@@ -91,17 +88,12 @@ class LossPlot(pg.PlotWidget):
                 self._curves[name] = self.plot([], [], pen=pg.mkPen(colour, width=2))
                 self._name_curves()
         if losses:
-            wait = self._drawn_at + REDRAW_INTERVAL_S - time.monotonic()
-            if wait <= 0:
-                self.flush()
-            elif not self._redraw.isActive():
-                self._redraw.start(math.ceil(wait * 1000))
+            self._redraw.offer(True)  # drawn now, or once the interval since the last redraw is up
         return bool(self._curves)
 
     def flush(self) -> None:
         """Draw every point added so far."""
-        self._redraw.stop()
-        self._drawn_at = time.monotonic()
+        self._redraw.take()  # drawn now: nothing left waiting
         shown = [value for name in self._curves for value in self.series[name][1]]
         positive = [value for value in shown if value > 0]
         log_y = bool(positive) and min(shown) >= 0 and max(positive) > 100 * min(positive)

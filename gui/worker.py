@@ -14,28 +14,28 @@ imports begin; and the model is only ever touched from here.
 Frames are never queued: the newest replaces the one before it, and the handle hands a
 frame to the UI thread only once the previous one has been taken and at most five times a
 second, so a slow canvas sees fewer frames, never an ever-growing backlog; progress
-reports likewise, at most ten a second, the last one always shown before the end. A cancelled job, or one superseded by a
-newer job (``submit(..., replaces=old)``), emits ``cancelled`` and never its result or a
-late frame, even if the engine had already finished it.
+reports likewise, at most ten a second, the last one always shown before the end. A
+cancelled job, or one superseded by a newer job (``submit(..., replaces=old)``), emits
+``cancelled`` and never its result or a late frame, even if the engine had already
+finished it.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
-import time
 import traceback
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, QThread, QTimer, Signal
+from PySide6.QtCore import QObject, QThread, Signal
 
 # engine.core.jobs and engine.core.errors need only numpy: cheap enough for the UI thread.
 from engine.core.errors import ConvScopeError, JobCancelled, in_field_words
 from engine.core.jobs import CancelToken, Frame, Progress
+from gui.pacing import Newest
 
 log = logging.getLogger("convscope")
 
@@ -45,48 +45,6 @@ log = logging.getLogger("convscope")
 # its threads is pushed off: occlusion's 55 frames in 5 s cost its run a sixth of its speed.
 FRAME_INTERVAL_S = 0.2
 PROGRESS_INTERVAL_S = 0.1
-
-
-class _Newest(QObject):
-    """The newest of a stream of values from the engine thread (frames, progress), handed
-    to ``deliver`` on the UI thread once the one before it has been taken and no sooner
-    than ``interval()`` seconds after it: values in between are replaced, never queued."""
-
-    _waiting = Signal()
-
-    def __init__(self, deliver: Callable[[Any], None], interval: Callable[[], float]) -> None:
-        super().__init__()
-        self._deliver = deliver
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._value: Any = None
-        self._pending = False
-        self._delivered_at = -math.inf
-        self._waiting.connect(self._on_waiting)
-
-    def offer(self, value) -> None:  # the engine thread
-        with self._lock:
-            self._value = value
-            notify = not self._pending
-            self._pending = True
-        if notify:
-            self._waiting.emit()
-
-    def take(self):
-        """The value waiting, if any (None), no longer waiting."""
-        with self._lock:
-            value, self._value, self._pending = self._value, None, False
-        return value
-
-    def _on_waiting(self) -> None:
-        wait = self._delivered_at + self._interval() - time.monotonic()
-        if wait > 0:  # still pending, so the engine does not ask again: one timer per gap
-            QTimer.singleShot(math.ceil(wait * 1000), self, self._on_waiting)
-            return
-        value = self.take()
-        if value is not None:
-            self._delivered_at = time.monotonic()
-            self._deliver(value)
 
 
 @dataclass
@@ -126,8 +84,8 @@ class JobHandle(QObject):
         self.done = False
         self._fn = fn
         self._worker = worker
-        self._frames = _Newest(self._deliver_frame, lambda: FRAME_INTERVAL_S)
-        self._progress = _Newest(lambda report: self._deliver_progress(*report), lambda: PROGRESS_INTERVAL_S)
+        self._frames = Newest(self._deliver_frame, lambda: FRAME_INTERVAL_S)
+        self._progress = Newest(lambda report: self._deliver_progress(*report), lambda: PROGRESS_INTERVAL_S)
         self._began.connect(self._on_began)
         self._ended.connect(self._on_ended)
 
@@ -156,7 +114,8 @@ class JobHandle(QObject):
     def _on_ended(self, outcome) -> None:
         # The last progress report is shown before the end; a frame still waiting is not:
         # the result replaces it.
-        last_report, _ = self._progress.take(), self._frames.take()
+        self._frames.take()
+        last_report = self._progress.take()
         if last_report is not None:
             self._deliver_progress(*last_report)
         self.done = True
