@@ -9,21 +9,19 @@ from bench.common import Row
 
 
 def run(clicks: int = 12) -> list[Row]:
-    from PySide6.QtCore import QEventLoop, QSettings, QTimer
+    from PySide6.QtCore import QSettings, QTimer
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication([])
     from gui.main_window import MainWindow
+    from gui.wait import wait_until
 
     window = MainWindow(settings=QSettings("/tmp/convscope-bench.ini", QSettings.Format.IniFormat))
     window.show()
     window.start_engine()
 
     def spin_until(condition, timeout=120.0):
-        deadline = time.perf_counter() + timeout
-        while not condition() and time.perf_counter() < deadline:
-            app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 5)
-        if not condition():
+        if not wait_until(condition, timeout):
             raise TimeoutError("the window did not get there in time")
 
     spin_until(lambda: window.image_info is not None)

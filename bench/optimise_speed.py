@@ -50,8 +50,8 @@ def run() -> list[Row]:
         step = _stepper("class-viz", blank, {"target": "goldfish", "param": param})
         ours, floor = median_times_interleaved([step, bare_step], repeats=REPEATS)
         rows.append(Row(f"class-viz step, 224 px, {param}", ours * 1000, "ms", reference=floor * 1000,
-                        note="reference: bare forward + backward at 224 px (the floor); defaults: jitter, zoom, "
-                             "rotate, blur every 4 steps"))
+                        note="reference: bare forward + backward at 224 px (the floor); defaults: pad, jitter, zoom, "
+                             "rotate, 4 crops at 160 px"))
 
     # What the Fourier parameterisation itself costs per step (irfft2, colour, sigmoid and
     # their backward): the difference between the two class-viz rows above.
