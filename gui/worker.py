@@ -14,7 +14,7 @@ imports begin; and the model is only ever touched from here.
 Frames are never queued: the newest replaces the one before it, and the handle hands a
 frame to the UI thread only once the previous one has been taken and at most five times a
 second, so a slow canvas sees fewer frames, never an ever-growing backlog; progress
-reports likewise, at most ten a second, the last one always shown before the end. A
+reports likewise, at most ten a second; the last of each is always shown before the end. A
 cancelled job, or one superseded by a newer job (``submit(..., replaces=old)``), emits
 ``cancelled`` and never its result or a late frame, even if the engine had already
 finished it.
@@ -112,10 +112,12 @@ class JobHandle(QObject):
             self.progress.emit(fraction, message)
 
     def _on_ended(self, outcome) -> None:
-        # The last progress report is shown before the end; a frame still waiting is not:
-        # the result replaces it.
-        self._frames.take()
-        last_report = self._progress.take()
+        # The last frame and progress report still waiting are shown before the end: the
+        # result replaces the frame's picture, but its metrics end the loss plot's curves
+        # (paced, the last step's frame is usually still waiting when the run ends).
+        last_frame, last_report = self._frames.take(), self._progress.take()
+        if last_frame is not None and not isinstance(outcome, _Cancelled):
+            self._deliver_frame(last_frame)
         if last_report is not None:
             self._deliver_progress(*last_report)
         self.done = True
