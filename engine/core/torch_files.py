@@ -37,6 +37,7 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # A legacy (pre-zip, PyTorch < 1.6) torch.save file starts with these pickles: magic number,
 # protocol version, system info, then the saved object. Raw tensor data follows.
 LEGACY_PICKLE_COUNT = 4
+SAFETENSORS_HEAD = 9  # the header's length (8 bytes) and the first byte of its JSON
 ZIP_SIGNATURE = b"PK\x03\x04"  # every torch.save archive since PyTorch 1.6 is a zip
 PICKLE_PROTOCOL_OPCODE = b"\x80"  # the first byte of a legacy torch.save file's first pickle
 # How many of the Python names a pickle refers to are quoted in the refusal message.
@@ -93,11 +94,13 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights file", *,
     """The tensors of a weights file, read with ``weights_only=True`` and nothing else.
 
     Accepts a plain state dict, or a checkpoint dict wrapping one under "state_dict" or
-    "model"; a "module." (or torch.compile's "_orig_mod.") prefix on every key is removed.
+    "model", or a safetensors file (Hugging Face's format, tensors only by design); a "module." (or torch.compile's "_orig_mod.") prefix on every key is removed.
     Raises ``ModelLoadError`` (never ``UntrustedFileError``: weights never need full
     unpickling, so there is nothing to trust).
     """
     path = Path(path)
+    if is_safetensors_file(path):
+        return _read_safetensors(path, what, advice)
     _torch_format(path, what, advice, ModelLoadError)
     if is_torchscript_archive(path):
         raise ModelLoadError(f"{path.name} is a TorchScript model, not a {what}: open it as the model itself")
@@ -115,6 +118,30 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights file", *,
             f"{path.name} holds a {type(content).__name__}, not a state dict (parameter names mapped to tensors)"
         )
     return state_dict
+
+
+def is_safetensors_file(path: Path) -> bool:
+    """Whether ``path`` starts as a safetensors file does: an 8-byte little-endian header
+    length, then the JSON header's opening brace."""
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(SAFETENSORS_HEAD)
+    except OSError:
+        return False  # _torch_format says what is wrong with it
+    if len(head) < SAFETENSORS_HEAD or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
+def _read_safetensors(path: Path, what: str, advice: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state_dict = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _damaged(path, advice, ModelLoadError, _detail(exc)) from None
+    return as_state_dict(state_dict) or {}
 
 
 def is_torchscript_archive(path: Path) -> bool:

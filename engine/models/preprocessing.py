@@ -3,6 +3,10 @@
 The whole image is used (never centre-cropped) so that every map lines up with the
 picture the user sees: the shorter side is scaled to the model's ``size`` and the aspect
 ratio is kept. Each model carries its own ``Preprocessing``.
+
+A model that only takes one input size (a ViT without interpolated position embeddings, an
+ONNX graph exported with a static shape) has ``fixed_size``: every image is scaled to
+exactly that size, squeezing its aspect ratio; the maps still cover the whole picture.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+               "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS,
+               "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
 
 
 @dataclass(frozen=True)
@@ -23,9 +30,15 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     max_aspect: float = 3.0  # longer side is capped at size * max_aspect
+    interpolation: str = "bicubic"  # how images are scaled: "bicubic", "bilinear" or "nearest"
+    fixed_size: tuple[int, int] | None = None  # (height, width) the model takes, and only that
+    crop_pct: float | None = None  # the centre crop the weights were evaluated with; recorded, never applied
 
     def input_size(self, width: int, height: int, size: int | None = None) -> tuple[int, int]:
-        """(width, height) of the model input for an image of the given size."""
+        """(width, height) of the model input for an image of the given size; ``size``, a
+        shorter side to use instead of the model's own, is ignored by a fixed-size model."""
+        if self.fixed_size is not None:
+            return self.fixed_size[1], self.fixed_size[0]
         size = size or self.size
         scale = size / min(width, height)
         new_w, new_h = round(width * scale), round(height * scale)
@@ -36,7 +49,7 @@ class Preprocessing:
         target = self.input_size(*image.size, size=size)
         if target == image.size:
             return image
-        return image.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        return image.resize(target, _RESAMPLING[self.interpolation], reducing_gap=3.0)
 
     def to_unit_tensor(self, image: Image.Image, size: int | None = None) -> torch.Tensor:
         """1x3xHxW float tensor in 0..1, resized for the model but not normalised."""
@@ -62,7 +75,12 @@ class Preprocessing:
         return self.normalise(self.to_unit_tensor(image, size))
 
     def as_dict(self) -> dict:
-        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "resize": "shorter side, no crop"}
+        resize = f"to exactly {self.fixed_size[1]}x{self.fixed_size[0]}" if self.fixed_size else "shorter side, no crop"
+        described = {"size": self.size, "mean": list(self.mean), "std": list(self.std), "resize": resize,
+                     "interpolation": self.interpolation}
+        if self.crop_pct is not None:
+            described["weights_evaluated_with_crop_pct"] = self.crop_pct
+        return described
 
 
 def unit_tensor_to_rgb(unit: torch.Tensor) -> np.ndarray:

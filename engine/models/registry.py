@@ -18,6 +18,7 @@ from engine.core.errors import ModelLoadError
 from engine.models.labels import generic_labels, imagenet_labels
 from engine.models.model import LoadedModel, ModelSpec, ProgressCallback, first_line
 from engine.models.preprocessing import Preprocessing
+from engine.models.timm_models import PREFIX as TIMM_PREFIX, build_timm_model, is_timm_name, timm_name
 from engine.models.user_files import load_model_file
 
 BUNDLED_MODEL = "efficientnet_lite0"
@@ -44,7 +45,7 @@ def model_spec(name: str) -> ModelSpec:
         if spec.name == name:
             return spec
     names = ", ".join(spec.name for spec in available_models())
-    raise ModelLoadError(f"unknown model '{name}'. Known models: {names}; or give the path of a model file")
+    raise ModelLoadError(f"unknown model '{name}'. Known models: {names}; timm:NAME for any of timm's models; or give the path of a model file")
 
 
 def load_model(
@@ -56,13 +57,18 @@ def load_model(
     progress: Optional[ProgressCallback] = None,
     cancel=None,
 ) -> LoadedModel:
-    """Load a model by registry name, or from a file when ``name`` is a path.
+    """Load a model by registry name, ``timm:NAME`` for any of timm's classifiers
+    (``engine.models.timm_models``), or from a file when ``name`` is a path.
 
     ``weights_path`` replaces the default weights of a named architecture with a
     state-dict file (always read with ``weights_only=True``). A file given as ``name``
     may be TorchScript or a pickled module; the latter needs ``trust=True``.
     """
-    if _looks_like_path(name):
+    if is_timm_name(name):
+        built = build_timm_model(timm_name(name), weights_path=weights_path, progress=progress, cancel=cancel)
+        loaded = LoadedModel(name=f"{TIMM_PREFIX}{built.name}", module=built.module, preprocessing=built.preprocessing,
+                             labels=built.labels, weights=built.weights)
+    elif _looks_like_path(name):
         module = load_model_file(name, trust=trust)
         loaded = _wrap_user_module(Path(name).stem, module, weights=str(Path(name).resolve()))
     else:
