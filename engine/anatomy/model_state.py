@@ -47,6 +47,8 @@ from torch import nn
 
 from engine.anatomy.hooks import first_tensor
 from engine.anatomy.fast_copy import FastCopy, backward_works, build_fast_copy, can_have_fast_copy, weights_version
+from engine.anatomy.layer_choice import depth_presets, score_layer
+from engine.anatomy.layouts import MAP, MapLayout, find_layouts
 from engine.anatomy.layer_tree import InputSize, LayerNode, trace_model, tree_from_traces
 from engine.anatomy.receptive_field import LayerTrace, ReceptiveField
 from engine.anatomy.relus import functional_relu_calls
@@ -160,6 +162,34 @@ class ModelState:
         """The tree of the model's modules with shapes and fields at this input size."""
         size = self._size(size)
         return self._once(("tree", size), lambda: tree_from_traces(self.module, self.layer_traces(size)))
+
+    def layouts(self, size: Size = None) -> Mapping[str, MapLayout]:
+        """Module path -> how its output lies over the image (``engine.anatomy.layouts``): a
+        map, channels-last, a transformer's tokens, a vector."""
+        size = self._size(size)
+        registers = int(getattr(self.module, "num_reg_tokens", 0) or 0)
+        return self._once(("layouts", size), lambda: MappingProxyType(
+            find_layouts(self.output_shapes(size), size, registers)))
+
+    def as_map(self, path: str, tensor: torch.Tensor, input_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Layer ``path``'s output ``tensor`` as N x C x h x w when the layer is spatial in any
+        layout (tokens without their prefix), else as it is; ``input_size`` (H, W) is the
+        input it came from, which fixes a token grid's shape."""
+        layout = self.layouts().get(path)
+        if layout is None or not layout.spatial or layout.kind == MAP:
+            return tensor
+        return layout.as_map(tensor, input_size)
+
+    def score_layer(self) -> str | None:
+        """The recommended Grad-CAM layer: the last spatial layer the class score depends on
+        (``engine.anatomy.layer_choice.score_layer``), at the model's own input size."""
+        return self._once("score layer", lambda: score_layer(self.module, self.layouts(), self.input_size))
+
+    def depth_presets(self) -> Mapping[str, str]:
+        """"early", "middle" and "late" worked out from the anatomy, for models without
+        hand-picked presets (``engine.anatomy.layer_choice.depth_presets``)."""
+        return self._once("depth presets", lambda: MappingProxyType(
+            depth_presets(self.module, self.layouts(), self.score_layer())))
 
     # -- the fast copy ----------------------------------------------------------------------
     def _usable_copy(self, sample: torch.Tensor, layer: str | None) -> _FastCopyRecord | None:

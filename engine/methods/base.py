@@ -51,7 +51,7 @@ class MethodContext:
         return self.model.state.output_shapes((height, width))
 
     def resolve_layer(self, spec: str | None, default: str = "middle") -> str:
-        return resolve_layer(self.model.module, spec, self.model.layer_presets, self.output_shapes(), default=default)
+        return resolve_layer(self.model.module, spec, self.model.presets, self.output_shapes(), default=default)
 
     def resolve_target(self, spec: str | int | None) -> dict:
         """{"index", "label"} of the requested class, or of the image's top-1."""

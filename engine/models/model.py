@@ -58,6 +58,12 @@ class LoadedModel:
                 self._state = ModelState(self.module, self.preprocessing.size)
             return self._state
 
+    @property
+    def presets(self) -> dict[str, str]:
+        """What "early", "middle" and "late" mean for this model: its hand-picked presets, else
+        the ones its anatomy gives (``ModelState.depth_presets``)."""
+        return dict(self.layer_presets) if self.layer_presets else dict(self.state.depth_presets())
+
     def to(self, device: str | torch.device) -> "LoadedModel":
         self.device = torch.device(device)
         self.module.to(self.device)
