@@ -18,22 +18,51 @@ def choose_dataset_folder(parent) -> str:
     return QFileDialog.getExistingDirectory(parent, "Open a folder of images (subfolders become labels)", str(Path.home()))
 
 
+WEIGHTS_FILTER = "State dicts (*.pt *.pth *.bin);;All files (*)"
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin")
+
+
 def choose_model_file(parent) -> str:
-    return QFileDialog.getOpenFileName(parent, "Open model file (TorchScript or pickled model)", str(Path.home()),
-                                       "PyTorch models (*.pt *.pth *.ts *.pkl);;All files (*)")[0]
+    return QFileDialog.getOpenFileName(
+        parent, "Open model file (TorchScript, pickled model, or a Python file defining the network)", str(Path.home()),
+        "Models (*.pt *.pth *.ts *.pkl *.py);;PyTorch models (*.pt *.pth *.ts *.pkl);;Python files (*.py);;"
+        "All files (*)")[0]
 
 
-def choose_weights_file(parent, model_name: str) -> str:
-    return QFileDialog.getOpenFileName(parent, f"Open weights for {model_name}", str(Path.home()),
-                                       "State dicts (*.pt *.pth *.bin);;All files (*)")[0]
+def choose_weights_file(parent, model_name: str, start: str | None = None) -> str:
+    return QFileDialog.getOpenFileName(parent, f"Open weights for {model_name}", start or str(Path.home()),
+                                       WEIGHTS_FILTER)[0]
 
 
-def ask_to_trust(parent, message: str) -> bool:
-    """The file needs full unpickling, which can run code: load it anyway?"""
+def ask_to_trust(parent, message: str, title: str = "Load a pickled model?") -> bool:
+    """The file runs code when it is loaded (a pickle, a Python file): load it anyway?"""
     answer = QMessageBox.question(
-        parent, "Load a pickled model?", f"{message}\n\nLoad it anyway? Only do this if you trust where the file came from.",
+        parent, title, f"{message}\n\nLoad it anyway? Only do this if you trust where the file came from.",
         QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
     return answer == QMessageBox.StandardButton.Yes
+
+
+def choose_python_weights(parent, script: str) -> str | None:
+    """The weights for the network a Python file defines: a state-dict file's path, "" to
+    keep the weights the file's own code gives it, None to open nothing after all.
+
+    The file chooser starts on a weights file named like the script beside it (net.pt
+    for net.py), if there is one: a likely answer, but only ever a suggestion.
+    """
+    script = Path(script)
+    answer = QMessageBox.question(
+        parent, "Weights for the network?",
+        f"Load a weights file (a state dict) into the network {script.name} defines?\n\n"
+        f"Yes: choose the file. No: keep the weights its own code gives it (random, unless it loads some itself).",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No | QMessageBox.StandardButton.Cancel,
+        QMessageBox.StandardButton.Yes)
+    if answer == QMessageBox.StandardButton.No:
+        return ""
+    if answer != QMessageBox.StandardButton.Yes:
+        return None
+    beside = next((script.with_suffix(suffix) for suffix in WEIGHTS_SUFFIXES if script.with_suffix(suffix).is_file()),
+                  script.parent)
+    return choose_weights_file(parent, script.name, str(beside)) or None
 
 
 def offer_weights_file(parent, message: str, pick_file) -> QMessageBox:

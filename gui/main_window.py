@@ -45,6 +45,8 @@ class MainWindow(QMainWindow):
         self.image_info = None
         self.last_error = ""
         self.weights_dialog: QMessageBox | None = None
+        # The trusted .py file the loaded network comes from: new weights rebuild it from that file.
+        self.python_model: str | None = None
         self._tree = None  # the layer tree on show: rebuilt only when the input size changes it
         self._box = None  # drawn on the photo: the receptive field of the patch it was opened from
         self._jobs: dict[str, JobHandle] = {}  # the newest job of each kind: asking again replaces it
@@ -198,6 +200,7 @@ class MainWindow(QMainWindow):
             return info, session.image_info() if session.image is not None else None
 
         def loaded(outcome) -> None:
+            self.python_model = name if trust and _is_python_file(name) else None
             self._apply_model_info(outcome[0])
             if outcome[1] is not None:
                 self._apply_image_info(outcome[1], self._box)
@@ -209,7 +212,12 @@ class MainWindow(QMainWindow):
         if at_startup:
             self.canvas.show_message("The model could not be loaded")
         message = describe_failure(error, "Loading the model")
-        if isinstance(error, UntrustedFileError):
+        if isinstance(error, UntrustedFileError) and _is_python_file(name):
+            if dialogs.ask_to_trust(self, message, title="Run a Python model file?"):
+                weights = dialogs.choose_python_weights(self, name)
+                if weights is not None:
+                    self.load_model(name, weights_path=weights or None, trust=True)
+        elif isinstance(error, UntrustedFileError):
             if dialogs.ask_to_trust(self, message):
                 self.load_model(name, trust=True)
         elif isinstance(error, WeightsMissingError):
@@ -224,6 +232,12 @@ class MainWindow(QMainWindow):
             self.load_model(path)
 
     def open_weights_file_dialog(self, name: str | None = None) -> None:
+        if name is None and self.python_model is not None:
+            # The user trusted this file when they opened it; it is built again around the new weights.
+            path = dialogs.choose_weights_file(self, Path(self.python_model).name, str(Path(self.python_model).parent))
+            if path:
+                self.load_model(self.python_model, weights_path=path, trust=True)
+            return
         name = name or (self.model_info.name if self.model_info else None)
         path = dialogs.choose_weights_file(self, name) if name else ""
         if path:
@@ -361,3 +375,9 @@ class MainWindow(QMainWindow):
             self.status.text.setText("Stopping the running job…")
         self.worker.stop()  # cancels every job and waits for the engine thread to end
         super().closeEvent(event)
+
+
+def _is_python_file(name: str | None) -> bool:
+    # The engine's rule (engine.models.python_files.is_python_model_file), which this module
+    # cannot import: it loads torch, and the window is on screen before torch is.
+    return name is not None and Path(name).suffix.lower() == ".py"

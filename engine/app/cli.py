@@ -2,6 +2,7 @@
 
     python main.py models
     python main.py layers --model NAME
+    python main.py layers --model net.py --weights net.pt --trust   (a network defined in Python)
     python main.py classify --image PATH [--model NAME]
     python main.py run METHOD --image PATH [--layer L] [--target T] [--out F.png] [--save-array F.npy] ...
 
@@ -40,9 +41,14 @@ class _UsageError(Exception):
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="model name (see `models`) or a model file")
-    parser.add_argument("--weights", default=None, help="a state-dict file for the named architecture")
-    parser.add_argument("--trust", action="store_true", help="allow a full pickled model file (it can run code)")
+    parser.add_argument("--model", default=None,
+                        help="model name (see `models`), a model file (TorchScript or a pickled model), or a .py file "
+                             "defining the network: a build_model() returning it, else a module-level `model`, else its "
+                             "one nn.Module class that takes no arguments (a .py file needs --trust)")
+    parser.add_argument("--weights", default=None,
+                        help="a state-dict file for the named architecture, or for the network a .py --model defines")
+    parser.add_argument("--trust", action="store_true",
+                        help="allow a model file that runs code: a pickled model or a .py file")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
 
 

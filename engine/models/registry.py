@@ -19,6 +19,7 @@ from engine.models.labels import generic_labels, imagenet_labels
 from engine.models.model import LoadedModel, ModelSpec, ProgressCallback, first_line
 from engine.models.preprocessing import Preprocessing
 from engine.models.timm_models import PREFIX as TIMM_PREFIX, build_timm_model, is_timm_name, timm_name
+from engine.models.python_files import is_python_model_file, load_python_model
 from engine.models.user_files import load_model_file
 
 BUNDLED_MODEL = "efficientnet_lite0"
@@ -62,12 +63,17 @@ def load_model(
 
     ``weights_path`` replaces the default weights of a named architecture with a
     state-dict file (always read with ``weights_only=True``). A file given as ``name``
-    may be TorchScript or a pickled module; the latter needs ``trust=True``.
+    may be TorchScript or a pickled module; the latter needs ``trust=True``. So does a
+    Python file defining the network (``engine.models.python_files``), which takes its
+    weights from ``weights_path``.
     """
     if is_timm_name(name):
         built = build_timm_model(timm_name(name), weights_path=weights_path, progress=progress, cancel=cancel)
         loaded = LoadedModel(name=f"{TIMM_PREFIX}{built.name}", module=built.module, preprocessing=built.preprocessing,
                              labels=built.labels, weights=built.weights)
+    elif is_python_model_file(name):
+        module, weights = load_python_model(name, weights_path=weights_path, trust=trust)
+        loaded = _wrap_user_module(Path(name).stem, module, weights=weights)
     elif _looks_like_path(name):
         module = load_model_file(name, trust=trust)
         loaded = _wrap_user_module(Path(name).stem, module, weights=str(Path(name).resolve()))

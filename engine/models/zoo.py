@@ -39,6 +39,7 @@ from engine.core.part_files import create_part_file, remove_stale_parts
 from engine.core.torch_files import read_state_dict
 from engine.models.preprocessing import Preprocessing
 from engine.models.model import ModelSpec, ProgressCallback
+from engine.models.state_dicts import load_state_dict
 
 DOWNLOAD_TIMEOUT_S = 30  # socket timeout for connecting and for each read
 DOWNLOAD_CHUNK_SIZE = 1 << 20  # bytes read between two cancel checks
@@ -161,8 +162,10 @@ def build_zoo_model(
         except ModelLoadError as exc:
             raise ModelLoadError(f"{exc}. Delete {weights_file} and it will be downloaded again") from None
         description = f"torchvision {default_weights(name)} ({weights_file.name})"
+    unused_prefixes = _UNUSED_WEIGHT_PREFIXES.get(name, ())
+    state_dict = {key: value for key, value in state_dict.items() if not key.startswith(unused_prefixes)}
     model = build_architecture(name)
-    _load_state_dict(model, name, state_dict, weights_file)
+    load_state_dict(model, name, state_dict, weights_file)
     return model, description
 
 
@@ -249,33 +252,6 @@ def _network_failure(exc: BaseException) -> str:
     # URLError wraps the socket error that says what happened ("Name or service not known").
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
     return str(reason).strip() or type(reason).__name__
-
-
-def _load_state_dict(model: nn.Module, name: str, state_dict: dict[str, torch.Tensor], source: Path) -> None:
-    """Load ``state_dict`` into ``model``, or say which keys do not fit."""
-    unused_prefixes = _UNUSED_WEIGHT_PREFIXES.get(name, ())
-    state_dict = {key: value for key, value in state_dict.items() if not key.startswith(unused_prefixes)}
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    wrong_shape = [
-        f"{key} {tuple(state_dict[key].shape)} instead of {tuple(tensor.shape)}"
-        for key, tensor in expected.items()
-        if key in state_dict and state_dict[key].shape != tensor.shape
-    ]
-    problems = [
-        f"{what} {_first_few(keys)}"
-        for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape:", wrong_shape))
-        if keys
-    ]
-    if problems:
-        raise ModelLoadError(f"the weights in {source.name} do not fit {name}: {'; '.join(problems)}")
-    model.load_state_dict(state_dict)
-
-
-def _first_few(items: list[str], count: int = 3) -> str:
-    more = f" and {len(items) - count} more" if len(items) > count else ""
-    return ", ".join(items[:count]) + more
 
 
 def _verify_hash_prefix(filename: str, hex_digest: str) -> None:
