@@ -340,11 +340,13 @@ def test_gradcam_of_a_layer_an_in_place_activation_follows_sees_its_own_values()
     np.testing.assert_allclose(result.array, expected, rtol=1e-4, atol=1e-6)
 
 
-def test_gradcam_without_presets_uses_the_last_convolution():
+def test_gradcam_without_presets_uses_the_last_spatial_layer_the_score_depends_on():
     model, image = tiny()
     model.layer_presets = {}
     result, _ = run("gradcam", MethodContext(model=model, image=image), target=1)
-    assert result.layer == "features.3"
+    # The activated output of the last convolution (features.4, a ReLU), named by the block
+    # that hands it on, as the paper takes it.
+    assert result.layer == "features" and model.presets["late"] == "features"
 
 
 def test_gradcam_refuses_layers_without_a_map_and_models_without_convolutions():

@@ -22,6 +22,13 @@ class ImageFeatures:
     input: torch.Tensor  # 1x3xHxW, normalised, on the model's device
     logits: torch.Tensor  # 1 x classes, CPU
     activations: dict[str, torch.Tensor]  # module path -> output, CPU, in execution order
+    state: object = None  # the model's ModelState, which knows each layer's layout
+
+    def layer_output(self, path: str) -> torch.Tensor:
+        """Layer ``path``'s output as a map (N x C x h x w) when it is spatial in any layout
+        (``engine.anatomy.layouts``: channels-last, a transformer's tokens), else as it is."""
+        output = self.activations[path]
+        return output if self.state is None else self.state.as_map(path, output, tuple(self.input.shape[-2:]))
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -72,4 +79,4 @@ def compute_features(model: LoadedModel, image: LoadedImage, size: int | None = 
             logits = model.module(x)
     logits = first_tensor(logits)
     activations = {path: tensor.float().cpu() for path, tensor in captured.items()}
-    return ImageFeatures(input=x, logits=logits.float().cpu(), activations=activations)
+    return ImageFeatures(input=x, logits=logits.float().cpu(), activations=activations, state=model.state)

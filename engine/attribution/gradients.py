@@ -54,11 +54,14 @@ def class_score(index: int) -> Score:
     return score
 
 
-def unit_score(path: str, channel: int, position: tuple[int, int] | None = None) -> Score:
+def unit_score(path: str, channel: int, position: tuple[int, int] | None = None, model: LoadedModel | None = None) -> Score:
     """One unit of layer ``path``: ``channel`` at (y, x) of its map, or entry ``channel`` of
-    a vector layer (``position`` None). The forward stops at the layer."""
+    a vector layer (``position`` None). The forward stops at the layer. With ``model``, a
+    channels-last or token layer is read as the map its layout gives."""
     def score(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         output = forward_to(module, path, x)
+        if model is not None:
+            output = model.state.as_map(path, output, tuple(x.shape[-2:]))
         return output[:, channel] if position is None else output[:, channel, position[0], position[1]]
 
     return score

@@ -35,7 +35,7 @@ from engine.attribution.guided import GuidedReLUs
 from engine.data.images import LoadedImage
 from engine.core.jobs import Progress
 from engine.view.display import MapOverPhoto, Picture, ScalarMap
-from engine.anatomy.layers import conv_layers, find_module
+from engine.anatomy.layers import find_module
 
 # Automatic batch: this many 224x224 images' worth of pixels per forward + backward pass.
 # Measured on the bundled model's fast copy, 224 px, 2 threads: on a quiet machine 33 /
@@ -152,31 +152,27 @@ def refuse_blank(values: np.ndarray, why: str) -> None:
 
 def cam_layer(ctx, spec: str | None) -> str:
     """The layer Grad-CAM weights: ``late`` is the model's preset for its last convolutional
-    stage (the activated output of the last conv layer), or, for a model without presets, the
-    last convolution to run. Refuses layers without a spatial map."""
-    model = ctx.model.module
-    if not conv_layers(model):
-        raise MethodInputError("this model has no convolution layers, so it has no feature maps for Grad-CAM to weight; "
-                               "use saliency or integrated-gradients instead")
+    stage, or, for a model without presets, the last spatial layer the class score depends
+    on (``engine.anatomy.layer_choice``: a CNN's last stage, a ViT's last ``norm1``).
+    Any spatial layout will do (a map, channels-last, a transformer's tokens); refuses
+    layers without a grid of more than one cell."""
     spec = (spec or "late").strip()
-    shapes = ctx.output_shapes()
-    if spec == "late" and "late" not in ctx.model.layer_presets:
-        convs = set(conv_layers(model))
-        ran = [path for path in shapes if path in convs]
-        if not ran:
-            raise MethodInputError("none of this model's convolution layers ran in the forward pass; give a layer path")
-        path = ran[-1]
-    else:
-        path = ctx.resolve_layer(spec)
-    shape = shapes.get(path)
+    layouts = ctx.model.state.layouts()
+    if not any(layout.spatial for layout in layouts.values()):
+        raise MethodInputError("this model has no convolution layers or token grids, so it has no feature maps for "
+                               "Grad-CAM to weight; use saliency or integrated-gradients instead")
+    path = ctx.resolve_layer(spec)
+    shape = ctx.output_shapes().get(path)
     if shape is None:
         raise MethodInputError(f"layer '{path}' did not run in the forward pass, so Grad-CAM has nothing to weight")
-    if len(shape) != 4:
-        raise MethodInputError(f"layer '{path}' outputs a {len(shape)}-D tensor, not a C x H x W map: Grad-CAM weights the "
-                               f"channels of a convolutional layer's map; pick one (default: the last)")
-    if shape[2] * shape[3] == 1:
+    layout = layouts.get(path)
+    if layout is not None and layout.kind == "vector" and len(shape) == 4:
         raise MethodInputError(f"layer '{path}' has a 1x1 map, so its Grad-CAM would be one value everywhere; "
                                f"pick an earlier convolutional layer")
+    if layout is None or not layout.spatial:
+        raise MethodInputError(f"layer '{path}' outputs a {len(shape)}-D tensor, not a C x H x W map: Grad-CAM weights the "
+                               f"channels of a convolutional layer's map (or a transformer's token grid); pick one "
+                               f"(default: the recommended layer)")
     return path
 
 
@@ -206,7 +202,10 @@ def layer_pass(model, module, pixels: torch.Tensor, path: str, score: Score, gui
     finally:
         if guide is not None:
             guide.active = True
-    return activation.detach(), layer_gradient, input_gradient, scores.detach()
+    # A channels-last or token layer's output, and its gradient, as N x C x h x w maps.
+    size = tuple(pixels.shape[-2:])
+    activation, layer_gradient = (model.state.as_map(path, tensor, size) for tensor in (activation.detach(), layer_gradient))
+    return activation, layer_gradient, input_gradient, scores.detach()
 
 
 @contextmanager

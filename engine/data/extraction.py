@@ -321,7 +321,7 @@ def layer_rows(model: LoadedModel, layer: str, kind: str, x: torch.Tensor,
     network = model.state.fast_copy(x[:1], layer=layer)
     with torch.inference_mode(), _cancellable(network, cancel or CancelToken()):
         output = model.state.run_in_fast_layout(lambda batch: forward_to(network, layer, batch), x)
-        return summarise(output, kind, layer)
+        return summarise(model.state.as_map(layer, output, tuple(x.shape[-2:])), kind, layer)
 
 
 def summarise(output: torch.Tensor, kind: str, layer: str = "") -> np.ndarray:

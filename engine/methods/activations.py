@@ -25,7 +25,7 @@ def run(ctx, p):
     channel, sort, page = p.channel, p.sort, p.page
     if path not in features.activations:
         raise MethodInputError(f"layer '{path}' did not run in the forward pass, so it has no activations")
-    output = features.activations[path][0].numpy()  # drop the batch axis
+    output = features.layer_output(path)[0].numpy()  # drop the batch axis
     yield Progress(0.5, path)
     metrics = {"shape": list(output.shape), "mean": float(output.mean()), "max": float(output.max()),
                "fraction_zero": float((output == 0).mean())}

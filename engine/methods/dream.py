@@ -68,7 +68,8 @@ class DreamObjective:
         if overwritten:  # a later in-place operation changed a captured map: capture copies instead
             self._copy |= overwritten
             return self.features(unit)
-        return dict(captured)
+        size = tuple(unit.shape[-2:])
+        return {path: self.model.state.as_map(path, output, size) for path, output in captured.items()}
 
     def __call__(self, unit: torch.Tensor, window: Window | None = None,
                  numel: dict[str, int] | None = None) -> tuple[torch.Tensor, dict[str, float]]:

@@ -62,10 +62,10 @@ def pick_unit(ctx, layer: str | None, channel: int | None, at: tuple[int, int] |
     if at is not None and channel is None:
         raise MethodInputError("--at picks a position in one channel's map: give --channel too")
     path = ctx.resolve_layer(layer)
-    activations = ctx.image_features().activations
-    if path not in activations:
+    features = ctx.image_features()
+    if path not in features.activations:
         raise MethodInputError(f"layer '{path}' did not run in the forward pass, so it has no units to explain")
-    output = activations[path][0]
+    output = features.layer_output(path)[0]
     if output.dim() not in (1, 3):
         raise MethodInputError(f"layer '{path}' outputs a {output.dim()}-D tensor; guided backprop explains a unit of "
                                f"a C x H x W map or of a vector")
@@ -103,7 +103,7 @@ def run(ctx, p):
         p.record(target=resolved["index"])
     else:
         resolved = None
-        score, what = unit_score(unit.path, unit.channel, unit.position), unit.name
+        score, what = unit_score(unit.path, unit.channel, unit.position, ctx.model), unit.name
         p.record(target=None, layer=unit.path, channel=unit.channel, at=unit.position)
     kind = "guided backprop" if rule == "guided" else "DeconvNet backprop"
     yield Progress(0.1, f"{kind} of {what}")

@@ -4,7 +4,9 @@ The whole image is used (never centre-cropped) so that every map lines up with t
 picture the user sees: the shorter side is scaled to the model's ``size`` and the aspect
 ratio is kept. Each model carries its own ``Preprocessing``.
 
-A model that only takes one input size (a ViT without interpolated position embeddings, an
+A vision transformer cuts the picture into patches, so both sides of its input must be a
+multiple of the patch size (``multiple_of``): they are rounded to the nearest one, which
+changes the aspect ratio by a few percent at most. A model that only takes one input size (a ViT without interpolated position embeddings, an
 ONNX graph exported with a static shape) has ``fixed_size``: every image is scaled to
 exactly that size, squeezing its aspect ratio; the maps still cover the whole picture.
 """
@@ -33,6 +35,7 @@ class Preprocessing:
     interpolation: str = "bicubic"  # how images are scaled: "bicubic", "bilinear" or "nearest"
     fixed_size: tuple[int, int] | None = None  # (height, width) the model takes, and only that
     crop_pct: float | None = None  # the centre crop the weights were evaluated with; recorded, never applied
+    multiple_of: int = 1  # both sides a multiple of this (a transformer's patch size), rounded to the nearest
 
     def input_size(self, width: int, height: int, size: int | None = None) -> tuple[int, int]:
         """(width, height) of the model input for an image of the given size; ``size``, a
@@ -43,7 +46,11 @@ class Preprocessing:
         scale = size / min(width, height)
         new_w, new_h = round(width * scale), round(height * scale)
         cap = round(size * self.max_aspect)
-        return max(1, min(new_w, cap)), max(1, min(new_h, cap))
+        new_w, new_h = max(1, min(new_w, cap)), max(1, min(new_h, cap))
+        if self.multiple_of > 1:
+            step = self.multiple_of
+            new_w, new_h = (max(step, round(side / step) * step) for side in (new_w, new_h))
+        return new_w, new_h
 
     def resize(self, image: Image.Image, size: int | None = None) -> Image.Image:
         target = self.input_size(*image.size, size=size)
@@ -78,6 +85,8 @@ class Preprocessing:
         resize = f"to exactly {self.fixed_size[1]}x{self.fixed_size[0]}" if self.fixed_size else "shorter side, no crop"
         described = {"size": self.size, "mean": list(self.mean), "std": list(self.std), "resize": resize,
                      "interpolation": self.interpolation}
+        if self.multiple_of > 1:
+            described["sides_multiple_of"] = self.multiple_of
         if self.crop_pct is not None:
             described["weights_evaluated_with_crop_pct"] = self.crop_pct
         return described

@@ -53,6 +53,9 @@ MEGABYTE = 1 << 20
 # The side a dynamic-size model is tried at, other than its own, to tell whether it really
 # takes any size (some accept the keyword and still need their configured size).
 _PROBE_SIDE = 160
+# Side multiples a model's input may need, tried smallest first: any size, then patch sizes
+# (8, 14, 16) and whole strides (32: a Swin's 4 x 8, 56: a 7 x 7 window at stride 8...).
+_MULTIPLES = (1, 2, 4, 8, 14, 16, 28, 32, 56, 64, 112, 224)
 
 
 def is_timm_name(name: str) -> bool:
@@ -173,11 +176,12 @@ def preprocessing_of(module: nn.Module, config: dict) -> Preprocessing:
     """The model's input size, normalisation and interpolation from its pretrained config;
     a fixed input size when the model cannot take the photo's own aspect ratio."""
     height, width = (tuple(config.get("input_size") or (3, 224, 224)))[1:]
-    fixed = None if _takes_any_size(module, (height, width)) else (int(height), int(width))
+    multiple = _size_multiple(module, (int(height), int(width)))
+    fixed = None if multiple else (int(height), int(width))
     return Preprocessing(size=int(min(height, width)), mean=tuple(config.get("mean") or (0.485, 0.456, 0.406)),
                          std=tuple(config.get("std") or (0.229, 0.224, 0.225)),
                          interpolation=config.get("interpolation") or "bicubic", fixed_size=fixed,
-                         crop_pct=config.get("crop_pct"))
+                         crop_pct=config.get("crop_pct"), multiple_of=multiple or 1)
 
 
 def labels_of(module: nn.Module, config: dict) -> list[str]:
@@ -282,20 +286,35 @@ def _classes_in(state_dict: dict[str, torch.Tensor], config: dict) -> int | None
     return None
 
 
-def _takes_any_size(module: nn.Module, size: tuple[int, int]) -> bool:
-    """Whether the model runs on a non-square input other than its configured size (on the
-    meta device: shapes only, nothing computed)."""
+def _size_multiple(module: nn.Module, size: tuple[int, int]) -> int | None:
+    """What the sides of the model's input must be a multiple of for it to take other sizes
+    than its configured one (1: any size; a ViT's patch size; a Swin's patch size times its
+    stages' strides), tried on non-square sizes on the meta device (shapes only, nothing
+    computed); None when it takes its configured size only."""
     from engine.anatomy.twin import module_twin
 
     height, width = size
-    probe = (max(32, height - _PROBE_SIDE // 2), width + _PROBE_SIDE // 2)
     try:
         twin = module_twin(module, lambda tensor: tensor.to("meta"))
-        with torch.no_grad():
-            twin(torch.zeros(1, 3, *probe, device="meta"))
-        return True
-    except Exception:  # noqa: BLE001 - any failure means it needs its own size
-        return False
+    except Exception:  # noqa: BLE001 - a model that cannot be copied is taken at its own size
+        return None
+
+    def runs(rows: int, columns: int) -> bool:
+        try:
+            with torch.no_grad():
+                twin(torch.zeros(1, 3, rows, columns, device="meta"))
+            return True
+        except Exception:  # noqa: BLE001 - any failure means it cannot take that size
+            return False
+
+    for multiple in _MULTIPLES:
+        rows = max(multiple, round((height - _PROBE_SIDE // 2) / multiple) * multiple)
+        columns = max(multiple, round((width + _PROBE_SIDE // 2 + 1) / multiple) * multiple)
+        if multiple > 1 and (rows, columns) in ((height, width),):
+            continue
+        if runs(rows, columns) and runs(rows + multiple, columns + 3 * multiple):
+            return multiple
+    return None
 
 
 def _without_inplace(module: nn.Module) -> nn.Module:

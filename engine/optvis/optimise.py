@@ -82,10 +82,12 @@ def probe_model(model: LoadedModel, picture: torch.Tensor, needs: Sequence[str],
     wanted = [name for name in needs if name not in (INPUT, LOGITS)]
     stop_early = LOGITS not in needs
 
+    size = tuple(model_input.shape[-2:])
+
     def record(name: str, tensor: torch.Tensor | None) -> None:
         if name in probe or tensor is None:
             return
-        probe[name] = tensor
+        probe[name] = model.state.as_map(name.removesuffix(PRE), tensor, size)
         if stop_early and all(w in probe for w in wanted):
             raise StopForward
 

@@ -1,0 +1,164 @@
+"""Vision transformers and channels-last layers: token grids read as maps, by every method that
+reads a layer, and Grad-CAM where a ViT's score can see it.
+
+The models are timm's, randomly initialised (no weights can be downloaded here); what is
+checked holds for any weights: each map equals the one computed by hand from the raw token
+tensor (class token set aside, patches laid out row by row), as pytorch-grad-cam's
+``reshape_transform`` recipe does it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from engine.anatomy.layouts import CHANNELS_LAST, TOKENS
+from engine.core.jobs import drive
+from engine.data.extraction import layer_rows
+from engine.methods import METHODS, MethodContext
+from engine.models.labels import imagenet_labels
+from engine.models.model import LoadedModel
+from engine.models.timm_models import _pretrained_config, build_timm_architecture, preprocessing_of
+
+
+def timm_model(name: str) -> LoadedModel:
+    torch.manual_seed(0)
+    module = build_timm_architecture(name)
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return LoadedModel(name=f"timm:{name}", module=module, preprocessing=preprocessing_of(module, _pretrained_config(name)),
+                       labels=imagenet_labels(), weights="random")
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return timm_model("vit_tiny_patch16_224")
+
+
+@pytest.fixture(scope="module")
+def swin():
+    return timm_model("swin_tiny_patch4_window7_224")
+
+
+def run(model, image, method, **params):
+    return drive(METHODS[method].start(MethodContext(model=model, image=image), params))
+
+
+def raw_output(model, pixels, path, grad=False):
+    """The layer's raw output (tokens, channels-last) for 0..1 pixels, by a plain hook."""
+    kept = {}
+    handle = model.module.get_submodule(path).register_forward_hook(lambda _m, _i, out: kept.setdefault("out", out))
+    try:
+        x = model.preprocessing.normalise(pixels)
+        logits = model.module(x)
+    finally:
+        handle.remove()
+    return kept["out"], logits
+
+
+def test_a_photo_keeps_its_aspect_ratio_as_a_non_square_token_grid(vit, chelsea):
+    width, height = vit.preprocessing.input_size(*chelsea.size)
+    assert (width % 16, height % 16) == (0, 0) and (width, height) == (336, 224)
+    layout = vit.state.layouts()["blocks.5"]
+    assert layout.kind == TOKENS and layout.prefix == 1 and layout.describe() == "tokens 14x14 + class token"
+
+    result = run(vit, chelsea, "activations", layer="blocks.5")
+    assert result.array.shape == (192, 14, 21)
+    pixels = vit.preprocessing.to_unit_tensor(chelsea.image)
+    with torch.no_grad():
+        tokens, _ = raw_output(vit, pixels, "blocks.5")
+    by_hand = tokens[0, 1:].reshape(14, 21, 192).permute(2, 0, 1).numpy()
+    np.testing.assert_allclose(result.array, by_hand, rtol=1e-5, atol=1e-5)
+
+
+def hand_vit_cam(vit, pixels, target):
+    tokens, logits = raw_output(vit, pixels.clone().requires_grad_(True), "blocks.11.norm1")
+    gradient, = torch.autograd.grad(logits[0, target], tokens)
+    activation = tokens.detach()[0, 1:].reshape(14, 21, -1).permute(2, 0, 1)[None]
+    weights = gradient[0, 1:].reshape(14, 21, -1).permute(2, 0, 1).mean(dim=(1, 2))
+    cam = F.relu((weights[None, :, None, None] * activation).sum(dim=1, keepdim=True))
+    return F.interpolate(cam, size=(224, 336), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+@pytest.fixture(scope="module")
+def vit_target(vit, chelsea):
+    """With random weights, a class whose Grad-CAM is not below zero everywhere (and so ReLU'd
+    away to nothing), as a trained model's top class would be; and that map by hand."""
+    pixels = vit.preprocessing.to_unit_tensor(chelsea.image)
+    return next((c, cam) for c in range(100) if np.any(cam := hand_vit_cam(vit, pixels, c)))
+
+
+def test_gradcam_on_a_vit_uses_the_last_attentions_input_and_equals_the_hand_computation(vit, chelsea, vit_target):
+    target, expected = vit_target
+    result = run(vit, chelsea, "gradcam", target=target)
+    assert result.layer == "blocks.11.norm1"  # the last block's output never reaches the class token's score
+    np.testing.assert_allclose(result.array, expected, rtol=1e-4, atol=1e-6)
+    assert result.metrics["layer_grid"] == [14, 21]
+
+
+def test_the_last_blocks_output_of_a_class_token_vit_is_refused_as_blank(vit, chelsea):
+    from engine.core.errors import MethodInputError
+
+    with pytest.raises(MethodInputError, match="zero everywhere"):
+        run(vit, chelsea, "gradcam", layer="blocks.11", target=0)
+
+
+def test_gradcam_on_swins_channels_last_stages_equals_the_hand_computation(swin, chelsea):
+    result = run(swin, chelsea, "gradcam", target=1)
+    layout = swin.state.layouts()[result.layer]
+    assert layout.kind == CHANNELS_LAST and result.layer == "norm"
+    pixels = swin.preprocessing.to_unit_tensor(chelsea.image)
+    nhwc, logits = raw_output(swin, pixels.clone().requires_grad_(True), "norm")
+    gradient, = torch.autograd.grad(logits[0, 1], nhwc)
+    activation, gradient = nhwc.detach().permute(0, 3, 1, 2), gradient.permute(0, 3, 1, 2)
+    cam = F.relu((gradient.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1, keepdim=True))
+    expected = F.interpolate(cam, size=tuple(pixels.shape[-2:]), mode="bilinear", align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(result.array, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_token_unit_is_the_token_at_its_place_in_the_grid(vit, chelsea):
+    from engine.attribution.gradients import score_gradient, unit_score
+
+    pixels = vit.preprocessing.to_unit_tensor(chelsea.image)
+    gradient, scores = score_gradient(vit, pixels, unit_score("blocks.3", 5, (2, 7), vit), vit.module)
+    leaf = pixels.clone().requires_grad_(True)
+    tokens, _ = raw_output(vit, leaf, "blocks.3")
+    token = 1 + 2 * 21 + 7  # after the class token, row 2, column 7 of a 14x21 grid
+    assert float(scores[0]) == pytest.approx(float(tokens[0, token, 5]), rel=1e-4)
+    expected, = torch.autograd.grad(tokens[0, token, 5], leaf)
+    torch.testing.assert_close(gradient, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_guided_backprop_says_why_a_gelu_transformer_has_no_guided_map(vit, chelsea):
+    from engine.core.errors import MethodInputError
+
+    with pytest.raises(MethodInputError, match="has none \\(it uses GELU\\)"):
+        run(vit, chelsea, "guided-backprop", target=1)
+
+
+def test_extracted_vectors_of_a_token_layer_average_its_patch_tokens(vit, chelsea):
+    x = vit.preprocessing.to_tensor(chelsea.image, 224)
+    rows = layer_rows(vit, "blocks.11", "avgpool", x)
+    with torch.no_grad():
+        tokens, _ = raw_output(vit, vit.preprocessing.to_unit_tensor(chelsea.image, 224), "blocks.11")
+    np.testing.assert_allclose(rows[0], tokens[0, 1:].mean(dim=0).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method, params", [
+    ("saliency", {}), ("integrated-gradients", {"steps": 4}), ("smoothgrad", {"samples": 3}),
+    ("occlusion", {"window": 64, "stride": 64}), ("gradcam", {"variant": "layercam"}),
+    ("gradcam", {"variant": "gradcam++"}),
+])
+def test_attribution_methods_give_maps_over_the_whole_photo(vit, chelsea, vit_target, method, params):
+    result = run(vit, chelsea, method, target=vit_target[0], **params)
+    height, width = result.array.shape
+    assert width / height == 1.5 and np.isfinite(result.array).all() and np.any(result.array)
+
+
+def test_optimisation_methods_read_token_layers(vit, chelsea):
+    dream = run(vit, chelsea, "dream", layer="blocks.4", steps=2, octaves=1)
+    assert dream.metrics["loss_last"] < dream.metrics["loss_first"]  # it ascends the tokens' norm
+    unit = run(vit, None, "class-viz", objective="channel", layer="blocks.6", channel=3, steps=4, size=64)
+    assert unit.layer == "blocks.6" and unit.metrics["loss_last"] < unit.metrics["loss_first"]
