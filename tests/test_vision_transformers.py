@@ -162,3 +162,10 @@ def test_optimisation_methods_read_token_layers(vit, chelsea):
     assert dream.metrics["loss_last"] < dream.metrics["loss_first"]  # it ascends the tokens' norm
     unit = run(vit, None, "class-viz", objective="channel", layer="blocks.6", channel=3, steps=4, size=64)
     assert unit.layer == "blocks.6" and unit.metrics["loss_last"] < unit.metrics["loss_first"]
+
+
+def test_top_patches_of_a_token_channel_are_the_patches_its_tokens_sit_on(vit):
+    result = run(vit, None, "patches", dataset="samples", layer="blocks.5", channels=[3], top=2)
+    # Its units see the whole image (attention); each crop is the 16 px patch the token sits on.
+    assert vit.state.layer_tree(224).find("blocks.5").receptive_field is None
+    assert result.metrics["receptive_field"] == "16 px, jump 16, start 8"

@@ -78,7 +78,7 @@ def depth_presets(module: nn.Module, layouts: Mapping[str, MapLayout], late: str
 
 
 def score_layer(module: nn.Module, layouts: Mapping[str, MapLayout], input_size: tuple[int, int]) -> str | None:
-    """The last spatial layer whose grid the top class score depends on (see the module's
+    """The last spatial layer whose grid the class scores depend on (see the module's
     docstring), from one forward and backward pass of a random image on a twin of
     ``module``; None when no spatial layer gets any gradient or the pass fails."""
     candidates = [path for path, layout in layouts.items() if layout.spatial and _cells(layout) > 1]
@@ -98,14 +98,31 @@ def score_layer(module: nn.Module, layouts: Mapping[str, MapLayout], input_size:
                 outputs[path] = tensor
         return hook
 
+    # The score is a random mix of what the classifier reads (the input of the last Linear
+    # layer to run), so that a classifier whose weights start at zero (timm's MLP-Mixer
+    # and others, before training) still tells which layers reach it.
+    classifier = next((modules[path] for path in reversed(list(layouts))
+                       if isinstance(modules.get(path), nn.Linear)), None)
+    read: dict[str, torch.Tensor] = {}
+
+    def keep_input(_module, inputs):
+        if "input" not in read and inputs and isinstance(inputs[0], torch.Tensor):
+            read["input"] = inputs[0]
+
     parameter = next(twin.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randn((1, 3, *input_size), generator=generator).to(device).requires_grad_(True)
     try:
-        with torch.enable_grad(), hooked((modules[path], keep(path)) for path in candidates if path in modules):
+        with torch.enable_grad(), hooked(((modules[path], keep(path)) for path in candidates if path in modules),
+                                         pre=[(classifier, keep_input)] if classifier is not None else []):
             logits = first_tensor(twin(pixels))
-            score = logits[0, int(logits[0].argmax())]
+            if "input" in read:
+                features = read["input"]
+                mix = torch.randn(features.shape[1:], generator=generator).to(features.device, features.dtype)
+                score = (features[0] * mix).sum()
+            else:
+                score = logits[0, int(logits[0].argmax())]
             kept = [path for path in candidates if path in outputs]
             gradients = torch.autograd.grad(score, [outputs[path] for path in kept], allow_unused=True)
     except Exception:  # noqa: BLE001 - the pass may fail for a model's own reasons; the fallback stands

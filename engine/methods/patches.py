@@ -17,6 +17,7 @@ from engine.core.errors import MethodInputError
 from engine.data.extraction import extract, skipped_list, skipped_note
 from engine.view.gallery import BACKGROUND, Tile, render_gallery
 from engine.data.images import load_image
+from engine.anatomy.receptive_field import ReceptiveField
 from engine.core.jobs import Progress, Result, within
 from engine.view.display import Gallery
 from engine.methods.params import DATASET, MethodSpec, Param, require_channel
@@ -29,10 +30,11 @@ def run(ctx, p):
     path = ctx.resolve_layer(p.layer)
     size = ctx.model.preprocessing.size
     node = ctx.model.state.layer_tree(size).find(path)
-    field = node.receptive_field if node else None
-    if field is None or node.output_shape is None or len(node.output_shape) != 4:
+    layout = ctx.model.state.layouts(size).get(path)
+    if node is None or layout is None or not layout.spatial:
         raise MethodInputError(f"'{path}' has no spatial map with a receptive field; pick a convolution-stage layer")
-    picked = [require_channel("channels", channel, node.output_shape[1], path) for channel in p.channels]
+    field = node.receptive_field or _cell_field(layout)
+    picked = [require_channel("channels", channel, layout.channels, path) for channel in p.channels]
 
     scan = yield from within(extract(ctx.model, data, path, kind="channel-max", cancel=ctx.cancel), 0.0, 0.9)
     try:
@@ -108,3 +110,10 @@ SPEC = MethodSpec(
     run=run,
     needs_image=False,
 )
+
+
+def _cell_field(layout) -> ReceptiveField:
+    """For a layer whose units see the whole image (a transformer's tokens after attention):
+    the patch each unit sits on, which is what its top activations are cropped to."""
+    return ReceptiveField(size=(layout.stride, layout.stride), jump=(layout.stride, layout.stride),
+                          start=(layout.stride / 2, layout.stride / 2))
