@@ -14,9 +14,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from engine.core.errors import ModelLoadError
+from engine.core.errors import ModelLoadError, first_line
 from engine.models.labels import generic_labels, imagenet_labels
-from engine.models.model import LoadedModel, ModelSpec, ProgressCallback, first_line
+from engine.models.model import LoadedModel, ModelSpec, ProgressCallback
 from engine.models.preprocessing import Preprocessing
 from engine.models.user_files import load_model_file
 
