@@ -14,22 +14,23 @@ they keep their ordinary gradient (as in Captum, which guides ``nn.ReLU`` only),
 or functions alike; the note names the modules (EfficientNet-B0's SiLU, MobileNetV3's
 Hardswish and Hardsigmoid, ConvNeXt's GELU).
 
-How: a forward hook on each ReLU-like module registers a hook on its output *tensor*
-that clamps the gradient arriving there to be non-negative; the module's own backward
-then applies ``f'(x)``, which for ReLU and ReLU6 is already zero where ``x <= 0``. A
-LeakyReLU's own backward would pass ``0.01 * g`` for negative inputs, so its hook also
-multiplies by the mask ``output > 0`` (taken at forward time; the output is positive
-exactly where the input was). Tensor hooks work on in-place modules, where module
-backward hooks (``register_full_backward_hook``) fail: an in-place ReLU's output is its
-input tensor, and a tensor hook registered before a later in-place change still receives
-the gradient of the value it was registered on.
-
 The DeconvNet rule (Zeiler & Fergus 2014), which guided backprop refines, is the other
 half alone: each unit sends back ``relu(g)`` wherever its input was, positive or not
-(``rule="deconvnet"``). The module's own backward has already multiplied by ``f'(x)``
-when the gradient reaches the unit's input, so a hook on the input *tensor*, registered
-before the unit runs, adds back ``relu(g) * (1 - f'(x))``: exact even when that tensor
-also feeds other operations (a residual branch), whose share of its gradient is kept.
+(``rule="deconvnet"``).
+
+How: a forward hook on each ReLU-like module registers a hook on the autograd node that
+made its output (``output.grad_fn``: ``ReluBackward0``, ``HardtanhBackward0``,
+``LeakyReluBackward0``), which replaces what the node passes back to the unit's input.
+The node has already applied ``f'(x)`` to ``g``: for ReLU and ReLU6 the guided rule is
+then ``relu`` of that (``f'`` is 0 or 1), and the DeconvNet's is ``relu(g)`` itself.
+LeakyReLU's ``f'`` is 0.01 for negative inputs, so its guided rule keeps the mask
+``output > 0`` from forward time (the output is positive exactly where the input was).
+Node hooks work on in-place modules, where module backward hooks
+(``register_full_backward_hook``) fail, and cost one pass over the gradient per unit
+and nothing in the forward: the DeconvNet costs what guided backprop does, and both
+less than Captum's ``GuidedBackprop`` / ``Deconvolution``, whose module backward hooks
+add identity nodes around every ReLU. What the unit's input passes on to other
+operations (a residual branch) is untouched: the node is the unit's alone.
 
 A model that applies ReLU as a *function* (``F.relu`` / ``torch.relu`` / ``x.relu()``
 outside a ReLU module, e.g. torchvision's GoogLeNet and Inception in ``BasicConv2d``,
@@ -134,70 +135,24 @@ def guided_relus(network: nn.Module, rule: str = "guided", functional: int = 0) 
     if rule not in RULES:
         raise ValueError(f"unknown rule '{rule}'; known: {', '.join(RULES)}")
     state = GuidedReLUs(units=len(units), others=dict(others), rule=rule, functional=functional)
-    if rule == "guided":
-        with hooked((unit, partial(_guide, state)) for unit in units):
-            yield state
-    else:
-        hand_overs = [(unit, _DeconvUnit(state)) for unit in units]
-        with hooked(forward=((unit, hand_over.watch_output) for unit, hand_over in hand_overs),
-                    pre=((unit, hand_over.watch_input) for unit, hand_over in hand_overs)):
-            yield state
+    with hooked((unit, partial(_watch, state)) for unit in units):
+        yield state
 
 
-def _guide(state: GuidedReLUs, module: nn.Module, inputs, output) -> None:
-    if not isinstance(output, torch.Tensor) or not output.requires_grad:
-        return
-    # ReLU and ReLU6 zero the gradient where the input was <= 0 in their own backward;
-    # LeakyReLU would pass a fraction of it, so its positive mask is kept.
-    positive = output > 0 if isinstance(module, nn.LeakyReLU) else None
-    output.register_hook(partial(_positive_gradient, state, positive))
+def _watch(state: GuidedReLUs, module: nn.Module, inputs, output) -> None:
+    if not isinstance(output, torch.Tensor) or output.grad_fn is None:
+        return  # its input needed no gradient: nothing flows back through this unit
+    positive = output > 0 if state.rule == "guided" and isinstance(module, nn.LeakyReLU) else None
+    output.grad_fn.register_hook(partial(_rule, state, positive))
 
 
-def _positive_gradient(state: GuidedReLUs, positive: torch.Tensor | None, grad: torch.Tensor) -> torch.Tensor | None:
-    if not state.active:
-        return None  # leave the gradient as it is
-    grad = grad.clamp(min=0)
-    return grad if positive is None else grad * positive
-
-
-class _DeconvUnit:
-    """The DeconvNet rule at one unit: hooks on its input and output tensors, and what the
-    output's hook hands over to the input's for the call in progress."""
-
-    def __init__(self, state: GuidedReLUs) -> None:
-        self.state = state
-        self.pending: dict | None = None
-
-    def watch_input(self, module: nn.Module, inputs) -> None:
-        # Before the unit runs: an in-place unit then changes the tensor, and this hook
-        # still receives the gradient of the value it saw.
-        x = inputs[0] if inputs else None
-        self.pending = {} if isinstance(x, torch.Tensor) and x.requires_grad else None
-        if self.pending is not None:
-            x.register_hook(partial(self._restore_masked, self.pending))
-
-    def watch_output(self, module: nn.Module, inputs, output) -> None:
-        pending, self.pending = self.pending, None
-        if pending is None or not isinstance(output, torch.Tensor) or not output.requires_grad:
-            return  # its input needed no gradient: nothing flows back through this unit
-        # What the module's backward keeps of the gradient: its derivative, read from the
-        # output now (the output is positive exactly where the input was).
-        if isinstance(module, nn.LeakyReLU):
-            pending["kept"] = torch.where(output > 0, 1.0, module.negative_slope).to(output.dtype)
-        elif isinstance(module, nn.ReLU6):
-            pending["kept"] = ((output > 0) & (output < 6)).to(output.dtype)
-        else:
-            pending["kept"] = (output > 0).to(output.dtype)
-        output.register_hook(partial(self._positive_gradient, pending))
-
-    def _positive_gradient(self, pending: dict, grad: torch.Tensor) -> torch.Tensor | None:
-        if not self.state.active:
-            return None
-        pending["positive_gradient"] = grad.clamp(min=0)
-        return pending["positive_gradient"]
-
-    def _restore_masked(self, pending: dict, grad: torch.Tensor) -> torch.Tensor | None:
-        if not self.state.active or "positive_gradient" not in pending:
-            return None
-        # The unit's backward passed kept * relu(g); the DeconvNet passes relu(g) itself.
-        return grad + pending.pop("positive_gradient") * (1 - pending["kept"])
+def _rule(state: GuidedReLUs, positive: torch.Tensor | None, to_input: tuple, from_output: tuple) -> tuple | None:
+    """What the unit's node passes back to its input: ``to_input`` (``f'(x) * g``) by the
+    rule; ``from_output`` is ``(g,)``."""
+    if not state.active or to_input[0] is None:
+        return None  # the ordinary gradient
+    if state.rule == "deconvnet":
+        return (from_output[0].clamp(min=0),)
+    if positive is not None:  # LeakyReLU: relu(g) where the input was positive
+        return (from_output[0].clamp(min=0) * positive,)
+    return (to_input[0].clamp(min=0),)
