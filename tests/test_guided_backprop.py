@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from engine.core.errors import MethodInputError
-from engine.attribution.gradients import class_score, gradient_network, network_input, score_gradient
-from engine.attribution.guided import guided_relus
+from engine.attribution.gradients import class_score, score_gradient
+from engine.attribution.guided import guided_network, guided_relus
 from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
 from engine.models.preprocessing import Preprocessing
@@ -28,10 +28,11 @@ def run(method, ctx, **params):
     return drive(spec.start(ctx, params))
 
 
-def guided_gradient(model, pixels, target):
-    """As the method takes it: through the model's copy with batch norms folded into the convolutions."""
-    network = gradient_network(model, pixels)
-    with guided_relus(model, network, network_input(model, pixels)):
+def guided_gradient(model, pixels, target, rule="guided"):
+    """As the method takes it: through the model's copy with batch norms folded into the
+    convolutions, its ReLU function calls made modules."""
+    network, functional = guided_network(model, pixels)
+    with guided_relus(network, rule, functional):
         return score_gradient(model, pixels, class_score(target), network)[0]
 
 
@@ -66,7 +67,7 @@ def test_a_relu_like_unit_passes_back_only_positive_gradient_where_its_input_was
     x = torch.tensor([-2.0, -0.5, 0.5, 3.0, 7.0]).repeat(4).view(1, 1, 4, 5)
     w = torch.randn(1, 1, 4, 5)
     module = Hinge(act, w)
-    with guided_relus(as_model(module), module, x):
+    with guided_relus(module):
         pixels = x.clone().requires_grad_()
         guided, = torch.autograd.grad(module(pixels).sum(), pixels)
     # zero where the input was <= 0 or the incoming gradient w was negative; ReLU6 also above 6
@@ -148,13 +149,12 @@ def test_the_deconvnet_rule_sends_back_the_positive_gradient_wherever_it_arrives
     net = Residual(inplace).eval()
     net.load_state_dict(reference.state_dict())
     pixels = x.clone().requires_grad_()
-    model = as_model(net)
-    with guided_relus(model, net, x[:1], rule="deconvnet") as guide:
+    with guided_relus(net, rule="deconvnet") as guide:
         got, = torch.autograd.grad(net(pixels)[:, 1].sum(), pixels)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-9)
     assert "DeconvNet rule at 3" in guide.note
     pixels = x.clone().requires_grad_()
-    with guided_relus(model, net, x[:1]):  # the guided rule gives another map
+    with guided_relus(net):  # the guided rule gives another map
         guided, = torch.autograd.grad(net(pixels)[:, 1].sum(), pixels)
     assert not torch.allclose(guided, expected)
 
@@ -290,29 +290,6 @@ def test_the_rgb_view_shows_the_gradient_itself(bundled, chelsea):
 
 
 # -- models it cannot guide ----------------------------------------------------------------------------
-class FunctionalBlock(nn.Module):
-    """torchvision's GoogLeNet BasicConv2d: the ReLU is a function call, not a module."""
-
-    def __init__(self, cin, cout):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
-
-    def forward(self, x):
-        return F.relu(self.conv(x), inplace=True)
-
-
-def test_models_that_apply_relu_as_a_function_are_refused():
-    net = nn.Sequential(FunctionalBlock(3, 4), FunctionalBlock(4, 4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(4, 5))
-    model, image = wrap(net, 16), random_image((16, 16))
-    with pytest.raises(MethodInputError, match=r"applies ReLU as a function \(F.relu\) inside '0' \(FunctionalBlock\), "
-                                               r"'1' \(FunctionalBlock\)"):
-        run("guided-backprop", MethodContext(model=model, image=image))
-    googlenet = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False, num_classes=5)
-    with pytest.raises(MethodInputError, match=r"'conv1' \(BasicConv2d\).*Use a model whose ReLUs are modules"):
-        run("guided-gradcam", MethodContext(model=wrap(googlenet, 64), image=random_image((64, 64))), layer="inception5b")
-
-
 def test_models_without_relus_are_refused_and_other_activations_are_named():
     image = random_image((16, 16))
     smooth = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), nn.Conv2d(4, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1),
@@ -329,11 +306,63 @@ def test_models_without_relus_are_refused_and_other_activations_are_named():
         run("guided-backprop", MethodContext(model=tiny_model, image=image))
 
 
+class PositiveGradient(torch.autograd.Function):
+    """The identity forward; backward, only the positive part of the gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clamp(min=0)
+
+
+class ThenPositive(nn.Module):
+    def forward(self, x):
+        return PositiveGradient.apply(x)
+
+
+def guided_by_hand(net, kinds):
+    """A copy of ``net`` whose units of ``kinds`` are followed by PositiveGradient: for a ReLU,
+    relu(g) where the input was positive, which is the guided rule written out."""
+    twin = copy.deepcopy(net)
+    for parent in list(twin.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, kinds):
+                setattr(parent, name, nn.Sequential(child, ThenPositive()))
+    return twin
+
+
+def test_hardswish_and_hardsigmoid_units_keep_their_ordinary_gradient_on_mobilenet_v3():
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v3_small(weights=None, num_classes=10)  # ReLU, Hardswish, Hardsigmoid (SE)
+    model = wrap(net, 64, labels=10)
+    x = torch.rand(1, 3, 64, 64)
+
+    def gradient(module):
+        pixels = x.clone().requires_grad_()
+        return torch.autograd.grad(module(pixels)[:, 4].sum(), pixels)[0]
+
+    ours = guided_gradient(model, x, 4)
+    expected = gradient(guided_by_hand(net, nn.ReLU))  # only the ReLUs guided
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * scale)
+    # Guiding the Hardswish units as well, or nothing, would give other maps: the test tells them apart.
+    for other in (gradient(guided_by_hand(net, (nn.ReLU, nn.Hardswish))), gradient(net)):
+        assert float((other - expected).abs().max()) > 0.05 * scale
+    result = run("guided-backprop", MethodContext(model=model, image=random_image((64, 64))), target=4)
+    relus, hardswish, hardsigmoid = (sum(isinstance(m, kind) for m in net.modules())
+                                     for kind in (nn.ReLU, nn.Hardswish, nn.Hardsigmoid))
+    assert result.metrics["guided_units"] == relus
+    assert f"guided at {relus} ReLU-like units; {hardsigmoid} Hardsigmoid, {hardswish} Hardswish (not ReLU-like) pass " \
+           f"ordinary gradients" in result.display.note
+
+
 def test_hooks_are_removed_when_the_block_fails():
     model, _ = tiny()
-    x = torch.rand(1, 3, 16, 16)
     with pytest.raises(RuntimeError, match="boom"):
-        with guided_relus(model, model.module, x):
+        with guided_relus(model.module):
             raise RuntimeError("boom")
     assert not any(module._forward_hooks for module in model.module.modules())
 

@@ -11,7 +11,9 @@ about a model is kept anywhere else. What it holds:
   tiling of DeepDream and the patches' boxes read the same fields the tree shows;
 - what the activation capture learnt: the layers whose outputs the model later
   overwrites in place (``engine.anatomy.activations``);
-- which modules apply ReLU as a function, which guided backprop must refuse;
+- which modules apply ReLU as a function, and the network guided backprop runs: the
+  gradient network (the fast copy or the model) with those ReLUs made modules
+  (``engine.anatomy.relus``), one per network it was made from;
 - how fast this machine runs the model (``speed``): seconds per image of a forward pass
   and of a forward and backward pass, timed once per input size and device, and each
   method's measured time against its predicted time (``note_run``), so the estimates a
@@ -19,8 +21,10 @@ about a model is kept anywhere else. What it holds:
 
 The fast copy depends on the weights: it is rebuilt when any parameter or buffer changes
 (``fast_copy.weights_version``: other weights loaded into the same module, the sanity
-check's randomisation, a move to another device or dtype). Everything else depends on
-the architecture and the code only, so it stays.
+check's randomisation, a move to another device or dtype). The networks with ReLU
+modules share their weights with the network they were made from, but a move to another
+device replaces a buffer object, so they follow the same version. Everything else
+depends on the architecture and the code only, so it stays.
 
 Thread safety: the GUI thread (the layer tree) and the engine thread (a method) may ask at
 the same moment. Each named thing has its own lock (one per key, made under a short
@@ -51,7 +55,7 @@ from engine.anatomy.layer_choice import depth_presets, score_layer
 from engine.anatomy.layouts import MAP, MapLayout, find_layouts
 from engine.anatomy.layer_tree import InputSize, LayerNode, trace_model, tree_from_traces
 from engine.anatomy.receptive_field import LayerTrace, ReceptiveField
-from engine.anatomy.relus import functional_relu_calls
+from engine.anatomy.relus import functional_relu_calls, with_relu_modules
 from engine.anatomy.twin import has_script_modules, module_twin
 
 T = TypeVar("T")
@@ -102,6 +106,8 @@ class ModelState:
         self._slots: OrderedDict[Hashable, _Slot] = OrderedDict()
         self._fast_lock = threading.Lock()
         self._fast: _FastCopyRecord | None = None
+        self._relu_lock = threading.Lock()
+        self._relu_networks: tuple[tuple, dict[int, tuple[nn.Module, nn.Module, int]]] = ((), {})
         self._channels_last = True
         self._overwritten: frozenset[str] = frozenset()
         self._run_ratios: dict[str, float] = {}  # method id -> measured / predicted seconds
@@ -266,12 +272,39 @@ class ModelState:
     def functional_relus(self, sample: torch.Tensor) -> Mapping[str, str]:
         """Module path -> class name of each module that applies a ReLU as a function
         (``engine.anatomy.relus``), found in one forward pass of ``sample``, run on a twin
-        that shares the model's weights so the model's own hooks are left alone."""
+        that shares the model's weights so the model's own hooks are left alone. None are
+        seen in compiled TorchScript, which takes no hooks."""
         def find() -> Mapping[str, str]:
-            network = self.module if has_script_modules(self.module) else module_twin(self.module)
-            return MappingProxyType(functional_relu_calls(network, sample))
+            if has_script_modules(self.module):
+                return MappingProxyType({})
+            return MappingProxyType(functional_relu_calls(module_twin(self.module), sample))
 
         return self._once("functional relus", find)
+
+    def relu_module_network(self, sample: torch.Tensor, layer: str | None = None) -> tuple[nn.Module, int]:
+        """``gradient_network(sample, layer)`` with every ReLU it applies as a function made a
+        ReLU module (``engine.anatomy.relus.with_relu_modules``: a twin sharing its weights),
+        and how many were; the network itself, and 0, when it applies none.
+
+        Made once per network it is made from and weights version. Raises
+        ``ReluRewriteError`` when torch.fx cannot rewrite a module (not kept: the next
+        asker tries again)."""
+        base = self.gradient_network(sample, layer)
+        if has_script_modules(self.module):
+            return base, 0  # compiled code: neither its calls nor its ReLUs can be reached
+        calls = self.functional_relus(sample)
+        if not calls:
+            return base, 0
+        version = weights_version(self.module)
+        with self._relu_lock:
+            kept_version, networks = self._relu_networks
+            if kept_version != version:
+                networks = {}
+                self._relu_networks = (version, networks)
+            if id(base) not in networks:  # the entry holds base itself, so its id is not reused
+                networks[id(base)] = (base, *with_relu_modules(base, dict(calls), sample))
+            _, network, made = networks[id(base)]
+        return network, made
 
     # -- this machine's pace ----------------------------------------------------------------
     def speed(self, size: Size = None, fresh: bool = False, check: Callable[[], None] | None = None) -> Speed:

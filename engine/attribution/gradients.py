@@ -72,14 +72,19 @@ def network_input(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
     return model.state.in_fast_layout(model.preprocessing.normalise(pixels))
 
 
+def gradient_sample(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
+    """The first of the 0..1 ``pixels`` as a normalised model input: what a network made for
+    them (the fast copy) is built and checked on."""
+    return model.preprocessing.normalise(pixels[:1].detach().to(model.device))
+
+
 def gradient_network(model: LoadedModel, pixels: torch.Tensor, layer: str | None = None) -> nn.Module:
     """The module to take input gradients through: the fast copy, or the model itself.
 
     ``pixels`` is a sample input (0..1); the copy is made and checked on its first image.
     ``layer`` is the layer whose output the caller reads, if any.
     """
-    sample = model.preprocessing.normalise(pixels[:1].detach().to(model.device))
-    return model.state.gradient_network(sample, layer=layer)
+    return model.state.gradient_network(gradient_sample(model, pixels), layer=layer)
 
 
 def run_score(model: LoadedModel, pixels: torch.Tensor, score: Score, module: nn.Module | None = None) -> torch.Tensor:

@@ -10,31 +10,36 @@ slope is cut off: "only where the input was positive"), in place or not. Smooth 
 non-monotone activations (``nn.Hardswish``, ``nn.SiLU``, ``nn.GELU``, ``nn.ELU``,
 ``nn.Mish``...) are *not* ReLU-like: they pass gradient for negative inputs in a way
 that depends on the curve's shape, so the guided rule has no standard meaning there and
-they keep their ordinary gradient (as in Captum, which guides ``nn.ReLU`` only).
-
-How: a forward hook on each ReLU-like module registers a hook on its output *tensor*
-that clamps the gradient arriving there to be non-negative; the module's own backward
-then applies ``f'(x)``, which for ReLU and ReLU6 is already zero where ``x <= 0``. A
-LeakyReLU's own backward would pass ``0.01 * g`` for negative inputs, so its hook also
-multiplies by the mask ``output > 0`` (taken at forward time; the output is positive
-exactly where the input was). Tensor hooks work on in-place modules, where module
-backward hooks (``register_full_backward_hook``) fail: an in-place ReLU's output is its
-input tensor, and a tensor hook registered before a later in-place change still receives
-the gradient of the value it was registered on.
+they keep their ordinary gradient (as in Captum, which guides ``nn.ReLU`` only), modules
+or functions alike; the note names the modules (EfficientNet-B0's SiLU, MobileNetV3's
+Hardswish and Hardsigmoid, ConvNeXt's GELU).
 
 The DeconvNet rule (Zeiler & Fergus 2014), which guided backprop refines, is the other
 half alone: each unit sends back ``relu(g)`` wherever its input was, positive or not
-(``rule="deconvnet"``). The module's own backward has already multiplied by ``f'(x)``
-when the gradient reaches the unit's input, so a hook on the input *tensor*, registered
-before the unit runs, adds back ``relu(g) * (1 - f'(x))``: exact even when that tensor
-also feeds other operations (a residual branch), whose share of its gradient is kept.
+(``rule="deconvnet"``).
 
-A model that applies ReLU as a *function* (``F.relu`` / ``torch.relu`` outside a ReLU
-module, e.g. torchvision's GoogLeNet and Inception in ``BasicConv2d``, DenseNet's
-``forward``) has ReLUs no module hook can reach: guiding only the module ones would
-return a half-guided map. ``engine.anatomy.relus`` finds such calls (once per model,
-``model.state.functional_relus``) and ``guided_relus`` refuses such models with a
-``MethodInputError`` that says so.
+How: a forward hook on each ReLU-like module registers a hook on the autograd node that
+made its output (``output.grad_fn``: ``ReluBackward0``, ``HardtanhBackward0``,
+``LeakyReluBackward0``), which replaces what the node passes back to the unit's input.
+The node has already applied ``f'(x)`` to ``g``: for ReLU and ReLU6 the guided rule is
+then ``relu`` of that (``f'`` is 0 or 1), and the DeconvNet's is ``relu(g)`` itself.
+LeakyReLU's ``f'`` is 0.01 for negative inputs, so its guided rule keeps the mask
+``output > 0`` from forward time (the output is positive exactly where the input was).
+Node hooks work on in-place modules, where module backward hooks
+(``register_full_backward_hook``) fail, and cost one pass over the gradient per unit
+and nothing in the forward: the DeconvNet costs what guided backprop does, and both
+less than Captum's ``GuidedBackprop`` / ``Deconvolution``, whose module backward hooks
+add identity nodes around every ReLU. What the unit's input passes on to other
+operations (a residual branch) is untouched: the node is the unit's alone.
+
+A model that applies ReLU as a *function* (``F.relu`` / ``torch.relu`` / ``x.relu()``
+outside a ReLU module, e.g. torchvision's GoogLeNet and Inception in ``BasicConv2d``,
+DenseNet's ``forward``) has ReLUs no module hook can reach. ``guided_network`` hands out
+the network to guide: the gradient network (the fast copy, batch norms folded, or the
+model) or, for such a model, its twin in which torch.fx has made each of those calls a
+ReLU module (``engine.anatomy.relus``; kept by ``model.state.relu_module_network``), so
+every unit is guided and no map is half a plain gradient. Where fx cannot trace a module
+that makes such calls, the method is refused with fx's reason.
 """
 
 from __future__ import annotations
@@ -48,10 +53,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from engine.attribution.gradients import gradient_sample
 from engine.core.errors import MethodInputError
 from engine.anatomy.hooks import hooked
 from engine.anatomy.layers import is_hookable
-from engine.anatomy.relus import is_relu_like
+from engine.anatomy.relus import ReluRewriteError, is_relu_like
 from engine.models.model import LoadedModel
 
 RULES = ("guided", "deconvnet")
@@ -62,7 +68,8 @@ OTHER_ACTIVATIONS = (nn.Hardswish, nn.SiLU, nn.GELU, nn.ELU, nn.SELU, nn.CELU, n
 
 @dataclass
 class GuidedReLUs:
-    """What ``guided_relus`` applied: the ReLU-like modules and the activations left alone.
+    """What ``guided_relus`` applied: the ReLU-like modules (``functional`` of them made from
+    function calls) and the activations left alone.
 
     ``active`` is read when the backward pass reaches each unit, so one forward pass can
     serve an ordinary backward (``active = False``) and a guided one: guided Grad-CAM
@@ -73,28 +80,46 @@ class GuidedReLUs:
     others: dict[str, int] = field(default_factory=dict)  # class name -> count
     active: bool = True
     rule: str = "guided"
+    functional: int = 0
 
     @property
     def note(self) -> str:
         verb = "guided" if self.rule == "guided" else "DeconvNet rule"
         text = f"{verb} at {self.units} ReLU-like unit{'s' if self.units != 1 else ''}"
+        if self.functional:
+            text += f" ({self.functional} applied as functions, made modules)"
         if self.others:
             names = ", ".join(f"{count} {name}" for name, count in sorted(self.others.items()))
             text += f"; {names} (not ReLU-like) pass ordinary gradients"
         return text
 
 
-@contextmanager
-def guided_relus(model: LoadedModel, network: nn.Module, sample: torch.Tensor,
-                 rule: str = "guided") -> Iterator[GuidedReLUs]:
-    """Within the block, every ReLU-like module of ``network`` (``model``'s module or its fast
-    copy) passes back guided gradients (or, with ``rule="deconvnet"``, the DeconvNet's:
-    positive gradient wherever it arrives).
+def guided_network(model: LoadedModel, pixels: torch.Tensor, layer: str | None = None) -> tuple[nn.Module, int]:
+    """The network to guide for ``model``: its gradient network (``gradient_network``: the
+    fast copy, or the model where ``layer`` is read from a folded convolution), with every
+    ReLU it applies as a function made a module; and how many were.
 
-    ``sample`` is a model input (normalised, the right size); on the first use of a model
-    one forward pass of it checks that no ReLU is applied functionally. Raises
-    ``MethodInputError`` for TorchScript models, models without a ReLU-like module and
-    models with functional ReLUs. Hooks are removed on leaving, even on error.
+    ``pixels`` is a sample input (0..1). Raises ``MethodInputError`` when torch.fx cannot
+    rewrite a module that applies ReLU as a function.
+    """
+    try:
+        return model.state.relu_module_network(gradient_sample(model, pixels), layer=layer)
+    except ReluRewriteError as exc:
+        raise MethodInputError(f"this model applies ReLU as a function (F.relu) inside '{exc.path or '(the model)'}' "
+                               f"({exc.kind}), and torch.fx could not rewrite that code to make those ReLUs modules "
+                               f"guided backprop can reach: {exc.reason}. Use a model whose ReLUs are modules or "
+                               f"that fx can trace (vgg16, resnet18, googlenet, the bundled model), or saliency / "
+                               f"smoothgrad") from None
+
+
+@contextmanager
+def guided_relus(network: nn.Module, rule: str = "guided", functional: int = 0) -> Iterator[GuidedReLUs]:
+    """Within the block, every ReLU-like module of ``network`` passes back guided gradients
+    (or, with ``rule="deconvnet"``, the DeconvNet's: positive gradient wherever it arrives).
+
+    ``network`` and ``functional`` come from ``guided_network``, which makes the ReLUs a
+    model applies as functions modules first. Raises ``MethodInputError`` for TorchScript
+    models and models without a ReLU-like unit. Hooks are removed on leaving, even on error.
     """
     if not is_hookable(network):
         raise MethodInputError("this is a compiled TorchScript model: guided backprop cannot change how its ReLUs pass "
@@ -102,14 +127,6 @@ def guided_relus(model: LoadedModel, network: nn.Module, sample: torch.Tensor,
     units = [module for module in network.modules() if is_relu_like(module)]
     others = Counter(type(m).__name__ for m in network.modules()
                      if isinstance(m, OTHER_ACTIVATIONS) and not is_relu_like(m))
-    functional = model.state.functional_relus(sample)
-    if functional:
-        where = ", ".join(f"'{path or '(the model)'}' ({kind})" for path, kind in list(functional.items())[:3])
-        more = f" and {len(functional) - 3} more modules" if len(functional) > 3 else ""
-        raise MethodInputError(f"this model applies ReLU as a function (F.relu) inside {where}{more}, not as ReLU modules: "
-                               f"guided backprop cannot reach those ReLUs, so its map would be partly an ordinary gradient. "
-                               f"Use a model whose ReLUs are modules (vgg16, resnet18, alexnet, the bundled model), "
-                               f"or saliency / smoothgrad")
     if not units:
         used = f" (it uses {', '.join(sorted(others))})" if others else ""
         raise MethodInputError(f"guided backprop needs ReLU-like activations (ReLU, ReLU6, LeakyReLU) and this model has "
@@ -117,71 +134,25 @@ def guided_relus(model: LoadedModel, network: nn.Module, sample: torch.Tensor,
                                f"inputs, so the guided rule does not apply. Use saliency or smoothgrad instead")
     if rule not in RULES:
         raise ValueError(f"unknown rule '{rule}'; known: {', '.join(RULES)}")
-    state = GuidedReLUs(units=len(units), others=dict(others), rule=rule)
-    if rule == "guided":
-        with hooked((unit, partial(_guide, state)) for unit in units):
-            yield state
-    else:
-        hand_overs = [(unit, _DeconvUnit(state)) for unit in units]
-        with hooked(forward=((unit, hand_over.watch_output) for unit, hand_over in hand_overs),
-                    pre=((unit, hand_over.watch_input) for unit, hand_over in hand_overs)):
-            yield state
+    state = GuidedReLUs(units=len(units), others=dict(others), rule=rule, functional=functional)
+    with hooked((unit, partial(_watch, state)) for unit in units):
+        yield state
 
 
-def _guide(state: GuidedReLUs, module: nn.Module, inputs, output) -> None:
-    if not isinstance(output, torch.Tensor) or not output.requires_grad:
-        return
-    # ReLU and ReLU6 zero the gradient where the input was <= 0 in their own backward;
-    # LeakyReLU would pass a fraction of it, so its positive mask is kept.
-    positive = output > 0 if isinstance(module, nn.LeakyReLU) else None
-    output.register_hook(partial(_positive_gradient, state, positive))
+def _watch(state: GuidedReLUs, module: nn.Module, inputs, output) -> None:
+    if not isinstance(output, torch.Tensor) or output.grad_fn is None:
+        return  # its input needed no gradient: nothing flows back through this unit
+    positive = output > 0 if state.rule == "guided" and isinstance(module, nn.LeakyReLU) else None
+    output.grad_fn.register_hook(partial(_rule, state, positive))
 
 
-def _positive_gradient(state: GuidedReLUs, positive: torch.Tensor | None, grad: torch.Tensor) -> torch.Tensor | None:
-    if not state.active:
-        return None  # leave the gradient as it is
-    grad = grad.clamp(min=0)
-    return grad if positive is None else grad * positive
-
-
-class _DeconvUnit:
-    """The DeconvNet rule at one unit: hooks on its input and output tensors, and what the
-    output's hook hands over to the input's for the call in progress."""
-
-    def __init__(self, state: GuidedReLUs) -> None:
-        self.state = state
-        self.pending: dict | None = None
-
-    def watch_input(self, module: nn.Module, inputs) -> None:
-        # Before the unit runs: an in-place unit then changes the tensor, and this hook
-        # still receives the gradient of the value it saw.
-        x = inputs[0] if inputs else None
-        self.pending = {} if isinstance(x, torch.Tensor) and x.requires_grad else None
-        if self.pending is not None:
-            x.register_hook(partial(self._restore_masked, self.pending))
-
-    def watch_output(self, module: nn.Module, inputs, output) -> None:
-        pending, self.pending = self.pending, None
-        if pending is None or not isinstance(output, torch.Tensor) or not output.requires_grad:
-            return  # its input needed no gradient: nothing flows back through this unit
-        # What the module's backward keeps of the gradient: its derivative, read from the
-        # output now (the output is positive exactly where the input was).
-        if isinstance(module, nn.LeakyReLU):
-            pending["kept"] = torch.where(output > 0, 1.0, module.negative_slope).to(output.dtype)
-        elif isinstance(module, nn.ReLU6):
-            pending["kept"] = ((output > 0) & (output < 6)).to(output.dtype)
-        else:
-            pending["kept"] = (output > 0).to(output.dtype)
-        output.register_hook(partial(self._positive_gradient, pending))
-
-    def _positive_gradient(self, pending: dict, grad: torch.Tensor) -> torch.Tensor | None:
-        if not self.state.active:
-            return None
-        pending["positive_gradient"] = grad.clamp(min=0)
-        return pending["positive_gradient"]
-
-    def _restore_masked(self, pending: dict, grad: torch.Tensor) -> torch.Tensor | None:
-        if not self.state.active or "positive_gradient" not in pending:
-            return None
-        # The unit's backward passed kept * relu(g); the DeconvNet passes relu(g) itself.
-        return grad + pending.pop("positive_gradient") * (1 - pending["kept"])
+def _rule(state: GuidedReLUs, positive: torch.Tensor | None, to_input: tuple, from_output: tuple) -> tuple | None:
+    """What the unit's node passes back to its input: ``to_input`` (``f'(x) * g``) by the
+    rule; ``from_output`` is ``(g,)``."""
+    if not state.active or to_input[0] is None:
+        return None  # the ordinary gradient
+    if state.rule == "deconvnet":
+        return (from_output[0].clamp(min=0),)
+    if positive is not None:  # LeakyReLU: relu(g) where the input was positive
+        return (from_output[0].clamp(min=0) * positive,)
+    return (to_input[0].clamp(min=0),)

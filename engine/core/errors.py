@@ -12,6 +12,14 @@ class ConvScopeError(Exception):
     """Base of every user-facing error."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its class name when it has none), for
+    one-line messages that quote what a library said (a model file that could not be
+    read, code torch.fx could not trace)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 class ImageLoadError(ConvScopeError):
     """The file is not an image we can read, or reading it would be unsafe."""
 

@@ -21,8 +21,10 @@ almost the same pattern for any picture (Nie et al. 2018 explain why).
 
 ``--show map`` (default) draws max over colour channels of |gradient|, as ``saliency``
 does; ``--show rgb`` shows the gradient itself as a picture, as the paper does. The
-saved array is the map either way. Models that apply ReLU as a function (GoogLeNet,
-Inception) or have no ReLU-like activation are refused with a message saying why.
+saved array is the map either way. In models that apply ReLU as a function (GoogLeNet,
+Inception, DenseNet) those ReLUs are made modules first, so they are guided too; models
+whose code torch.fx cannot trace there, and models with no ReLU-like activation, are
+refused with a message saying why.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from dataclasses import dataclass
 
 from engine.attribution.maps import gradient_picture, magnitude_map, map_display, map_metrics, picture_display, refuse_blank
 from engine.core.errors import MethodInputError
-from engine.attribution.gradients import class_score, gradient_network, network_input, score_gradient, unit_score
-from engine.attribution.guided import RULES, guided_relus
+from engine.attribution.gradients import class_score, score_gradient, unit_score
+from engine.attribution.guided import RULES, guided_network, guided_relus
 from engine.core.jobs import Progress, Result
 from engine.methods.params import OVERLAY, SHOW, TARGET, MethodSpec, Param, require_channel, require_position
 
@@ -107,8 +109,8 @@ def run(ctx, p):
         p.record(target=None, layer=unit.path, channel=unit.channel, at=unit.position)
     kind = "guided backprop" if rule == "guided" else "DeconvNet backprop"
     yield Progress(0.1, f"{kind} of {what}")
-    network = gradient_network(ctx.model, pixels, layer=None if unit is None else unit.path)
-    with guided_relus(ctx.model, network, network_input(ctx.model, pixels), rule) as guide:
+    network, functional = guided_network(ctx.model, pixels, layer=None if unit is None else unit.path)
+    with guided_relus(network, rule, functional) as guide:
         gradient, scores = score_gradient(ctx.model, pixels, score, network)
     ctx.cancel.check()
     values = magnitude_map(gradient)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from engine.attribution.maps import (cam_layer, grad_cam, gradient_picture, layer_pass, magnitude_map, map_display, map_metrics,
                            picture_display, refuse_blank)
-from engine.attribution.gradients import class_score, gradient_network, network_input
-from engine.attribution.guided import guided_relus
+from engine.attribution.gradients import class_score
+from engine.attribution.guided import guided_network, guided_relus
 from engine.core.jobs import Progress, Result
 from engine.methods.params import CAM_LAYER, OVERLAY, SHOW, TARGET, MethodSpec
 
@@ -29,8 +29,8 @@ def run(ctx, p):
     p.record(target=resolved["index"], layer=path)
     pixels = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
     yield Progress(0.1, f"guided Grad-CAM of '{label}' at {path}")
-    network = gradient_network(ctx.model, pixels, layer=path)
-    with guided_relus(ctx.model, network, network_input(ctx.model, pixels)) as guide:
+    network, functional = guided_network(ctx.model, pixels, layer=path)
+    with guided_relus(network, functional=functional) as guide:
         activation, layer_gradient, guided, scores = layer_pass(ctx.model, network, pixels, path,
                                                                 class_score(resolved["index"]), guide=guide)
     ctx.cancel.check()

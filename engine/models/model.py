@@ -71,10 +71,3 @@ class LoadedModel:
 
     def named_module(self, path: str) -> nn.Module:
         return find_module(self.module, path)
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its class name when it has none), for
-    one-line messages about a model file that could not be read."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

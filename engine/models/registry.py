@@ -14,9 +14,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from engine.core.errors import ModelLoadError
+from engine.core.errors import ModelLoadError, first_line
 from engine.models.labels import generic_labels, imagenet_labels
-from engine.models.model import LoadedModel, ModelSpec, ProgressCallback, first_line
+from engine.models.model import LoadedModel, ModelSpec, ProgressCallback
 from engine.models.preprocessing import Preprocessing
 from engine.models.timm_models import PREFIX as TIMM_PREFIX, build_timm_model, is_timm_name, timm_name
 from engine.models.python_files import is_python_model_file, load_python_model
