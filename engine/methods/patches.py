@@ -106,5 +106,6 @@ SPEC = MethodSpec(
         Param("top", "int", 8, "patches per channel", minimum=1, maximum=64),
     ),
     run=run,
+    gradients=False,
     needs_image=False,
 )
