@@ -18,9 +18,12 @@ def choose_dataset_folder(parent) -> str:
     return QFileDialog.getExistingDirectory(parent, "Open a folder of images (subfolders become labels)", str(Path.home()))
 
 
+MODEL_FILE_FILTER = "Models (*.pt *.pth *.ts *.pkl *.onnx);;PyTorch models (*.pt *.pth *.ts *.pkl);;ONNX models (*.onnx);;All files (*)"
+
+
 def choose_model_file(parent) -> str:
-    return QFileDialog.getOpenFileName(parent, "Open model file (TorchScript or pickled model)", str(Path.home()),
-                                       "PyTorch models (*.pt *.pth *.ts *.pkl);;All files (*)")[0]
+    return QFileDialog.getOpenFileName(parent, "Open model file (TorchScript, pickled model or ONNX)", str(Path.home()),
+                                       MODEL_FILE_FILTER)[0]
 
 
 def choose_weights_file(parent, model_name: str) -> str:

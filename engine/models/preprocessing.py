@@ -2,7 +2,10 @@
 
 The whole image is used (never centre-cropped) so that every map lines up with the
 picture the user sees: the shorter side is scaled to the model's ``size`` and the aspect
-ratio is kept. Each model carries its own ``Preprocessing``.
+ratio is kept. A model that takes one size only (an ONNX graph with a fixed input size) is
+``exact``: every image is resized to exactly ``size`` x ``size``, a photo that is not square
+squashed rather than cropped, so a map still covers the whole photo (stretched back over
+it). Each model carries its own ``Preprocessing``.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     max_aspect: float = 3.0  # longer side is capped at size * max_aspect
+    exact: bool = False  # every input is size x size: images are squashed to the square
 
     def input_size(self, width: int, height: int, size: int | None = None) -> tuple[int, int]:
         """(width, height) of the model input for an image of the given size."""
         size = size or self.size
+        if self.exact:
+            return size, size
         scale = size / min(width, height)
         new_w, new_h = round(width * scale), round(height * scale)
         cap = round(size * self.max_aspect)
@@ -62,7 +68,8 @@ class Preprocessing:
         return self.normalise(self.to_unit_tensor(image, size))
 
     def as_dict(self) -> dict:
-        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "resize": "shorter side, no crop"}
+        resize = "squashed to size x size, no crop" if self.exact else "shorter side, no crop"
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "resize": resize}
 
 
 def unit_tensor_to_rgb(unit: torch.Tensor) -> np.ndarray:

@@ -17,6 +17,7 @@ from torch import nn
 from engine.core.errors import ModelLoadError
 from engine.models.labels import generic_labels, imagenet_labels
 from engine.models.model import LoadedModel, ModelSpec, ProgressCallback, first_line
+from engine.models.onnx_files import is_onnx_file
 from engine.models.preprocessing import Preprocessing
 from engine.models.user_files import load_model_file
 
@@ -60,9 +61,17 @@ def load_model(
 
     ``weights_path`` replaces the default weights of a named architecture with a
     state-dict file (always read with ``weights_only=True``). A file given as ``name``
-    may be TorchScript or a pickled module; the latter needs ``trust=True``.
+    may be TorchScript, a pickled module (which needs ``trust=True``) or an ONNX graph
+    (``engine.models.onnx_files``).
     """
-    if _looks_like_path(name):
+    if _looks_like_path(name) and is_onnx_file(name):
+        from engine.models.onnx_files import read_onnx_file  # onnx and onnx2torch, only for ONNX files
+
+        converted = read_onnx_file(name)
+        loaded = _wrap_user_module(Path(name).stem, converted.module, weights=str(Path(name).resolve()),
+                                   preprocessing=converted.preprocessing)
+        loaded.forward_only, loaded.notes = converted.forward_only, converted.notes
+    elif _looks_like_path(name):
         module = load_model_file(name, trust=trust)
         loaded = _wrap_user_module(Path(name).stem, module, weights=str(Path(name).resolve()))
     else:
@@ -94,13 +103,14 @@ def load_model(
     return loaded.to(device)
 
 
-def _wrap_user_module(name: str, module: nn.Module, weights: str) -> LoadedModel:
-    preprocessing = Preprocessing()
+def _wrap_user_module(name: str, module: nn.Module, weights: str,
+                      preprocessing: Preprocessing = Preprocessing()) -> LoadedModel:
+    size = preprocessing.size
     with torch.no_grad():
         try:
-            out = module.eval()(torch.zeros(1, 3, preprocessing.size, preprocessing.size))
+            out = module.eval()(torch.zeros(1, 3, size, size))
         except Exception as exc:  # a user's model can fail in any way; say how
-            raise ModelLoadError(f"{name} does not accept a 1x3x224x224 image: {first_line(exc)}") from None
+            raise ModelLoadError(f"{name} does not accept a 1x3x{size}x{size} image: {first_line(exc)}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise ModelLoadError(f"{name} must return a batch of class scores (N x classes); it returned {type(out).__name__}")
     classes = out.shape[1]
@@ -109,4 +119,4 @@ def _wrap_user_module(name: str, module: nn.Module, weights: str) -> LoadedModel
 
 
 def _looks_like_path(name: str) -> bool:
-    return os.sep in name or name.endswith((".pt", ".pth", ".ts", ".pkl", ".bin")) or Path(name).is_file()
+    return os.sep in name or name.endswith((".pt", ".pth", ".ts", ".pkl", ".bin", ".onnx")) or Path(name).is_file()
