@@ -40,7 +40,8 @@ class _UsageError(Exception):
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="model name (see `models`) or a model file")
+    parser.add_argument("--model", default=None, help="model name (see `models`) or a model file: TorchScript, a "
+                        "pickled module or ONNX (.onnx)")
     parser.add_argument("--weights", default=None, help="a state-dict file for the named architecture")
     parser.add_argument("--trust", action="store_true", help="allow a full pickled model file (it can run code)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
