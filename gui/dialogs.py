@@ -18,15 +18,16 @@ def choose_dataset_folder(parent) -> str:
     return QFileDialog.getExistingDirectory(parent, "Open a folder of images (subfolders become labels)", str(Path.home()))
 
 
-WEIGHTS_FILTER = "State dicts (*.pt *.pth *.bin);;All files (*)"
-WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin")
+WEIGHTS_FILTER = "State dicts (*.pt *.pth *.bin *.safetensors);;All files (*)"
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+MODEL_FILE_FILTER = ("Models (*.pt *.pth *.ts *.pkl *.onnx *.py);;PyTorch models (*.pt *.pth *.ts *.pkl);;"
+                     "ONNX models (*.onnx);;Python files (*.py);;All files (*)")
 
 
 def choose_model_file(parent) -> str:
     return QFileDialog.getOpenFileName(
-        parent, "Open model file (TorchScript, pickled model, or a Python file defining the network)", str(Path.home()),
-        "Models (*.pt *.pth *.ts *.pkl *.py);;PyTorch models (*.pt *.pth *.ts *.pkl);;Python files (*.py);;"
-        "All files (*)")[0]
+        parent, "Open model file (TorchScript, pickled model, ONNX, or a Python file defining the network)",
+        str(Path.home()), MODEL_FILE_FILTER)[0]
 
 
 def choose_weights_file(parent, model_name: str, start: str | None = None) -> str:

@@ -251,6 +251,8 @@ class MainWindow(QMainWindow):
     def _apply_model_info(self, info) -> None:
         self.model_info = info
         self.status.model_label.setText(f"model: {info.name}")
+        if info.notes:  # how the file was opened, and which methods do not run on it
+            self.status.text.setText(in_field_words("; ".join(info.notes)))
         self.methods.set_model(info.labels, info.presets.get("middle"))
         if info.tree is not None:
             self._tree = info.tree

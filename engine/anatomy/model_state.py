@@ -334,8 +334,9 @@ class ModelState:
 
         def differentiate() -> None:
             pixels = batch.clone().requires_grad_(True)
-            output = self.run_in_fast_layout(backward, pixels)
-            first_tensor(output).sum().backward()
+            output = first_tensor(self.run_in_fast_layout(backward, pixels))
+            if output.requires_grad:  # else no gradient goes through the network: no backward pass to time
+                output.sum().backward()
 
         return Speed(forward_s=_fastest(infer, device, check) / CALIBRATION_BATCH,
                      backward_s=_fastest(differentiate, device, check) / CALIBRATION_BATCH)

@@ -42,7 +42,7 @@ class _UsageError(Exception):
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
-                        help="model name (see `models`), a model file (TorchScript or a pickled model), or a .py file "
+                        help="model name (see `models`), timm:NAME, a model file (TorchScript, a pickled model or ONNX), or a .py file "
                              "defining the network: a build_model() returning it, else a module-level `model`, else its "
                              "one nn.Module class that takes no arguments (a .py file needs --trust)")
     parser.add_argument("--weights", default=None,
@@ -180,11 +180,20 @@ def _print_layers(args) -> int:
 
 def _load_model(args):
     from engine.core.device import resolve_device
+    from engine.methods.registry import model_notes
     from engine.models.registry import BUNDLED_MODEL, load_model
 
     device = resolve_device(args.device)
-    return load_model(args.model or BUNDLED_MODEL, weights_path=args.weights, device=device, trust=args.trust,
-                      progress=_print_download_progress)
+    model = load_model(args.model or BUNDLED_MODEL, weights_path=args.weights, device=device, trust=args.trust,
+                       progress=_print_download_progress)
+    _print_notes(model_notes(model))
+    return model
+
+
+def _print_notes(notes: list[str]) -> None:
+    """How a model file was opened, and what does not run on it, on stderr."""
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _print_download_progress(fraction: float, message: str) -> None:
@@ -215,8 +224,9 @@ def _run_method(args, spec, params, seed, fps) -> int:
     session = Session(device=args.device)
     with _outputs_named_by_flag(session, outputs):
         session.check_outputs(**outputs, overwrite=args.overwrite)  # before the run, not after it
-    session.load_model(args.model or BUNDLED_MODEL, weights_path=args.weights, trust=args.trust,
-                       progress=_print_download_progress)
+    info = session.load_model(args.model or BUNDLED_MODEL, weights_path=args.weights, trust=args.trust,
+                              progress=_print_download_progress)
+    _print_notes(info.notes)
     if seed is not None:
         torch.manual_seed(seed)
     if args.image:

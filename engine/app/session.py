@@ -32,6 +32,7 @@ from engine.core.jobs import CancelToken, Job, Result, Stopwatch
 from engine.data.images import LoadedImage, check_targets, load_image, write_together
 from engine.methods import METHODS, MethodContext, MethodSpec, family_of
 from engine.methods.cost import Machine, predicted_seconds
+from engine.methods.registry import model_notes
 from engine.models.registry import BUNDLED_MODEL, LoadedModel, available_models, load_model
 from engine.view.colorbar import display_colour_bar
 from engine.view.display import Display, MapOverPhoto, Picture, Scatter, TileGrid
@@ -52,6 +53,7 @@ class ModelInfo:
     presets: dict[str, str]
     preprocessing: dict
     tree: LayerNode | None = None
+    notes: list[str] = field(default_factory=list)  # how the model was opened, what does not work on it
 
 
 @dataclass
@@ -184,7 +186,8 @@ class Session:
     def model_info(self) -> ModelInfo:
         model = self._require_model()
         return ModelInfo(name=model.name, weights=model.weights, device=str(model.device), labels=model.labels,
-                         presets=model.layer_presets, preprocessing=model.preprocessing.as_dict(), tree=self.layer_tree())
+                         presets=model.layer_presets, preprocessing=model.preprocessing.as_dict(), tree=self.layer_tree(),
+                         notes=model_notes(model))
 
     def set_device(self, name: str) -> str:
         self.device = resolve_device(name)

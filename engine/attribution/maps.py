@@ -176,21 +176,25 @@ def cam_layer(ctx, spec: str | None) -> str:
     return path
 
 
-def layer_pass(model, module, pixels: torch.Tensor, path: str, score: Score, guide: GuidedReLUs | None = None):
+def layer_pass(model, module, pixels: torch.Tensor, path: str, score: Score, guide: GuidedReLUs | None = None,
+               gradient: bool = True):
     """One forward pass through ``module``; the layer's output A and d score / d A (ordinary gradients).
 
     Without ``guide`` the pixels need no gradient, so nothing before the layer is recorded
     for the backward pass, which runs from the score back to the layer only. With
     ``guide`` (``module`` inside ``guided_relus``) the same graph also gives the guided
     gradient with respect to the pixels, so guided Grad-CAM needs one forward, not two.
+    ``gradient`` False: the forward pass alone, recording nothing, and dA is None (Score-CAM).
     Returns (A, dA, guided input gradient or None, score values).
     """
     pixels = pixels.detach().to(model.device).requires_grad_(guide is not None)
-    with _held_output(module, path) as held:
+    with torch.set_grad_enabled(gradient), _held_output(module, path) as held:
         scores = run_score(model, pixels, score, module)
     if "output" not in held:
         raise MethodInputError(f"layer '{path}' did not run in the forward pass, or gave no single tensor")
     activation = held["output"]
+    if not gradient:
+        return activation.detach(), None, None, scores.detach()
     if guide is not None:
         guide.active = False
     try:

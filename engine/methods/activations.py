@@ -84,4 +84,5 @@ SPEC = MethodSpec(
         Param("page", "int", 1, f"which block of {MAX_TILES} channels to show, from 1", minimum=1),
     ),
     run=run,
+    gradients=False,
 )

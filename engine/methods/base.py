@@ -17,6 +17,7 @@ from engine.anatomy.activations import FeatureCache, ImageFeatures
 from engine.data.images import LoadedImage
 from engine.core.jobs import CancelToken
 from engine.anatomy.layers import resolve_layer
+from engine.methods.registry import forward_only_note
 from engine.models.labels import resolve_class
 from engine.models.model import LoadedModel
 
@@ -38,6 +39,13 @@ class MethodContext:
         if self.image is None:
             raise MethodInputError("this method needs an image: open one first")
         return self.image
+
+    def require_gradients(self, method_id: str) -> None:
+        """Refuse a run of ``method_id``, which takes gradients through the model, when the
+        model gives none (``LoadedModel.forward_only``), saying which methods still run."""
+        if self.model.forward_only:
+            raise MethodInputError(f"{method_id} takes gradients through the model, and "
+                                   f"{forward_only_note(self.model.forward_only)}")
 
     def image_features(self) -> ImageFeatures:
         return self.features.get(self.model, self.require_image())

@@ -82,7 +82,7 @@ def _occlusion(p: BoundParams, m: Machine) -> Cost:
 
 def _gradcam(p: BoundParams, m: Machine) -> Cost:
     if p.get("variant") == "scorecam":  # one masked forward per channel of the layer
-        return Cost(forwards=(m.channels(p.layer) or 0) + 1, backwards=1)
+        return Cost(forwards=(m.channels(p.layer) or 0) + 1)
     return Cost(backwards=1)
 
 

@@ -122,6 +122,7 @@ SPEC = MethodSpec(
         Param("csv", "save_file", None, "also write the coordinates to this CSV file"),
     ),
     run=run,
+    gradients=False,
     needs_image=False,
     streams_frames=True,
 )

@@ -94,5 +94,6 @@ SPEC = MethodSpec(
         Param("page", "int", 1, f"which block of {MAX_ROWS} output channels to show, from 1", minimum=1),
     ),
     run=run,
+    gradients=False,
     needs_image=False,
 )

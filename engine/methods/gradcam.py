@@ -8,7 +8,8 @@ weighs each channel by its positive gradients where they count most (Chattopadha
 position by its own positive gradient (Jiang et al. 2021: finer maps from earlier layers);
 ``--variant scorecam`` uses no gradient at all: each channel's map masks the image, and
 the class's probability for the masked image weighs the channel (Wang et al. 2020; one
-forward pass per channel, batched: 1,280 at the bundled model's last layer). L has the layer's
+forward pass per channel, batched: 1,280 at the bundled model's last layer), and so runs on a
+model no gradient can be taken through. L has the layer's
 resolution (7x7 at the end of most ImageNet networks); it is bilinearly upsampled to the
 model input's size, which covers the whole image, so the map lies over the picture
 (Captum: ``LayerGradCam(...).attribute(relu_attributions=True)`` then
@@ -41,8 +42,12 @@ def run(ctx, p):
     name = VARIANT_NAMES[variant]
     yield Progress(0.1, f"{name} of '{label}' at {path}")
     unit = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
-    network = gradient_network(ctx.model, unit, layer=path)
-    activation, gradient, _, scores = layer_pass(ctx.model, network, unit, path, class_score(resolved["index"]))
+    if variant == "scorecam":  # no gradient at all: the network for outputs only
+        network = ctx.model.state.fast_copy(ctx.model.preprocessing.normalise(unit), layer=path)
+    else:
+        network = gradient_network(ctx.model, unit, layer=path)
+    activation, gradient, _, scores = layer_pass(ctx.model, network, unit, path, class_score(resolved["index"]),
+                                                 gradient=variant != "scorecam")
     input_size = tuple(unit.shape[-2:])
     if variant == "scorecam":
         weights = yield from score_cam_weights(ctx.model, network, unit, activation, resolved["index"],
@@ -74,4 +79,5 @@ SPEC = MethodSpec(
                   "probability of the image masked by each channel, Wang et al. 2020; slower)", choices=CAM_VARIANTS),
             OVERLAY),
     run=run,
+    gradient_free={"variant": "scorecam"},
 )

@@ -110,5 +110,6 @@ SPEC = MethodSpec(
         Param("query", "image", None, "an image file to query with (default: the current image)"),
     ),
     run=run,
+    gradients=False,
     needs_image=False,
 )

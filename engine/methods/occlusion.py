@@ -280,6 +280,7 @@ SPEC = MethodSpec(
               ("drop", "probability")),
     ),
     run=run,
+    gradients=False,
     streams_frames=True,
     check=check,
 )

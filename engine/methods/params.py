@@ -545,6 +545,11 @@ class MethodSpec:
     # Relations between fields (--stride at most --window), checked after each field on
     # its own; raises ParamError. Checks that need the model stay in ``run``.
     check: Callable[[BoundParams], None] | None = None
+    # Whether a run takes gradients through the model, which a model that gives none
+    # (``LoadedModel.forward_only``) refuses; ``gradient_free``: parameter values with which
+    # a run of a gradient method takes none (Grad-CAM's Score-CAM variant).
+    gradients: bool = True
+    gradient_free: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = [param.name for param in self.params]
@@ -571,10 +576,25 @@ class MethodSpec:
             self.check(bound)
         return bound
 
+    def needs_gradients(self, bound: BoundParams) -> bool:
+        return self.gradients and not (self.gradient_free and all(bound[name] == value
+                                                                  for name, value in self.gradient_free.items()))
+
+    def gradient_free_run(self) -> str | None:
+        """How to run the method without gradients, as its flags say it (None: it cannot)."""
+        if not self.gradients:
+            return self.id
+        if self.gradient_free:
+            return " ".join([self.id, *(f"{flag_of(name)} {value}" for name, value in self.gradient_free.items())])
+        return None
+
     def start(self, ctx, values: Mapping[str, Any] | None = None, /, **more: Any) -> "Job":
         """The run's job for ``values`` and ``more`` bound: binding errors raise here, at
-        once; the job's Result carries the recorded parameters."""
+        once, and so does a run that needs gradients of a model that gives none; the job's
+        Result carries the recorded parameters."""
         bound = self.bind({**(values or {}), **more})
+        if self.needs_gradients(bound):
+            ctx.require_gradients(self.id)
         return self._job(ctx, bound)
 
     def _job(self, ctx, bound: BoundParams) -> "Job":

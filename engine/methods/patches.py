@@ -108,6 +108,7 @@ SPEC = MethodSpec(
         Param("top", "int", 8, "patches per channel", minimum=1, maximum=64),
     ),
     run=run,
+    gradients=False,
     needs_image=False,
 )
 

@@ -42,6 +42,10 @@ class LoadedModel:
     labels: list[str]
     weights: str  # where the weights came from, for the export sidecar
     layer_presets: dict[str, str] = field(default_factory=dict)  # early/middle/late -> module path
+    # Why no gradient can be taken through the network (None: it can): the methods that need
+    # one refuse to run (``MethodSpec.start``), the others run as usual.
+    forward_only: str | None = None
+    notes: list[str] = field(default_factory=list)  # what the user should know about how the model was opened
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _state: ModelState = field(init=False, repr=False, compare=False)
     _state_lock: threading.Lock = field(init=False, repr=False, compare=False, default_factory=threading.Lock)

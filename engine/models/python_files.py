@@ -47,7 +47,7 @@ from torch import nn
 from engine.core.device import is_out_of_memory
 from engine.core.errors import ModelLoadError, UntrustedFileError
 from engine.core.torch_files import read_state_dict
-from engine.models.model import first_line
+from engine.core.errors import first_line
 from engine.models.state_dicts import load_state_dict
 from engine.models.user_files import MODEL_ADVICE
 

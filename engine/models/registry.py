@@ -17,6 +17,7 @@ from torch import nn
 from engine.core.errors import ModelLoadError, first_line
 from engine.models.labels import generic_labels, imagenet_labels
 from engine.models.model import LoadedModel, ModelSpec, ProgressCallback
+from engine.models.onnx_files import is_onnx_file
 from engine.models.preprocessing import Preprocessing
 from engine.models.timm_models import PREFIX as TIMM_PREFIX, build_timm_model, is_timm_name, timm_name
 from engine.models.python_files import is_python_model_file, load_python_model
@@ -63,9 +64,10 @@ def load_model(
 
     ``weights_path`` replaces the default weights of a named architecture with a
     state-dict file (always read with ``weights_only=True``). A file given as ``name``
-    may be TorchScript or a pickled module; the latter needs ``trust=True``. So does a
-    Python file defining the network (``engine.models.python_files``), which takes its
-    weights from ``weights_path``.
+    may be TorchScript, a pickled module (which needs ``trust=True``) or an ONNX graph
+    (``engine.models.onnx_files``); a Python file defining the network
+    (``engine.models.python_files``) needs ``trust=True`` too and takes its weights from
+    ``weights_path``.
     """
     if is_timm_name(name):
         built = build_timm_model(timm_name(name), weights_path=weights_path, progress=progress, cancel=cancel)
@@ -74,6 +76,13 @@ def load_model(
     elif is_python_model_file(name):
         module, weights = load_python_model(name, weights_path=weights_path, trust=trust)
         loaded = _wrap_user_module(Path(name).stem, module, weights=weights)
+    elif _looks_like_path(name) and is_onnx_file(name):
+        from engine.models.onnx_files import read_onnx_file  # onnx and onnx2torch, only for ONNX files
+
+        converted = read_onnx_file(name)
+        loaded = _wrap_user_module(Path(name).stem, converted.module, weights=str(Path(name).resolve()),
+                                   preprocessing=converted.preprocessing)
+        loaded.forward_only, loaded.notes = converted.forward_only, converted.notes
     elif _looks_like_path(name):
         module = load_model_file(name, trust=trust)
         loaded = _wrap_user_module(Path(name).stem, module, weights=str(Path(name).resolve()))
@@ -106,13 +115,14 @@ def load_model(
     return loaded.to(device)
 
 
-def _wrap_user_module(name: str, module: nn.Module, weights: str) -> LoadedModel:
-    preprocessing = Preprocessing()
+def _wrap_user_module(name: str, module: nn.Module, weights: str,
+                      preprocessing: Preprocessing = Preprocessing()) -> LoadedModel:
+    size = preprocessing.size
     with torch.no_grad():
         try:
-            out = module.eval()(torch.zeros(1, 3, preprocessing.size, preprocessing.size))
+            out = module.eval()(torch.zeros(1, 3, size, size))
         except Exception as exc:  # a user's model can fail in any way; say how
-            raise ModelLoadError(f"{name} does not accept a 1x3x224x224 image: {first_line(exc)}") from None
+            raise ModelLoadError(f"{name} does not accept a 1x3x{size}x{size} image: {first_line(exc)}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise ModelLoadError(f"{name} must return a batch of class scores (N x classes); it returned {type(out).__name__}")
     classes = out.shape[1]
@@ -121,4 +131,4 @@ def _wrap_user_module(name: str, module: nn.Module, weights: str) -> LoadedModel
 
 
 def _looks_like_path(name: str) -> bool:
-    return os.sep in name or name.endswith((".pt", ".pth", ".ts", ".pkl", ".bin")) or Path(name).is_file()
+    return os.sep in name or name.endswith((".pt", ".pth", ".ts", ".pkl", ".bin", ".onnx")) or Path(name).is_file()

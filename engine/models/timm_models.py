@@ -42,7 +42,8 @@ from engine.core.errors import ModelLoadError, WeightsMissingError
 from engine.core.jobs import CancelToken, JobCancelled
 from engine.core.torch_files import read_state_dict
 from engine.models.labels import generic_labels, imagenet_labels
-from engine.models.model import ProgressCallback, first_line
+from engine.core.errors import first_line
+from engine.models.model import ProgressCallback
 from engine.models.preprocessing import Preprocessing
 
 PREFIX = "timm:"
