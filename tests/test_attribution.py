@@ -359,7 +359,7 @@ def test_gradcam_refuses_layers_without_a_map_and_models_without_convolutions():
     mlp = LoadedModel(name="mlp", module=nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, 5)).eval(),
                       preprocessing=model.preprocessing, labels=model.labels, weights="random")
     for method in ("gradcam", "guided-gradcam"):
-        with pytest.raises(MethodInputError, match="no convolution layers, so it has no feature maps for Grad-CAM"):
+        with pytest.raises(MethodInputError, match="no convolution layers or token grids, so it has no feature maps for Grad-CAM"):
             run(method, MethodContext(model=mlp, image=image))
 
 
