@@ -23,6 +23,7 @@ from engine.core.errors import MethodInputError, ModelLoadError
 from engine.core.jobs import drive
 from engine.data.images import LoadedImage
 from engine.methods import METHODS, MethodContext
+from engine.methods.registry import model_notes
 from engine.models.model import LoadedModel
 from engine.models.registry import load_model
 from tests.test_methods import random_image
@@ -259,6 +260,8 @@ def test_a_graph_no_gradient_goes_through_loads_and_only_the_gradient_free_metho
                                                                  ("Cast", "to_float", {"to": TensorProto.FLOAT})])
     model = load_model(path)
     assert "'to_int' (Cast, opset 17)" in model.forward_only
+    said = model_notes(model)[-1]  # what the CLI prints and the window's status shows on loading it
+    assert said.startswith("no gradient can be taken through this model") and "occlusion" in said
     photo = random_image((16, 16))
     with pytest.raises(MethodInputError) as refused:
         run("saliency", model, photo)

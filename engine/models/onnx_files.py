@@ -29,16 +29,19 @@ What the conversion gives, and what this module adds to it:
   a graph whose fixed height and width differ is refused. A graph exported with dynamic
   height and width takes any size, like any other model here.
 - Batches. Every method runs batches, so a graph that fixes its batch at one image
-  (a reshape to a constant shape) is refused with what to export instead; two images run
-  together must give what each gives alone.
+  (a reshape to a constant shape) is refused with what to export instead: an image run
+  with another must give what it gives alone.
 - The final Softmax. The methods differentiate and rank the class scores before the
   softmax (the logits), so a graph that ends with a Softmax over its classes loses it.
 - Gradients. onnx2torch's conversions are differentiable where their operators are: each
-  was tried, alone, against finite differences. The ones that are not turn floats into
-  integers or booleans (Cast to an integer type, ArgMax, ArgMin, TopK's indices, the
+  one that takes a float tensor was tried alone (onnx2torch 1.5.15), a backward pass
+  against finite differences, and none failed. Round, Floor, Ceil and Sign pass on a zero
+  gradient, their derivative almost everywhere. The ones that pass on none turn floats
+  into integers or booleans (Cast to an integer type, ArgMax, ArgMin, TopK's indices, the
   comparisons, IsInf, IsNaN, NonZero, Shape); a graph whose output reaches its input only
   through them gives no gradient at all. Such a model still loads: ``forward_only`` says
-  why, the methods that need gradients refuse it, and the others run.
+  why (the probe at load time names the nodes), the methods that need gradients refuse
+  it, and the others run.
 
 Preprocessing metadata is rarely in an ONNX file: the ImageNet mean and deviation are used,
 and the labels are ImageNet's names for 1000 classes, numbers otherwise.
@@ -66,7 +69,7 @@ PROTOBUF_LIMIT = 2**31 - 1  # bytes: the ONNX checker reads a larger model from 
 # message asks an export to use.
 CONVERTIBLE_OPSET = 17
 OPEN_THE_ORIGINAL = 'or open the original PyTorch model with "File > Open model file..." or --model FILE'
-# Two images run as one batch must each give what they give alone, to float rounding.
+# An image run in a batch of two must give what it gives alone, to float rounding.
 BATCH_TOLERANCE = 1e-4
 # Attribute values that a later version of an operator added to an attribute the earlier
 # one had (ONNX's changelog): the earlier converter would misread them.
@@ -134,9 +137,9 @@ def read_onnx_file(path: str | os.PathLike) -> OnnxModel:
     for parameter in module.parameters():  # as ``load_model`` leaves every model: gradients are the input's only
         parameter.requires_grad_(False)
     sample = _sample(preprocessing.size)
-    _check_batches(module, sample, path.name)
-    return OnnxModel(module=module, preprocessing=preprocessing, notes=notes,
-                     forward_only=_gradient_problem(module, nodes, sample[:1]))
+    first_alone, forward_only = _gradient_problem(module, nodes, sample[:1], path.name)
+    _check_batches(module, sample, first_alone, path.name)
+    return OnnxModel(module=module, preprocessing=preprocessing, forward_only=forward_only, notes=notes)
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -418,29 +421,28 @@ def _sample(size: int) -> torch.Tensor:
     return torch.randn((2, 3, size, size), generator=torch.Generator().manual_seed(0))
 
 
-def _check_batches(module: nn.Module, sample: torch.Tensor, file_name: str) -> None:
+def _check_batches(module: nn.Module, sample: torch.Tensor, first_alone: torch.Tensor, file_name: str) -> None:
+    """Refuse a module that cannot run ``sample``'s two images as one batch, or whose output
+    for the first of them then differs from ``first_alone``, its output for it alone."""
     advice = (f"Export it again with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={{'input': {{0: "
               f"'batch'}}}}), the input's name for 'input')")
     with torch.no_grad():
         try:
-            alone = [first_tensor(module(image[None])) for image in sample]
-        except Exception as exc:  # the model cannot run at all: say so with the size it was given
-            raise ModelLoadError(f"{file_name} does not run on a 1x3x{sample.shape[2]}x{sample.shape[3]} image: "
-                                 f"{first_line(exc)}") from None
-        try:
             together = first_tensor(module(sample))
-        except Exception as exc:
+        except Exception as exc:  # a reshape to a constant shape, most often
             raise ModelLoadError(f"{file_name} takes one image at a time ({first_line(exc)}), but ConvScope runs "
                                  f"images in batches. {advice}") from None
-    expected = torch.cat(alone)
-    scale = expected.abs().max().clamp(min=1e-6)
-    if together.shape != expected.shape or (together - expected).abs().max() > BATCH_TOLERANCE * scale:
-        raise ModelLoadError(f"{file_name} gives other results for two images run together than for each alone: its "
+    scale = first_alone.abs().max().clamp(min=1e-6)
+    if (together.shape[0] != len(sample) or together.shape[1:] != first_alone.shape[1:]
+            or (together[:1] - first_alone).abs().max() > BATCH_TOLERANCE * scale):
+        raise ModelLoadError(f"{file_name} gives other results for an image run with another than for it alone: its "
                              f"graph fixes the batch at one image, and ConvScope runs images in batches. {advice}")
 
 
-def _gradient_problem(module: nn.Module, nodes: dict[str, _Node], image: torch.Tensor) -> str | None:
-    """Why no input gradient can be taken through the module, or None when one can."""
+def _gradient_problem(module: nn.Module, nodes: dict[str, _Node], image: torch.Tensor,
+                      file_name: str) -> tuple[torch.Tensor, str | None]:
+    """The module's output for ``image`` (1 x 3 x H x W), and why no input gradient can be
+    taken through the module (None when one can)."""
     cut: list[str] = []  # nodes a gradient reached that pass none on
 
     def note_cut(name):
@@ -455,21 +457,27 @@ def _gradient_problem(module: nn.Module, nodes: dict[str, _Node], image: torch.T
     try:
         x = image.clone().requires_grad_(True)
         with torch.enable_grad():
-            output = first_tensor(module(x))
+            try:
+                output = first_tensor(module(x))
+            except Exception as exc:  # the model cannot run at all: say so with the size it was given
+                raise ModelLoadError(f"{file_name} does not run on a 1x3x{image.shape[2]}x{image.shape[3]} image: "
+                                     f"{first_line(exc)}") from None
             if output.requires_grad:
                 weights = torch.rand(output.shape, generator=torch.Generator().manual_seed(1))
                 try:
                     gradient, = torch.autograd.grad((output * weights).sum(), x, allow_unused=True)
                 except RuntimeError as exc:
-                    return f"a backward pass through it fails ({first_line(exc)})"
+                    return output.detach(), f"a backward pass through it fails ({first_line(exc)})"
                 if gradient is not None and bool(gradient.isfinite().all()) and bool(gradient.any()):
-                    return None
+                    return output.detach(), None
                 if gradient is not None:
-                    return "its output does not change with its input to first order (the gradient is zero everywhere)"
+                    return output.detach(), ("its output does not change with its input to first order (the gradient "
+                                             "is zero everywhere)")
     finally:
         for handle in handles:
             handle.remove()
     culprits = [nodes[name] for name in cut if nodes[name].op_type not in _SHAPE_OPERATORS]
     named = ", ".join(f"{node.described()}" for node in culprits[:3]) or "an operation that is not differentiable"
-    return f"no gradient reaches its input: it passes through {named}, whose output is not a differentiable float"
+    return output.detach(), (f"no gradient reaches its input: it passes through {named}, whose output is not a "
+                              f"differentiable float")
 
