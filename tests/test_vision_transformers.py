@@ -169,3 +169,59 @@ def test_top_patches_of_a_token_channel_are_the_patches_its_tokens_sit_on(vit):
     # Its units see the whole image (attention); each crop is the 16 px patch the token sits on.
     assert vit.state.layer_tree(224).find("blocks.5").receptive_field is None
     assert result.metrics["receptive_field"] == "16 px, jump 16, start 8"
+
+
+# -- attention rollout -------------------------------------------------------------------------
+
+
+def hand_rollout(vit, pixels):
+    """Abnar & Zuidema's rollout from timm's own unfused attention (its attn_drop sees the
+    probabilities), computed in float64 with numpy."""
+    import copy
+
+    twin = copy.deepcopy(vit.module)
+    seen = []
+    for block in twin.blocks:
+        block.attn.fused_attn = False
+        block.attn.attn_drop.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0][0].double().numpy()))
+    with torch.no_grad():
+        twin(vit.preprocessing.normalise(pixels))
+    rollout = np.eye(seen[0].shape[-1])
+    for attention in seen:
+        mixed = 0.5 * attention.mean(axis=0) + 0.5 * np.eye(attention.shape[-1])
+        rollout = (mixed / mixed.sum(axis=1, keepdims=True)) @ rollout
+    return rollout
+
+
+def test_attention_rollout_equals_the_papers_computation_from_the_models_own_probabilities(vit, chelsea):
+    result = run(vit, chelsea, "attention-rollout")
+    pixels = vit.preprocessing.to_unit_tensor(chelsea.image)
+    flow = torch.from_numpy(hand_rollout(vit, pixels)[0, 1:].reshape(14, 21)).float()
+    expected = F.interpolate(flow[None, None], size=(224, 336), mode="bilinear", align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(result.array, expected, rtol=1e-4)
+    assert result.metrics["layers"] == 12 and result.metrics["heads"] == 3 and result.metrics["layer_grid"] == [14, 21]
+
+
+def test_attention_rollout_refuses_windowed_attention_and_models_without_any(swin, chelsea):
+    from engine.core.errors import MethodInputError
+    from tests.conftest import make_tiny_model
+
+    with pytest.raises(MethodInputError, match="within windows"):
+        run(swin, chelsea, "attention-rollout")
+    tiny = make_tiny_model()
+    with pytest.raises(MethodInputError, match="no attention layers"):
+        run(tiny, chelsea, "attention-rollout")
+
+
+def test_attention_rollout_reads_torchvisions_multi_head_attention(chelsea):
+    from torchvision.models import vit_b_16
+
+    from engine.models.preprocessing import Preprocessing
+
+    torch.manual_seed(0)
+    module = vit_b_16(weights=None, image_size=64).eval()  # 4x4 patches of 16: quick
+    model = LoadedModel(name="vit_b_16", module=module, labels=imagenet_labels(), weights="random",
+                        preprocessing=Preprocessing(size=64, fixed_size=(64, 64)))
+    result = run(model, chelsea, "attention-rollout")
+    assert result.metrics["layers"] == 12 and result.metrics["layer_grid"] == [4, 4]
+    assert result.metrics["prefix_tokens"] == 1 and result.array.shape == (64, 64)

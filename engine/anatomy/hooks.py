@@ -35,9 +35,11 @@ def first_tensor(output: Any) -> torch.Tensor | None:
 
 @contextmanager
 def hooked(forward: Iterable[tuple[nn.Module, ForwardHook]] = (),
-           pre: Iterable[tuple[nn.Module, PreHook]] = ()) -> Iterator[None]:
+           pre: Iterable[tuple[nn.Module, PreHook]] = (), with_kwargs: bool = False) -> Iterator[None]:
     """Within the block, each ``(module, hook)`` of ``forward`` runs after its module's
     forward and each of ``pre`` before it; all are removed on leaving, even on error.
+    ``with_kwargs``: the hooks also receive the call's keyword arguments (PyTorch's
+    ``with_kwargs``), and pre hooks may replace them.
 
     The pairs may come from generators: they are registered inside the block's guard, so
     a failure half way through registering removes the ones already in place.
@@ -45,9 +47,9 @@ def hooked(forward: Iterable[tuple[nn.Module, ForwardHook]] = (),
     handles = []
     try:
         for module, hook in forward:
-            handles.append(module.register_forward_hook(hook))
+            handles.append(module.register_forward_hook(hook, with_kwargs=with_kwargs))
         for module, hook in pre:
-            handles.append(module.register_forward_pre_hook(hook))
+            handles.append(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs))
         yield
     finally:
         for handle in handles:

@@ -62,7 +62,12 @@ class MapLayout:
             return int(tensor.shape[1]), int(tensor.shape[2])
         if self.kind != TOKENS:
             raise ValueError(f"a {self.kind} output has no grid")
-        count = int(tensor.shape[1]) - self.prefix
+        return self.token_grid(int(tensor.shape[1]), input_size)
+
+    def token_grid(self, length: int, input_size: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(h, w) of a sequence of ``length`` tokens (prefix included) from an input of
+        ``input_size`` (height, width)."""
+        count = length - self.prefix
         if input_size is None or self.grid is None:
             return _factor_pair(count, self.grid[0] / self.grid[1] if self.grid else 1.0)
         height, width = input_size

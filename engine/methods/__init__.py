@@ -19,6 +19,7 @@ FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Over a dataset", ("neighbors", "embed", "patches", "occlusion")),
     ("Gradients", ("saliency", "smoothgrad", "integrated-gradients", "gradcam", "guided-backprop", "guided-gradcam",
                    "segment", "sanity-check")),
+    ("Transformers", ("attention-rollout",)),
     ("Optimising the input", ("class-viz", "adversarial", "inversion", "dream")),
     ("Texture and style", ("texture", "style", "fast-style-train", "fast-style")),
 )

@@ -130,6 +130,7 @@ COSTS: dict[str, Callable[[BoundParams, Machine], Cost | None]] = {
     "occlusion": _occlusion,
     "gradcam": _gradcam,
     "saliency": lambda p, m: Cost(backwards=1),
+    "attention-rollout": lambda p, m: Cost(forwards=1),
     "guided-backprop": lambda p, m: Cost(backwards=1),
     "guided-gradcam": lambda p, m: Cost(backwards=2),
     "smoothgrad": lambda p, m: Cost(forwards=1, backwards=p.samples),
