@@ -82,7 +82,8 @@ class Preprocessing:
         return self.normalise(self.to_unit_tensor(image, size))
 
     def as_dict(self) -> dict:
-        resize = f"to exactly {self.fixed_size[1]}x{self.fixed_size[0]}" if self.fixed_size else "shorter side, no crop"
+        resize = f"squashed to exactly {self.fixed_size[1]}x{self.fixed_size[0]}, no crop" if self.fixed_size \
+            else "shorter side, no crop"
         described = {"size": self.size, "mean": list(self.mean), "std": list(self.std), "resize": resize,
                      "interpolation": self.interpolation}
         if self.multiple_of > 1:

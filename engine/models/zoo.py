@@ -62,8 +62,9 @@ def default_weights(name: str) -> WeightsEnum:
     return get_model_weights(name).DEFAULT
 
 
-def _zoo_spec(name: str, title: str, early: str, middle: str, late: str) -> ModelSpec:
-    """A ModelSpec whose preprocessing and figures come from the default weights' metadata."""
+def _zoo_spec(name: str, title: str, early: str, middle: str, late: str, fixed: bool = False) -> ModelSpec:
+    """A ModelSpec whose preprocessing and figures come from the default weights' metadata;
+    ``fixed``: the model takes its crop size only (torchvision's ViT checks it)."""
     weights = default_weights(name)
     transforms = weights.transforms()
     accuracy = weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
@@ -77,7 +78,8 @@ def _zoo_spec(name: str, title: str, early: str, middle: str, late: str) -> Mode
         source="torchvision",
         # Our images are scaled, not cropped, so the model sees them at its crop size.
         preprocessing=Preprocessing(
-            size=transforms.crop_size[0], mean=tuple(transforms.mean), std=tuple(transforms.std)
+            size=transforms.crop_size[0], mean=tuple(transforms.mean), std=tuple(transforms.std),
+            fixed_size=(transforms.crop_size[0], transforms.crop_size[0]) if fixed else None,
         ),
         layer_presets=(("early", early), ("middle", middle), ("late", late)),
     )
@@ -116,6 +118,14 @@ ZOO_SPECS: list[ModelSpec] = [
     # Ends of stages 1 and 2 (blocks 3 and 6 of 18), then stage 4.
     _zoo_spec("convnext_tiny", "ConvNeXt-T (2022): modern convnet with 7x7 depthwise convolutions and LayerNorm",
               "features.1", "features.3", "features.7"),
+    # Encoder blocks 3 and 6 of 12, then the input of the last attention: the class token
+    # reads the last block's patch tokens only through it (engine.anatomy.layer_choice).
+    _zoo_spec("vit_b_16", "ViT-B/16 (2020): a vision transformer, 14x14 patches and a class token, 224 px only",
+              "encoder.layers.encoder_layer_2", "encoder.layers.encoder_layer_5",
+              "encoder.layers.encoder_layer_11.ln_1", fixed=True),
+    # Stages 1 and 3 (strides 4 and 16), then the final norm: channels-last maps throughout.
+    _zoo_spec("swin_t", "Swin-T (2021): a transformer attending within shifted 7x7 windows, channels-last stages",
+              "features.1", "features.5", "norm"),
 ]
 ZOO_NAMES = tuple(spec.name for spec in ZOO_SPECS)
 
