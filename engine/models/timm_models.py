@@ -238,7 +238,8 @@ def _dataset_of(tag: str) -> str:
     if not tag:
         return ""
     for marker, words in (("in22k_ft_in1k", "ImageNet-22k then 1k"), ("in21k_ft_in1k", "ImageNet-21k then 1k"),
-                          ("in12k_ft_in1k", "ImageNet-12k then 1k"), ("in1k", "ImageNet-1k"),
+                          ("in12k_ft_in1k", "ImageNet-12k then 1k"),
+                          ("in22k_in1k", "ImageNet-22k then 1k"), ("in1k", "ImageNet-1k"),
                           ("in22k", "ImageNet-22k"), ("in21k", "ImageNet-21k"), ("in12k", "ImageNet-12k")):
         if marker in tag:
             return words
@@ -343,18 +344,25 @@ def _pretrained_weights_file(name: str, config: dict, progress: Optional[Progres
 
 def _download_from_hub(name: str, config: dict, progress: Optional[ProgressCallback],
                        cancel: Optional[CancelToken]) -> Path:
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     repo = config["hf_hub_id"]
     filenames = _hub_filenames(config)
     failure = ""
     for filename in filenames:
         try:
+            # One look at the hub first, without retries: offline, hf_hub_download retries
+            # with back-off for about 25 s (per file name) before it gives up, while the
+            # person waits for the message that says what to do.
+            get_hf_file_metadata(hf_hub_url(repo, filename))
             return Path(hf_hub_download(repo, filename, library_name="timm",
                                         tqdm_class=_progress_bar(progress, cancel, filename)))
         except JobCancelled:
             raise
+        except LocalEntryNotFoundError as exc:  # the hub unreachable (a subclass of the next one)
+            failure = first_line(exc)
+            break
         except EntryNotFoundError:
             continue  # the repository holds the other format
         except Exception as exc:  # noqa: BLE001 - offline, refused, timed out: the hub's many errors say the same
