@@ -108,6 +108,14 @@ def timm_catalogue() -> tuple[TimmEntry, ...]:
     return tuple(entries)
 
 
+def name_matches(name: str, text: str) -> bool:
+    """Whether a catalogue name holds every word of ``text`` (any case, anywhere in it):
+    "convnext tiny" finds convnext_tiny.fb_in1k and convnextv2_tiny.fcmae_ft_in1k. The Model
+    menu's list filters by the same rule (``gui.timm_dialog``)."""
+    name = name.lower()
+    return all(word in name for word in text.lower().split())
+
+
 def cached_weights_file(name: str) -> Path | None:
     """The weights of timm model ``name`` if a download already put them on this computer."""
     config = _pretrained_config(name)
@@ -159,6 +167,17 @@ def build_timm_model(name: str, weights_path: str | os.PathLike | None = None,
     preprocessing = preprocessing_of(module, config)
     return TimmModel(module=_without_inplace(module), name=resolved, preprocessing=preprocessing,
                      labels=labels_of(module, config), weights=description)
+
+
+def build_timm_untrained(name: str) -> TimmModel:
+    """timm model ``name`` as ``build_timm_model`` gives it, its preprocessing and labels
+    included, but with random weights: for a listing of its layers when its weights are
+    not on this computer."""
+    resolved = _resolve_name(name)
+    config = _pretrained_config(resolved) or {}
+    module = build_timm_architecture(resolved)
+    return TimmModel(module=module, name=resolved, preprocessing=preprocessing_of(module, config),
+                     labels=labels_of(module, config), weights="random (untrained)")
 
 
 def build_timm_architecture(name: str, num_classes: int | None = None) -> nn.Module:
