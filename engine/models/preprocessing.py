@@ -4,6 +4,9 @@ The whole image is used (never centre-cropped) so that every map lines up with t
 picture the user sees: the shorter side is scaled to the model's ``size`` and the aspect
 ratio is kept. Each model carries its own ``Preprocessing``.
 
+A model whose input must be a whole number of patches (a ViT) has ``multiple``: both sides
+are rounded to a multiple of it, changing the aspect ratio by under half a patch.
+
 A model that only takes one input size (a ViT without interpolated position embeddings, an
 ONNX graph exported with a static shape) has ``fixed_size``: every image is scaled to
 exactly that size, squeezing its aspect ratio; the maps still cover the whole picture.
@@ -33,6 +36,7 @@ class Preprocessing:
     interpolation: str = "bicubic"  # how images are scaled: "bicubic", "bilinear" or "nearest"
     fixed_size: tuple[int, int] | None = None  # (height, width) the model takes, and only that
     crop_pct: float | None = None  # the centre crop the weights were evaluated with; recorded, never applied
+    multiple: int = 1  # both sides of the input are rounded to a multiple of this (a ViT's patch size)
 
     def input_size(self, width: int, height: int, size: int | None = None) -> tuple[int, int]:
         """(width, height) of the model input for an image of the given size; ``size``, a
@@ -43,7 +47,10 @@ class Preprocessing:
         scale = size / min(width, height)
         new_w, new_h = round(width * scale), round(height * scale)
         cap = round(size * self.max_aspect)
-        return max(1, min(new_w, cap)), max(1, min(new_h, cap))
+        new_w, new_h = max(1, min(new_w, cap)), max(1, min(new_h, cap))
+        if self.multiple > 1:
+            new_w, new_h = (max(self.multiple, round(side / self.multiple) * self.multiple) for side in (new_w, new_h))
+        return new_w, new_h
 
     def resize(self, image: Image.Image, size: int | None = None) -> Image.Image:
         target = self.input_size(*image.size, size=size)
@@ -76,6 +83,8 @@ class Preprocessing:
 
     def as_dict(self) -> dict:
         resize = f"to exactly {self.fixed_size[1]}x{self.fixed_size[0]}" if self.fixed_size else "shorter side, no crop"
+        if self.multiple > 1 and not self.fixed_size:
+            resize += f", sides a multiple of {self.multiple}"
         described = {"size": self.size, "mean": list(self.mean), "std": list(self.std), "resize": resize,
                      "interpolation": self.interpolation}
         if self.crop_pct is not None:

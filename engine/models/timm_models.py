@@ -190,13 +190,15 @@ def build_timm_architecture(name: str, num_classes: int | None = None) -> nn.Mod
 
 def preprocessing_of(module: nn.Module, config: dict) -> Preprocessing:
     """The model's input size, normalisation and interpolation from its pretrained config;
-    a fixed input size when the model cannot take the photo's own aspect ratio."""
+    the multiple its sides must be (a ViT's patch size), or a fixed input size when the
+    model cannot take the photo's own aspect ratio."""
     height, width = (tuple(config.get("input_size") or (3, 224, 224)))[1:]
-    fixed = None if _takes_any_size(module, (height, width)) else (int(height), int(width))
+    multiple = _size_multiple(module, (height, width))
+    fixed = None if multiple else (int(height), int(width))
     return Preprocessing(size=int(min(height, width)), mean=tuple(config.get("mean") or (0.485, 0.456, 0.406)),
                          std=tuple(config.get("std") or (0.229, 0.224, 0.225)),
                          interpolation=config.get("interpolation") or "bicubic", fixed_size=fixed,
-                         crop_pct=config.get("crop_pct"))
+                         crop_pct=config.get("crop_pct"), multiple=multiple or 1)
 
 
 def labels_of(module: nn.Module, config: dict) -> list[str]:
@@ -302,20 +304,35 @@ def _classes_in(state_dict: dict[str, torch.Tensor], config: dict) -> int | None
     return None
 
 
-def _takes_any_size(module: nn.Module, size: tuple[int, int]) -> bool:
-    """Whether the model runs on a non-square input other than its configured size (on the
-    meta device: shapes only, nothing computed)."""
+def _size_multiple(module: nn.Module, size: tuple[int, int]) -> int | None:
+    """What the input's sides must be a multiple of for the model to take a photo's own
+    aspect ratio: 1 for most, a ViT's patch size (its patch grid must tile the input); None
+    when it runs at its configured size only. Each try is a pass on the meta device
+    (shapes only, nothing computed) at sides an odd number of times the multiple, so a
+    model that needs twice as much fails it."""
     from engine.anatomy.twin import module_twin
 
     height, width = size
-    probe = (max(32, height - _PROBE_SIDE // 2), width + _PROBE_SIDE // 2)
+    patch = getattr(getattr(module, "patch_embed", None), "patch_size", None)
+    patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch or 16)
     try:
         twin = module_twin(module, lambda tensor: tensor.to("meta"))
-        with torch.no_grad():
-            twin(torch.zeros(1, 3, *probe, device="meta"))
-        return True
-    except Exception:  # noqa: BLE001 - any failure means it needs its own size
-        return False
+    except Exception:  # noqa: BLE001 - a model that cannot be copied keeps its own size
+        return None
+    for multiple in dict.fromkeys((1, patch, 32)):
+        probe = (_odd_multiple(max(32, height - _PROBE_SIDE // 2), multiple), _odd_multiple(width + _PROBE_SIDE // 2, multiple))
+        try:
+            with torch.no_grad():
+                twin(torch.zeros(1, 3, *probe, device="meta"))
+            return multiple
+        except Exception:  # noqa: BLE001 - any failure means this multiple does not do
+            continue
+    return None
+
+
+def _odd_multiple(side: int, multiple: int) -> int:
+    count = max(1, round(side / multiple))
+    return multiple * (count if count % 2 else count + 1)
 
 
 def _without_inplace(module: nn.Module) -> nn.Module:
