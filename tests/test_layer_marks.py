@@ -159,6 +159,10 @@ def test_cli_lists_timm_models_holding_every_word(capsys):
     assert line.split(None, 1)[1].startswith("ImageNet-22k then 1k, 1,000 classes, 224x224 px")
     assert name_matches("convnext_tiny.fb_in1k", "tiny CONVNEXT") and not name_matches("convnext_small", "convnext tiny")
 
+    # What it learnt from, in the order it learnt: BEiT v2 fine-tuned from 1k to 22k classes.
+    code, out, _ = cli(capsys, "models", "--timm", "beitv2_base in1k_ft_in22k")
+    assert out.split(None, 1)[1].startswith("ImageNet-1k then 22k, 21,841 classes")
+
     code, _, err = cli(capsys, "models", "--timm", "no such network")
     assert code == 2 and "no timm model's name holds every word of 'no such network'" in err
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -255,16 +256,11 @@ def _pretrained_config(name: str) -> dict | None:
 
 
 def _dataset_of(tag: str) -> str:
-    """What a weights tag says the model learnt from, in words: 'in1k', 'in22k_ft_in1k'..."""
-    if not tag:
-        return ""
-    for marker, words in (("in22k_ft_in1k", "ImageNet-22k then 1k"), ("in21k_ft_in1k", "ImageNet-21k then 1k"),
-                          ("in12k_ft_in1k", "ImageNet-12k then 1k"),
-                          ("in22k_in1k", "ImageNet-22k then 1k"), ("in1k", "ImageNet-1k"),
-                          ("in22k", "ImageNet-22k"), ("in21k", "ImageNet-21k"), ("in12k", "ImageNet-12k")):
-        if marker in tag:
-            return words
-    return ""
+    """What a weights tag says the model learnt from, in words, in the order it learnt:
+    'in1k' is "ImageNet-1k", 'in22k_ft_in1k' and 'fcmae_ft_in22k_in1k' are "ImageNet-22k
+    then 1k", 'in1k_ft_in22k' (BEiT v2) is "ImageNet-1k then 22k"; "" without an ImageNet."""
+    sizes = list(dict.fromkeys(re.findall(r"in(1|12|21|22)k", tag or "")))
+    return f"ImageNet-{sizes[0]}k" + "".join(f" then {size}k" for size in sizes[1:]) if sizes else ""
 
 
 # -- building ----------------------------------------------------------------------------------
