@@ -18,8 +18,8 @@ def choose_dataset_folder(parent) -> str:
     return QFileDialog.getExistingDirectory(parent, "Open a folder of images (subfolders become labels)", str(Path.home()))
 
 
-WEIGHTS_FILTER = "State dicts (*.pt *.pth *.bin);;All files (*)"
-WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin")
+WEIGHTS_FILTER = "State dicts (*.pt *.pth *.bin *.safetensors);;All files (*)"
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
 def choose_model_file(parent) -> str:
