@@ -50,6 +50,8 @@ class MainWindow(QMainWindow):
         self._tree = None  # the layer tree on show: rebuilt only when the input size changes it
         self._box = None  # drawn on the photo: the receptive field of the patch it was opened from
         self._jobs: dict[str, JobHandle] = {}  # the newest job of each kind: asking again replaces it
+        self._guided = None  # the ModelInfo whose layer marks are shown (or could not be worked out)
+        self.timm_dialog = None  # Model > timm model...: made on first use, kept with its filter
 
         self.canvas = Canvas()
         self.setCentralWidget(self.canvas)
@@ -164,6 +166,32 @@ class MainWindow(QMainWindow):
         for signal in (handle.finished, handle.failed, handle.cancelled):
             signal.connect(self._job_done)
 
+    def _learn_layers(self) -> None:
+        """Work out what each layer is good for (the Grad-CAM layer, the presets, the layers
+        that see the whole image: a forward and backward pass) after the tree is shown, as
+        background work: any job asked for stops it, and it starts again when the engine is
+        idle (``_job_done``); the engine keeps what it found, so a restart repeats nothing."""
+        info = self.model_info
+        handle = self.worker.submit(lambda session, job: session.layer_guide(cancel=job.token), "Marking the layers",
+                                    replaces=self._jobs.get("guide"), background=True)
+        self._jobs["guide"] = handle
+        handle.finished.connect(lambda guide: self._apply_guide(info, guide))
+        handle.failed.connect(lambda _error: self._apply_guide(info, None))  # logged; not asked again
+        for signal in (handle.finished, handle.failed, handle.cancelled):
+            signal.connect(self._job_done)
+
+    def _apply_guide(self, info, guide) -> None:
+        if info is not self.model_info:
+            return  # worked out for a model since replaced
+        self._guided = info
+        if guide is not None:
+            self.layer_tree.set_guide(guide)
+
+    def _wants_guide(self) -> bool:
+        pending = self._jobs.get("guide")
+        return (self.model_info is not None and self._guided is not self.model_info
+                and (pending is None or pending.done))
+
     def _set_machine(self, machine) -> None:
         for panel in self.panels.values():
             panel.estimate.set_machine(machine)
@@ -254,11 +282,22 @@ class MainWindow(QMainWindow):
         if info.notes:  # how the file was opened, and which methods do not run on it
             self.status.text.setText(in_field_words("; ".join(info.notes)))
         self.methods.set_model(info.labels, info.presets.get("middle"))
+        self.layer_tree.set_guide(None)  # the old model's marks; the new ones follow the tree
         if info.tree is not None:
             self._tree = info.tree
             self.layer_tree.set_tree(info.tree)
             if info.presets.get("middle"):
                 self.layer_tree.select(info.presets["middle"], emit=False)
+        if not self.worker.is_busy():
+            self._learn_layers()  # otherwise once the engine is idle (_job_done)
+
+    def open_timm_dialog(self) -> None:
+        """Model > timm model...: pick one of timm's pretrained classifiers; it loads as any model does."""
+        from gui.timm_dialog import TimmDialog
+
+        if self.timm_dialog is None:
+            self.timm_dialog = TimmDialog(self, lambda name: self.load_model(name))
+        self.timm_dialog.open_list()
 
     # -- methods ----------------------------------------------------------------------------
     def select_method(self, method_id: str) -> MethodPanel:
@@ -334,8 +373,9 @@ class MainWindow(QMainWindow):
         """Submit a job that replaces the newest of its ``kind``, with the status bar following it:
         ``finished(value)``; ``failed(error)`` or the error shown under ``title``; ``stopped``
         gets "failed" or "cancelled" first."""
-        if self._jobs.get("calibrate") is not None:
-            self._jobs["calibrate"].cancel()  # what the user asked for goes first
+        for background in ("calibrate", "guide"):
+            if self._jobs.get(background) is not None:
+                self._jobs[background].cancel()  # what the user asked for goes first
         handle = self.worker.submit(fn, description, replaces=self._jobs.get(kind))
         self._jobs[kind] = handle
         handle.started.connect(lambda: self.status.set_busy(True, f"{description}…"))
@@ -353,10 +393,14 @@ class MainWindow(QMainWindow):
     def _job_done(self, *_outcome) -> None:
         busy = self.worker.is_busy()
         self.status.set_busy(busy, self.status.text.text() if busy else "Ready")
+        if busy or self.session is None:
+            return
+        # Background work stopped for a job earlier (or not yet started): the engine is idle now.
         timing = self._jobs.get("calibrate")
-        if (not busy and timing is not None and timing.cancel_requested and self.session is not None
-                and self.session.machine is None):
-            self._calibrate()  # stopped for a job earlier: the engine is idle now
+        if timing is not None and timing.cancel_requested and self.session.machine is None:
+            self._calibrate()
+        elif self._wants_guide():
+            self._learn_layers()
 
     # -- errors and lifetime ---------------------------------------------------------------------
     def say(self, message: str) -> None:

@@ -40,6 +40,8 @@ class Menus:
         file_menu.addSeparator()
         self._action(file_menu, "&Quit", window.close, QKeySequence.StandardKey.Quit)
         self.model_menu = bar.addMenu("&Model")
+        self.timm_action = self._action(self.model_menu, "&timm model…", window.open_timm_dialog, QKeySequence("Ctrl+M"))
+        self.model_menu.addSeparator()
         dataset_menu = bar.addMenu("&Dataset")
         self._action(dataset_menu, "Open dataset &folder…", window.open_dataset_dialog)
         self.browse_action = self._action(dataset_menu, "&Browse…", lambda: dataset_browser.browse_dataset(window),

@@ -16,10 +16,12 @@ GEOMETRY_KEY = "window/geometry"
 STATE_KEY = "window/state"
 SCREEN_SHARE = 0.9  # of the screen's free area, on a first start
 # The docks' default widths: the bundled model's layer tree (three columns, four levels
-# deep, a vertical scroll bar beside it) fits in LAYERS_WIDTH without a horizontal
-# scroll, and most forms in METHODS_WIDTH (the dock widens to a form that needs more), so
-# on a 1600 px screen the canvas has about 850 px, the most of the three.
-LAYERS_WIDTH = 345
+# deep, a vertical scroll bar beside it, the "middle" badge on a row four levels down)
+# and a ViT's (its tokens "whole image", "Grad-CAM" and "late" on one row) fit in
+# LAYERS_WIDTH without a horizontal scroll, and most forms in METHODS_WIDTH (the dock
+# widens to a form that needs more), so on a 1600 px screen the canvas has about 830 px,
+# the most of the three.
+LAYERS_WIDTH = 370
 METHODS_WIDTH = 360
 
 

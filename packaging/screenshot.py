@@ -3,6 +3,9 @@ with ImageMagick's `import`, after opening a photo and clicking a layer.
 
     Xvfb :99 -screen 0 1600x1000x24 &  DISPLAY=:99 .venv/bin/python packaging/screenshot.py resources/screenshot.png
     DISPLAY=:99 .venv/bin/python packaging/screenshot.py out.png embed - dataset=digits algo=tsne
+    DISPLAY=:99 .venv/bin/python packaging/screenshot.py vit.png saliency blocks.11.norm1 \
+        model=timm:vit_tiny_patch16_224 weights=vit.pt        (another model, once its layers are marked)
+    DISPLAY=:99 .venv/bin/python packaging/screenshot.py timm.png - - timm_filter="convnext tiny"
 """
 
 from __future__ import annotations
@@ -35,7 +38,20 @@ def main(out: str, method: str = "activations", layer: str = "stages.2.1.expand_
 
     # scroll_panel=bottom shows the end of a long form: Run, the status and the loss plot.
     scroll_to_bottom = params.pop("scroll_panel", "") == "bottom"
+    model, weights, timm_filter = params.pop("model", None), params.pop("weights", None), params.pop("timm_filter", None)
     wait(lambda: window.image_info is not None)
+    if timm_filter is not None:  # Model > timm model..., filtered
+        window.open_timm_dialog()
+        wait(lambda: window.timm_dialog.catalogue.rowCount() > 0 and not window.timm_dialog.listing)
+        window.timm_dialog.filter.setText(timm_filter)
+        wait(lambda: False, seconds=1.0)
+        subprocess.run(["import", "-window", "root", "-crop", f"{WIDTH}x{HEIGHT}+0+0", out], check=True)
+        window.close()
+        return
+    if model:
+        window.load_model(model, weights_path=weights)
+        wait(lambda: window.model_info.name == model or window.model_info.name.startswith(f"{model}."), seconds=900)
+        wait(lambda: window.layer_tree.guide is not None, seconds=300)
     panel = window.select_method(method)
     if layer != "-":
         window.layer_tree.select(layer)

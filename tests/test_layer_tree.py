@@ -136,14 +136,19 @@ def test_input_the_model_rejects_is_a_user_error():
 def test_format_layers(resnet18, resnet18_tree):
     lines = format_layers(resnet18_tree).splitlines()
     assert len(lines) == 1 + len(list(resnet18.modules()))  # a header, then one per module
-    assert lines[0].split() == ["layer", "type", "output", "params", "receptive", "field"]
+    assert lines[0].split() == ["layer", "type", "output", "layout", "params", "receptive", "field"]
     by_path = {line.split()[0]: line for line in lines[1:]}
-    assert by_path["(model)"].split()[1:4] == ["ResNet", "1x1000", f"{resnet18_tree.total_params:,}"]
+    assert by_path["(model)"].split()[1:] == ["ResNet", "1x1000", "vector", "of", "1,000",
+                                              f"{resnet18_tree.total_params:,}"]
     assert by_path["layer4.1.conv2"].startswith("      layer4.1.conv2 ")  # two spaces per level
     assert by_path["layer4.1.conv2"].endswith("435 px, jump 32, start 0.5")
-    assert by_path["conv1"].split()[1:] == ["Conv2d", "1x64x32x32", "9,408", "7", "px,", "jump", "2,", "start", "0.5"]
-    assert by_path["layer4"].split()[1:] == ["Sequential", "1x512x2x2", "8,393,728"]  # no field: not a conv
-    assert by_path["fc"].split()[1:] == ["Linear", "1x1000", "513,000"]
+    assert by_path["conv1"].split()[1:] == ["Conv2d", "1x64x32x32", "spatial", "32x32", "9,408",
+                                            "7", "px,", "jump", "2,", "start", "0.5"]
+    assert by_path["layer4"].split()[1:] == ["Sequential", "1x512x2x2", "spatial", "2x2", "8,393,728"]  # not a conv
+    # The pool's one unit spans layer4's 2x2 fields: 435 px and one jump of 32 more.
+    assert by_path["avgpool"].split()[1:] == ["AdaptiveAvgPool2d", "1x512x1x1", "vector", "of", "512", "0",
+                                              "467", "px,", "jump", "64,", "start", "16.5"]
+    assert by_path["fc"].split()[1:] == ["Linear", "1x1000", "vector", "of", "1,000", "513,000"]
 
 
 def test_format_layers_shows_fields_of_conv_subclasses():

@@ -199,3 +199,15 @@ def test_safetensors_weights_files_open_too(tmp_path, resnet_weights):
     with pytest.raises(ModelLoadError, match="damaged.safetensors"):
         load_model(f"timm:{RESNET}", weights_path=damaged)
     assert os.path.exists(path)
+
+
+def test_a_vit_takes_a_photos_aspect_ratio_in_whole_patches():
+    config = timm_models._pretrained_config("vit_tiny_patch16_224.augreg_in21k_ft_in1k")
+    vit = build_timm_architecture("vit_tiny_patch16_224.augreg_in21k_ft_in1k")
+    preprocessing = timm_models.preprocessing_of(vit, config)
+    # chelsea.png is 451x300: 337 px would be 21.06 patches, which the ViT refuses; 336 is 21.
+    assert preprocessing.multiple_of == 16 and preprocessing.input_size(451, 300) == (336, 224)
+    with torch.no_grad():
+        assert vit(torch.zeros(1, 3, 224, 336)).shape == (1, 1000)
+    resnet = timm_models.preprocessing_of(build_timm_architecture(RESNET), timm_models._pretrained_config(RESNET))
+    assert resnet.multiple_of == 1 and resnet.input_size(451, 300) == (337, 224)  # a CNN takes any size

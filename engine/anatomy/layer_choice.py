@@ -23,6 +23,7 @@ other network (timm's, an ONNX file, the user's own) gets them from its anatomy:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -35,6 +36,33 @@ from engine.anatomy.twin import has_script_modules, module_twin
 # sharing its place is there: projections inside attention and MLPs.
 _PROJECTIONS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Dropout, nn.Identity)
 _DEPTH_FRACTIONS = {"early": 0.2, "middle": 0.5}
+
+
+PRESET_KEYWORDS = ("early", "middle", "late")
+GRADCAM = "Grad-CAM"
+
+
+@dataclass(frozen=True)
+class LayerGuide:
+    """What the layers are good for, as the layer tree and ``python main.py layers`` mark
+    them: the recommended Grad-CAM layer (``score_layer``), the layers "early", "middle" and
+    "late" stand for, and the layers whose units see the whole image though no receptive
+    field was traced for them (``engine.anatomy.whole_image``). It takes a forward and
+    backward pass to work out, so the tree is shown before it and marked once it is known
+    (``LoadedModel.layer_guide``)."""
+
+    gradcam: str | None = None
+    presets: Mapping[str, str] = field(default_factory=dict)
+    whole_image: frozenset[str] = frozenset()
+
+    def roles(self, path: str) -> list[str]:
+        """What layer ``path`` is marked as: "Grad-CAM", then its preset keywords in order."""
+        marks = [GRADCAM] if path == self.gradcam else []
+        return marks + [keyword for keyword in PRESET_KEYWORDS if self.presets.get(keyword) == path]
+
+    def marked_paths(self) -> set[str]:
+        """Every layer this guide says something about."""
+        return {path for path in (self.gradcam, *self.presets.values()) if path} | set(self.whole_image)
 
 
 def model_stages(module: nn.Module) -> list[tuple[str, float]]:

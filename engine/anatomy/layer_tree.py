@@ -1,9 +1,11 @@
-"""The model's modules as a tree, with output shapes, parameter counts and receptive fields.
+"""The model's modules as a tree, with output shapes, layouts, parameter counts and receptive fields.
 
 ``trace_model`` runs one traced forward pass (see ``receptive_field``) and ``build_layer_tree``
 nests every module as ``named_children`` does. The tree depends only on the architecture
 and the input size, so ``ModelState.layer_tree`` keeps one per input size: the GUI asks for
-it on every click and pays for the pass once.
+it on every click and pays for the pass once. What each layer is good for (the Grad-CAM
+layer, the presets, the layers that see the whole image) takes real passes to find, so it
+comes apart from the tree, as a ``LayerGuide`` (``engine.anatomy.layer_choice``).
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import torch
 from torch import nn
 
 from engine.core.errors import MethodInputError
+from engine.anatomy.layer_choice import LayerGuide
+from engine.anatomy.layouts import OTHER, MapLayout, find_layouts, registers_of
 from engine.anatomy.receptive_field import LayerTrace, ReceptiveField, trace_layers
 from engine.anatomy.twin import has_script_modules, module_twin
 
 InputSize = tuple[int, int]  # (height, width) of the model input
 Device = str | torch.device
+WHOLE_IMAGE = "whole image"  # the receptive field of a unit that depends on every pixel
 
 # Layers whose receptive field the listing shows: the ones that grow or stride it.
 _CONV_AND_POOL_TYPES = (
@@ -41,7 +46,10 @@ class LayerNode:
 
     ``output_shape`` and ``receptive_field`` come from the module's first call in the
     traced pass; both are None for a module that did not run (an auxiliary head in eval
-    mode). ``receptive_field`` is None as well when the output has no spatial axes.
+    mode). ``receptive_field`` is None as well when the output has no spatial axes, or
+    when the trace lost track of them (a transformer's tokens). ``layout`` says how the
+    output lies over the image (``engine.anatomy.layouts``: a map, channels-last, tokens,
+    a vector); None for a module that did not run.
     """
 
     path: str  # as in model.named_modules(); "" for the model itself
@@ -53,10 +61,26 @@ class LayerNode:
     receptive_field: ReceptiveField | None
     children: list[LayerNode] = field(default_factory=list)
     is_conv_or_pool: bool = False  # the listing shows receptive fields for these
+    layout: MapLayout | None = None
 
     @property
     def is_leaf(self) -> bool:
         return not self.children
+
+    @property
+    def layout_text(self) -> str:
+        """The layout in words ("spatial 14x14", "tokens 14x14 + class token"), "" when none fits."""
+        return self.layout.describe() if self.layout is not None and self.layout.kind != OTHER else ""
+
+    def sees_whole_image(self, guide: LayerGuide | None = None) -> bool:
+        """Whether every unit of the output depends on the whole image: a pooling or
+        convolution that left no spatial axes, or a layer ``guide`` found so (tokens after
+        attention), which the trace alone cannot tell."""
+        if self.output_shape is None:
+            return False
+        if self.is_conv_or_pool and self.receptive_field is None:
+            return True
+        return guide is not None and self.path in guide.whole_image
 
     def walk(self) -> Iterator[LayerNode]:
         """This node and everything below it, depth first, in module order."""
@@ -111,22 +135,27 @@ def trace_model(model: nn.Module, input_size: InputSize, device: Device | None =
 def build_layer_tree(model: nn.Module, input_size: InputSize = (224, 224), device: Device | None = None) -> LayerNode:
     """The tree of all modules for a 1x3xHxW input, from one ``trace_model`` pass (uncached:
     ``loaded_model.state.layer_tree(size)`` keeps one per input size)."""
-    return tree_from_traces(model, trace_model(model, input_size, device))
+    traces = trace_model(model, input_size, device)
+    shapes = {path: trace.output_shape for path, trace in traces.items() if trace.output_shape is not None}
+    return tree_from_traces(model, traces, find_layouts(shapes, input_size, registers_of(model)))
 
 
-def tree_from_traces(model: nn.Module, traces: Mapping[str, LayerTrace]) -> LayerNode:
-    """The tree of all modules, nested as ``named_children`` does, with what ``traces`` found."""
-    return _node(model, "", traces, seen={id(model)})
+def tree_from_traces(model: nn.Module, traces: Mapping[str, LayerTrace],
+                     layouts: Mapping[str, MapLayout]) -> LayerNode:
+    """The tree of all modules, nested as ``named_children`` does, with what ``traces`` found
+    and each output's layout from ``layouts`` (``find_layouts`` of the same traces)."""
+    return _node(model, "", traces, layouts, seen={id(model)})
 
 
-def _node(module: nn.Module, path: str, traces: Mapping[str, LayerTrace], seen: set[int]) -> LayerNode:
+def _node(module: nn.Module, path: str, traces: Mapping[str, LayerTrace], layouts: Mapping[str, MapLayout],
+          seen: set[int]) -> LayerNode:
     children = []
     for name, child in module.named_children():
         # A module registered twice appears once, under its first path, as in named_modules().
         if id(child) in seen:
             continue
         seen.add(id(child))
-        children.append(_node(child, f"{path}.{name}" if path else name, traces, seen))
+        children.append(_node(child, f"{path}.{name}" if path else name, traces, layouts, seen))
     trace = traces.get(path)
     return LayerNode(
         path=path,
@@ -138,32 +167,38 @@ def _node(module: nn.Module, path: str, traces: Mapping[str, LayerTrace], seen: 
         receptive_field=trace.receptive_field if trace else None,
         children=children,
         is_conv_or_pool=isinstance(module, _CONV_AND_POOL_TYPES),
+        layout=layouts.get(path),
     )
 
 
-def format_layers(tree: LayerNode) -> str:
-    """The text listing of ``python main.py layers``: one line per module, indented by depth."""
-    rows = [("layer", "type", "output", "params", "receptive field")]
+def format_layers(tree: LayerNode, guide: LayerGuide | None = None) -> str:
+    """The text listing of ``python main.py layers``: one line per module, indented by depth,
+    with its layout, its receptive field where a convolution or pooling sets it ("whole
+    image" where every unit sees all of it) and, with a ``guide``, what each layer is
+    marked as ("Grad-CAM", "early", "middle", "late")."""
+    rows = [["layer", "type", "output", "layout", "params", "receptive field", "use"]]
     for node in tree.walk():
         depth = node.path.count(".") + 1 if node.path else 0
-        rows.append(
-            (
-                "  " * depth + (node.path or "(model)"),
-                node.type_name,
-                "x".join(map(str, node.output_shape)) if node.output_shape else "-",
-                f"{node.total_params:,}",
-                _field_text(node) if node.is_conv_or_pool else "",
-            )
-        )
-    path_w, type_w, shape_w, params_w = (max(len(row[column]) for row in rows) for column in range(4))
-    lines = [
-        f"{path:<{path_w}}  {type_name:<{type_w}}  {shape:<{shape_w}}  {params:>{params_w}}  {field_text}".rstrip()
-        for path, type_name, shape, params, field_text in rows
-    ]
-    return "\n".join(lines)
+        rows.append([
+            "  " * depth + (node.path or "(model)"),
+            node.type_name,
+            "x".join(map(str, node.output_shape)) if node.output_shape else "-",
+            node.layout_text,
+            f"{node.total_params:,}",
+            _field_text(node, guide),
+            ", ".join(guide.roles(node.path)) if guide is not None else "",
+        ])
+    if guide is None:
+        rows = [row[:-1] for row in rows]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    right_aligned = rows[0].index("params")
+    return "\n".join("  ".join(cell.rjust(width) if column == right_aligned else cell.ljust(width)
+                                for column, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows)
 
 
-def _field_text(node: LayerNode) -> str:
-    if node.output_shape is None:
+def _field_text(node: LayerNode, guide: LayerGuide | None) -> str:
+    if node.is_conv_or_pool and node.output_shape is None:
         return "-"  # did not run
-    return str(node.receptive_field) if node.receptive_field else "global"
+    if node.sees_whole_image(guide):
+        return WHOLE_IMAGE
+    return str(node.receptive_field) if node.is_conv_or_pool and node.receptive_field else ""

@@ -120,6 +120,11 @@ class MapLayout:
         return "".join(f" + {part}" for part in parts)
 
 
+def registers_of(module) -> int:
+    """How many register tokens the model says it has (timm's ``num_reg_tokens``; 0 without)."""
+    return int(getattr(module, "num_reg_tokens", 0) or 0)
+
+
 def find_layouts(output_shapes: Mapping[str, tuple], input_size: tuple[int, int],
                  registers: int = 0) -> dict[str, MapLayout]:
     """The layout of every layer in ``output_shapes`` (module path -> shape of its output for

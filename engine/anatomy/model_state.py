@@ -14,6 +14,9 @@ about a model is kept anywhere else. What it holds:
 - which modules apply ReLU as a function, and the network guided backprop runs: the
   gradient network (the fast copy or the model) with those ReLUs made modules
   (``engine.anatomy.relus``), one per network it was made from;
+- what each layer is good for: the recommended Grad-CAM layer, early/middle/late for a
+  model without hand-picked presets, and the layers whose units see the whole image
+  (``engine.anatomy.layer_choice``, ``engine.anatomy.whole_image``);
 - how fast this machine runs the model (``speed``): seconds per image of a forward pass
   and of a forward and backward pass, timed once per input size and device, and each
   method's measured time against its predicted time (``note_run``), so the estimates a
@@ -52,11 +55,12 @@ from torch import nn
 from engine.anatomy.hooks import first_tensor
 from engine.anatomy.fast_copy import FastCopy, backward_works, build_fast_copy, can_have_fast_copy, weights_version
 from engine.anatomy.layer_choice import depth_presets, score_layer
-from engine.anatomy.layouts import MAP, MapLayout, find_layouts
+from engine.anatomy.layouts import MAP, MapLayout, find_layouts, registers_of
 from engine.anatomy.layer_tree import InputSize, LayerNode, trace_model, tree_from_traces
 from engine.anatomy.receptive_field import LayerTrace, ReceptiveField
 from engine.anatomy.relus import functional_relu_calls, with_relu_modules
 from engine.anatomy.twin import has_script_modules, module_twin
+from engine.anatomy.whole_image import whole_image_layers
 
 T = TypeVar("T")
 # Images per timed pass when calibrating: methods run batches (occlusion 8, SmoothGrad and
@@ -165,15 +169,16 @@ class ModelState:
             {path: trace.receptive_field for path, trace in self.layer_traces(size).items()}))
 
     def layer_tree(self, size: Size = None) -> LayerNode:
-        """The tree of the model's modules with shapes and fields at this input size."""
+        """The tree of the model's modules with shapes, layouts and fields at this input size."""
         size = self._size(size)
-        return self._once(("tree", size), lambda: tree_from_traces(self.module, self.layer_traces(size)))
+        return self._once(("tree", size), lambda: tree_from_traces(self.module, self.layer_traces(size),
+                                                                   self.layouts(size)))
 
     def layouts(self, size: Size = None) -> Mapping[str, MapLayout]:
         """Module path -> how its output lies over the image (``engine.anatomy.layouts``): a
         map, channels-last, a transformer's tokens, a vector."""
         size = self._size(size)
-        registers = int(getattr(self.module, "num_reg_tokens", 0) or 0)
+        registers = registers_of(self.module)
         return self._once(("layouts", size), lambda: MappingProxyType(
             find_layouts(self.output_shapes(size), size, registers)))
 
@@ -190,6 +195,13 @@ class ModelState:
         """The recommended Grad-CAM layer: the last spatial layer the class score depends on
         (``engine.anatomy.layer_choice.score_layer``), at the model's own input size."""
         return self._once("score layer", lambda: score_layer(self.module, self.layouts(), self.input_size))
+
+    def whole_image_layers(self) -> frozenset[str]:
+        """The spatial layers whose units see the whole image though the trace found no
+        receptive field for them (tokens after attention: ``engine.anatomy.whole_image``),
+        at the model's own input size."""
+        return self._once("whole image", lambda: whole_image_layers(self.module, self.layouts(), self.receptive_fields(),
+                                                                    self.input_size))
 
     def depth_presets(self) -> Mapping[str, str]:
         """"early", "middle" and "late" worked out from the anatomy, for models without

@@ -1,6 +1,7 @@
 """The command line: the same methods the window runs, one JSON line per run.
 
     python main.py models
+    python main.py models --timm [FILTER]   (timm's pretrained classifiers whose names hold every word)
     python main.py layers --model NAME
     python main.py layers --model net.py --weights net.pt --trust   (a network defined in Python)
     python main.py classify --image PATH [--model NAME]
@@ -57,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="convscope", description="See what a convolutional network has learned.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    commands.add_parser("models", help="list the models")
+    models = commands.add_parser("models", help="list the models")
+    models.add_argument("--timm", nargs="?", const="", default=None, metavar="FILTER",
+                        help="list timm's pretrained classifiers instead (open one with --model timm:NAME): those "
+                             "whose names hold every word of FILTER, any case (e.g. --timm \"convnext tiny\")")
     layers = commands.add_parser("layers", help="list a model's layers with shapes and receptive fields")
     _add_model_options(layers)
     layers.add_argument("--size", default=None, help=f"{LAYERS_SIZE.help}; at most {LAYERS_SIZE.maximum}")
@@ -137,6 +141,8 @@ def _one_line(text: str) -> str:
 
 def _dispatch(args) -> int:
     if args.command == "models":
+        if args.timm is not None:
+            return _print_timm_models(args.timm)
         from engine.models.registry import available_models
 
         for spec in available_models():
@@ -156,25 +162,37 @@ def _dispatch(args) -> int:
     return 0
 
 
+def _print_timm_models(text: str) -> int:
+    from engine.models.timm_models import PREFIX, name_matches, timm_catalogue
+
+    entries = [entry for entry in timm_catalogue() if name_matches(entry.name, text)]
+    if not entries:
+        raise ConvScopeError(f"no timm model's name holds every word of '{text}'; "
+                             "`models --timm` lists them all")
+    width = max(len(PREFIX + entry.name) for entry in entries)
+    for entry in entries:
+        cached = "  (weights on this computer)" if entry.is_cached() else ""
+        print(f"{PREFIX + entry.name:<{width}}  {entry.description}{cached}")
+    return 0
+
+
 def _print_layers(args) -> int:
     from engine.core.errors import WeightsMissingError
-    from engine.anatomy.layer_tree import build_layer_tree, format_layers
+    from engine.anatomy.layer_tree import format_layers
 
     size = LAYERS_SIZE.coerce(args.size)
 
     try:
         model = _load_model(args)
-        module, preprocessing, device = model.module, model.preprocessing, model.device
     except WeightsMissingError as exc:
-        # Shapes and receptive fields come from the architecture alone: list it anyway.
+        # Shapes, fields and what each layer is for come from the architecture alone: list it anyway.
         from engine.core.device import resolve_device
-        from engine.models.registry import model_spec
-        from engine.models.zoo import build_architecture
+        from engine.models.registry import load_architecture
 
         print(f"note: {exc.filename} is not on this machine; listing the architecture without weights", file=sys.stderr)
-        module, preprocessing, device = build_architecture(args.model).eval(), model_spec(args.model).preprocessing, resolve_device(args.device)
-    width, height = preprocessing.input_size(1, 1, size=size)
-    print(format_layers(build_layer_tree(module, (height, width), device=device)))
+        model = load_architecture(args.model, device=resolve_device(args.device))
+    width, height = model.preprocessing.input_size(1, 1, size=size)
+    print(format_layers(model.state.layer_tree((height, width)), model.layer_guide()))
     return 0
 
 

@@ -24,6 +24,7 @@ from typing import Optional, Union
 import numpy as np
 
 from engine.anatomy.activations import FeatureCache
+from engine.anatomy.layer_choice import LayerGuide
 from engine.anatomy.layer_tree import LayerNode
 from engine.core.device import available_devices, resolve_device
 from engine.core.errors import (ConvScopeError, MethodInputError, NothingToExportError, OutputExistsError,
@@ -216,6 +217,11 @@ class Session:
 
     def layer_tree(self) -> LayerNode:
         return self._require_model().state.layer_tree(self._input_size())
+
+    def layer_guide(self, cancel: CancelToken | None = None) -> LayerGuide:
+        """What each layer is good for, for the tree's marks (``LoadedModel.layer_guide``):
+        a forward and backward pass the first time, so a job of its own, after the tree."""
+        return self._require_model().layer_guide(cancel.check if cancel else None)
 
     def _input_size(self) -> tuple[int, int]:
         """(height, width) of the model input the open image makes (the model's own without one)."""

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from engine.anatomy.layer_choice import LayerGuide
 from engine.anatomy.layers import find_module
 from engine.anatomy.model_state import ModelState
 from engine.models.preprocessing import Preprocessing
@@ -67,6 +68,18 @@ class LoadedModel:
         """What "early", "middle" and "late" mean for this model: its hand-picked presets, else
         the ones its anatomy gives (``ModelState.depth_presets``)."""
         return dict(self.layer_presets) if self.layer_presets else dict(self.state.depth_presets())
+
+    def layer_guide(self, check: Callable[[], None] | None = None) -> LayerGuide:
+        """What each layer is good for (``engine.anatomy.layer_choice.LayerGuide``): the
+        recommended Grad-CAM layer (a forward and backward pass), the presets, and the layers
+        that see the whole image (a forward pass), each worked out once per model; ``check``
+        (a cancel token's) is called between the passes."""
+        check = check or (lambda: None)
+        gradcam = self.state.score_layer()
+        check()
+        presets = self.presets
+        check()
+        return LayerGuide(gradcam=gradcam, presets=presets, whole_image=self.state.whole_image_layers())
 
     def to(self, device: str | torch.device) -> "LoadedModel":
         self.device = torch.device(device)

@@ -19,7 +19,8 @@ from engine.models.labels import generic_labels, imagenet_labels
 from engine.models.model import LoadedModel, ModelSpec, ProgressCallback
 from engine.models.onnx_files import is_onnx_file
 from engine.models.preprocessing import Preprocessing
-from engine.models.timm_models import PREFIX as TIMM_PREFIX, build_timm_model, is_timm_name, timm_name
+from engine.models.timm_models import (PREFIX as TIMM_PREFIX, build_timm_model, build_timm_untrained, is_timm_name,
+                                       timm_name)
 from engine.models.python_files import is_python_model_file, load_python_model
 from engine.models.user_files import load_model_file
 
@@ -109,6 +110,26 @@ def load_model(
             weights=weights,
             layer_presets=dict(spec.layer_presets),
         )
+    loaded.module.eval()
+    for parameter in loaded.module.parameters():
+        parameter.requires_grad_(False)
+    return loaded.to(device)
+
+
+def load_architecture(name: str, device: str | torch.device = "cpu") -> LoadedModel:
+    """Model ``name`` (a zoo name or ``timm:NAME``) laid out, preprocessed and labelled as
+    ``load_model`` gives it, but with random weights: its layers can be listed when its
+    weights are not on this computer."""
+    if is_timm_name(name):
+        built = build_timm_untrained(timm_name(name))
+        loaded = LoadedModel(name=f"{TIMM_PREFIX}{built.name}", module=built.module, preprocessing=built.preprocessing,
+                             labels=built.labels, weights=built.weights)
+    else:
+        from engine.models.zoo import build_architecture
+
+        spec = model_spec(name)
+        loaded = LoadedModel(name=name, module=build_architecture(name), preprocessing=spec.preprocessing,
+                             labels=imagenet_labels(), weights="random (untrained)", layer_presets=dict(spec.layer_presets))
     loaded.module.eval()
     for parameter in loaded.module.parameters():
         parameter.requires_grad_(False)

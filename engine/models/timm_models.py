@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -112,6 +113,14 @@ def timm_catalogue() -> tuple[TimmEntry, ...]:
     return tuple(entries)
 
 
+def name_matches(name: str, text: str) -> bool:
+    """Whether a catalogue name holds every word of ``text`` (any case, anywhere in it):
+    "convnext tiny" finds convnext_tiny.fb_in1k and convnextv2_tiny.fcmae_ft_in1k. The Model
+    menu's list filters by the same rule (``gui.timm_dialog``)."""
+    name = name.lower()
+    return all(word in name for word in text.lower().split())
+
+
 def cached_weights_file(name: str) -> Path | None:
     """The weights of timm model ``name`` if a download already put them on this computer."""
     config = _pretrained_config(name)
@@ -165,6 +174,17 @@ def build_timm_model(name: str, weights_path: str | os.PathLike | None = None,
                      labels=labels_of(module, config), weights=description)
 
 
+def build_timm_untrained(name: str) -> TimmModel:
+    """timm model ``name`` as ``build_timm_model`` gives it, its preprocessing and labels
+    included, but with random weights: for a listing of its layers when its weights are
+    not on this computer."""
+    resolved = _resolve_name(name)
+    config = _pretrained_config(resolved) or {}
+    module = build_timm_architecture(resolved)
+    return TimmModel(module=module, name=resolved, preprocessing=preprocessing_of(module, config),
+                     labels=labels_of(module, config), weights="random (untrained)")
+
+
 def build_timm_architecture(name: str, num_classes: int | None = None) -> nn.Module:
     """timm model ``name`` with random weights, laid out as ``build_timm_model`` builds it
     (for tests, and for weights files saved from it)."""
@@ -175,7 +195,8 @@ def build_timm_architecture(name: str, num_classes: int | None = None) -> nn.Mod
 
 def preprocessing_of(module: nn.Module, config: dict) -> Preprocessing:
     """The model's input size, normalisation and interpolation from its pretrained config;
-    a fixed input size when the model cannot take the photo's own aspect ratio."""
+    the multiple its sides must be (a ViT's patch size), or a fixed input size when the
+    model cannot take the photo's own aspect ratio."""
     height, width = (tuple(config.get("input_size") or (3, 224, 224)))[1:]
     multiple = _size_multiple(module, (int(height), int(width)))
     fixed = None if multiple else (int(height), int(width))
@@ -239,15 +260,11 @@ def _pretrained_config(name: str) -> dict | None:
 
 
 def _dataset_of(tag: str) -> str:
-    """What a weights tag says the model learnt from, in words: 'in1k', 'in22k_ft_in1k'..."""
-    if not tag:
-        return ""
-    for marker, words in (("in22k_ft_in1k", "ImageNet-22k then 1k"), ("in21k_ft_in1k", "ImageNet-21k then 1k"),
-                          ("in12k_ft_in1k", "ImageNet-12k then 1k"), ("in1k", "ImageNet-1k"),
-                          ("in22k", "ImageNet-22k"), ("in21k", "ImageNet-21k"), ("in12k", "ImageNet-12k")):
-        if marker in tag:
-            return words
-    return ""
+    """What a weights tag says the model learnt from, in words, in the order it learnt:
+    'in1k' is "ImageNet-1k", 'in22k_ft_in1k' and 'fcmae_ft_in22k_in1k' are "ImageNet-22k
+    then 1k", 'in1k_ft_in22k' (BEiT v2) is "ImageNet-1k then 22k"; "" without an ImageNet."""
+    sizes = list(dict.fromkeys(re.findall(r"in(1|12|21|22)k", tag or "")))
+    return f"ImageNet-{sizes[0]}k" + "".join(f" then {size}k" for size in sizes[1:]) if sizes else ""
 
 
 # -- building ----------------------------------------------------------------------------------
@@ -363,18 +380,25 @@ def _pretrained_weights_file(name: str, config: dict, progress: Optional[Progres
 
 def _download_from_hub(name: str, config: dict, progress: Optional[ProgressCallback],
                        cancel: Optional[CancelToken]) -> Path:
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     repo = config["hf_hub_id"]
     filenames = _hub_filenames(config)
     failure = ""
     for filename in filenames:
         try:
+            # One look at the hub first, without retries: offline, hf_hub_download retries
+            # with back-off for about 25 s (per file name) before it gives up, while the
+            # person waits for the message that says what to do.
+            get_hf_file_metadata(hf_hub_url(repo, filename))
             return Path(hf_hub_download(repo, filename, library_name="timm",
                                         tqdm_class=_progress_bar(progress, cancel, filename)))
         except JobCancelled:
             raise
+        except LocalEntryNotFoundError as exc:  # the hub unreachable (a subclass of the next one)
+            failure = first_line(exc)
+            break
         except EntryNotFoundError:
             continue  # the repository holds the other format
         except Exception as exc:  # noqa: BLE001 - offline, refused, timed out: the hub's many errors say the same
