@@ -2,7 +2,11 @@
 screenshot each, for a person to look at. Needs an X display (Xvfb) and ImageMagick.
 
     Xvfb :99 -screen 0 1600x1000x24 &
-    DISPLAY=:99 .venv/bin/python packaging/walk_panels.py /tmp/walk [METHOD ...] [limit=120]
+    DISPLAY=:99 .venv/bin/python packaging/walk_panels.py /tmp/walk [METHOD ...] [limit=120] \
+        [model=timm:vit_tiny_patch16_224 weights=vit.pt]
+
+``model`` (and its ``weights`` file) is opened as Model > ... or File > Open weights file
+opens it, after the bundled model, before the first panel runs.
 
 A run still going after ``limit`` seconds is photographed as it stands (its live frame and
 loss plot), then cancelled. Prints one line per method: how it ended and in how long.
@@ -23,7 +27,7 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 WIDTH, HEIGHT = 1600, 1000
 
 
-def main(folder: str, *methods: str, limit: str = "120") -> None:
+def main(folder: str, *methods: str, limit: str = "120", model: str = "", weights: str = "") -> None:
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     app = QApplication([])
@@ -41,6 +45,10 @@ def main(folder: str, *methods: str, limit: str = "120") -> None:
                        check=True)
 
     wait(lambda: window.image_info is not None, 300)
+    if model:
+        handle = window.load_model(model, weights_path=weights or None)
+        wait(lambda: handle.done, 300)
+        wait(lambda: window.image_info is not None, 60)
     shoot("00-start")
     for number, method in enumerate(methods or list(window.panels), start=1):
         panel = window.select_method(method)

@@ -100,17 +100,18 @@ def colour_top(values: np.ndarray) -> float:
 
 
 def map_display(image: LoadedImage, values: np.ndarray, *, signed: bool, legend: str, note: str,
-                overlay: bool = True, top: float | None = None, boxes=()) -> MapOverPhoto | ScalarMap:
+                overlay: bool = True, top: float | None = None, bottom: float = 0.0, boxes=()) -> MapOverPhoto | ScalarMap:
     """The picture of an attribution map, over the photo (``overlay``) or on its own.
 
     Signed maps: diverging colours between -top and top; magnitude maps: 0..top.
     ``top`` defaults to ``colour_top(values)``; give one value to several maps to share
-    their scale. ``boxes`` are (top, left, bottom, right) in the map's pixels; over the
+    their scale. ``bottom``: where a magnitude map's scale starts (a map whose every value
+    sits on a common floor, as attention does, shows its differences from there). ``boxes`` are (top, left, bottom, right) in the map's pixels; over the
     photo they are scaled to the photo's.
     """
     clipped_at = f"the {PERCENTILE:g}th percentile of |map|" if top is None else "a scale shared between maps"
     top = colour_top(values) if top is None else float(top)
-    levels = (-top, top) if signed else (0.0, top)
+    levels = (-top, top) if signed else (float(bottom), max(top, float(bottom) + 1e-12))
     colormap = "blue-white-red" if signed else "inferno"
     values = values.astype(np.float32, copy=False)
     if not overlay:

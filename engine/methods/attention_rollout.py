@@ -46,7 +46,11 @@ def run(ctx, p):
     discard = f", weakest {p.discard:.0%} of each layer's attention discarded" if p.discard else ""
     note = (f"attention rollout over {len(matrices)} layers, heads {fused}{discard}: how much of each patch flows "
             f"into {into} ({grid[0]}x{grid[1]} patches, upsampled to {values.shape[1]}x{values.shape[0]})")
-    display = map_display(image, values, signed=False, overlay=p.overlay, legend="attention flow", note=note)
+    # Every patch keeps some flow through the residual's identity: the scale starts at the
+    # least of it, so what the map shows is where attention gathers beyond that floor.
+    note += f"; colours from the least flow ({values.min():.3g}) up"
+    display = map_display(image, values, signed=False, overlay=p.overlay, legend="attention flow", note=note,
+                          bottom=float(values.min()))
     metrics = {**map_metrics(values), "layers": len(matrices), "heads": int(matrices[0].shape[1]),
                "layer_grid": [int(grid[0]), int(grid[1])], "prefix_tokens": tokens.prefix}
     yield Progress(1.0, "done")
