@@ -174,6 +174,8 @@ def _rewritten(module: nn.Module) -> tuple[fx.GraphModule, int]:
             name = node.target
         else:
             continue
+        if not node.args:
+            continue  # the input passed by keyword: left as it is (and found by the check after)
         settings = _settings(name, tuple(node.args[1:]), dict(node.kwargs))
         unit = _unit_for(name, settings) if settings is not None else None
         if unit is None:
