@@ -272,6 +272,23 @@ def test_code_fx_cannot_trace_is_refused_with_its_reason():
     assert result.metrics["guided_units"] == 1
 
 
+class ByName(nn.Module):
+    """Passes the ReLU's input by name: fx records the call, but not as one it can rewrite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(input=self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_a_call_fx_records_but_cannot_rewrite_is_refused_not_left_unguided():
+    with pytest.raises(MethodInputError, match=r"inside '\(the model\)' \(ByName\), .*: a ReLU call there could not be "
+                                               r"made a module \(its input passed by name"):
+        run("guided-backprop", MethodContext(model=as_model(ByName(), 12), image=random_image((12, 12))))
+
+
 def test_other_threads_running_the_model_meanwhile_are_undisturbed(googlenet):
     """fx patches nn.Module for every thread while it traces; a forward elsewhere must not see it."""
     model, _ = googlenet

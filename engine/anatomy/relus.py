@@ -231,9 +231,9 @@ def with_relu_modules(network: nn.Module, calls: dict[str, str], sample: torch.T
 def _check(network: nn.Module, twin: nn.Module, calls: dict[str, str], sample: torch.Tensor) -> None:
     left = functional_relu_calls(twin, sample)  # not handed out yet: its hooks disturb no one
     if left:
-        path, kind = next(iter(left.items()))
-        raise ReluRewriteError(path, kind, "a ReLU call there takes a setting computed at run time, which fx cannot "
-                                           "turn into a module")
+        path = next(iter(left))
+        raise ReluRewriteError(path, calls.get(path, left[path]), "a ReLU call there could not be made a module (its "
+                                                                  "input passed by name, or a setting computed at run time)")
     with torch.no_grad():
         expected = first_tensor(network(sample.clone())).float()
         got = first_tensor(twin(sample.clone())).float()
