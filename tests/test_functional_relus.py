@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from engine.anatomy.relus import functional_relu_calls, with_relu_modules
+from engine.attribution.guided import guided_relus
 from engine.core.errors import MethodInputError
 from engine.core.jobs import drive
 from engine.methods import METHODS, MethodContext
@@ -179,13 +180,25 @@ def googlenet():
 def test_googlenet_agrees_with_captum_on_its_module_relu_twin(googlenet, rule, reference):
     model, with_modules = googlenet
     image = random_image((64, 64))
-    result = run("guided-backprop", MethodContext(model=model, image=image), target=3, rule=rule)
-    assert result.metrics["guided_units"] == 57
     x = model.preprocessing.to_unit_tensor(image.image)
     expected = reference(Normalised(with_modules.module, model.preprocessing)).attribute(x.clone(), target=3)
-    expected = expected.abs().amax(dim=1)[0].numpy()
-    # Our network has its batch norms folded: the same function to float rounding.
-    np.testing.assert_allclose(result.array, expected, rtol=1e-3, atol=1e-4 * expected.max())
+    # The rewrite alone, around the model's own layers, in Captum's layout: the same arithmetic.
+    sample = model.preprocessing.normalise(x)
+    network, made = with_relu_modules(model.module, dict(model.state.functional_relus(sample)), sample)
+    pixels = x.clone().requires_grad_()
+    with guided_relus(network, rule):
+        got, = torch.autograd.grad(network(model.preprocessing.normalise(pixels))[:, 3].sum(), pixels)
+    assert made == 57
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
+    # The method, through the fast copy (batch norms folded, weights channels-last): the same
+    # function to float rounding, which flips the odd unit sitting at a ReLU's kink.
+    result = run("guided-backprop", MethodContext(model=model, image=image), target=3, rule=rule)
+    assert result.metrics["guided_units"] == 57
+    expected_map = expected.abs().amax(dim=1)[0].numpy()
+    difference = np.abs(result.array - expected_map) / expected_map.max()
+    assert np.percentile(difference, 99) < 1e-3 and difference.max() < 1e-2
+    plain = run("saliency", MethodContext(model=model, image=image), target=3).array
+    assert np.abs(plain - expected_map).max() > 0.1 * expected_map.max()  # an unguided map is far off
 
 
 def test_a_layer_inside_googlenet_keeps_its_name(googlenet):
@@ -270,6 +283,23 @@ def test_code_fx_cannot_trace_is_refused_with_its_reason():
         run("guided-backprop", MethodContext(model=as_model(Branches(), 12), image=image))
     result = run("guided-backprop", MethodContext(model=as_model(BranchesAround(), 12), image=image), target=1)
     assert result.metrics["guided_units"] == 1
+
+
+class ByName(nn.Module):
+    """Passes the ReLU's input by name: fx records the call, but not as one it can rewrite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(input=self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_a_call_fx_records_but_cannot_rewrite_is_refused_not_left_unguided():
+    with pytest.raises(MethodInputError, match=r"inside '\(the model\)' \(ByName\), .*: a ReLU call there could not be "
+                                               r"made a module \(its input passed by name"):
+        run("guided-backprop", MethodContext(model=as_model(ByName(), 12), image=random_image((12, 12))))
 
 
 def test_other_threads_running_the_model_meanwhile_are_undisturbed(googlenet):

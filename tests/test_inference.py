@@ -62,6 +62,19 @@ def test_the_copy_folds_the_norm_into_the_conv_and_computes_the_same_function(ne
     assert twin.head.weight is net.head.weight  # what folding does not change is shared, not copied
 
 
+def test_folded_weights_are_channels_last_unless_the_code_cannot_take_that_layout(net):
+    # A channels-last map meeting an ordinary weight would reorder the weight on every call.
+    twin = loaded(net).state.fast_copy(torch.randn(1, 3, 12, 12))
+    assert twin.conv.weight.is_contiguous(memory_format=torch.channels_last) and not twin.conv.weight.is_contiguous()
+    viewing = _trained(ViewNet())
+    twin = loaded(viewing, size=8).state.fast_copy(torch.randn(1, 3, 8, 8))
+    assert twin is not viewing and isinstance(twin.norm, nn.Identity)  # still folded, with ordinary weights
+    assert twin.conv.weight.is_contiguous()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        assert torch.allclose(twin(x), viewing(x), atol=1e-5)
+
+
 def test_a_caller_reading_a_folded_conv_gets_the_model_itself(net):
     sample = torch.randn(1, 3, 12, 12)
     state = loaded(net).state

@@ -174,6 +174,8 @@ def _rewritten(module: nn.Module) -> tuple[fx.GraphModule, int]:
             name = node.target
         else:
             continue
+        if not node.args:
+            continue  # the input passed by keyword: left as it is (and found by the check after)
         settings = _settings(name, tuple(node.args[1:]), dict(node.kwargs))
         unit = _unit_for(name, settings) if settings is not None else None
         if unit is None:
@@ -229,9 +231,9 @@ def with_relu_modules(network: nn.Module, calls: dict[str, str], sample: torch.T
 def _check(network: nn.Module, twin: nn.Module, calls: dict[str, str], sample: torch.Tensor) -> None:
     left = functional_relu_calls(twin, sample)  # not handed out yet: its hooks disturb no one
     if left:
-        path, kind = next(iter(left.items()))
-        raise ReluRewriteError(path, kind, "a ReLU call there takes a setting computed at run time, which fx cannot "
-                                           "turn into a module")
+        path = next(iter(left))
+        raise ReluRewriteError(path, calls.get(path, left[path]), "a ReLU call there could not be made a module (its "
+                                                                  "input passed by name, or a setting computed at run time)")
     with torch.no_grad():
         expected = first_tensor(network(sample.clone())).float()
         got = first_tensor(twin(sample.clone())).float()

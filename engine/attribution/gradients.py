@@ -67,11 +67,6 @@ def unit_score(path: str, channel: int, position: tuple[int, int] | None = None,
     return score
 
 
-def network_input(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
-    """The normalised model input for 0..1 ``pixels``, in the layout the network runs fastest in."""
-    return model.state.in_fast_layout(model.preprocessing.normalise(pixels))
-
-
 def gradient_sample(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
     """The first of the 0..1 ``pixels`` as a normalised model input: what a network made for
     them (the fast copy) is built and checked on."""
