@@ -201,3 +201,18 @@ def test_a_step_without_a_rank_correlation_is_a_gap_in_its_line():
     assert picture.shape[2] == 3
     assert summary_text(["a", "b"], ["x", "y"], [[0.5, float("nan")], [0.2, -0.4]], "spearman") == \
         "a spearman: x 0.50, y n/a\nb spearman: x 0.20, y -0.40"
+
+
+def test_a_default_method_the_model_cannot_run_is_left_out_and_said(chelsea):
+    from torch import nn
+
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model()
+    model.module.features[1] = nn.GELU()  # no ReLU-like unit left: guided backprop refuses
+    model.module.features[4] = nn.GELU()
+    result = drive(METHODS["sanity-check"].start(MethodContext(model=model, image=chelsea), {"steps": 2}))
+    assert "guided-backprop" not in result.metrics["methods"] and "saliency" in result.metrics["methods"]
+    assert "ReLU-like" in result.metrics["left_out"]["guided-backprop"]
+    assert "left out, as this model cannot run them: guided-backprop" in result.display.note
+    assert result.array.shape[0] == len(result.metrics["methods"])

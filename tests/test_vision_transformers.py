@@ -160,6 +160,8 @@ def test_attribution_methods_give_maps_over_the_whole_photo(vit, chelsea, vit_ta
 def test_optimisation_methods_read_token_layers(vit, chelsea):
     dream = run(vit, chelsea, "dream", layer="blocks.4", steps=2, octaves=1)
     assert dream.metrics["loss_last"] < dream.metrics["loss_first"]  # it ascends the tokens' norm
+    octaves = run(vit, chelsea, "dream", layer="blocks.4", steps=1, octaves=3)  # smaller octaves in whole patches
+    assert octaves.array.shape[:2] == (224, 336)
     unit = run(vit, None, "class-viz", objective="channel", layer="blocks.6", channel=3, steps=4, size=64)
     assert unit.layer == "blocks.6" and unit.metrics["loss_last"] < unit.metrics["loss_first"]
 

@@ -244,7 +244,8 @@ def run(ctx, p):
     pyramid = [base]
     for octave in range(1, octaves):
         factor = p.octave_scale ** octave
-        pyramid.append(resize(base, (max(1, round(full_size[0] / factor)), max(1, round(full_size[1] / factor)))))
+        octave_size = ctx.model.preprocessing.fit(max(1, round(full_size[0] / factor)), max(1, round(full_size[1] / factor)))
+        pyramid.append(resize(base, octave_size))
     pyramid.reverse()  # smallest first
 
     def tiles_for(shape: tuple[int, int]) -> _Tiles | None:

@@ -169,7 +169,8 @@ def _picture(method_ids, originals, maps, labels, scores, metric: str) -> np.nda
 def run(ctx, p):
     image = ctx.require_image()
     steps, metric, seed = p.steps, p.metric, p.seed
-    method_ids = choose_methods(p.methods, METHODS)
+    asked = p.methods
+    method_ids = choose_methods(asked, METHODS)
     specs = [METHODS[method_id] for method_id in method_ids]
     resolved = ctx.resolve_target(p.target)
     index = resolved["index"]
@@ -183,12 +184,25 @@ def run(ctx, p):
     total = (len(groups) + 1) * len(specs)
     done = 0
     yield Progress(0.0, f"maps of the trained model for '{resolved['label']}'")
-    originals = []
-    for spec in specs:
+    originals, left_out = [], {}
+    for spec in list(specs):
         ctx.cancel.check()
-        originals.append(_run_method(spec, ctx, index, seed))
+        try:
+            originals.append(_run_method(spec, ctx, index, seed))
+        except MethodInputError as exc:
+            if asked:  # asked for by name: its refusal is the answer
+                raise
+            # A default method this model cannot run (guided backprop on a GELU network)
+            # is left out, and the result says why.
+            left_out[spec.id] = str(exc)
+            specs.remove(spec)
+            method_ids.remove(spec.id)
+            total -= len(groups) + 1
+            continue
         done += 1
         yield Progress(done / total, f"{spec.id} on the trained model")
+    if not specs:
+        raise MethodInputError(f"none of {', '.join(left_out)} runs on this model: {next(iter(left_out.values()))}")
 
     twin = randomise.model_copy(ctx.model)
     maps: list[list[np.ndarray]] = []
@@ -234,11 +248,14 @@ def run(ctx, p):
         "spearman": {m: spearman[i] for i, m in enumerate(method_ids)},
         "ssim": {m: ssim[i] for i, m in enumerate(method_ids)},
         "blank": blank,
+        "left_out": left_out,
         "summary": summary_text(method_ids, labels, chosen, metric),
     }
     note = (f"cascading randomisation of a copy of {ctx.model.name}, from {labels[0]} down to {labels[-1]}; "
             f"captions: the lowest block randomised and the {metric} similarity to the trained model's map "
             f"for '{resolved['label']}'; beneath, that similarity against the depth randomised")
+    if left_out:
+        note += f"; left out, as this model cannot run them: {', '.join(left_out)}"
     return Result(display=Picture(rgb=_picture(method_ids, originals, maps, labels, chosen, metric), note=note),
                   array=matrix,
                   metrics=metrics, target=resolved)

@@ -52,6 +52,14 @@ class Preprocessing:
             new_w, new_h = (max(step, round(side / step) * step) for side in (new_w, new_h))
         return new_w, new_h
 
+    def fit(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) nearest the given one that the model takes: the fixed size, or
+        both sides rounded to ``multiple_of`` (DeepDream's smaller octaves)."""
+        if self.fixed_size is not None:
+            return self.fixed_size
+        step = self.multiple_of
+        return max(step, round(height / step) * step), max(step, round(width / step) * step)
+
     def resize(self, image: Image.Image, size: int | None = None) -> Image.Image:
         target = self.input_size(*image.size, size=size)
         if target == image.size:
