@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -41,6 +42,8 @@ QUICK_ARGS = {
     "fast-style-train": ["--dataset", "samples", "--steps", "1", "--batch", "1", "--size", "32",
                          "--width", "8", "--blocks", "1", "--save", "bricks"],
     "fast-style": ["--style-model", "bricks", "--size", "48"],
+    # A transformer's method: on a timm ViT whose weights the module's fixture saves.
+    "attention-rollout": ["--model", "timm:vit_tiny_patch16_224", "--weights", "{vit_weights}"],
 }
 
 
@@ -71,11 +74,22 @@ def test_every_method_is_exercised_here():
     assert set(QUICK_ARGS) == set(METHODS)
 
 
+@pytest.fixture(scope="module")
+def vit_weights(tmp_path_factory):
+    from engine.models.timm_models import build_timm_architecture
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vit") / "vit_tiny.pt"
+    torch.save(build_timm_architecture("vit_tiny_patch16_224").state_dict(), path)
+    return path
+
+
 @pytest.mark.parametrize("method_id", list(QUICK_ARGS))
-def test_each_method_runs_from_the_command_line(method_id, cache, tmp_path, capsys, chelsea_path):
+def test_each_method_runs_from_the_command_line(method_id, cache, tmp_path, capsys, chelsea_path, request):
     out, array = tmp_path / f"{method_id}.png", tmp_path / f"{method_id}.npy"
-    code = main(["run", method_id, "--image", chelsea_path, "--out", str(out), "--save-array", str(array),
-                 *QUICK_ARGS[method_id]])
+    args = [arg.format(vit_weights=request.getfixturevalue("vit_weights")) if "{vit_weights}" in arg else arg
+            for arg in QUICK_ARGS[method_id]]
+    code = main(["run", method_id, "--image", chelsea_path, "--out", str(out), "--save-array", str(array), *args])
     printed, err = capsys.readouterr()
     assert code == 0, err
     lines = printed.strip().splitlines()
