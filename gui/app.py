@@ -43,9 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("ConvScope")
     app.setOrganizationName("ConvScope")
+    from pyqtgraph.util.garbage_collector import GarbageCollector
+
     from gui.main_window import MainWindow
 
     window = MainWindow(image_path=args.image, model_name=args.model)
+    # Python's cycle collector runs in whichever thread happens to allocate: on the engine
+    # thread it would destroy Qt objects left in cycles (a closed dialog and the lambdas
+    # wired to it), which Qt aborts on. pyqtgraph's collector turns automatic collection
+    # off and collects on a timer, on this thread.
+    collector = GarbageCollector(interval=1.0)  # noqa: F841 - kept alive for the event loop
     probe_path = os.environ.get(FIRST_PAINT_ENV)
     if probe_path:
         probe = _FirstPaintProbe(probe_path, app)

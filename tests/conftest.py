@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def window(qtbot, tmp_path, monkeypatch):
     from gui.main_window import MainWindow
 
     monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path / "cache"))
+    gc.collect()  # what windows made outside this fixture left, before this one's engine thread starts
     win = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(win)
     win.show()
@@ -106,3 +108,8 @@ def window(qtbot, tmp_path, monkeypatch):
     qtbot.waitUntil(lambda: win.image_info is not None, timeout=120_000)
     yield win
     win.worker.stop()
+    win.close()
+    # Qt objects this window left in reference cycles are collected here, on the GUI
+    # thread: a collection that a later window's engine thread happened to start would
+    # destroy them there, and Qt aborts (gui/app.py collects on the GUI thread for the same reason).
+    gc.collect()
