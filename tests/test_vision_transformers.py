@@ -227,3 +227,13 @@ def test_attention_rollout_reads_torchvisions_multi_head_attention(chelsea):
     result = run(model, chelsea, "attention-rollout")
     assert result.metrics["layers"] == 12 and result.metrics["layer_grid"] == [4, 4]
     assert result.metrics["prefix_tokens"] == 1 and result.array.shape == (64, 64)
+
+
+def test_a_class_token_vits_penultimate_layer_is_its_pooled_class_token(vit, chelsea):
+    ctx = MethodContext(model=vit, image=chelsea)
+    assert ctx.resolve_layer(None, default="penultimate") == "fc_norm"  # the class token, out of norm's tokens
+    x = vit.preprocessing.to_tensor(chelsea.image, 224)
+    rows = layer_rows(vit, "fc_norm", "avgpool", x)
+    with torch.no_grad():
+        tokens, _ = raw_output(vit, vit.preprocessing.to_unit_tensor(chelsea.image, 224), "norm")
+    np.testing.assert_allclose(rows[0], tokens[0, 0].numpy(), rtol=1e-4, atol=1e-5)

@@ -4,6 +4,7 @@ modules hooks can see into."""
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 
 import torch
@@ -71,15 +72,22 @@ def penultimate_layer(model: nn.Module, output_shapes: Mapping[str, tuple]) -> s
     ResNet or EfficientNet. The lecture's nearest neighbours and t-SNE use this space.
 
     Found in execution order (``output_shapes``): the leaf run just before the last
-    Linear layer, passing over dropout, flatten and identity modules.
+    Linear layer, passing over dropout, flatten and identity modules that hand on what the
+    layer before them gave (as many values, flattened or not). One with fewer receives what the model's own
+    code pooled in between: timm's ViTs take their class token out of the last norm's tokens
+    and pass it through ``fc_norm`` (an identity), which is then the penultimate layer.
     """
     modules = dict(model.named_modules())
     leaves = [path for path in output_shapes if path in modules and not list(modules[path].children())]
     linear = [i for i, path in enumerate(leaves) if isinstance(modules[path], nn.Linear)]
     if not linear:
         raise MethodInputError("this model has no final Linear layer, so it has no penultimate layer; give a layer path")
-    for path in reversed(leaves[:linear[-1]]):
-        if not isinstance(modules[path], _PASS_THROUGH):
+    before = leaves[:linear[-1]]
+    for index in range(len(before) - 1, -1, -1):
+        path = before[index]
+        previous = output_shapes.get(before[index - 1]) if index > 0 else None
+        if not isinstance(modules[path], _PASS_THROUGH) or (previous is not None
+                                                              and math.prod(output_shapes[path]) != math.prod(previous)):
             return path
     raise MethodInputError("nothing runs before this model's classifier; give a layer path")
 
