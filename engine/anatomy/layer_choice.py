@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from engine.anatomy.hooks import first_tensor, hooked
+from engine.anatomy.hooks import capture_outputs, first_tensor, hooked
 from engine.anatomy.layouts import MapLayout
 from engine.anatomy.twin import has_script_modules, module_twin
 
@@ -81,7 +81,7 @@ def depth_presets(module: nn.Module, layouts: Mapping[str, MapLayout], late: str
     """{"early", "middle", "late"} -> module path, for a model without hand-picked presets;
     ``late`` is the recommended layer (``score_layer``), which "early" and "middle" precede."""
     order = list(layouts)
-    spatial = [path for path in order if layouts[path].spatial and _cells(layouts[path]) > 1]
+    spatial = [path for path in order if layouts[path].spatial and layouts[path].cells > 1]
     if not spatial:
         return {}
     late = late or spatial[-1]
@@ -109,7 +109,7 @@ def score_layer(module: nn.Module, layouts: Mapping[str, MapLayout], input_size:
     """The last spatial layer whose grid the class scores depend on (see the module's
     docstring), from one forward and backward pass of a random image on a twin of
     ``module``; None when no spatial layer gets any gradient or the pass fails."""
-    candidates = [path for path, layout in layouts.items() if layout.spatial and _cells(layout) > 1]
+    candidates = [path for path, layout in layouts.items() if layout.spatial and layout.cells > 1]
     if not candidates or has_script_modules(module):
         return None
     try:
@@ -117,15 +117,6 @@ def score_layer(module: nn.Module, layouts: Mapping[str, MapLayout], input_size:
     except Exception:  # noqa: BLE001 - a model that cannot be copied gets the plain fallback
         return None
     modules = dict(twin.named_modules())
-    outputs: dict[str, torch.Tensor] = {}
-
-    def keep(path: str):
-        def hook(_module, _inputs, output):
-            tensor = first_tensor(output)
-            if path not in outputs and tensor is not None and tensor.requires_grad:
-                outputs[path] = tensor
-        return hook
-
     # The score is a random mix of what the classifier reads (the input of the last Linear
     # layer to run), so that a classifier whose weights start at zero (timm's MLP-Mixer
     # and others, before training) still tells which layers reach it.
@@ -142,8 +133,8 @@ def score_layer(module: nn.Module, layouts: Mapping[str, MapLayout], input_size:
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randn((1, 3, *input_size), generator=generator).to(device).requires_grad_(True)
     try:
-        with torch.enable_grad(), hooked(((modules[path], keep(path)) for path in candidates if path in modules),
-                                         pre=[(classifier, keep_input)] if classifier is not None else []):
+        with torch.enable_grad(), capture_outputs(twin, candidates, detach=False) as outputs, \
+                hooked(pre=[(classifier, keep_input)] if classifier is not None else []):
             logits = first_tensor(twin(pixels))
             if "input" in read:
                 features = read["input"]
@@ -151,7 +142,7 @@ def score_layer(module: nn.Module, layouts: Mapping[str, MapLayout], input_size:
                 score = (features[0] * mix).sum()
             else:
                 score = logits[0, int(logits[0].argmax())]
-            kept = [path for path in candidates if path in outputs]
+            kept = [path for path in candidates if path in outputs and outputs[path].requires_grad]
             gradients = torch.autograd.grad(score, [outputs[path] for path in kept], allow_unused=True)
     except Exception:  # noqa: BLE001 - the pass may fail for a model's own reasons; the fallback stands
         return None
@@ -159,8 +150,7 @@ def score_layer(module: nn.Module, layouts: Mapping[str, MapLayout], input_size:
     for path, gradient in zip(kept, gradients):
         if gradient is None:
             continue
-        grid = layouts[path].as_map(gradient, input_size) if layouts[path].kind != "map" else gradient
-        if bool(grid.detach().abs().amax() > 0):
+        if bool(layouts[path].as_map(gradient, input_size).detach().abs().amax() > 0):
             reached.append(path)
     if not reached:
         return None
@@ -177,9 +167,6 @@ def _last_at(stages: list[tuple[str, float]], wanted) -> str | None:
     matching = [path for path, stride in stages if wanted(stride)]
     return matching[-1] if matching else None
 
-
-def _cells(layout: MapLayout) -> int:
-    return layout.grid[0] * layout.grid[1] if layout.grid else 0
 
 
 def _is_leaf(module: nn.Module, path: str) -> bool:

@@ -54,6 +54,11 @@ class MapLayout:
     def spatial(self) -> bool:
         return self.kind in SPATIAL_KINDS
 
+    @property
+    def cells(self) -> int:
+        """Units per channel on the grid (0 for a layout without one)."""
+        return self.grid[0] * self.grid[1] if self.grid else 0
+
     def grid_for(self, tensor: torch.Tensor, input_size: tuple[int, int] | None = None) -> tuple[int, int]:
         """(h, w) of ``tensor``'s map, for an input of ``input_size`` (height, width)."""
         if self.kind == MAP:

@@ -64,14 +64,11 @@ def _token_layout(ctx, size, matrices):
         raise MethodInputError("this model's attention runs within windows of the image (as Swin's does), not over "
                                "all of its patches at once, so it cannot be rolled out into one map; use Grad-CAM")
     for layout in ctx.model.state.layouts(size).values():
-        if layout.kind == TOKENS and layout.prefix + _cells(layout) == length:
+        if layout.kind == TOKENS and layout.prefix + layout.cells == length:
             return layout
     raise MethodInputError(f"this model's attention runs over {length} tokens, which do not lay out as the image's "
                            f"patches; attention rollout needs a vision transformer's patch tokens")
 
-
-def _cells(layout) -> int:
-    return layout.grid[0] * layout.grid[1] if layout.grid else 0
 
 
 SPEC = MethodSpec(

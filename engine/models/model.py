@@ -88,3 +88,14 @@ class LoadedModel:
 
     def named_module(self, path: str) -> nn.Module:
         return find_module(self.module, path)
+
+
+def without_inplace(module: nn.Module) -> nn.Module:
+    """``module`` with every in-place activation switched to out of place: an in-place one
+    overwrites the output of the layer before it after a hook has captured it (VGG's conv
+    layers would show post-ReLU values) and breaks gradients through it. One image at a
+    time, the memory saved is nothing."""
+    for part in module.modules():
+        if getattr(part, "inplace", False) is True:
+            part.inplace = False
+    return module

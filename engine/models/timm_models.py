@@ -44,14 +44,12 @@ from engine.core.jobs import CancelToken, JobCancelled
 from engine.core.torch_files import read_state_dict
 from engine.models.labels import generic_labels, imagenet_labels
 from engine.core.errors import first_line
-from engine.models.model import ProgressCallback
+from engine.models.model import ProgressCallback, without_inplace
 from engine.models.preprocessing import Preprocessing
 
 PREFIX = "timm:"
 # timm's weights file names on the hub, in the order timm itself tries them.
 HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
-PROGRESS_INTERVAL_S = 0.1
-MEGABYTE = 1 << 20
 # The side a dynamic-size model is tried at, other than its own, to tell whether it really
 # takes any size (some accept the keyword and still need their configured size).
 _PROBE_SIDE = 160
@@ -170,7 +168,7 @@ def build_timm_model(name: str, weights_path: str | os.PathLike | None = None,
     classes = _classes_in(state_dict, config)
     module = _create(timm, resolved, pretrained=True, state_dict=state_dict, num_classes=classes)
     preprocessing = preprocessing_of(module, config)
-    return TimmModel(module=_without_inplace(module), name=resolved, preprocessing=preprocessing,
+    return TimmModel(module=without_inplace(module), name=resolved, preprocessing=preprocessing,
                      labels=labels_of(module, config), weights=description)
 
 
@@ -190,7 +188,7 @@ def build_timm_architecture(name: str, num_classes: int | None = None) -> nn.Mod
     (for tests, and for weights files saved from it)."""
     import timm
 
-    return _without_inplace(_create(timm, _resolve_name(name), pretrained=False, num_classes=num_classes))
+    return without_inplace(_create(timm, _resolve_name(name), pretrained=False, num_classes=num_classes))
 
 
 def preprocessing_of(module: nn.Module, config: dict) -> Preprocessing:
@@ -335,13 +333,6 @@ def _size_multiple(module: nn.Module, size: tuple[int, int]) -> int | None:
     return None
 
 
-def _without_inplace(module: nn.Module) -> nn.Module:
-    # As for torchvision's models (engine.models.zoo.build_architecture): an in-place
-    # activation overwrites the output a hook captured from the layer before it.
-    for part in module.modules():
-        if getattr(part, "inplace", False) is True:
-            part.inplace = False
-    return module
 
 
 # -- weights files -----------------------------------------------------------------------------
@@ -423,6 +414,8 @@ def _progress_bar(progress: Optional[ProgressCallback], cancel: Optional[CancelT
     a cancelled download leaves nothing under the final name."""
     from tqdm.auto import tqdm
 
+    from engine.models.zoo import PROGRESS_INTERVAL_S, download_fraction, download_message  # as zoo downloads say
+
     class Bar(tqdm):
         def __init__(self, *args, **kwargs):
             kwargs["disable"] = True  # nothing on the terminal; the reports go to ``progress``
@@ -437,10 +430,7 @@ def _progress_bar(progress: Optional[ProgressCallback], cancel: Optional[CancelT
             total = self.total or 0
             now = time.monotonic()
             if progress is not None and (now - self.last_report >= PROGRESS_INTERVAL_S or self.received >= total > 0):
-                fraction = min(self.received / total, 1.0) if total else -1.0
-                size = f"{self.received / MEGABYTE:.1f} of {total / MEGABYTE:.1f} MB" if total else \
-                    f"{self.received / MEGABYTE:.1f} MB"
-                progress(fraction, f"{filename}: {size}")
+                progress(download_fraction(self.received, total), download_message(filename, self.received, total))
                 self.last_report = now
             return super().update(n)
 

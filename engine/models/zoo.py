@@ -38,7 +38,7 @@ from engine.core.jobs import CancelToken
 from engine.core.part_files import create_part_file, remove_stale_parts
 from engine.core.torch_files import read_state_dict
 from engine.models.preprocessing import Preprocessing
-from engine.models.model import ModelSpec, ProgressCallback
+from engine.models.model import ModelSpec, ProgressCallback, without_inplace
 from engine.models.state_dicts import load_state_dict
 
 DOWNLOAD_TIMEOUT_S = 30  # socket timeout for connecting and for each read
@@ -133,14 +133,8 @@ ZOO_NAMES = tuple(spec.name for spec in ZOO_SPECS)
 def build_architecture(name: str) -> nn.Module:
     """The network ``name`` with random weights, laid out as its pretrained weights expect."""
     _check_zoo_name(name)
-    model = get_model(name, weights=None, **_PRETRAINED_BUILD_ARGS.get(name, {}))
-    # torchvision's activations work in place, overwriting the output of the layer before
-    # them after its hook has captured it (VGG's conv layers would show post-ReLU values)
-    # and breaking gradients through it. One image at a time, the memory saved is nothing.
-    for module in model.modules():
-        if getattr(module, "inplace", False):
-            module.inplace = False
-    return model
+    # torchvision's activations work in place; hooks need them out of place (without_inplace).
+    return without_inplace(get_model(name, weights=None, **_PRETRAINED_BUILD_ARGS.get(name, {})))
 
 
 def cached_weights_path(name: str) -> Path:
@@ -210,7 +204,7 @@ def download_weights(
                     cancel.check()
                 now = time.monotonic()
                 if progress is not None and now - last_report >= PROGRESS_INTERVAL_S:
-                    progress(_fraction(received, total), _progress_message(filename, received, total))
+                    progress(download_fraction(received, total), download_message(filename, received, total))
                     last_report = now
                 chunk = response.read(DOWNLOAD_CHUNK_SIZE)
                 if not chunk:
@@ -227,7 +221,7 @@ def download_weights(
     finally:
         temporary.unlink(missing_ok=True)  # gone already after a successful rename
     if progress is not None:
-        progress(1.0, _progress_message(filename, received, received))
+        progress(1.0, download_message(filename, received, received))
 
 
 def _check_zoo_name(name: str) -> None:
@@ -273,11 +267,11 @@ def _verify_hash_prefix(filename: str, hex_digest: str) -> None:
         )
 
 
-def _fraction(received: int, total: int) -> float:
+def download_fraction(received: int, total: int) -> float:
     return min(received / total, 1.0) if total else -1.0
 
 
-def _progress_message(filename: str, received: int, total: int) -> str:
+def download_message(filename: str, received: int, total: int) -> str:
     if total:
         return f"{filename}: {received / MEGABYTE:.1f} of {total / MEGABYTE:.1f} MB"
     return f"{filename}: {received / MEGABYTE:.1f} MB"
