@@ -206,6 +206,37 @@ def test_integrated_gradients_are_complete():
         [f"{n} of 256 steps" for n in (64, 128, 192, 256)]
 
 
+def test_integrated_gradients_take_the_image_score_from_its_shown_predictions():
+    # The window computes a photo's features when it opens it; the completeness check then
+    # runs only the baseline, and its figures are those of a run without them.
+    model, image = tiny()
+    fresh, _ = run("integrated-gradients", MethodContext(model=model, image=image), target=2, steps=8)
+    ctx = MethodContext(model=model, image=image)
+    ctx.image_features()
+    calls = []
+    network = gradient_network(model, unit_input(model, image))  # the fast copy, which the method runs
+    hook = network.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        known, _ = run("integrated-gradients", ctx, target=2, steps=8, batch=8)
+    finally:
+        hook.remove()
+    assert calls == [1, 8]  # the baseline alone, then the eight steps
+    for key in ("score", "baseline_score", "attribution_sum", "completeness_gap"):
+        assert known.metrics[key] == pytest.approx(fresh.metrics[key], rel=1e-5, abs=1e-7)
+
+
+def test_the_colour_scale_top_is_numpy_s_percentile():
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 3, 10, 1001, 224 * 336):
+        values = rng.standard_normal(size).astype(np.float32)
+        assert colour_top(values) == pytest.approx(float(np.percentile(np.abs(values), 99)), rel=1e-6)
+    assert colour_top(np.zeros(10, np.float32)) == 1.0
+    assert colour_top(np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -5], np.float32)) == 5.0  # all but one zero: the max
+
+
 def test_integrated_gradients_state_their_own_gap_and_more_steps_shrink_it():
     # The gap is no fixed fraction (kinks make the integrand jump), so each run's note states
     # its own, and asks for more steps only when it is above 2%.
@@ -276,7 +307,7 @@ def test_score_cam_follows_its_definition_and_cancels_between_batches(monkeypatc
     import engine.methods.gradcam as gradcam_module
 
     model, image = tiny()
-    monkeypatch.setattr(gradcam_module, "automatic_batch", lambda device, h, w: 5)  # 16 channels: 4 batches
+    monkeypatch.setattr(gradcam_module, "automatic_batch", lambda model, h, w, backward=True: 5)  # 16 channels: 4 batches
     result, events = run("gradcam", MethodContext(model=model, image=image), target=2, variant="scorecam")
     assert sum(e.message.startswith("Score-CAM: ") for e in events if isinstance(e, Progress)) == 4
     x = unit_input(model, image)

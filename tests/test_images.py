@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageFile
 from skimage import data
 
@@ -427,3 +428,26 @@ def test_save_png_refuses_to_overwrite_unless_asked(tmp_path, photo):
     with Image.open(path) as saved:
         np.testing.assert_array_equal(np.asarray(saved), inverted)
     assert sorted(tmp_path.iterdir()) == [path]
+
+
+def test_a_photo_is_resized_for_a_model_once_and_each_caller_gets_its_own_copy():
+    import gc
+
+    from engine.models import preprocessing
+    from engine.models.preprocessing import Preprocessing
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8))
+    bicubic = Preprocessing(size=100)
+    first = bicubic.to_unit_tensor(photo)
+    first.zero_()  # a method that writes on its input harms nobody else
+    second = bicubic.to_unit_tensor(photo)
+    expected = np.asarray(photo.resize((150, 100), Image.Resampling.BICUBIC, reducing_gap=3.0), np.float32) / 255
+    np.testing.assert_array_equal(second[0].permute(1, 2, 0).numpy(), expected)
+    nearest = Preprocessing(size=100, interpolation="nearest").to_unit_tensor(photo)
+    assert not torch.equal(nearest, second)  # another model's resizing is its own
+    assert Preprocessing(size=50).to_unit_tensor(photo).shape[-2:] == (50, 75)
+    kept = id(photo)
+    assert kept in preprocessing._MODEL_INPUTS
+    del photo
+    gc.collect()
+    assert kept not in preprocessing._MODEL_INPUTS  # freed with the photo

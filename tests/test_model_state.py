@@ -336,3 +336,33 @@ def test_first_tensor_looks_inside_what_a_module_returns():
     assert first_tensor((None, [a, b])) is a
     assert first_tensor({"out": b, "aux": a}) is b
     assert first_tensor(("text", 3)) is None
+
+
+# -- memory per image, and the automatic batch ------------------------------------------------------
+def test_activation_bytes_count_each_leaf_output_once_and_scale_with_the_pixels():
+    model = loaded(trained(ConvNormNet()), size=12)
+    # conv, norm and relu give 6x12x12 each, pool 6, flatten 6, head 4; the root (the head's output again) is not a leaf
+    leaves = 3 * 6 * 12 * 12 + 6 + 6 + 4
+    assert model.state.activation_bytes() == model_state.ActivationBytes(total=4 * leaves, largest=4 * 6 * 12 * 12)
+    doubled = model.state.activation_bytes((24, 12))
+    assert doubled.total == 8 * leaves and doubled.largest == 8 * 6 * 12 * 12
+
+
+def test_the_automatic_batch_fits_the_memory_budget_and_a_larger_network_takes_fewer_images(monkeypatch):
+    from engine.attribution import maps
+
+    small = loaded(trained(ConvNormNet()), size=32)
+    wide = loaded(nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                nn.Linear(24, 4)).eval(), size=32)  # 48 values a pixel, against 18
+    per_image = small.state.activation_bytes((32, 32)).total * maps.BACKWARD_KEEPS
+    monkeypatch.setattr(maps, "CPU_PASS_BYTES", int(per_image * 10.5))
+    assert maps.automatic_batch(small, 32, 32) == 10
+    assert maps.automatic_batch(small, 64, 64) == 2  # four times the pixels: a quarter of the images
+    assert maps.automatic_batch(wide, 32, 32) == 3
+    monkeypatch.setattr(maps, "CPU_PASS_BYTES", 1)
+    assert maps.automatic_batch(small, 32, 32) == 1  # never none
+    monkeypatch.setattr(maps, "CPU_PASS_BYTES", 2**50)
+    assert maps.automatic_batch(small, 32, 32) == maps.MOST_PER_PASS["cpu"]
+    # An inference pass holds a few of its largest outputs, not all of them
+    monkeypatch.setattr(maps, "CPU_PASS_BYTES", int(per_image * 10.5))
+    assert maps.automatic_batch(small, 32, 32, backward=False) > maps.automatic_batch(small, 32, 32)

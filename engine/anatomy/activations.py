@@ -58,6 +58,11 @@ class FeatureCache:
             self._key = key
         return self._features
 
+    def peek(self, model: LoadedModel, image: LoadedImage, size: int | None = None) -> ImageFeatures | None:
+        """The features ``get`` would return if they are already computed, else None."""
+        key = (model.module, image, size, str(model.device))
+        return self._features if self._features is not None and _same_key(self._key, key) else None
+
 
 def _same_key(old: tuple | None, new: tuple) -> bool:
     return old is not None and old[0] is new[0] and old[1] is new[1] and old[2:] == new[2:]

@@ -40,6 +40,7 @@ version replaces the old copy instead of adding a key.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -53,7 +54,7 @@ import torch
 from torch import nn
 
 from engine.anatomy.hooks import first_tensor
-from engine.anatomy.fast_copy import FastCopy, backward_works, build_fast_copy, can_have_fast_copy, weights_version
+from engine.anatomy.fast_copy import FastCopy, backward_works, build_fast_copy, weights_version
 from engine.anatomy.layer_choice import depth_presets, score_layer
 from engine.anatomy.layouts import MAP, MapLayout, find_layouts, registers_of
 from engine.anatomy.layer_tree import InputSize, LayerNode, trace_model, tree_from_traces
@@ -89,6 +90,14 @@ class Speed:
 
     forward_s: float  # an inference pass
     backward_s: float  # a forward pass and a backward pass to the input
+
+
+@dataclass(frozen=True)
+class ActivationBytes:
+    """The bytes one image's layer outputs take, at one input size."""
+
+    total: int  # every leaf module's output: about what a pass keeps for its backward
+    largest: int  # the largest of them: what an inference pass holds at its peak, a few times over
 
 
 @dataclass
@@ -131,6 +140,11 @@ class ModelState:
                 slot.done = True
             return slot.value
 
+    @property
+    def scripted(self) -> bool:
+        """Whether the model holds TorchScript, which takes neither hooks nor copies."""
+        return self._once("scripted", lambda: has_script_modules(self.module))
+
     def _forget_oldest(self) -> None:
         finished = [key for key, slot in self._slots.items() if slot.done and isinstance(key, tuple)]
         for key in finished[:max(0, len(self._slots) - KEPT_RESULTS)]:
@@ -161,6 +175,15 @@ class ModelState:
         return self._once(("shapes", size, until), lambda: MappingProxyType(
             {path: trace.output_shape for path, trace in self.layer_traces(size, until).items()
              if trace.output_shape is not None}))
+
+    def activation_bytes(self, size: Size = None) -> ActivationBytes:
+        """What one image's leaf module outputs take at ``size`` (H, W): read from the trace at
+        the model's own input size and scaled by the number of pixels, so a photo of a new
+        size costs no traced pass (a fixed-size model runs at its own size anyway)."""
+        own = self.input_size
+        measured = self._once("activation bytes", lambda: _leaf_output_bytes(self.module, self.output_shapes(own)))
+        scale = (self._size(size)[0] * self._size(size)[1]) / (own[0] * own[1])
+        return ActivationBytes(total=round(measured.total * scale), largest=round(measured.largest * scale))
 
     def receptive_fields(self, size: Size = None) -> Mapping[str, ReceptiveField | None]:
         """Module path -> receptive field of its output (None: the unit sees the whole image)."""
@@ -213,7 +236,7 @@ class ModelState:
     def _usable_copy(self, sample: torch.Tensor, layer: str | None) -> _FastCopyRecord | None:
         """The record of the fast copy for the current weights, built on ``sample`` if there is
         none yet; None where the model itself must run (no copy, or ``layer`` was folded)."""
-        if not can_have_fast_copy(self.module):
+        if self.module.training or self.scripted:  # ``can_have_fast_copy``, without walking the modules each pass
             return None
         version = weights_version(self.module)
         with self._fast_lock:
@@ -287,7 +310,7 @@ class ModelState:
         that shares the model's weights so the model's own hooks are left alone. None are
         seen in compiled TorchScript, which takes no hooks."""
         def find() -> Mapping[str, str]:
-            if has_script_modules(self.module):
+            if self.scripted:
                 return MappingProxyType({})
             return MappingProxyType(functional_relu_calls(module_twin(self.module), sample))
 
@@ -302,7 +325,7 @@ class ModelState:
         ``ReluRewriteError`` when torch.fx cannot rewrite a module (not kept: the next
         asker tries again)."""
         base = self.gradient_network(sample, layer)
-        if has_script_modules(self.module):
+        if self.scripted:
             return base, 0  # compiled code: neither its calls nor its ReLUs can be reached
         calls = self.functional_relus(sample)
         if not calls:
@@ -367,6 +390,18 @@ class ModelState:
         """Method id -> how much longer (>1) or shorter its runs took than predicted."""
         with self._lock:
             return dict(self._run_ratios)
+
+
+def _leaf_output_bytes(module: nn.Module, shapes: Mapping[str, tuple]) -> ActivationBytes:
+    """Bytes of the outputs of the modules in ``shapes`` that hold no other module there
+    (a container's output is its last child's, counted once), in the model's dtype."""
+    parameter = next(module.parameters(), None)
+    item = parameter.element_size() if parameter is not None and parameter.is_floating_point() else 4
+    paths = sorted(shapes)
+    leaves = [path for path, following in zip(paths, paths[1:] + [None])
+              if not (following is not None and (path == "" or following.startswith(path + ".")))]
+    sizes = [math.prod(shapes[path]) * item for path in leaves]
+    return ActivationBytes(total=sum(sizes), largest=max(sizes, default=0))
 
 
 def _fastest(fn: Callable[[], None], device: torch.device, check: Callable[[], None], repeats: int = 2) -> float:

@@ -51,7 +51,7 @@ def run(ctx, p):
     input_size = tuple(unit.shape[-2:])
     if variant == "scorecam":
         weights = yield from score_cam_weights(ctx.model, network, unit, activation, resolved["index"],
-                                               automatic_batch(ctx.device, *input_size), ctx.cancel)
+                                               automatic_batch(ctx.model, *input_size, backward=False), ctx.cancel)
         cam, upsampled = cam_of(weights.view(1, -1, 1, 1).to(activation.dtype) * activation.detach(), input_size)
     else:
         cam, upsampled = grad_cam(activation, gradient, input_size, variant)

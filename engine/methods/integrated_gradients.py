@@ -63,7 +63,7 @@ def run(ctx, p):
     unit = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
     start = baseline_image(unit, baseline)
     height, width = unit.shape[-2:]
-    batch = min(p.batch or automatic_batch(ctx.device, height, width), steps)
+    batch = min(p.batch or automatic_batch(ctx.model, height, width), steps)
     p.record(target=resolved["index"], batch=batch)
     alphas, weights = gauss_legendre(steps)
     alphas = alphas.to(ctx.device)
@@ -74,9 +74,15 @@ def run(ctx, p):
 
     yield Progress(0.0, f"{steps} steps from a {baseline} baseline, {batch} per pass")
     network = gradient_network(ctx.model, unit)
+    # The image's score is on hand when its predictions were shown (the window shows them
+    # on opening it): then only the baseline takes a forward pass.
+    known = ctx.features.peek(ctx.model, image)
     with torch.no_grad():
-        ends = run_score(ctx.model, torch.cat([unit, start]), score, network)
-    image_score, baseline_score = float(ends[0]), float(ends[1])
+        if known is None:
+            image_score, baseline_score = (float(s) for s in run_score(ctx.model, torch.cat([unit, start]), score, network))
+        else:
+            image_score = float(known.logits[0, resolved["index"]])
+            baseline_score = float(run_score(ctx.model, start, score, network)[0])
     integral, _ = yield from within(
         accumulate_gradients(ctx.model, network, on_path, weights, score, batch, ctx.cancel, "steps"), 0.02, 1.0)
     attribution = path * integral

@@ -30,7 +30,7 @@ def run(ctx, p):
     label = resolved["label"]
     unit = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
     height, width = unit.shape[-2:]
-    batch = min(p.batch or automatic_batch(ctx.device, height, width), samples)
+    batch = min(p.batch or automatic_batch(ctx.model, height, width), samples)
     p.record(target=resolved["index"], batch=batch)
     generator = ctx.generator(p.seed)
 
