@@ -237,3 +237,31 @@ def test_a_class_token_vits_penultimate_layer_is_its_pooled_class_token(vit, che
     with torch.no_grad():
         tokens, _ = raw_output(vit, vit.preprocessing.to_unit_tensor(chelsea.image, 224), "norm")
     np.testing.assert_allclose(rows[0], tokens[0, 0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_torchvisions_vit_penultimate_rows_are_the_class_token_its_head_reads(chelsea):
+    # torchvision's ViT takes the class token out of encoder.ln in code: no module holds it,
+    # so the penultimate layer is encoder.ln and its rows are that token, not the patches' mean.
+    from torchvision.models import vit_b_16
+
+    from engine.models.preprocessing import Preprocessing
+
+    torch.manual_seed(0)
+    module = vit_b_16(weights=None, image_size=64).eval()
+    model = LoadedModel(name="vit_b_16", module=module, labels=imagenet_labels(), weights="random",
+                        preprocessing=Preprocessing(size=64, fixed_size=(64, 64)))
+    path = MethodContext(model=model, image=chelsea).resolve_layer(None, default="penultimate")
+    assert path == "encoder.ln" and model.state.classifier_prefix(path) == (0,)
+    assert model.state.classifier_prefix("encoder.layers.encoder_layer_11") == ()  # a layer picked for its patches
+    x = model.preprocessing.to_tensor(chelsea.image)
+    read = {}
+    hook = module.heads.head.register_forward_pre_hook(lambda _module, args: read.update(features=args[0]))
+    with torch.no_grad():
+        module(x)
+    hook.remove()
+    np.testing.assert_allclose(layer_rows(model, path, "avgpool", x)[0], read["features"][0].numpy(), rtol=1e-4,
+                               atol=1e-5)
+    picked = layer_rows(model, "encoder.layers.encoder_layer_11", "avgpool", x)[0]
+    with torch.no_grad():
+        tokens, _ = raw_output(model, model.preprocessing.to_unit_tensor(chelsea.image), "encoder.layers.encoder_layer_11")
+    np.testing.assert_allclose(picked, tokens[0, 1:].mean(dim=0).numpy(), rtol=1e-4, atol=1e-5)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from engine.anatomy.hooks import capture_outputs, first_tensor, hooked
-from engine.anatomy.layouts import MapLayout
+from engine.anatomy.layouts import TOKENS, MapLayout
 from engine.anatomy.twin import has_script_modules, module_twin
 
 # Outputs a recommended layer is not taken from while a block, norm or activation output
@@ -110,6 +110,45 @@ def score_layer(module: nn.Module, layouts: Mapping[str, MapLayout], input_size:
     docstring), from one forward and backward pass of a random image on a twin of
     ``module``; None when no spatial layer gets any gradient or the pass fails."""
     candidates = [path for path, layout in layouts.items() if layout.spatial and layout.cells > 1]
+    probed = _classifier_gradients(module, layouts, candidates, input_size)
+    if probed is None:
+        return None
+    modules, outputs, gradients = probed
+    reached = [path for path, gradient in gradients.items()
+               if bool(layouts[path].as_map(gradient, input_size).detach().abs().amax() > 0)]
+    if not reached:
+        return None
+    preferred = [path for path in reached if not isinstance(modules.get(path), _PROJECTIONS)] or reached
+    last = preferred[-1]
+    # The stage (or outermost block) that hands on the same tensor names it best.
+    same = [path for path in preferred if outputs[path] is outputs[last]]
+    stages = {path for path, _ in model_stages(module)}
+    named = [path for path in same if path in stages]
+    return named[0] if named else min(same, key=lambda path: (path.count("."), len(path)))
+
+
+def read_tokens(module: nn.Module, layouts: Mapping[str, MapLayout], path: str,
+                input_size: tuple[int, int]) -> tuple[int, ...] | None:
+    """The positions of layer ``path``'s tokens that what the classifier reads depends on
+    (torchvision's ViT reads its class token alone out of ``encoder.ln``, a mean-pooling
+    ViT every patch token), from the same kind of probe as ``score_layer``; None when
+    the layer holds no tokens or the probe fails."""
+    layout = layouts.get(path)
+    if layout is None or layout.kind != TOKENS:
+        return None
+    probed = _classifier_gradients(module, layouts, [path], input_size)
+    if probed is None or path not in probed[2]:
+        return None
+    gradient = probed[2][path].detach()[0]  # L x C
+    return tuple(int(i) for i in torch.nonzero(gradient.abs().amax(dim=-1) > 0).flatten())
+
+
+def _classifier_gradients(module: nn.Module, layouts: Mapping[str, MapLayout], candidates: list[str],
+                          input_size: tuple[int, int]):
+    """(the twin's modules by path, the candidates' outputs, their gradients) of a random mix
+    of what the classifier reads, from one pass of a random image on a twin of ``module``;
+    layers the score does not depend on are left out of the gradients. None when there is
+    nothing to probe or the pass fails."""
     if not candidates or has_script_modules(module):
         return None
     try:
@@ -146,21 +185,7 @@ def score_layer(module: nn.Module, layouts: Mapping[str, MapLayout], input_size:
             gradients = torch.autograd.grad(score, [outputs[path] for path in kept], allow_unused=True)
     except Exception:  # noqa: BLE001 - the pass may fail for a model's own reasons; the fallback stands
         return None
-    reached = []
-    for path, gradient in zip(kept, gradients):
-        if gradient is None:
-            continue
-        if bool(layouts[path].as_map(gradient, input_size).detach().abs().amax() > 0):
-            reached.append(path)
-    if not reached:
-        return None
-    preferred = [path for path in reached if not isinstance(modules.get(path), _PROJECTIONS)] or reached
-    last = preferred[-1]
-    # The stage (or outermost block) that hands on the same tensor names it best.
-    same = [path for path in preferred if outputs[path] is outputs[last]]
-    stages = {path for path, _ in model_stages(module)}
-    named = [path for path in same if path in stages]
-    return named[0] if named else min(same, key=lambda path: (path.count("."), len(path)))
+    return modules, dict(outputs), {path: gradient for path, gradient in zip(kept, gradients) if gradient is not None}
 
 
 def _last_at(stages: list[tuple[str, float]], wanted) -> str | None:

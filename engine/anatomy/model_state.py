@@ -55,8 +55,10 @@ from torch import nn
 
 from engine.anatomy.hooks import first_tensor
 from engine.anatomy.fast_copy import FastCopy, backward_works, build_fast_copy, weights_version
-from engine.anatomy.layer_choice import depth_presets, score_layer
-from engine.anatomy.layouts import MAP, MapLayout, find_layouts, registers_of
+from engine.anatomy.layer_choice import depth_presets, read_tokens, score_layer
+from engine.anatomy.layouts import MAP, TOKENS, MapLayout, find_layouts, registers_of
+from engine.anatomy.layers import penultimate_layer
+from engine.core.errors import MethodInputError
 from engine.anatomy.layer_tree import InputSize, LayerNode, trace_model, tree_from_traces
 from engine.anatomy.receptive_field import LayerTrace, ReceptiveField
 from engine.anatomy.relus import functional_relu_calls, with_relu_modules
@@ -218,6 +220,26 @@ class ModelState:
         """The recommended Grad-CAM layer: the last spatial layer the class score depends on
         (``engine.anatomy.layer_choice.score_layer``), at the model's own input size."""
         return self._once("score layer", lambda: score_layer(self.module, self.layouts(), self.input_size))
+
+    def classifier_prefix(self, path: str) -> tuple[int, ...]:
+        """The prefix tokens (class, distillation) of the penultimate layer ``path`` that the
+        classifier reads, where it reads those and no patch token (torchvision's ViT takes
+        its class token out of ``encoder.ln`` in code, with no module after it); () for other
+        layers, which a user picked to see their patches. Found by one gradient probe
+        (``engine.anatomy.layer_choice.read_tokens``) at the model's own input size."""
+        def find() -> tuple[int, ...]:
+            layout = self.layouts().get(path)
+            try:
+                if layout is None or layout.kind != TOKENS or path != penultimate_layer(self.module, self.output_shapes()):
+                    return ()
+            except MethodInputError:
+                return ()
+            read = read_tokens(self.module, self.layouts(), path, self.input_size)
+            if layout is None or not read or any(index >= layout.prefix for index in read):
+                return ()
+            return read
+
+        return self._once(("classifier prefix", path), find)
 
     def whole_image_layers(self) -> frozenset[str]:
         """The spatial layers whose units see the whole image though the trace found no
