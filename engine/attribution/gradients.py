@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -52,6 +53,17 @@ def class_score(index: int) -> Score:
         return first_tensor(module(x))[:, index]
 
     return score
+
+
+def class_probabilities(module: nn.Module, batch: torch.Tensor, index: int) -> np.ndarray:
+    """Softmax probability of class ``index`` for each image of a normalised batch, no gradient.
+
+    Inference mode only around the forward: a generator must not yield inside it, or the
+    mode would leak into whatever code runs between its events.
+    """
+    with torch.inference_mode():
+        logits = first_tensor(module(batch))
+        return torch.softmax(logits.float(), dim=1)[:, index].cpu().numpy()
 
 
 def unit_score(path: str, channel: int, position: tuple[int, int] | None = None, model: LoadedModel | None = None) -> Score:

@@ -29,23 +29,19 @@ from engine.attribution.maps import accumulate_gradients, automatic_batch, map_d
 from engine.core.errors import MethodInputError
 from engine.attribution.gradients import class_score, gradient_network, run_score
 from engine.core.jobs import Progress, Result, within
-from engine.optvis.regularisers import gaussian_blur
+from engine.attribution import baselines
 from engine.methods.params import BATCH, OVERLAY, TARGET, MethodSpec, Param
 
 BASELINES = ("black", "white", "blur")
 GAP_WORTH_STEPS = 0.02  # a relative completeness gap above this is worth more steps, the note says
-BLUR_FRACTION = 0.1  # the blur baseline's sigma, as a fraction of the input's shorter side
 
 
 def baseline_image(unit: torch.Tensor, kind: str) -> torch.Tensor:
-    """The baseline x' for a 1 x 3 x H x W image in 0..1 units."""
-    if kind == "black":
-        return torch.zeros_like(unit)
-    if kind == "white":
-        return torch.ones_like(unit)
-    if kind == "blur":
-        return gaussian_blur(unit, BLUR_FRACTION * min(unit.shape[-2:]))
-    raise MethodInputError(f"--baseline must be one of {', '.join(BASELINES)}, not '{kind}'")
+    """The baseline x' for a 1 x 3 x H x W image in 0..1 units (``engine.attribution.baselines``)."""
+    try:
+        return baselines.baseline_image(unit, kind, BASELINES)
+    except ValueError as error:
+        raise MethodInputError(str(error)) from None
 
 
 def gauss_legendre(steps: int) -> tuple[torch.Tensor, torch.Tensor]:

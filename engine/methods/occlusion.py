@@ -47,7 +47,7 @@ from torch.nn import functional as F
 
 from engine.core.device import is_out_of_memory
 from engine.core.errors import MethodInputError
-from engine.anatomy.hooks import first_tensor
+from engine.attribution.gradients import class_probabilities
 from engine.core.jobs import Frame, Progress, Result
 from engine.view.display import MapOverPhoto
 from engine.core.memory import keep_freed_memory
@@ -152,17 +152,6 @@ def check(p) -> None:
                                    f"would never be hidden; use a stride of at most {p.window}")
 
 
-def _probabilities(module, batch: torch.Tensor, index: int) -> np.ndarray:
-    """Softmax probability of class ``index`` for each image of the batch.
-
-    Inference mode only around the forward: a generator must not yield inside it, or the
-    mode would leak into whatever code runs between its events.
-    """
-    with torch.inference_mode():
-        logits = first_tensor(module(batch))
-        return torch.softmax(logits.float(), dim=1)[:, index].cpu().numpy()
-
-
 def run(ctx, p):
     image = ctx.require_image()
     window, stride, fill, show = p.window, p.stride, p.fill, p.show
@@ -194,7 +183,7 @@ def run(ctx, p):
     label = resolved["label"]
     yield Progress(0.0, f"occluding {total} positions for '{label}'")
 
-    base_prob = float(_probabilities(module, plain, index)[0])
+    base_prob = float(class_probabilities(module, plain, index)[0])
     # Built in place batch after batch: the base input copied in, one window per image
     # pasted over it. The copy also undoes anything a model might do to its input in place.
     layouts = [torch.channels_last, torch.contiguous_format]
@@ -210,7 +199,7 @@ def run(ctx, p):
             y, x = int(row_starts[row]), int(col_starts[col])
             occluded[slot, :, y:y + window, x:x + window] = filler[0, :, y:y + window, x:x + window]
         try:
-            scores = _probabilities(module, occluded, index)
+            scores = class_probabilities(module, occluded, index)
         except RuntimeError as exc:
             # A model that reshapes with .view() cannot take channels-last input: fall
             # back to the ordinary layout once and for all (only on the first batch, so

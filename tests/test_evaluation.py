@@ -1,0 +1,218 @@
+"""Scores for attribution maps, on constructed cases whose right answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine.core.errors import JobCancelled
+from engine.core.jobs import CancelToken, Progress, drive
+from engine.evaluation.perturbation import (ROAD_FRACTIONS, SIDE, CORNER, Curve, impute, perturbation_curve,
+                                            relevance_ranks, road_curve)
+from engine.evaluation.pointing import pointing_game
+from engine.evaluation.reference_maps import centre_map, edge_map, random_map, reference_map
+from engine.models.model import LoadedModel
+from engine.models.preprocessing import Preprocessing
+
+SIDE_PX = 24
+REGION = (slice(6, 14), slice(10, 18))  # the only pixels the model looks at: 8 x 8 of 24 x 24
+
+
+class RegionNet(nn.Module):
+    """Class 0's logit is 8 x (the region's mean red - 0.5); class 1's is 0: the region's
+    brightness alone decides, and nothing outside it matters."""
+
+    def forward(self, x):
+        score = 8 * (x[:, 0, REGION[0], REGION[1]].mean(dim=(1, 2)) - 0.5)
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+
+def region_model() -> LoadedModel:
+    return LoadedModel(name="region", module=RegionNet().eval(), labels=["bright", "dark"], weights="none",
+                       preprocessing=Preprocessing(size=SIDE_PX, mean=(0.0,) * 3, std=(1.0,) * 3))
+
+
+def photo() -> torch.Tensor:
+    unit = torch.rand((1, 3, SIDE_PX, SIDE_PX), generator=torch.Generator().manual_seed(0)) * 0.3
+    unit[:, 0, REGION[0], REGION[1]] = 1.0
+    return unit
+
+
+def oracle() -> np.ndarray:
+    values = np.zeros((SIDE_PX, SIDE_PX), np.float32)
+    values[REGION] = 1.0
+    return values
+
+
+def probability(unit: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(torch.softmax(RegionNet()(unit), dim=1)[0, 0])
+
+
+# -- deletion and insertion ---------------------------------------------------------------------------
+def test_the_map_that_marks_what_the_model_reads_scores_best_and_a_random_map_clearly_worse():
+    model, unit = region_model(), photo()
+    scores = {}
+    for name, values in (("oracle", oracle()), ("random", random_map(SIDE_PX, SIDE_PX, seed=1)),
+                         ("inverse", 1 - oracle())):
+        for kind in ("deletion", "insertion"):
+            curve = drive(perturbation_curve(model, unit, values, 0, kind=kind, baseline="grey", steps=24))
+            scores[name, kind] = curve.score
+    # Deletion: low is faithful; insertion: high is faithful
+    assert scores["oracle", "deletion"] < scores["random", "deletion"] - 0.2
+    assert scores["oracle", "insertion"] > scores["random", "insertion"] + 0.1  # from grey, the logit saturates
+    assert scores["inverse", "deletion"] > scores["random", "deletion"] > scores["oracle", "deletion"]
+    assert scores["inverse", "insertion"] < scores["random", "insertion"] < scores["oracle", "insertion"]
+
+
+def test_a_deletion_curve_is_the_probability_after_removing_each_fraction_in_the_maps_order():
+    model, unit = region_model(), photo()
+    values = random_map(SIDE_PX, SIDE_PX, seed=3)
+    steps = 8
+    curve = drive(perturbation_curve(model, unit, values, 0, kind="deletion", baseline="grey", steps=steps))
+    order = np.argsort(-values.ravel(), kind="stable")
+    np.testing.assert_allclose(curve.fractions, np.linspace(0, 1, steps + 1))
+    for k, fraction in enumerate(curve.fractions):
+        removed = unit.clone().view(3, -1)
+        removed[:, order[:round(fraction * values.size)]] = 0.5
+        assert curve.probabilities[k] == pytest.approx(probability(removed.view(1, 3, SIDE_PX, SIDE_PX)), abs=1e-6)
+    # an insertion curve runs the other way: from the baseline to the photo
+    inserted = drive(perturbation_curve(model, unit, values, 0, kind="insertion", baseline="grey", steps=steps))
+    assert inserted.probabilities[0] == pytest.approx(curve.probabilities[-1], abs=1e-6)
+    assert inserted.probabilities[-1] == pytest.approx(curve.probabilities[0], abs=1e-6)
+
+
+def test_the_area_under_a_curve_is_the_trapezoid_rule_over_the_fraction():
+    curve = Curve("deletion", np.array([0.0, 0.5, 1.0]), np.array([1.0, 0.5, 0.0]))
+    assert curve.score == pytest.approx(0.5)
+    assert Curve("road-morf", np.array([0.1, 0.2]), np.array([0.2, 0.4])).score == pytest.approx(0.3)
+
+
+def test_ties_in_a_map_are_removed_in_reading_order():
+    ranks = relevance_ranks(np.array([[1.0, 2.0], [2.0, 1.0]]))
+    np.testing.assert_array_equal(ranks, [[2, 0], [1, 3]])
+
+
+def test_perturbation_jobs_report_progress_and_stop_when_cancelled():
+    model, unit = region_model(), photo()
+    events = []
+    drive(perturbation_curve(model, unit, oracle(), 0, steps=10), on_progress=events.append)
+    assert events and events[-1].fraction == 1.0 and all(isinstance(e, Progress) for e in events)
+    cancel = CancelToken()
+    cancel.cancel()
+    with pytest.raises(JobCancelled):
+        drive(perturbation_curve(model, unit, oracle(), 0, steps=10, cancel=cancel))
+    with pytest.raises(JobCancelled):
+        drive(road_curve(model, unit, oracle(), 0, cancel=cancel))
+
+
+def test_a_map_of_another_size_or_with_nan_is_refused_with_the_reason():
+    model, unit = region_model(), photo()
+    with pytest.raises(ValueError, match="score a map at the input's size"):
+        drive(perturbation_curve(model, unit, np.zeros((10, 10)), 0))
+    broken = oracle()
+    broken[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        drive(road_curve(model, unit, broken, 0))
+    with pytest.raises(ValueError, match="baseline must be one of blur, grey"):
+        drive(perturbation_curve(model, unit, oracle(), 0, baseline="black"))
+
+
+# -- ROAD ---------------------------------------------------------------------------------------------
+def test_a_lone_removed_pixel_is_imputed_as_the_weighted_mean_of_its_eight_neighbours():
+    rng = np.random.default_rng(0)
+    pixels = rng.random((5, 6, 3))
+    missing = np.zeros((5, 6), bool)
+    missing[2, 3] = True
+    filled = impute(pixels, missing, noise=0.0)
+    expected = sum((SIDE if dy == 0 or dx == 0 else CORNER) * pixels[2 + dy, 3 + dx]
+                   for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
+    np.testing.assert_allclose(filled[2, 3], expected, rtol=1e-12)
+    np.testing.assert_array_equal(filled[~missing], pixels[~missing])  # known pixels are kept
+
+
+def test_imputed_pixels_solve_the_neighbour_equations_together_at_corners_and_in_clumps():
+    rng = np.random.default_rng(1)
+    pixels = rng.random((6, 7, 2))
+    missing = np.zeros((6, 7), bool)
+    missing[0, 0] = missing[0, 1] = missing[1, 0] = True  # a corner clump: neighbours of each other
+    missing[3:5, 3:6] = True
+    filled = impute(pixels, missing, noise=0.0)
+    for row, col in zip(*np.nonzero(missing)):
+        weights, total = 0.0, np.zeros(2)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                r, c = row + dy, col + dx
+                if (dy, dx) == (0, 0) or not (0 <= r < 6 and 0 <= c < 7):
+                    continue
+                w = SIDE if dy == 0 or dx == 0 else CORNER
+                weights += w
+                total += w * filled[r, c]
+        np.testing.assert_allclose(filled[row, col], total / weights, rtol=1e-10)
+
+
+def test_imputation_noise_has_the_stated_spread_and_follows_the_seed():
+    pixels = np.full((40, 40, 3), 0.5)
+    missing = np.zeros((40, 40), bool)
+    missing[5:35, 5:35] = True
+    filled = impute(pixels, missing, noise=0.01, seed=3)
+    assert np.std(filled[missing] - 0.5) == pytest.approx(0.01, rel=0.05)
+    np.testing.assert_array_equal(filled, impute(pixels, missing, noise=0.01, seed=3))
+
+
+def test_road_removing_the_region_first_drops_the_probability_and_removing_it_last_keeps_it():
+    model, unit = region_model(), photo()
+    morf = drive(road_curve(model, unit, oracle(), 0, order="morf"))
+    lerf = drive(road_curve(model, unit, oracle(), 0, order="lerf"))
+    np.testing.assert_allclose(morf.fractions, ROAD_FRACTIONS)
+    original = probability(unit)
+    # Removing 10% takes most of the 64 region pixels (58 of 576): imputed from dark surroundings
+    assert morf.probabilities[0] < original - 0.3
+    # Least relevant first: the region survives until the last fractions
+    assert lerf.probabilities[:8].min() > original - 0.05
+    assert lerf.score - morf.score > 0.3
+
+
+# -- the pointing game ----------------------------------------------------------------------------------
+def test_the_pointing_game_counts_hits_inside_and_within_the_tolerance_and_misses_beyond():
+    values = np.zeros((100, 100), np.float32)
+    box = (40, 40, 60, 60)  # rows 40..59, columns 40..59
+    values[50, 50] = 1
+    assert pointing_game(values, [box]).hit
+    values[:] = 0
+    values[50, 74] = 1  # 15 px right of column 59
+    result = pointing_game(values, [box])
+    assert result.hit and result.distance == 15 and result.point == (50, 74)
+    values[:] = 0
+    values[50, 75] = 1  # 16 px
+    assert not pointing_game(values, [box]).hit
+    assert pointing_game(values, [box, (45, 70, 55, 80)]).hit  # any of the object's boxes
+    values[:] = 0
+    values[75, 75] = 1  # diagonal: 16 px down and across is 22.6 px away
+    assert pointing_game(values, [box]).distance == pytest.approx(np.hypot(16, 16))
+    with pytest.raises(ValueError, match="at least one box"):
+        pointing_game(values, [])
+
+
+def test_a_maximum_shared_by_several_pixels_hits_when_one_of_them_is_on_the_object():
+    values = np.zeros((50, 50), np.float32)
+    values[0, 0] = values[25, 25] = 1
+    result = pointing_game(values, [(20, 20, 30, 30)])
+    assert result.hit and result.ties == 2 and result.point == (0, 0)
+
+
+# -- reference maps --------------------------------------------------------------------------------------
+def test_reference_maps_the_edges_of_a_step_the_centre_and_reproducible_noise():
+    picture = np.zeros((20, 30, 3), np.float32)
+    picture[:, 15:] = 1.0  # a vertical step between columns 14 and 15
+    edges = edge_map(picture)
+    assert set(np.argmax(edges, axis=1)) <= {14, 15} and edges[:, :10].max() == 0
+    centre = centre_map(21, 31)
+    assert np.unravel_index(np.argmax(centre), centre.shape) == (10, 15)
+    np.testing.assert_allclose(centre, centre[::-1, ::-1], rtol=1e-6)
+    np.testing.assert_array_equal(random_map(8, 9, seed=4), reference_map("random", np.zeros((8, 9, 3)), seed=4))
+    assert not np.array_equal(random_map(8, 9, seed=4), random_map(8, 9, seed=5))
+    with pytest.raises(ValueError, match="random, centre, edges"):
+        reference_map("sobel", picture)
