@@ -25,6 +25,7 @@ QUICK_ARGS = {
     "embed": ["--dataset", "samples", "--algo", "pca"],
     "patches": ["--dataset", "samples", "--channels", "0-1", "--top", "2"],
     "occlusion": ["--window", "112", "--stride", "112"],
+    "rise": ["--masks", "8"],
     "saliency": [],
     "smoothgrad": ["--samples", "2"],
     "integrated-gradients": ["--steps", "4"],

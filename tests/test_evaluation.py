@@ -58,11 +58,11 @@ def test_the_map_that_marks_what_the_model_reads_scores_best_and_a_random_map_cl
     for name, values in (("oracle", oracle()), ("random", random_map(SIDE_PX, SIDE_PX, seed=1)),
                          ("inverse", 1 - oracle())):
         for kind in ("deletion", "insertion"):
-            curve = drive(perturbation_curve(model, unit, values, 0, kind=kind, baseline="grey", steps=24))
+            curve = drive(perturbation_curve(model, unit, values, 0, kind=kind, baseline="gray", steps=24))
             scores[name, kind] = curve.score
     # Deletion: low is faithful; insertion: high is faithful
     assert scores["oracle", "deletion"] < scores["random", "deletion"] - 0.2
-    assert scores["oracle", "insertion"] > scores["random", "insertion"] + 0.1  # from grey, the logit saturates
+    assert scores["oracle", "insertion"] > scores["random", "insertion"] + 0.1  # from gray, the logit saturates
     assert scores["inverse", "deletion"] > scores["random", "deletion"] > scores["oracle", "deletion"]
     assert scores["inverse", "insertion"] < scores["random", "insertion"] < scores["oracle", "insertion"]
 
@@ -71,7 +71,7 @@ def test_a_deletion_curve_is_the_probability_after_removing_each_fraction_in_the
     model, unit = region_model(), photo()
     values = random_map(SIDE_PX, SIDE_PX, seed=3)
     steps = 8
-    curve = drive(perturbation_curve(model, unit, values, 0, kind="deletion", baseline="grey", steps=steps))
+    curve = drive(perturbation_curve(model, unit, values, 0, kind="deletion", baseline="gray", steps=steps))
     order = np.argsort(-values.ravel(), kind="stable")
     np.testing.assert_allclose(curve.fractions, np.linspace(0, 1, steps + 1))
     for k, fraction in enumerate(curve.fractions):
@@ -79,7 +79,7 @@ def test_a_deletion_curve_is_the_probability_after_removing_each_fraction_in_the
         removed[:, order[:round(fraction * values.size)]] = 0.5
         assert curve.probabilities[k] == pytest.approx(probability(removed.view(1, 3, SIDE_PX, SIDE_PX)), abs=1e-6)
     # an insertion curve runs the other way: from the baseline to the photo
-    inserted = drive(perturbation_curve(model, unit, values, 0, kind="insertion", baseline="grey", steps=steps))
+    inserted = drive(perturbation_curve(model, unit, values, 0, kind="insertion", baseline="gray", steps=steps))
     assert inserted.probabilities[0] == pytest.approx(curve.probabilities[-1], abs=1e-6)
     assert inserted.probabilities[-1] == pytest.approx(curve.probabilities[0], abs=1e-6)
 
@@ -116,7 +116,7 @@ def test_a_map_of_another_size_or_with_nan_is_refused_with_the_reason():
     broken[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         drive(road_curve(model, unit, broken, 0))
-    with pytest.raises(ValueError, match="baseline must be one of blur, grey"):
+    with pytest.raises(ValueError, match="baseline must be one of blur, gray"):
         drive(perturbation_curve(model, unit, oracle(), 0, baseline="black"))
 
 

@@ -2,9 +2,9 @@
 and what deletion and insertion put in place of the pixels they remove.
 
 In 0..1 pixel units, for a 1 x 3 x H x W input: ``black`` (all 0), ``white`` (all 1),
-``grey`` (all 0.5), or ``blur``: the image under a Gaussian blur of sigma 10% of its
+``gray`` (all 0.5), or ``blur``: the image under a Gaussian blur of sigma 10% of its
 shorter side, which keeps colours and layout and takes the object's detail away (a
-black or grey picture is itself far from every photo the model saw).
+black or gray picture is itself far from every photo the model saw).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 
 from engine.optvis.regularisers import gaussian_blur
 
-BASELINES = ("black", "white", "grey", "blur")
+BASELINES = ("black", "white", "gray", "blur")
 BLUR_FRACTION = 0.1  # the blur baseline's sigma, as a fraction of the input's shorter side
-_FLAT = {"black": 0.0, "white": 1.0, "grey": 0.5}
+_FLAT = {"black": 0.0, "white": 1.0, "gray": 0.5}
 
 
 def baseline_image(unit: torch.Tensor, kind: str, allowed: tuple[str, ...] = BASELINES) -> torch.Tensor:

@@ -3,7 +3,7 @@
 **Deletion and insertion** (Petsiuk et al. 2018). The map orders the model input's pixels,
 most relevant first (ties in reading order). Deletion replaces them, step by step, with
 the same pixels of a *baseline* (``engine.attribution.baselines``): the input under a
-Gaussian blur (``blur``, sigma 10% of the shorter side) or mid-grey (``grey``). Insertion starts from the baseline and puts the input's pixels back in the
+Gaussian blur (``blur``, sigma 10% of the shorter side) or mid-gray (``gray``). Insertion starts from the baseline and puts the input's pixels back in the
 same order. After each step the softmax probability of the target class is recorded, at
 ``steps + 1`` fractions 0, 1/steps, ..., 1 of the pixels; the area under the curve
 (trapezoids over the fraction, so 0..1) scores the map: low for deletion, high for
@@ -38,7 +38,7 @@ from engine.attribution.gradients import class_probabilities
 from engine.attribution.maps import automatic_batch
 from engine.core.jobs import CancelToken, Progress, within
 
-BASELINES = ("blur", "grey")  # what deletion puts in, and insertion starts from
+BASELINES = ("blur", "gray")  # what deletion puts in, and insertion starts from
 ROAD_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 ROAD_NOISE = 0.01  # standard deviation of the noise added to imputed pixels, in 0..1 units
 SIDE, CORNER = 1 / 6, 1 / 12  # the imputation's neighbour weights

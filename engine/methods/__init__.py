@@ -16,7 +16,7 @@ from engine.methods.registry import METHODS
 
 FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Weights and activations", ("filters", "activations")),
-    ("Over a dataset", ("neighbors", "embed", "patches", "occlusion")),
+    ("Over a dataset", ("neighbors", "embed", "patches", "occlusion", "rise")),
     ("Gradients", ("saliency", "smoothgrad", "integrated-gradients", "gradcam", "guided-backprop", "guided-gradcam",
                    "segment", "sanity-check")),
     ("Transformers", ("attention-rollout",)),

@@ -131,6 +131,7 @@ COSTS: dict[str, Callable[[BoundParams, Machine], Cost | None]] = {
     "gradcam": _gradcam,
     "saliency": lambda p, m: Cost(backwards=1),
     "attention-rollout": lambda p, m: Cost(forwards=1),
+    "rise": lambda p, m: Cost(forwards=p.masks),
     "guided-backprop": lambda p, m: Cost(backwards=1),
     "guided-gradcam": lambda p, m: Cost(backwards=2),
     "smoothgrad": lambda p, m: Cost(forwards=1, backwards=p.samples),
