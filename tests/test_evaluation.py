@@ -216,3 +216,49 @@ def test_reference_maps_the_edges_of_a_step_the_centre_and_reproducible_noise():
     assert not np.array_equal(random_map(8, 9, seed=4), random_map(8, 9, seed=5))
     with pytest.raises(ValueError, match="random, centre, edges"):
         reference_map("sobel", picture)
+
+
+# -- a report: methods beside the reference maps ----------------------------------------------------------
+def striped_photo():
+    """The region bright in red, and a green stripe far from it: strong edges the model ignores."""
+    from PIL import Image
+
+    from engine.data.images import LoadedImage
+
+    unit = photo()
+    unit[:, 1, 18:22, :] = 1.0
+    pixels = (unit[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return LoadedImage(image=Image.fromarray(pixels), path="striped.png", original_size=(SIDE_PX, SIDE_PX))
+
+
+def test_a_report_scores_methods_beside_the_reference_maps_and_says_which_beat_the_edges():
+    from engine.evaluation.report import reference_name, score_image, summarise_scores
+    from engine.methods import MethodContext
+
+    ctx = MethodContext(model=region_model(), image=striped_photo())
+    box = (10, 6, 18, 14)  # x0, y0, x1, y1 of the region, in the photo's pixels
+    report = drive(score_image(ctx, methods=("saliency", "guided-backprop"), target=0, baseline="gray", steps=12,
+                               metrics=("deletion", "insertion", "pointing"), boxes=[box]))
+    by_name = {scores.name: scores for scores in report.maps}
+    assert list(by_name) == ["saliency", "guided-backprop", reference_name("random"), reference_name("centre"),
+                             reference_name("edges")]
+    saliency, edges = by_name["saliency"], by_name["reference: edges"]
+    assert saliency.scores["deletion"] < edges.scores["deletion"] and saliency.scores["pointing"] == 1.0
+    assert report.beats_edges(saliency) is True and report.beats_edges(edges) is None
+    assert "ReLU" in by_name["guided-backprop"].refused and not by_name["guided-backprop"].scores
+    assert by_name["reference: random"].scores["deletion"] > saliency.scores["deletion"]
+    summary = summarise_scores([report, report])
+    mean, spread, count = summary["saliency"]["deletion"]
+    assert mean == pytest.approx(saliency.scores["deletion"]) and spread == pytest.approx(0) and count == 2
+
+
+def test_a_report_refuses_unknown_metrics_and_the_pointing_game_without_boxes():
+    from engine.core.errors import MethodInputError
+    from engine.evaluation.report import score_image
+    from engine.methods import MethodContext
+
+    ctx = MethodContext(model=region_model(), image=striped_photo())
+    with pytest.raises(MethodInputError, match="there are deletion, insertion, road, pointing"):
+        drive(score_image(ctx, methods=("saliency",), metrics=("faithfulness",)))
+    with pytest.raises(MethodInputError, match="needs boxes"):
+        drive(score_image(ctx, methods=("saliency",), metrics=("pointing",)))
