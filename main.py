@@ -8,7 +8,8 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_process()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("models", "layers", "classify", "run"):
+    # engine.app.cli.COMMANDS, written out: importing the CLI imports torch, which the window loads later.
+    if argv and argv[0] in ("models", "layers", "classify", "run", "evaluate"):
         from engine.app.cli import main as cli_main
 
         return cli_main(argv)

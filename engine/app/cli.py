@@ -6,6 +6,7 @@
     python main.py layers --model net.py --weights net.pt --trust   (a network defined in Python)
     python main.py classify --image PATH [--model NAME]
     python main.py run METHOD --image PATH [--layer L] [--target T] [--out F.png] [--save-array F.npy] ...
+    python main.py evaluate --images DIR --out DIR [--methods LIST] [--metrics LIST] [--boxes FILE]
 
 Bad input exits with status 2 and one line on stderr; nothing here imports Qt.
 """
@@ -21,11 +22,12 @@ from pathlib import Path
 from engine.core.errors import ConvScopeError, JobCancelled
 from engine.methods.params import Param
 
-COMMANDS = ("models", "layers", "classify", "run")
+COMMANDS = ("models", "layers", "classify", "run", "evaluate")
 # The CLI's own numbers, read and bounded as the methods' parameters are. A layer listing
 # runs one forward pass at the size asked for; 2048 px is the largest picture any method makes.
 LAYERS_SIZE = Param("size", "int", None, "input size (default: the model's)", minimum=1, maximum=2048)
 FPS = Param("fps", "float", 12.0, "frames per second of --animation", above=0.0, maximum=120.0)
+STEPS = Param("steps", "int", 50, "steps of the deletion and insertion curves", minimum=2, maximum=10000)
 ANNOTATE = Param("annotate", "bool", True, "draw the colour bar and a caption strip (method, target, layer) around "
                  "--out's picture; --no-annotate writes the bare picture")
 
@@ -69,6 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(classify)
     classify.add_argument("--image", required=True)
 
+    evaluate = commands.add_parser("evaluate", help="score attribution methods over a folder of photos: deletion, "
+                                   "insertion, ROAD and the pointing game, beside random, centre and edge maps")
+    _add_model_options(evaluate)
+    evaluate.add_argument("--images", required=True, help="a folder of photos (searched recursively)")
+    evaluate.add_argument("--out", required=True, help="the folder the scores, summary and report go to; a run that "
+                                                      "stopped resumes when given the same folder")
+    evaluate.add_argument("--methods", default=None,
+                          help=f"comma-separated method ids (default: {','.join(_evaluation().DEFAULT_METHODS)})")
+    evaluate.add_argument("--metrics", default=None,
+                          help=f"comma-separated, of {', '.join(_evaluation().METRICS)} "
+                               f"(default: {','.join(_evaluation().DEFAULT_METRICS)})")
+    evaluate.add_argument("--boxes", default=None, help="boxes around the objects, for the pointing game: a CSV of "
+                                                        "image,x0,y0,x1,y1 rows or a JSON {image: [[x0,y0,x1,y1]]}")
+    evaluate.add_argument("--target", default=None, help="the class to explain (default: each photo's top-1)")
+    evaluate.add_argument("--baseline", default="blur", choices=("blur", "gray"),
+                          help="what deletion puts in place of removed pixels, and insertion starts from")
+    evaluate.add_argument("--steps", default=None, help=f"{STEPS.help} (default: {STEPS.default})")
+
     run = commands.add_parser("run", help="run a visualisation method")
     methods = run.add_subparsers(dest="method", required=True, parser_class=_Parser, metavar="METHOD")
     for spec in METHODS.values():
@@ -102,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
                 kwargs["choices"] = param.choices
             method.add_argument(param.flag, **kwargs)
     return parser
+
+
+def _evaluation():
+    from engine.evaluation import report
+
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +178,8 @@ def _dispatch(args) -> int:
         return _print_layers(args)
     if args.command == "run":
         return _run_method(args, *_bind_flags(args))  # flags bound before the model loads
+    if args.command == "evaluate":
+        return _evaluate(args)
     from engine.anatomy.activations import compute_features
     from engine.data.images import load_image
 
@@ -274,6 +302,44 @@ def _run_method(args, spec, params, seed, fps) -> int:
 
     print(json.dumps(to_jsonable(line)))
     return 0
+
+
+def _evaluate(args) -> int:
+    from engine.core.eta import Eta, duration_text
+    from engine.core.jobs import CancelToken, drive
+    from engine.evaluation.folder import REPORT, SUMMARY, evaluate_folder
+    from engine.methods import METHODS
+
+    report = _evaluation()
+    methods = _listed(args.methods, report.DEFAULT_METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConvScopeError(f"--methods: no method {', '.join(unknown)}; `run --help` lists them")
+    metrics = _listed(args.metrics, report.DEFAULT_METRICS)
+    steps = STEPS.coerce(args.steps) if args.steps is not None else STEPS.default
+    model = _load_model(args)
+    eta = Eta()
+
+    def show(progress) -> None:
+        eta.update(progress.fraction)
+        left = eta.seconds_left()
+        print(f"\r{progress.fraction:4.0%} {progress.message}" + (f", {duration_text(left)} left" if left else "")
+              + "\033[K", end="", file=sys.stderr, flush=True)
+
+    summary = drive(evaluate_folder(model, args.images, args.out, methods, metrics, args.boxes, args.target,
+                                    args.baseline, steps, CancelToken()), on_progress=show)
+    print(file=sys.stderr)
+    out = Path(args.out)
+    print(json.dumps({"photos": summary["photos"], "unreadable": len(summary["unreadable"]),
+                      "summary": str(out / SUMMARY), "report": str(out / REPORT), "beats_edges": summary["beats_edges"],
+                      "maps": summary["maps"]}))
+    return 0
+
+
+def _listed(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    if text is None:
+        return tuple(default)
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 @contextlib.contextmanager

@@ -171,11 +171,16 @@ def _score(ctx, unit, scores: MapScores, index: int, metrics, boxes, image, base
 
 def summarise_scores(reports: list[ImageReport]) -> dict[str, dict[str, tuple[float, float, int]]]:
     """Map name -> metric -> (mean, standard deviation, images), over the reports."""
+    return summarise((scores.name, metric, value) for report in reports for scores in report.maps
+                     for metric, value in scores.scores.items())
+
+
+def summarise(values) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """(map name, metric, value) triples -> map name -> metric -> (mean, standard deviation,
+    count), leaving out values that are not finite."""
     gathered: dict[str, dict[str, list[float]]] = {}
-    for report in reports:
-        for scores in report.maps:
-            for metric, value in scores.scores.items():
-                if value is not None and math.isfinite(value):
-                    gathered.setdefault(scores.name, {}).setdefault(metric, []).append(value)
+    for name, metric, value in values:
+        if value is not None and math.isfinite(value):
+            gathered.setdefault(name, {}).setdefault(metric, []).append(float(value))
     return {name: {metric: (float(np.mean(v)), float(np.std(v)), len(v)) for metric, v in by_metric.items()}
             for name, by_metric in gathered.items()}
