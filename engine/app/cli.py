@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         method = methods.add_parser(spec.id, help=spec.summary, description=spec.summary)
         _add_model_options(method)
         method.add_argument("--image", default=None, help="input image")
+        method.add_argument("--images", default=None,
+                            help="a folder of photos to run on one after another (searched recursively); needs "
+                                 "--out-dir")
+        method.add_argument("--out-dir", default=None,
+                            help="with --images: the folder each photo's picture and sidecar go to, with a contact "
+                                 "sheet; photos whose picture is there already are skipped")
         method.add_argument("--out", default=None, help="write the picture as PNG (plus a JSON sidecar)")
         method.add_argument(ANNOTATE.flag, dest=ANNOTATE.name, default=None, action=argparse.BooleanOptionalAction,
                             help=f"{ANNOTATE.help} (default: {ANNOTATE.text(ANNOTATE.default)})")
@@ -267,6 +273,8 @@ def _run_method(args, spec, params, seed, fps) -> int:
     from engine.models.registry import BUNDLED_MODEL
 
     outputs = {"picture": args.out, "array": args.save_array, "animation": getattr(args, "animation", None)}
+    if args.images or args.out_dir:
+        return _run_on_folder(args, spec, params, seed, outputs)
     session = Session(device=args.device)
     with _outputs_named_by_flag(session, outputs):
         session.check_outputs(**outputs, overwrite=args.overwrite)  # before the run, not after it
@@ -301,6 +309,44 @@ def _run_method(args, spec, params, seed, fps) -> int:
     from engine.view.export import to_jsonable
 
     print(json.dumps(to_jsonable(line)))
+    return 0
+
+
+def _run_on_folder(args, spec, params, seed, outputs) -> int:
+    import torch
+
+    from engine.app.folder_run import run_on_folder
+    from engine.app.session import Session
+    from engine.core.jobs import CancelToken, drive
+    from engine.models.registry import BUNDLED_MODEL
+
+    if not (args.images and args.out_dir):
+        raise ConvScopeError("--images and --out-dir go together: the folder of photos, and the folder their "
+                             "pictures go to")
+    named = [flag for flag, value in (("--image", args.image), ("--out", outputs["picture"]),
+                                      ("--save-array", outputs["array"]), ("--animation", outputs["animation"]))
+             if value]
+    if named:
+        raise ConvScopeError(f"{', '.join(named)} name one photo's files; with --images each photo's picture goes "
+                             f"to --out-dir")
+    session = Session(device=args.device)
+    info = session.load_model(args.model or BUNDLED_MODEL, weights_path=args.weights, trust=args.trust,
+                              progress=_print_download_progress)
+    _print_notes(info.notes)
+    if seed is not None:
+        torch.manual_seed(seed)
+
+    def show(progress) -> None:
+        print(f"\r{progress.fraction:4.0%} {progress.message}\033[K", end="", file=sys.stderr, flush=True)
+
+    run = drive(run_on_folder(session, spec.id, params, args.images, args.out_dir, CancelToken(),
+                              annotated=ANNOTATE.coerce(args.annotate)), on_progress=show)
+    print(file=sys.stderr)
+    for name, why in run.failed:
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    from engine.view.export import to_jsonable
+
+    print(json.dumps(to_jsonable({"method": spec.id, **run.as_dict(), "params": dict(params)})))
     return 0
 
 

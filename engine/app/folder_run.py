@@ -1,0 +1,105 @@
+"""Any per-image method over a folder of photos: ``run METHOD --images DIR --out-dir OUT``.
+
+The model is loaded once; each photo of the folder (searched recursively) is opened in
+the session, the method runs on it with the same settings, and what the window would
+show is exported as ``OUT/<the photo's path under DIR>.png`` with its sidecar, exactly
+as File > Export writes one picture. Then:
+
+- a photo whose picture and sidecar are both in OUT already is skipped, so a run that
+  stopped resumes where it stopped;
+- a photo that cannot be read, or that the method refuses (a map that is zero
+  everywhere), is reported and skipped: the run goes on;
+- ``OUT/contact-sheet.png`` shows every picture of the folder, captioned with its photo's
+  name, and ``OUT/folder-run.json`` says what was done, skipped and failed, and why.
+
+Photos run one after another: each method's job already batches what it computes (masks,
+steps, samples) for the one photo.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from engine.core.errors import ConvScopeError
+from engine.core.jobs import CancelToken, Progress, within
+from engine.data.datasets import open_dataset
+from engine.data.images import save_png, write_atomically
+from engine.view.export import sidecar_path_for
+from engine.view.gallery import Tile, render_gallery
+
+CONTACT_SHEET, RECORD = "contact-sheet.png", "folder-run.json"
+SHEET_TILE = 200  # pixels per picture on the contact sheet
+SHEET_COLUMNS = 6
+
+
+@dataclass
+class FolderRun:
+    method: str
+    done: list[str] = field(default_factory=list)  # photos run now, paths under the folder
+    skipped: list[str] = field(default_factory=list)  # found in the output folder already
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (photo, why)
+    contact_sheet: Path | None = None
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, "done": self.done, "skipped": self.skipped,
+                "failed": [{"image": name, "error": why} for name, why in self.failed],
+                "contact_sheet": str(self.contact_sheet) if self.contact_sheet else None}
+
+
+def picture_path(out_dir: Path, relative: str) -> Path:
+    """Where a photo's picture goes: its path under the folder, as a PNG."""
+    return out_dir / Path(relative).with_suffix(".png")
+
+
+def run_on_folder(session, method_id: str, values: dict, folder, out_dir, cancel: CancelToken | None = None,
+                  annotated: bool = True):
+    """Job: run ``method_id`` with ``values`` on every photo of ``folder`` in ``session`` (its
+    model loaded), exporting into ``out_dir``; returns the ``FolderRun``."""
+    cancel = cancel or CancelToken()
+    dataset = open_dataset(folder)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run = FolderRun(method_id)
+    names = [Path(item.path).relative_to(dataset.root).as_posix() for item in dataset]
+    yield Progress(0.0, f"{method_id} on {len(names)} photos")
+    for number, (item, name) in enumerate(zip(dataset, names)):
+        cancel.check()
+        low, high = number / len(names), (number + 1) / len(names)
+        target = picture_path(out, name)
+        if target.exists() and sidecar_path_for(target).exists():
+            run.skipped.append(name)
+            continue
+        try:
+            session.open_image(item.path)
+            shown = yield from within(session.start(method_id, values, cancel), low, high)
+            session.show(shown)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            session.export(picture=target, overwrite=True, annotated=annotated)
+        except ConvScopeError as refusal:  # an unreadable photo, a refused map, a failed write: this photo only
+            run.failed.append((name, " ".join(str(refusal).split())))
+        else:
+            run.done.append(name)
+        yield Progress(high, f"{number + 1} of {len(names)} photos: {name}")
+    pictures = [(name, picture_path(out, name)) for name in names if picture_path(out, name).exists()]
+    if pictures:
+        run.contact_sheet = out / CONTACT_SHEET
+        save_png(run.contact_sheet, contact_sheet(pictures), overwrite=True)
+    write_atomically(out / RECORD, lambda fh: fh.write(json.dumps(run.as_dict(), indent=1).encode()), overwrite=True)
+    return run
+
+
+def contact_sheet(pictures: list[tuple[str, Path]]) -> np.ndarray:
+    """The pictures in rows of ``SHEET_COLUMNS``, each captioned with its photo's name."""
+    tiles = []
+    for name, path in pictures:
+        with Image.open(path) as picture:
+            picture.thumbnail((SHEET_TILE, SHEET_TILE))
+            tiles.append(Tile(image=picture.convert("RGB"), path=str(path), caption=name))
+    rows = [("", tiles[i:i + SHEET_COLUMNS]) for i in range(0, len(tiles), SHEET_COLUMNS)]
+    mosaic, _regions = render_gallery(rows, tile=SHEET_TILE)
+    return mosaic
