@@ -29,7 +29,8 @@ import torch
 from torch.nn import functional as F
 
 from engine.core.errors import MethodInputError
-from engine.core.jobs import Progress, within
+from engine.attribution.maps import map_display
+from engine.core.jobs import Frame, Progress, within
 from engine.evaluation.perturbation import perturbation_curve, road_curve
 from engine.evaluation.pointing import TOLERANCE, pointing_game
 from engine.evaluation.reference_maps import REFERENCE_MAPS, reference_map
@@ -105,7 +106,8 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
                 steps: int = 50, seed: int = 0):
     """Job: the ``ImageReport`` of ``methods`` (ids of ``engine.methods``) and the reference
     maps on ``ctx``'s image, with ``metrics``. A method that refuses the image (guided
-    backprop on a network without ReLUs) is reported with its reason."""
+    backprop on a network without ReLUs) is reported with its reason. After each map is
+    scored a ``Frame`` shows that map, its metrics holding the report so far ("report")."""
     from engine.methods.registry import METHODS
 
     unknown = [m for m in metrics if m not in METRICS]
@@ -133,15 +135,21 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
                 result = yield from within(spec.start(ctx, params), low, low + 0.3 * share)
             except MethodInputError as refusal:
                 maps.append(MapScores(name, False, np.zeros((height, width), np.float32), refused=str(refusal)))
+                yield Frame(None, step=position + 1, metrics={"report": ImageReport(image.path, resolved, list(maps))})
                 continue
             scores = MapScores(name, False, input_map(result, height, width, name))
+            display = result.display
         else:
             kind = name.removeprefix("reference: ")
             pixels = unit[0].permute(1, 2, 0).numpy()
             scores = MapScores(name, True, reference_map(kind, pixels, seed=seed))
+            display = map_display(image, scores.values, signed=False, legend=name,
+                                  note=f"{name}: a map that knows nothing of the model")
         yield from within(_score(ctx, unit, scores, index, metrics, boxes, image, baseline, steps, seed),
                           low + 0.3 * share, low + share)
         maps.append(scores)
+        # The report so far, with the map just scored: a window shows the curves as they come.
+        yield Frame(display, step=position + 1, metrics={"report": ImageReport(image.path, resolved, list(maps))})
     yield Progress(1.0, "scored")
     return ImageReport(image=image.path, target=resolved, maps=maps)
 

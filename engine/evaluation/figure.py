@@ -1,0 +1,76 @@
+"""A comparison as one picture and as a table: what the Compare view exports.
+
+The picture: each map over the photo in a row of tiles, captioned with its name and
+scores (the reference maps after the methods), then the deletion and insertion curves of
+every map, one plot each. The table: one row per map, its scores, whether it beat the
+edge map, and why a method gave no map.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+from PIL import Image
+
+from engine.evaluation.report import ImageReport, MapScores
+from engine.view.colormaps import apply_colormap
+from engine.view.gallery import Tile, render_gallery
+from engine.view.plots import line_plot_picture
+
+TILE = 200
+SHORT = {"deletion": "del", "insertion": "ins", "road": "ROAD", "pointing": "point"}
+
+
+def score_text(scores: MapScores) -> str:
+    """'del 0.081  ins 0.412' and the like, in the report's order of metrics."""
+    if scores.refused:
+        return "no map: see the table"
+    return "  ".join(f"{SHORT.get(metric, metric)} {value:.3f}" for metric, value in scores.scores.items()
+                     if metric in SHORT)
+
+
+def map_tile(scores: MapScores, photo: np.ndarray) -> Image.Image:
+    """The map in colour over a dimmed copy of the photo (both at the map's size)."""
+    values = scores.values
+    low, high = float(np.min(values)), float(np.percentile(values, 99))
+    coloured = apply_colormap(values, (low, max(high, low + 1e-12)), "inferno").astype(np.float32)
+    base = np.asarray(Image.fromarray(photo).resize((values.shape[1], values.shape[0])), np.float32)
+    return Image.fromarray((0.35 * base + 0.65 * coloured).clip(0, 255).astype(np.uint8))
+
+
+def comparison_figure(report: ImageReport, photo: np.ndarray) -> np.ndarray:
+    """The picture of a comparison (see the module); ``photo`` the H x W x 3 photo."""
+    tiles = [Tile(image=map_tile(scores, photo), caption=f"{scores.name}\n{score_text(scores)}")
+             for scores in report.maps if not scores.refused]
+    mosaic, _ = render_gallery([("", tiles)], tile=TILE, caption_lines=2)
+    parts = [mosaic]
+    labels = [f"{p:.1f}" for p in np.linspace(0, 1, 11)]
+    for kind, better in (("deletion", "lower"), ("insertion", "higher")):
+        series = {f"{scores.name} ({scores.scores[kind]:.3f})": list(np.interp(np.linspace(0, 1, 11),
+                                                                               scores.curves[kind].fractions,
+                                                                               scores.curves[kind].probabilities))
+                  for scores in report.maps if kind in scores.curves}
+        if series:
+            picture, _ = line_plot_picture(series, labels, title=f"{kind} of '{report.target['label']}': area in "
+                                                                 f"brackets, {better} is better",
+                                           y_label="probability of the class", width=mosaic.shape[1])
+            parts.append(picture)
+    width = max(part.shape[1] for part in parts)
+    padded = [np.pad(part, ((0, 0), (0, width - part.shape[1]), (0, 0)), constant_values=0) for part in parts]
+    return np.concatenate(padded, axis=0)
+
+
+def comparison_csv(report: ImageReport) -> str:
+    """The comparison's table: one row per map."""
+    metrics = sorted({metric for scores in report.maps for metric in scores.scores})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["map", "reference", *metrics, "beats_edges", "refused"])
+    for scores in report.maps:
+        beats = report.beats_edges(scores)
+        writer.writerow([scores.name, scores.reference, *(f"{scores.scores[m]:.6f}" if m in scores.scores else ""
+                                                          for m in metrics),
+                         "" if beats is None else beats, scores.refused])
+    return buffer.getvalue()
