@@ -30,7 +30,7 @@ from engine.core.device import available_devices, resolve_device
 from engine.core.errors import (ConvScopeError, MethodInputError, NothingToExportError, OutputExistsError,
                                 OutputWriteError)
 from engine.core.jobs import CancelToken, Job, Result, Stopwatch
-from engine.data.images import LoadedImage, check_targets, load_image, write_together
+from engine.data.images import LoadedImage, check_targets, image_from_array, load_image, write_together
 from engine.methods import METHODS, MethodContext, MethodSpec, family_of
 from engine.methods.cost import Machine, predicted_seconds
 from engine.methods.registry import model_notes
@@ -142,6 +142,7 @@ class Session:
         self.features = FeatureCache()
         self.device = resolve_device(device)
         self.shown: Shown | None = None
+        self.comparison = None  # the ImageReport of the last comparison on this model and image
         # This machine's pace with the model at the image's size (``calibrate``); replaced,
         # never changed in place, so the window's thread may read it while a job runs.
         self.machine: Machine | None = None
@@ -181,6 +182,7 @@ class Session:
         model = load_model(name, weights_path=weights_path, device=self.device, trust=trust, progress=progress, cancel=cancel)
         self.model = model
         self.machine = None
+        self.comparison = None
         self.features.clear()
         return self.model_info()
 
@@ -200,6 +202,7 @@ class Session:
 
     def open_image(self, path: str) -> ImageInfo:
         self.image = load_image(path)
+        self.comparison = None
         if self.machine is not None and self.machine.input_size != self._input_size():
             self.machine = None
         return self.image_info()
@@ -288,6 +291,48 @@ class Session:
                           image_path=image.path if image else None,
                           preprocessing=model.preprocessing.as_dict() if model else {},
                           device=str(model.device) if model else str(self.device))
+
+    # -- comparing methods on the open image --------------------------------------------------
+    def compare(self, methods, metrics, cancel: CancelToken, baseline: str = "blur", steps: int = 50) -> Job:
+        """The job that scores ``methods`` beside the reference maps on the open image
+        (``engine.evaluation.report.score_image``) for its top-1 class; it yields a frame per
+        map scored and returns the ``ImageReport``, which stays as ``comparison``."""
+        from engine.evaluation.report import score_image
+
+        context = MethodContext(model=self._require_model(), image=self._require_image(), cancel=cancel,
+                                features=self.features)
+        return self._kept_comparison(score_image(context, tuple(methods), tuple(metrics), baseline=baseline,
+                                                 steps=steps))
+
+    def _kept_comparison(self, job: Job) -> Job:
+        self.comparison = yield from job
+        return self.comparison
+
+    def open_compared(self, name: str) -> Shown:
+        """Show one map of the comparison whole, as its method shows it (exportable as any result)."""
+        report = self.comparison
+        scores = next((m for m in report.maps if m.name == name), None) if report else None
+        if scores is None or scores.result is None:
+            raise MethodInputError(f"the comparison has no map '{name}'")
+        return self.show(self.result_shown(name, scores.result, {}))
+
+    def export_comparison(self, picture=None, table=None, overwrite: bool = False) -> list[Path]:
+        """Write the comparison's figure (PNG) and its table (CSV), together."""
+        from engine.evaluation.figure import comparison_csv, comparison_figure
+
+        if self.comparison is None:
+            raise NothingToExportError("compare the methods first: nothing has been compared yet")
+        files = []
+        if picture:
+            figure = image_from_array(comparison_figure(self.comparison, self._require_image().to_array()))
+            files.append((Path(picture), lambda handle: figure.save(handle, format="PNG")))
+        if table:
+            text = comparison_csv(self.comparison)
+            files.append((Path(table), lambda handle: handle.write(text.encode())))
+        try:
+            return write_together(files, overwrite=overwrite)
+        except OSError as error:
+            raise _output_error(error) from None
 
     # -- what is shown (the UI thread, or the command line) -----------------------------------
     def show(self, shown: Shown) -> Shown:

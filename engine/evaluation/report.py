@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from engine.core.errors import MethodInputError
 from engine.attribution.maps import map_display
-from engine.core.jobs import Frame, Progress, within
+from engine.core.jobs import Frame, Progress, Result, within
 from engine.evaluation.perturbation import perturbation_curve, road_curve
 from engine.evaluation.pointing import TOLERANCE, pointing_game
 from engine.evaluation.reference_maps import REFERENCE_MAPS, reference_map
@@ -52,6 +52,7 @@ class MapScores:
     scores: dict[str, float] = field(default_factory=dict)
     curves: dict = field(default_factory=dict)  # metric -> Curve
     refused: str = ""  # why the method gave no map (the rest of the report stands)
+    result: object = None  # the method's Result (a reference map's own, made here), to open it whole
 
 
 @dataclass
@@ -137,7 +138,7 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
                 maps.append(MapScores(name, False, np.zeros((height, width), np.float32), refused=str(refusal)))
                 yield Frame(None, step=position + 1, metrics={"report": ImageReport(image.path, resolved, list(maps))})
                 continue
-            scores = MapScores(name, False, input_map(result, height, width, name))
+            scores = MapScores(name, False, input_map(result, height, width, name), result=result)
             display = result.display
         else:
             kind = name.removeprefix("reference: ")
@@ -145,6 +146,7 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
             scores = MapScores(name, True, reference_map(kind, pixels, seed=seed))
             display = map_display(image, scores.values, signed=False, legend=name,
                                   note=f"{name}: a map that knows nothing of the model")
+            scores.result = Result(display=display, array=scores.values, target=resolved)
         yield from within(_score(ctx, unit, scores, index, metrics, boxes, image, baseline, steps, seed),
                           low + 0.3 * share, low + share)
         maps.append(scores)
