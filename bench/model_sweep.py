@@ -89,7 +89,11 @@ def measure(name: str) -> dict:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
         weights = Path(folder) / f"{name}.pt"
-        torch.save(build_timm_architecture(name).state_dict(), weights)
+        network = build_timm_architecture(name)
+        for module in network.modules():  # timm starts some heads at zero (MLP-Mixer): every class would tie
+            if isinstance(module, torch.nn.Linear) and not module.weight.any():
+                torch.nn.init.normal_(module.weight, std=0.02)
+        torch.save(network.state_dict(), weights)
         image = load_image(str(sample_path("chelsea")))
         start = time.perf_counter()
         model = load_model(f"timm:{name}", weights_path=weights)
