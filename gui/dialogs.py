@@ -24,6 +24,10 @@ MODEL_FILE_FILTER = ("Models (*.pt *.pth *.ts *.pkl *.onnx *.py);;PyTorch models
                      "ONNX models (*.onnx);;Python files (*.py);;All files (*)")
 
 
+def choose_folder(parent, title: str) -> str:
+    return QFileDialog.getExistingDirectory(parent, title)
+
+
 def choose_model_file(parent) -> str:
     return QFileDialog.getOpenFileName(
         parent, "Open model file (TorchScript, pickled model, ONNX, or a Python file defining the network)",

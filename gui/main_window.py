@@ -52,6 +52,7 @@ class MainWindow(QMainWindow):
         self._jobs: dict[str, JobHandle] = {}  # the newest job of each kind: asking again replaces it
         self._guided = None  # the ModelInfo whose layer marks are shown (or could not be worked out)
         self.timm_dialog = None  # Model > timm model...: made on first use, kept with its filter
+        self.compare_view = None  # Evaluate > Compare methods: made on first use, kept with its choices
 
         self.canvas = Canvas()
         self.setCentralWidget(self.canvas)
@@ -298,6 +299,58 @@ class MainWindow(QMainWindow):
         if self.timm_dialog is None:
             self.timm_dialog = TimmDialog(self, lambda name: self.load_model(name))
         self.timm_dialog.open_list()
+
+    # -- evaluating ---------------------------------------------------------------------------
+    def open_compare_view(self) -> None:
+        """Evaluate > Compare methods: the chosen methods side by side on the open photo, scored."""
+        from gui.compare_view import CompareView
+
+        if self.session is None:
+            self.show_error("Not ready", "The model is still loading.")
+            return
+        if self.compare_view is None:
+            self.compare_view = CompareView(self, self.session.methods())
+        self.compare_view.show()
+        self.compare_view.raise_()
+        self.compare_view.activateWindow()
+
+    def run_on_folder_dialog(self) -> None:
+        """Evaluate > Run on a folder: the method in front, with its form's values, on every
+        photo of a folder; pictures and sidecars into another."""
+        panel = self.current_panel()
+        if self.session is None or panel is None:
+            self.show_error("Not ready", "The model is still loading.")
+            return
+        values = panel.values()
+        if not panel.check_values(values):
+            return
+        photos = dialogs.choose_folder(self, f"Run {panel.spec.title} on the photos of…")
+        if not photos:
+            return
+        out = dialogs.choose_folder(self, "Put the pictures, their sidecars and the contact sheet in…")
+        if out:
+            self.run_on_folder(panel.method_id, values, photos, out)
+
+    def run_on_folder(self, method_id: str, values: dict, photos: str, out: str) -> JobHandle:
+        def folder_run(session, job):
+            from engine.app.folder_run import run_on_folder
+
+            # A session of its own, sharing the model: the photo on show and its result stay as they are.
+            return run_on_folder(session.sibling(), method_id, values, photos, out, job.token)
+
+        def finished(run) -> None:
+            failed = f"; {len(run.failed)} skipped: {run.failed[0][0]} ({run.failed[0][1]})" if run.failed else ""
+            before = f", {len(run.skipped)} done before" if run.skipped else ""
+            self.say(f"{self.panels[method_id].spec.title} on {len(run.done)} photos{before}{failed}. "
+                     f"Contact sheet: {run.contact_sheet}")
+
+        return self._submit("folder", folder_run, f"Running {self.panels[method_id].spec.title} on a folder", finished,
+                            title="The folder run failed")
+
+    def submit_job(self, kind: str, fn, description: str, finished, **options) -> JobHandle:
+        """Run ``fn(session, job)`` on the engine thread as the window's own jobs run (the
+        status bar follows it; a newer job of the same kind replaces it)."""
+        return self._submit(kind, fn, description, finished, **options)
 
     # -- methods ----------------------------------------------------------------------------
     def select_method(self, method_id: str) -> MethodPanel:

@@ -48,6 +48,11 @@ class Menus:
                                           QKeySequence("Ctrl+B"))
         self._action(dataset_menu, "scikit-image &sample photos", lambda: window.use_dataset("samples"))
         self._action(dataset_menu, "scikit-learn &digits (1,797 labelled)", lambda: window.use_dataset("digits"))
+        evaluate_menu = bar.addMenu("&Evaluate")
+        self.compare_action = self._action(evaluate_menu, "&Compare methods on this photo…", window.open_compare_view,
+                                           QKeySequence("Ctrl+Shift+C"))
+        self.folder_action = self._action(evaluate_menu, "Run the current method on a &folder…",
+                                          window.run_on_folder_dialog)
         view_menu = bar.addMenu("&View")
         self._action(view_menu, "Show the &image", window.show_image, QKeySequence("Ctrl+0"))
         self._action(view_menu, "&Fit to window", window.canvas.fit, QKeySequence("Ctrl+F"))

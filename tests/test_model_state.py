@@ -355,14 +355,14 @@ def test_the_automatic_batch_fits_the_memory_budget_and_a_larger_network_takes_f
     wide = loaded(nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                 nn.Linear(24, 4)).eval(), size=32)  # 48 values a pixel, against 18
     per_image = small.state.activation_bytes((32, 32)).total * maps.BACKWARD_KEEPS
-    monkeypatch.setattr(maps, "CPU_PASS_BYTES", int(per_image * 10.5))
+    monkeypatch.setattr(maps, "cpu_pass_bytes", lambda: int(per_image * 10.5))
     assert maps.automatic_batch(small, 32, 32) == 10
     assert maps.automatic_batch(small, 64, 64) == 2  # four times the pixels: a quarter of the images
     assert maps.automatic_batch(wide, 32, 32) == 3
-    monkeypatch.setattr(maps, "CPU_PASS_BYTES", 1)
+    monkeypatch.setattr(maps, "cpu_pass_bytes", lambda: 1)
     assert maps.automatic_batch(small, 32, 32) == 1  # never none
-    monkeypatch.setattr(maps, "CPU_PASS_BYTES", 2**50)
+    monkeypatch.setattr(maps, "cpu_pass_bytes", lambda: 2**50)
     assert maps.automatic_batch(small, 32, 32) == maps.MOST_PER_PASS["cpu"]
     # An inference pass holds a few of its largest outputs, not all of them
-    monkeypatch.setattr(maps, "CPU_PASS_BYTES", int(per_image * 10.5))
+    monkeypatch.setattr(maps, "cpu_pass_bytes", lambda: int(per_image * 10.5))
     assert maps.automatic_batch(small, 32, 32, backward=False) > maps.automatic_batch(small, 32, 32)

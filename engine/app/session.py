@@ -292,6 +292,13 @@ class Session:
                           preprocessing=model.preprocessing.as_dict() if model else {},
                           device=str(model.device) if model else str(self.device))
 
+    def sibling(self) -> "Session":
+        """A session sharing this one's model and device, with no photo open: for work that
+        opens photos of its own (a folder run) while this one's photo and result stay."""
+        other = Session(device=str(self.device))
+        other.model = self._require_model()
+        return other
+
     # -- comparing methods on the open image --------------------------------------------------
     def compare(self, methods, metrics, cancel: CancelToken, baseline: str = "blur", steps: int = 50) -> Job:
         """The job that scores ``methods`` beside the reference maps on the open image

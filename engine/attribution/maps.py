@@ -21,6 +21,7 @@ several maps, so that equal colours mean equal values across them.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Generator
 
@@ -46,16 +47,27 @@ from engine.anatomy.layers import find_module
 # of 24: larger passes are better while they fit. A forward and backward pass keeps what
 # the layers output, and more: saved tensors and gradients in flight measured 0.7-1.9
 # times the leaf outputs' bytes over twelve timm families (ResNet-18 1.9, ConvNeXt-atto
-# 0.8, DeiT-tiny 0.7, ViT-B 1.8). At 2 GiB a 224 px photo takes 18 images a pass on the
-# bundled model (SmoothGrad's 25 samples and integrated gradients' 32 steps in two passes,
-# with a cancel check between them), 9 on ResNet-50d, 3 on ConvNeXt-B (16 would need 10
-# GiB); DeiT-tiny's and ConvNeXt-atto's 224x336 photos 16 and 17.
-CPU_PASS_BYTES = 2 * 2**30
+# 0.8, DeiT-tiny 0.7, ViT-B 1.8). The budget is a quarter of the machine's memory (4 GiB
+# where that cannot be read): fewer, larger passes are faster while they fit (Swin-T's 16
+# integrated-gradients steps on a 224x336 photo: 3.56 s in two passes of 8, against
+# Captum's 3.36 s in one of 16, at a 4 GiB budget). On this 24 GiB machine a 224 px photo
+# then takes 53 images a pass on the bundled model (integrated gradients' 32 steps and
+# SmoothGrad's 25 samples in one), 27 on ResNet-50d, 10 on ConvNeXt-B (16 would need 10 GiB).
+CPU_PASS_FRACTION = 0.25  # of the machine's memory
+CPU_PASS_BYTES_UNKNOWN = 4 * 2**30
 CUDA_FREE_FRACTION = 0.5  # of the device memory free when the pass is planned
 BACKWARD_KEEPS = 1.5  # bytes a forward and backward pass holds per byte of leaf outputs
 FORWARD_KEEPS = 4  # an inference pass holds a few of its largest outputs at once
 MOST_PER_PASS = {"cpu": 64, "cuda": 256}  # beyond these a larger pass is no faster
 PERCENTILE = 99.0
+
+
+def cpu_pass_bytes() -> int:
+    """The memory one pass may take on the CPU: a quarter of the machine's."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * CPU_PASS_FRACTION)
+    except (AttributeError, ValueError, OSError):  # Windows has no sysconf
+        return CPU_PASS_BYTES_UNKNOWN
 
 
 def automatic_batch(model, height: int, width: int, backward: bool = True) -> int:
@@ -68,7 +80,7 @@ def automatic_batch(model, height: int, width: int, backward: bool = True) -> in
         free, _ = torch.cuda.mem_get_info(device)
         budget = free * CUDA_FREE_FRACTION
     else:
-        budget = CPU_PASS_BYTES
+        budget = cpu_pass_bytes()
     most = MOST_PER_PASS.get(device.type, MOST_PER_PASS["cpu"])
     return int(max(1, min(most, budget // max(per_image, 1))))
 

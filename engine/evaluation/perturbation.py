@@ -80,10 +80,11 @@ def _check_map(values: np.ndarray, unit: torch.Tensor) -> None:
         raise ValueError("the map holds NaN or infinite values")
 
 
-def _probability_job(model, network, build, count: int, index: int, cancel: CancelToken, noun: str):
-    """Job: the target's probability for inputs 0..count-1 (``build(start, n)`` gives inputs
-    start..start+n-1 in 0..1 units), in batches the memory budget allows."""
-    height, width = build(0, 1).shape[-2:]
+def _probability_job(model, network, build, count: int, index: int, size: tuple[int, int], cancel: CancelToken,
+                     noun: str):
+    """Job: the target's probability for inputs 0..count-1 of ``size`` (H, W) (``build(start,
+    n)`` gives inputs start..start+n-1 in 0..1 units), in batches the memory budget allows."""
+    height, width = size
     batch = max(1, min(count, automatic_batch(model, height, width, backward=False)))
     found = []
     for start in range(0, count, batch):
@@ -116,7 +117,8 @@ def perturbation_curve(model, unit: torch.Tensor, values: np.ndarray, index: int
         return torch.where(changed.unsqueeze(1), put_in, start_from)
 
     network = model.state.fast_copy(model.preprocessing.normalise(unit))
-    probabilities = yield from _probability_job(model, network, build, steps + 1, index, cancel, f"{kind} steps")
+    probabilities = yield from _probability_job(model, network, build, steps + 1, index, tuple(unit.shape[-2:]), cancel,
+                                                f"{kind} steps")
     return Curve(kind, fractions, probabilities)
 
 
@@ -196,6 +198,6 @@ def road_curve(model, unit: torch.Tensor, values: np.ndarray, index: int, order:
         return torch.stack(imputed[first:first + n])
 
     network = model.state.fast_copy(model.preprocessing.normalise(unit.to(model.device)))
-    job = _probability_job(model, network, build, len(fractions), index, cancel, "removals")
+    job = _probability_job(model, network, build, len(fractions), index, tuple(unit.shape[-2:]), cancel, "removals")
     probabilities = yield from within(job, 0.5, 1.0)
     return Curve(f"road-{order}", np.asarray(fractions, dtype=np.float64), probabilities)
