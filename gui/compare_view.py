@@ -18,7 +18,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDialog, QFileDialog, QGridLayout,
-                               QHBoxLayout, QHeaderView, QLabel, QMessageBox, QPushButton, QScrollArea, QSpinBox,
+                               QHBoxLayout, QLabel, QMessageBox, QPushButton, QScrollArea, QSpinBox,
                                QTableWidget, QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
 
 from engine.core.errors import ConvScopeError
@@ -120,9 +120,11 @@ class CompareView(QDialog):
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.horizontalHeader().setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeader().setStretchLastSection(True)
         self.table.verticalHeader().setVisible(False)
         self.table.cellDoubleClicked.connect(lambda row, _column: self.open_map(self.table.item(row, 0).text()))
+        self.table.setSortingEnabled(True)
+        self.table.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)  # the report's order until a click
         layout.addWidget(self.table, 1)
 
         exports = QHBoxLayout()
@@ -141,6 +143,9 @@ class CompareView(QDialog):
         plot.setLabel("left", "probability")
         plot.showGrid(x=True, y=True, alpha=0.3)
         plot.getPlotItem().setMenuEnabled(False)
+        for side in ("left", "bottom"):  # plain probabilities, not pyqtgraph's "(x0.001)"
+            plot.getPlotItem().getAxis(side).enableAutoSIPrefix(False)
+        plot.setYRange(0, 1)
         plot.setMouseEnabled(x=False, y=False)
         plot.addLegend(offset=(-10, 10) if kind == "deletion" else (10, 10))
         plot.setMinimumHeight(220)
@@ -241,7 +246,6 @@ class CompareView(QDialog):
                           pen=pg.mkPen(colour, width=2, style=style))
 
     def _fill_table(self, report) -> None:
-        sorting = self.table.isSortingEnabled()
         self.table.setSortingEnabled(False)
         self.table.setRowCount(len(report.maps))
         for row, scores in enumerate(report.maps):
@@ -252,7 +256,10 @@ class CompareView(QDialog):
             self.table.setItem(row, 4, QTableWidgetItem("" if beats is None else "yes" if beats else "no"))
             note = scores.refused or ("a reference map: it knows nothing of the model" if scores.reference else "")
             self.table.setItem(row, 5, QTableWidgetItem(note))
-        self.table.setSortingEnabled(True if not sorting else sorting)
+        self.table.setSortingEnabled(True)
+        scored = {metric for scores in report.maps for metric in scores.scores}
+        for metric, column in METRIC_COLUMNS.items():
+            self.table.setColumnHidden(column, metric not in scored)
         self.table.resizeColumnsToContents()
 
     def open_map(self, name: str) -> None:

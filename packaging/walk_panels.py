@@ -1,5 +1,6 @@
 """Walk the window as a new user does: every method panel run with its defaults, one
-screenshot each, for a person to look at. Needs an X display (Xvfb) and ImageMagick.
+screenshot each, for a person to look at; ``compare`` in the list runs Evaluate > Compare
+methods on its defaults. Needs an X display (Xvfb) and ImageMagick.
 
     Xvfb :99 -screen 0 1600x1000x24 &
     DISPLAY=:99 .venv/bin/python packaging/walk_panels.py /tmp/walk [METHOD ...] [limit=120] \
@@ -51,6 +52,21 @@ def main(folder: str, *methods: str, limit: str = "120", model: str = "", weight
         wait(lambda: window.image_info is not None, 60)
     shoot("00-start")
     for number, method in enumerate(methods or list(window.panels), start=1):
+        if method == "compare":  # Evaluate > Compare methods, its defaults, Compare pressed
+            window.open_compare_view()
+            view = window.compare_view
+            view.setGeometry(60, 30, WIDTH - 120, HEIGHT - 60)
+            started = time.time()
+            view.start()
+            finished = wait(lambda: view.compare_button.isEnabled(), float(limit))
+            shoot(f"{number:02d}-compare")
+            if not finished:
+                view.cancel()
+                wait(lambda: view.compare_button.isEnabled(), 60)
+            print(f"{'compare':24s} {'finished' if finished else 'cancelled':40s} {time.time() - started:7.1f} s  "
+                  f"status: {view.status.text()[:160]!r}", flush=True)
+            view.hide()
+            continue
         panel = window.select_method(method)
         started = time.time()
         panel.request_run()

@@ -262,3 +262,13 @@ def test_a_report_refuses_unknown_metrics_and_the_pointing_game_without_boxes():
         drive(score_image(ctx, methods=("saliency",), metrics=("faithfulness",)))
     with pytest.raises(MethodInputError, match="needs boxes"):
         drive(score_image(ctx, methods=("saliency",), metrics=("pointing",)))
+
+
+def test_every_frame_of_a_comparison_carries_its_report_not_a_methods_own_frames():
+    from engine.evaluation.report import score_image
+    from engine.methods import MethodContext
+
+    ctx = MethodContext(model=region_model(), image=striped_photo())
+    frames = []
+    drive(score_image(ctx, methods=("rise", "saliency"), target=0, steps=4), on_frame=frames.append)
+    assert [len(frame.metrics["report"].maps) for frame in frames] == [1, 2, 3, 4, 5]  # RISE streams frames of its own

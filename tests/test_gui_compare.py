@@ -64,7 +64,6 @@ def test_a_compared_map_opens_on_the_canvas_and_the_comparison_exports(window, q
 
 
 def test_a_refused_method_is_listed_with_its_reason_and_the_rest_is_scored(window, qtbot):
-    from engine.core.jobs import Result
 
     view = compare(window, qtbot, methods=("saliency", "attention-rollout"))  # the bundled CNN has no attention
     rows = {view.table.item(r, 0).text(): view.table.item(r, 5).text() for r in range(view.table.rowCount())}

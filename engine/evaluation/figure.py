@@ -18,6 +18,7 @@ from engine.evaluation.report import ImageReport, MapScores
 from engine.view.colormaps import apply_colormap
 from engine.view.gallery import Tile, render_gallery
 from engine.view.plots import line_plot_picture
+from engine.view.render import render
 
 TILE = 200
 SHORT = {"deletion": "del", "insertion": "ins", "road": "ROAD", "pointing": "point"}
@@ -32,7 +33,14 @@ def score_text(scores: MapScores) -> str:
 
 
 def map_tile(scores: MapScores, photo: np.ndarray) -> Image.Image:
-    """The map in colour over a dimmed copy of the photo (both at the map's size)."""
+    """The map as its method draws it (its colours, over the photo), or, for a map without a
+    picture of its own, in colour over a dimmed copy of the photo."""
+    display = getattr(scores.result, "display", None)
+    if display is not None:
+        try:
+            return Image.fromarray(render(display))
+        except TypeError:  # a display that is no map (a method's grid of tiles): drawn below
+            pass
     values = scores.values
     low, high = float(np.min(values)), float(np.percentile(values, 99))
     coloured = apply_colormap(values, (low, max(high, low + 1e-12)), "inferno").astype(np.float32)

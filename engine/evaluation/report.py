@@ -133,7 +133,7 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
                 raise MethodInputError(f"no method '{name}'")
             params = {"target": index} if any(p.name == "target" for p in spec.params) else {}
             try:
-                result = yield from within(spec.start(ctx, params), low, low + 0.3 * share)
+                result = yield from within(_progress_only(spec.start(ctx, params)), low, low + 0.3 * share)
             except MethodInputError as refusal:
                 maps.append(MapScores(name, False, np.zeros((height, width), np.float32), refused=str(refusal)))
                 yield Frame(None, step=position + 1, metrics={"report": ImageReport(image.path, resolved, list(maps))})
@@ -154,6 +154,18 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
         yield Frame(display, step=position + 1, metrics={"report": ImageReport(image.path, resolved, list(maps))})
     yield Progress(1.0, "scored")
     return ImageReport(image=image.path, target=resolved, maps=maps)
+
+
+def _progress_only(job):
+    """Job: ``job``'s progress, without its frames: a comparison's frames carry its report, and
+    a window shows only the newest frame, so a method's own (RISE's growing map) would hide one."""
+    try:
+        while True:
+            event = next(job)
+            if isinstance(event, Progress):
+                yield event
+    except StopIteration as stop:
+        return stop.value
 
 
 def _score(ctx, unit, scores: MapScores, index: int, metrics, boxes, image, baseline, steps, seed):
