@@ -321,7 +321,7 @@ def layer_rows(model: LoadedModel, layer: str, kind: str, x: torch.Tensor,
     network = model.state.fast_copy(x[:1], layer=layer)
     with torch.inference_mode(), _cancellable(network, cancel or CancelToken()):
         output = model.state.run_in_fast_layout(lambda batch: forward_to(network, layer, batch), x)
-        read = model.state.classifier_prefix(layer) if kind == "avgpool" else ()
+        read = model.state.classifier_prefix(layer) if kind == "avgpool" and output.dim() == 3 else ()
         if read:  # the classifier reads the class token alone: that is this layer's feature, not the patches' mean
             return output[:, list(read)].float().mean(dim=1).cpu().numpy()
         return summarise(model.state.as_map(layer, output, tuple(x.shape[-2:])), kind, layer)
@@ -367,6 +367,11 @@ def image_vector(model: LoadedModel, image, layer: str, kind: str = "avgpool") -
     return row.astype(KINDS[kind]).astype(np.float32)
 
 
+# How a layer's output becomes a row. 2: at a class-token ViT's penultimate layer, the class
+# token the head reads (``ModelState.classifier_prefix``), not the mean of the patch tokens.
+POOLING_VERSION = 2
+
+
 def feature_key(model: LoadedModel, layer: str, kind: str) -> dict:
     """What a cached row depends on: model, weights, layer, preprocessing, kind, loader."""
     preprocessing = model.preprocessing
@@ -386,8 +391,7 @@ def feature_key(model: LoadedModel, layer: str, kind: str) -> dict:
         "preprocessing": {"size": preprocessing.size, "mean": list(preprocessing.mean), "std": list(preprocessing.std),
                           "resize": "stretched to size x size, bicubic", "loader": LOADER_VERSION},
         "input_dtype": str(_input_dtype(model.module)),
-        **({"tokens": list(model.state.classifier_prefix(layer))} if kind == "avgpool" and
-           model.state.classifier_prefix(layer) else {}),
+        "pooling": POOLING_VERSION,
     }
 
 
