@@ -28,9 +28,12 @@ OFFERED = ("saliency", "smoothgrad", "integrated-gradients", "gradcam", "guided-
            "occlusion", "rise", "attention-rollout")
 TICKED = ("saliency", "smoothgrad", "integrated-gradients", "gradcam", "guided-backprop", "rise")
 SCORES = (("deletion", "Deletion (lower is better)", True), ("insertion", "Insertion (higher is better)", True),
-          ("road", "ROAD: LeRF - MoRF (higher is better; slower)", False))
-COLUMNS = ("Map", "Deletion", "Insertion", "ROAD", "Beats the edges", "Note")
-METRIC_COLUMNS = {"deletion": 1, "insertion": 2, "road": 3}
+          ("road", "ROAD: LeRF - MoRF (higher is better; slower)", False),
+          ("randomisation", "Randomisation: like the map of a random model? (lower is better; each method runs twice)",
+           False))
+COLUMNS = ("Map", "Deletion", "Insertion", "ROAD", "Randomisation", "Beats the edges", "Note")
+METRIC_COLUMNS = {"deletion": 1, "insertion": 2, "road": 3, "randomisation": 4}
+BEATS, NOTE = 5, 6
 TILE = 150
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
             "#7f7f7f", "#aec7e8", "#ffbb78")
@@ -76,7 +79,7 @@ class CompareView(QDialog):
         self.score_boxes: dict[str, QCheckBox] = {}
         for column, (metric, text, ticked) in enumerate(SCORES):
             self.score_boxes[metric] = QCheckBox(text, checked=ticked)
-            choices.addWidget(self.score_boxes[metric], row, 1 + column, 1, 1 if column < 2 else 2)
+            choices.addWidget(self.score_boxes[metric], row + column // 2, 1 + 2 * (column % 2), 1, 2)
         layout.addLayout(choices)
 
         settings = QHBoxLayout()
@@ -253,9 +256,9 @@ class CompareView(QDialog):
             for metric, column in METRIC_COLUMNS.items():
                 self.table.setItem(row, column, _NumberItem(scores.scores.get(metric)))
             beats = report.beats_edges(scores)
-            self.table.setItem(row, 4, QTableWidgetItem("" if beats is None else "yes" if beats else "no"))
+            self.table.setItem(row, BEATS, QTableWidgetItem("" if beats is None else "yes" if beats else "no"))
             note = scores.refused or ("a reference map: it knows nothing of the model" if scores.reference else "")
-            self.table.setItem(row, 5, QTableWidgetItem(note))
+            self.table.setItem(row, NOTE, QTableWidgetItem(note))
         self.table.setSortingEnabled(True)
         scored = {metric for scores in report.maps for metric in scores.scores}
         for metric, column in METRIC_COLUMNS.items():

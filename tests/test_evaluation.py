@@ -272,3 +272,25 @@ def test_every_frame_of_a_comparison_carries_its_report_not_a_methods_own_frames
     frames = []
     drive(score_image(ctx, methods=("rise", "saliency"), target=0, steps=4), on_frame=frames.append)
     assert [len(frame.metrics["report"].maps) for frame in frames] == [1, 2, 3, 4, 5]  # RISE streams frames of its own
+
+
+def test_the_randomisation_score_is_the_similarity_to_the_same_method_on_a_random_copy_of_the_model():
+    from engine.attribution.randomise import randomised_model
+    from engine.evaluation.report import score_image
+    from engine.evaluation.similarity import spearman_similarity
+    from engine.methods import METHODS, MethodContext
+    from tests.conftest import make_tiny_model
+    from tests.test_methods import random_image
+
+    model, image = make_tiny_model(), random_image()
+    before = [p.clone() for p in model.module.parameters()]
+    report = drive(score_image(MethodContext(model=model, image=image), methods=("saliency",), target=1,
+                               metrics=("randomisation",)))
+    by_name = {scores.name: scores for scores in report.maps}
+    trained = drive(METHODS["saliency"].start(MethodContext(model=model, image=image), {"target": 1})).array
+    random = drive(METHODS["saliency"].start(MethodContext(model=randomised_model(model, 0), image=image),
+                                             {"target": 1})).array
+    assert by_name["saliency"].scores["randomisation"] == pytest.approx(spearman_similarity(trained, random))
+    assert by_name["saliency"].scores["randomisation"] < 0.9  # the map follows the weights
+    assert all(by_name[f"reference: {kind}"].scores["randomisation"] == 1.0 for kind in ("random", "centre", "edges"))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.module.parameters()))  # the model itself untouched

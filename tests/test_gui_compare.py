@@ -66,7 +66,9 @@ def test_a_compared_map_opens_on_the_canvas_and_the_comparison_exports(window, q
 def test_a_refused_method_is_listed_with_its_reason_and_the_rest_is_scored(window, qtbot):
 
     view = compare(window, qtbot, methods=("saliency", "attention-rollout"))  # the bundled CNN has no attention
-    rows = {view.table.item(r, 0).text(): view.table.item(r, 5).text() for r in range(view.table.rowCount())}
+    from gui.compare_view import NOTE
+
+    rows = {view.table.item(r, 0).text(): view.table.item(r, NOTE).text() for r in range(view.table.rowCount())}
     assert "attention" in rows["attention-rollout"]
     assert rows["saliency"] == ""
 
@@ -88,3 +90,21 @@ def test_run_on_a_folder_keeps_the_photo_on_show(window, qtbot, tmp_path):
     assert (out / "contact-sheet.png").exists()
     assert window.session.image.path == before  # the window's own session was left alone
     assert "1 skipped: broken.jpg" in window.status.text.text()
+
+
+def test_the_randomisation_score_has_its_column_when_ticked(window, qtbot):
+    from gui.compare_view import METRIC_COLUMNS
+
+    window.open_compare_view()
+    view = window.compare_view
+    view.score_boxes["randomisation"].setChecked(True)
+    view.score_boxes["insertion"].setChecked(False)
+    try:
+        view = compare(window, qtbot, methods=("saliency",))
+    finally:
+        view.score_boxes["randomisation"].setChecked(False)
+        view.score_boxes["insertion"].setChecked(True)
+    column = METRIC_COLUMNS["randomisation"]
+    assert not view.table.isColumnHidden(column) and view.table.isColumnHidden(METRIC_COLUMNS["insertion"])
+    values = {view.table.item(r, 0).text(): float(view.table.item(r, column).text()) for r in range(4)}
+    assert values["reference: edges"] == 1.0 and values["saliency"] < 1.0

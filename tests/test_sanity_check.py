@@ -10,7 +10,8 @@ from engine.attribution import randomise
 from engine.core.errors import MethodInputError
 from engine.core.jobs import CancelToken, drive
 from engine.methods import METHODS, MethodContext
-from engine.methods.sanity_check import TILE, as_map, choose_methods, spearman_similarity, ssim_similarity
+from engine.evaluation.similarity import spearman_similarity, ssim_similarity
+from engine.methods.sanity_check import TILE, as_map, choose_methods
 from tests.test_methods import random_image
 
 from tests.cancelling import frames_before_cancel

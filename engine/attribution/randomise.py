@@ -52,6 +52,14 @@ def model_copy(model: LoadedModel) -> LoadedModel:
                        layer_presets=dict(model.layer_presets), device=model.device)
 
 
+def randomised_model(model: LoadedModel, seed: int = 0) -> LoadedModel:
+    """A copy of the model with every block re-initialised: the end of the cascade."""
+    twin = model_copy(model)
+    for block in parameter_blocks(twin.module):
+        reinitialise(twin.module, block, seed)
+    return twin
+
+
 def _has_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 

@@ -21,7 +21,7 @@ from engine.view.plots import line_plot_picture
 from engine.view.render import render
 
 TILE = 200
-SHORT = {"deletion": "del", "insertion": "ins", "road": "ROAD", "pointing": "point"}
+SHORT = {"deletion": "del", "insertion": "ins", "road": "ROAD", "pointing": "point", "randomisation": "rand"}
 
 
 def score_text(scores: MapScores) -> str:

@@ -13,7 +13,13 @@ Metrics (``METRICS``), each a number per map:
 - ``road``: ROAD's LeRF minus MoRF mean probability: higher is better (``road_morf``
   and ``road_lerf`` are reported too);
 - ``pointing``: 1 for a hit, 0 for a miss, against the image's boxes (given in the
-  photo's pixels, scored in the model input's, with the tolerance in those pixels).
+  photo's pixels, scored in the model input's, with the tolerance in those pixels);
+- ``randomisation``: the Spearman rank correlation of the map's magnitudes with those of
+  the same method's map on a copy of the model whose every weight is re-initialised
+  (the end of Adebayo et al.'s cascade, as the sanity check computes it): lower is
+  better, a map that stays the same explains the photo, not the model. A method that
+  gives no map for the random network has changed beyond recognition: 0. The reference
+  maps ignore the model by construction: 1.
 
 A method *beats the edges* when it is better than the edge map on every perturbation
 metric scored: a map that does not only shows where the image has edges.
@@ -29,16 +35,18 @@ import torch
 from torch.nn import functional as F
 
 from engine.core.errors import MethodInputError
+from engine.attribution import randomise
 from engine.attribution.maps import map_display
 from engine.core.jobs import Frame, Progress, Result, within
 from engine.evaluation.perturbation import perturbation_curve, road_curve
 from engine.evaluation.pointing import TOLERANCE, pointing_game
 from engine.evaluation.reference_maps import REFERENCE_MAPS, reference_map
+from engine.evaluation.similarity import spearman_similarity
 
-METRICS = ("deletion", "insertion", "road", "pointing")
+METRICS = ("deletion", "insertion", "road", "pointing", "randomisation")
 DEFAULT_METRICS = ("deletion", "insertion")
 DEFAULT_METHODS = ("saliency", "smoothgrad", "integrated-gradients", "gradcam", "guided-backprop", "rise")
-LOWER_IS_BETTER = {"deletion", "road_morf"}
+LOWER_IS_BETTER = {"deletion", "road_morf", "randomisation"}
 PERTURBATION = ("deletion", "insertion", "road")
 
 
@@ -109,6 +117,7 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
     maps on ``ctx``'s image, with ``metrics``. A method that refuses the image (guided
     backprop on a network without ReLUs) is reported with its reason. After each map is
     scored a ``Frame`` shows that map, its metrics holding the report so far ("report")."""
+    from engine.methods.base import MethodContext
     from engine.methods.registry import METHODS
 
     unknown = [m for m in metrics if m not in METRICS]
@@ -122,6 +131,7 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
     unit = ctx.model.preprocessing.to_unit_tensor(image.image)
     height, width = unit.shape[-2:]
     maps: list[MapScores] = []
+    randomised = None  # the model with every weight re-initialised, made when first needed
     names = list(methods) + [reference_name(kind) for kind in REFERENCE_MAPS]
     share = 1.0 / len(names)
     for position, name in enumerate(names):
@@ -140,6 +150,17 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
                 continue
             scores = MapScores(name, False, input_map(result, height, width, name), result=result)
             display = result.display
+            if "randomisation" in metrics:
+                if randomised is None:
+                    randomised = randomise.randomised_model(ctx.model, seed)
+                on_random = MethodContext(model=randomised, image=image, cancel=ctx.cancel)
+                try:
+                    again = yield from within(_progress_only(spec.start(on_random, params)), low + 0.3 * share,
+                                              low + 0.5 * share)
+                    similarity = spearman_similarity(scores.values, input_map(again, height, width, name))
+                except MethodInputError:  # no map for the random network: nothing of the trained one's is left
+                    similarity = 0.0
+                scores.scores["randomisation"] = 0.0 if math.isnan(similarity) else similarity
         else:
             kind = name.removeprefix("reference: ")
             pixels = unit[0].permute(1, 2, 0).numpy()
@@ -147,6 +168,8 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
             display = map_display(image, scores.values, signed=False, legend=name,
                                   note=f"{name}: a map that knows nothing of the model")
             scores.result = Result(display=display, array=scores.values, target=resolved)
+            if "randomisation" in metrics:
+                scores.scores["randomisation"] = 1.0
         yield from within(_score(ctx, unit, scores, index, metrics, boxes, image, baseline, steps, seed),
                           low + 0.3 * share, low + share)
         maps.append(scores)

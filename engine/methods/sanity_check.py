@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 from engine.attribution import randomise
+from engine.evaluation.similarity import spearman_similarity, ssim_similarity
 from engine.core.errors import MethodInputError
 from engine.view.gallery import Tile, render_gallery
 from engine.core.jobs import Frame, Progress, Result
@@ -79,30 +80,6 @@ def as_map(array, method_id: str) -> np.ndarray:
         raise MethodInputError(f"{method_id} does not give a map over the image (its result has shape "
                                f"{tuple(np.shape(array)) if array is not None else 'none'}), so it cannot be sanity-checked")
     return values
-
-
-def spearman_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Rank correlation of |a| and |b|; NaN when either is constant."""
-    from scipy.stats import spearmanr  # on first use: slow to import, and listing methods needs none of it
-    x, y = np.abs(a).ravel(), np.abs(b).ravel()
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(spearmanr(x, y).statistic)
-
-
-def _unit_range(values: np.ndarray) -> np.ndarray:
-    values = np.abs(values)
-    span = float(values.max() - values.min())
-    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
-
-
-def ssim_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM of |a| and |b|, each scaled to 0..1 on its own."""
-    from skimage.metrics import structural_similarity
-    x, y = _unit_range(a), _unit_range(b)
-    window = min(7, *x.shape)
-    window -= 1 - window % 2  # odd, and no larger than the map
-    return float(structural_similarity(x, y, data_range=1.0, win_size=max(window, 3)))
 
 
 def _run_method(spec, ctx, target: int, seed: int) -> np.ndarray:
