@@ -294,3 +294,17 @@ def test_the_randomisation_score_is_the_similarity_to_the_same_method_on_a_rando
     assert by_name["saliency"].scores["randomisation"] < 0.9  # the map follows the weights
     assert all(by_name[f"reference: {kind}"].scores["randomisation"] == 1.0 for kind in ("random", "centre", "edges"))
     assert all(torch.equal(a, b) for a, b in zip(before, model.module.parameters()))  # the model itself untouched
+
+
+def test_a_comparison_s_progress_follows_the_passes_each_part_makes():
+    from engine.evaluation.report import score_image
+    from engine.methods import MethodContext
+
+    ctx = MethodContext(model=region_model(), image=striped_photo())
+    events = []
+    drive(score_image(ctx, methods=("saliency", "rise"), target=0, steps=4), on_progress=events.append)
+    fractions = [event.fraction for event in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    at = {event.message: event.fraction for event in events if event.message.endswith(": its map")}
+    # RISE's 1,000 masks are most of the run; a gradient and the reference maps a sliver each
+    assert at["rise: its map"] < 0.05 and at["reference: random: its map"] > 0.9

@@ -38,7 +38,7 @@ from engine.core.errors import MethodInputError
 from engine.attribution import randomise
 from engine.attribution.maps import map_display
 from engine.core.jobs import Frame, Progress, Result, within
-from engine.evaluation.perturbation import perturbation_curve, road_curve
+from engine.evaluation.perturbation import ROAD_FRACTIONS, perturbation_curve, road_curve
 from engine.evaluation.pointing import TOLERANCE, pointing_game
 from engine.evaluation.reference_maps import REFERENCE_MAPS, reference_map
 from engine.evaluation.similarity import spearman_similarity
@@ -133,9 +133,17 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
     maps: list[MapScores] = []
     randomised = None  # the model with every weight re-initialised, made when first needed
     names = list(methods) + [reference_name(kind) for kind in REFERENCE_MAPS]
-    share = 1.0 / len(names)
+    # Progress in proportion to the passes each part makes, so the time left follows the
+    # run: RISE's 1,000 masks are most of a default comparison, the reference maps a sliver.
+    scoring = _scoring_passes(metrics, steps)
+    making = {name: _map_passes(ctx, METHODS.get(name), index) * (2 if "randomisation" in metrics else 1)
+              for name in methods}
+    weights = [making.get(name, 0.0) + scoring for name in names]
+    starts = np.concatenate([[0.0], np.cumsum(weights)]) / sum(weights)
     for position, name in enumerate(names):
-        low = position * share
+        low, share = float(starts[position]), float(starts[position + 1] - starts[position])
+        split = making.get(name, 0.0) / weights[position]  # where making the map ends and scoring begins
+        half = split / (2 if "randomisation" in metrics else 1)
         yield Progress(low, f"{name}: its map")
         if name in methods:
             spec = METHODS.get(name)
@@ -143,7 +151,7 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
                 raise MethodInputError(f"no method '{name}'")
             params = {"target": index} if any(p.name == "target" for p in spec.params) else {}
             try:
-                result = yield from within(_progress_only(spec.start(ctx, params)), low, low + 0.3 * share)
+                result = yield from within(_progress_only(spec.start(ctx, params)), low, low + half * share)
             except MethodInputError as refusal:
                 maps.append(MapScores(name, False, np.zeros((height, width), np.float32), refused=str(refusal)))
                 yield Frame(None, step=position + 1, metrics={"report": ImageReport(image.path, resolved, list(maps))})
@@ -155,8 +163,8 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
                     randomised = randomise.randomised_model(ctx.model, seed)
                 on_random = MethodContext(model=randomised, image=image, cancel=ctx.cancel)
                 try:
-                    again = yield from within(_progress_only(spec.start(on_random, params)), low + 0.3 * share,
-                                              low + 0.5 * share)
+                    again = yield from within(_progress_only(spec.start(on_random, params)), low + half * share,
+                                              low + split * share)
                     similarity = spearman_similarity(scores.values, input_map(again, height, width, name))
                 except MethodInputError:  # no map for the random network: nothing of the trained one's is left
                     similarity = 0.0
@@ -171,12 +179,35 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
             if "randomisation" in metrics:
                 scores.scores["randomisation"] = 1.0
         yield from within(_score(ctx, unit, scores, index, metrics, boxes, image, baseline, steps, seed),
-                          low + 0.3 * share, low + share)
+                          low + split * share, low + share)
         maps.append(scores)
         # The report so far, with the map just scored: a window shows the curves as they come.
         yield Frame(display, step=position + 1, metrics={"report": ImageReport(image.path, resolved, list(maps))})
     yield Progress(1.0, "scored")
     return ImageReport(image=image.path, target=resolved, maps=maps)
+
+
+BACKWARD_PASS = 3.0  # a forward and backward pass, in inference passes
+ROAD_PASS = 12.0  # one removal's imputation and pass, in inference passes (measured: 10 s for 108 at 224 px)
+
+
+def _map_passes(ctx, spec, index: int) -> float:
+    """The inference passes a method's map costs on its defaults (``engine.methods.cost``,
+    with a backward pass as three); one where the method declares no cost."""
+    from engine.methods.cost import Machine, method_cost
+
+    if spec is None:
+        return 1.0
+    machine = Machine(input_size=tuple(ctx.model.preprocessing.to_unit_tensor(ctx.image.image).shape[-2:]),
+                      model_size=ctx.model.preprocessing.size, forward_s=1.0, backward_s=BACKWARD_PASS,
+                      shapes=dict(ctx.output_shapes()), presets=dict(ctx.model.presets))
+    cost = method_cost(spec, {"target": index} if any(p.name == "target" for p in spec.params) else {}, machine)
+    return max(1.0, cost.forwards + BACKWARD_PASS * cost.backwards) if cost is not None else 1.0
+
+
+def _scoring_passes(metrics, steps: int) -> float:
+    curves = sum(1 for metric in metrics if metric in ("deletion", "insertion")) * (steps + 1)
+    return max(1.0, curves + (2 * len(ROAD_FRACTIONS) * ROAD_PASS if "road" in metrics else 0))
 
 
 def _progress_only(job):
