@@ -125,19 +125,8 @@ def signed_map(attribution: torch.Tensor) -> np.ndarray:
 
 def colour_top(values: np.ndarray) -> float:
     """The top of a map's colour scale: the 99th percentile of |values|, else their maximum, else 1."""
-    magnitude = np.abs(values).ravel()
-    return _percentile(magnitude, PERCENTILE) or float(magnitude.max()) or 1.0
-
-
-def _percentile(flat: np.ndarray, percent: float) -> float:
-    """``np.percentile(flat, percent)`` (linear interpolation) by one partition around the two
-    ranks it reads: a tenth of the time (0.06 ms for a 224x336 map instead of 0.6), which
-    every map pays."""
-    position = (flat.size - 1) * percent / 100
-    low = int(position)
-    high = min(low + 1, flat.size - 1)
-    ranked = np.partition(flat, (low, high))
-    return float(ranked[low] + (ranked[high] - ranked[low]) * (position - low))
+    magnitude = np.abs(values)
+    return float(np.percentile(magnitude, PERCENTILE)) or float(magnitude.max()) or 1.0
 
 
 def map_display(image: LoadedImage, values: np.ndarray, *, signed: bool, legend: str, note: str,
