@@ -113,3 +113,18 @@ def window(qtbot, tmp_path, monkeypatch):
     # thread: a collection that a later window's engine thread happened to start would
     # destroy them there, and Qt aborts (gui/app.py collects on the GUI thread for the same reason).
     gc.collect()
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    """Two photos (one in a subfolder) and a file that is no picture: what a folder run meets."""
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    (folder / "cats").mkdir(parents=True)
+    shutil.copy(sample_path("chelsea"), folder / "cats" / "chelsea.png")
+    Image.open(sample_path("coffee")).resize((200, 150)).save(folder / "coffee.png")
+    (folder / "broken.jpg").write_bytes(b"not a picture")
+    return folder

@@ -4,39 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from engine.app.cli import main
-from engine.data.samples import sample_path
+from tests.test_cli import cli
 from engine.evaluation.folder import read_boxes
 from engine.core.errors import MethodInputError
 
 QUICK = ["--methods", "saliency,gradcam", "--steps", "4"]
 
 
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def photos(tmp_path):
-    folder = tmp_path / "photos"
-    (folder / "cats").mkdir(parents=True)
-    shutil.copy(sample_path("chelsea"), folder / "cats" / "chelsea.png")
-    Image.open(sample_path("coffee")).resize((200, 150)).save(folder / "coffee.png")
-    (folder / "broken.jpg").write_bytes(b"not a picture")
-    return folder
-
-
-def test_evaluate_scores_every_photo_reports_an_unreadable_one_and_writes_the_summary(capsys, photos, tmp_path):
+def test_evaluate_scores_every_photo_reports_an_unreadable_one_and_writes_the_summary(capsys, photo_folder,
+                                                                                       tmp_path):
     out = tmp_path / "scores"
-    code, stdout, err = cli(capsys, "evaluate", "--images", photos, "--out", out, *QUICK)
+    code, stdout, err = cli(capsys, "evaluate", "--images", photo_folder, "--out", out, *QUICK)
     assert code == 0, err
     line = json.loads(stdout)
     assert line["photos"] == 2 and line["unreadable"] == 1
@@ -56,25 +39,26 @@ def test_evaluate_scores_every_photo_reports_an_unreadable_one_and_writes_the_su
     assert "photos to score" in err  # progress on stderr
 
 
-def test_evaluate_resumes_where_it_stopped_and_refuses_other_settings_in_the_same_folder(capsys, photos, tmp_path):
+def test_evaluate_resumes_where_it_stopped_and_refuses_other_settings_in_the_same_folder(capsys, photo_folder, tmp_path):
     out = tmp_path / "scores"
-    assert cli(capsys, "evaluate", "--images", photos, "--out", out, *QUICK)[0] == 0
+    assert cli(capsys, "evaluate", "--images", photo_folder, "--out", out, *QUICK)[0] == 0
     first = (out / "scores.jsonl").read_text().splitlines()
     kept = [text for text in first if "broken" in text]  # as if the run had stopped while writing chelsea's line
     (out / "scores.jsonl").write_text("\n".join(kept) + "\n" + '{"image": "cats/chel')
-    code, stdout, err = cli(capsys, "evaluate", "--images", photos, "--out", out, *QUICK)
+    code, stdout, err = cli(capsys, "evaluate", "--images", photo_folder, "--out", out, *QUICK)
     assert code == 0, err
     assert "2 of 3 photos to score (1 scored before)" in err
     assert json.loads(stdout)["photos"] == 2
-    code, _, err = cli(capsys, "evaluate", "--images", photos, "--out", out, "--methods", "saliency", "--steps", "4")
+    code, _, err = cli(capsys, "evaluate", "--images", photo_folder, "--out", out, "--methods", "saliency",
+                       "--steps", "4")
     assert code == 2 and "other settings" in err
 
 
-def test_the_pointing_game_reads_boxes_in_the_photos_pixels(capsys, photos, tmp_path):
+def test_the_pointing_game_reads_boxes_in_the_photos_pixels(capsys, photo_folder, tmp_path):
     boxes = tmp_path / "boxes.csv"
     boxes.write_text("image,x0,y0,x1,y1\nchelsea.png,20,0,400,300\n")  # the cat, which fills most of the photo
     out = tmp_path / "scores"
-    code, stdout, err = cli(capsys, "evaluate", "--images", photos, "--out", out, "--methods", "gradcam",
+    code, stdout, err = cli(capsys, "evaluate", "--images", photo_folder, "--out", out, "--methods", "gradcam",
                             "--metrics", "pointing", "--boxes", boxes)
     assert code == 0, err
     lines = {json.loads(t)["image"]: json.loads(t) for t in (out / "scores.jsonl").read_text().splitlines()}
@@ -96,12 +80,12 @@ def test_a_bad_boxes_file_is_refused_with_the_line_and_the_reason(tmp_path, text
         read_boxes(path)
 
 
-def test_evaluate_refuses_unknown_methods_metrics_and_a_pointing_game_without_boxes(capsys, photos, tmp_path):
-    code, _, err = cli(capsys, "evaluate", "--images", photos, "--out", tmp_path / "a", "--methods", "magic")
+def test_evaluate_refuses_unknown_methods_metrics_and_a_pointing_game_without_boxes(capsys, photo_folder, tmp_path):
+    code, _, err = cli(capsys, "evaluate", "--images", photo_folder, "--out", tmp_path / "a", "--methods", "magic")
     assert code == 2 and "no method magic" in err
-    code, _, err = cli(capsys, "evaluate", "--images", photos, "--out", tmp_path / "b", "--metrics", "beauty")
+    code, _, err = cli(capsys, "evaluate", "--images", photo_folder, "--out", tmp_path / "b", "--metrics", "beauty")
     assert code == 2 and "no metric beauty" in err
-    code, _, err = cli(capsys, "evaluate", "--images", photos, "--out", tmp_path / "c", "--metrics", "pointing")
+    code, _, err = cli(capsys, "evaluate", "--images", photo_folder, "--out", tmp_path / "c", "--metrics", "pointing")
     assert code == 2 and "needs a boxes file" in err
     code, _, err = cli(capsys, "evaluate", "--images", tmp_path / "nowhere", "--out", tmp_path / "d")
     assert code == 2 and "no such folder" in err

@@ -266,11 +266,8 @@ def _bind_flags(args):
 
 
 def _run_method(args, spec, params, seed, fps) -> int:
-    import torch
-
     from engine.app.session import Session
     from engine.core.jobs import CancelToken, Stopwatch, drive
-    from engine.models.registry import BUNDLED_MODEL
 
     outputs = {"picture": args.out, "array": args.save_array, "animation": getattr(args, "animation", None)}
     if args.images or args.out_dir:
@@ -278,11 +275,7 @@ def _run_method(args, spec, params, seed, fps) -> int:
     session = Session(device=args.device)
     with _outputs_named_by_flag(session, outputs):
         session.check_outputs(**outputs, overwrite=args.overwrite)  # before the run, not after it
-    info = session.load_model(args.model or BUNDLED_MODEL, weights_path=args.weights, trust=args.trust,
-                              progress=_print_download_progress)
-    _print_notes(info.notes)
-    if seed is not None:
-        torch.manual_seed(seed)
+    _load_into(session, args, seed)
     if args.image:
         session.open_image(args.image)
     if spec.needs_image and session.image is None:
@@ -312,13 +305,38 @@ def _run_method(args, spec, params, seed, fps) -> int:
     return 0
 
 
-def _run_on_folder(args, spec, params, seed, outputs) -> int:
+def _load_into(session, args, seed) -> None:
+    """The model the flags name, into ``session``, its notes on stderr; then torch's seed."""
     import torch
 
+    from engine.models.registry import BUNDLED_MODEL
+
+    info = session.load_model(args.model or BUNDLED_MODEL, weights_path=args.weights, trust=args.trust,
+                              progress=_print_download_progress)
+    _print_notes(info.notes)
+    if seed is not None:
+        torch.manual_seed(seed)
+
+
+def _progress_printer():
+    """A progress callback for a long job over a folder: one line on stderr, rewritten, with the time left."""
+    from engine.core.eta import Eta, duration_text
+
+    eta = Eta()
+
+    def show(progress) -> None:
+        eta.update(progress.fraction)
+        left = eta.seconds_left()
+        print(f"\r{progress.fraction:4.0%} {progress.message}" + (f", {duration_text(left)} left" if left else "")
+              + "\033[K", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _run_on_folder(args, spec, params, seed, outputs) -> int:
     from engine.app.folder_run import run_on_folder
     from engine.app.session import Session
     from engine.core.jobs import CancelToken, drive
-    from engine.models.registry import BUNDLED_MODEL
 
     if not (args.images and args.out_dir):
         raise ConvScopeError("--images and --out-dir go together: the folder of photos, and the folder their "
@@ -330,17 +348,9 @@ def _run_on_folder(args, spec, params, seed, outputs) -> int:
         raise ConvScopeError(f"{', '.join(named)} name one photo's files; with --images each photo's picture goes "
                              f"to --out-dir")
     session = Session(device=args.device)
-    info = session.load_model(args.model or BUNDLED_MODEL, weights_path=args.weights, trust=args.trust,
-                              progress=_print_download_progress)
-    _print_notes(info.notes)
-    if seed is not None:
-        torch.manual_seed(seed)
-
-    def show(progress) -> None:
-        print(f"\r{progress.fraction:4.0%} {progress.message}\033[K", end="", file=sys.stderr, flush=True)
-
+    _load_into(session, args, seed)
     run = drive(run_on_folder(session, spec.id, params, args.images, args.out_dir, CancelToken(),
-                              annotated=ANNOTATE.coerce(args.annotate)), on_progress=show)
+                              annotated=ANNOTATE.coerce(args.annotate)), on_progress=_progress_printer())
     print(file=sys.stderr)
     for name, why in run.failed:
         print(f"skipped {name}: {why}", file=sys.stderr)
@@ -351,7 +361,6 @@ def _run_on_folder(args, spec, params, seed, outputs) -> int:
 
 
 def _evaluate(args) -> int:
-    from engine.core.eta import Eta, duration_text
     from engine.core.jobs import CancelToken, drive
     from engine.evaluation.folder import REPORT, SUMMARY, evaluate_folder
     from engine.methods import METHODS
@@ -364,16 +373,8 @@ def _evaluate(args) -> int:
     metrics = _listed(args.metrics, report.DEFAULT_METRICS)
     steps = STEPS.coerce(args.steps) if args.steps is not None else STEPS.default
     model = _load_model(args)
-    eta = Eta()
-
-    def show(progress) -> None:
-        eta.update(progress.fraction)
-        left = eta.seconds_left()
-        print(f"\r{progress.fraction:4.0%} {progress.message}" + (f", {duration_text(left)} left" if left else "")
-              + "\033[K", end="", file=sys.stderr, flush=True)
-
     summary = drive(evaluate_folder(model, args.images, args.out, methods, metrics, args.boxes, args.target,
-                                    args.baseline, steps, CancelToken()), on_progress=show)
+                                    args.baseline, steps, CancelToken()), on_progress=_progress_printer())
     print(file=sys.stderr)
     out = Path(args.out)
     print(json.dumps({"photos": summary["photos"], "unreadable": len(summary["unreadable"]),

@@ -35,7 +35,8 @@ from engine.core.errors import ImageLoadError, MethodInputError
 from engine.core.jobs import CancelToken, Progress, within
 from engine.data.datasets import open_dataset
 from engine.data.images import load_image, save_png, write_atomically
-from engine.evaluation.report import DEFAULT_METHODS, DEFAULT_METRICS, METRICS, ImageReport, score_image, summarise
+from engine.evaluation.report import (DEFAULT_METHODS, DEFAULT_METRICS, ImageReport, check_metrics, score_image,
+                                      summarise)
 from engine.view.plots import line_plot_picture
 
 SETTINGS, SCORES, SCORES_CSV, SUMMARY, SUMMARY_CSV, REPORT = (
@@ -87,9 +88,7 @@ def evaluate_folder(model, folder, out_dir, methods=DEFAULT_METHODS, metrics=DEF
     module); returns what ``summary.json`` holds, over every photo scored so far."""
     cancel = cancel or CancelToken()
     methods, metrics = tuple(methods), tuple(metrics)
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise MethodInputError(f"no metric {', '.join(unknown)}: there are {', '.join(METRICS)}")
+    check_metrics(metrics)  # before the folder is listed
     dataset = open_dataset(folder)
     boxes = read_boxes(boxes_file) if boxes_file else {}
     if "pointing" in metrics and not boxes:

@@ -136,12 +136,10 @@ def imputation_system(missing: np.ndarray) -> tuple[sparse.csr_matrix, sparse.cs
     b_rows, b_cols, b_vals = [], [], []
     offsets = [(dy, dx, SIDE if dy == 0 or dx == 0 else CORNER)
                for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
-    total = np.zeros(where.size)
-    for dy, dx, weight in offsets:
-        inside = (rows + dy >= 0) & (rows + dy < height) & (cols + dx >= 0) & (cols + dx < width)
-        total += weight * inside
-    for dy, dx, weight in offsets:
-        inside = (rows + dy >= 0) & (rows + dy < height) & (cols + dx >= 0) & (cols + dx < width)
+    insides = [(rows + dy >= 0) & (rows + dy < height) & (cols + dx >= 0) & (cols + dx < width)
+               for dy, dx, _weight in offsets]
+    total = sum(weight * inside for (_dy, _dx, weight), inside in zip(offsets, insides))
+    for (dy, dx, weight), inside in zip(offsets, insides):
         neighbour = (rows + dy) * width + (cols + dx)
         share = weight / total
         at = np.flatnonzero(inside)

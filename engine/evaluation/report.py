@@ -85,6 +85,13 @@ class ImageReport:
                    for m in compared)
 
 
+def check_metrics(metrics) -> None:
+    """Refuse a metric there is none of, naming those there are."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise MethodInputError(f"no metric {', '.join(unknown)}: there are {', '.join(METRICS)}")
+
+
 def reference_name(kind: str) -> str:
     return f"reference: {kind}"
 
@@ -120,9 +127,7 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
     from engine.methods.base import MethodContext
     from engine.methods.registry import METHODS
 
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise MethodInputError(f"no metric {', '.join(unknown)}: there are {', '.join(METRICS)}")
+    check_metrics(metrics)
     if "pointing" in metrics and not boxes:
         raise MethodInputError("the pointing game needs boxes around the object in this image")
     image = ctx.require_image()
@@ -136,14 +141,14 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
     # Progress in proportion to the passes each part makes, so the time left follows the
     # run: RISE's 1,000 masks are most of a default comparison, the reference maps a sliver.
     scoring = _scoring_passes(metrics, steps)
-    making = {name: _map_passes(ctx, METHODS.get(name), index) * (2 if "randomisation" in metrics else 1)
-              for name in methods}
+    runs = 2 if "randomisation" in metrics else 1  # the randomised model's map as well
+    making = {name: _map_passes(ctx, METHODS.get(name), index, (height, width)) * runs for name in methods}
     weights = [making.get(name, 0.0) + scoring for name in names]
     starts = np.concatenate([[0.0], np.cumsum(weights)]) / sum(weights)
     for position, name in enumerate(names):
         low, share = float(starts[position]), float(starts[position + 1] - starts[position])
         split = making.get(name, 0.0) / weights[position]  # where making the map ends and scoring begins
-        half = split / (2 if "randomisation" in metrics else 1)
+        half = split / runs
         yield Progress(low, f"{name}: its map")
         if name in methods:
             spec = METHODS.get(name)
@@ -191,14 +196,14 @@ BACKWARD_PASS = 3.0  # a forward and backward pass, in inference passes
 ROAD_PASS = 12.0  # one removal's imputation and pass, in inference passes (measured: 10 s for 108 at 224 px)
 
 
-def _map_passes(ctx, spec, index: int) -> float:
-    """The inference passes a method's map costs on its defaults (``engine.methods.cost``,
-    with a backward pass as three); one where the method declares no cost."""
+def _map_passes(ctx, spec, index: int, input_size: tuple[int, int]) -> float:
+    """The inference passes a method's map costs on its defaults at ``input_size`` (H, W)
+    (``engine.methods.cost``, with a backward pass as three); one where the method declares no cost."""
     from engine.methods.cost import Machine, method_cost
 
     if spec is None:
         return 1.0
-    machine = Machine(input_size=tuple(ctx.model.preprocessing.to_unit_tensor(ctx.image.image).shape[-2:]),
+    machine = Machine(input_size=input_size,
                       model_size=ctx.model.preprocessing.size, forward_s=1.0, backward_s=BACKWARD_PASS,
                       shapes=dict(ctx.output_shapes()), presets=dict(ctx.model.presets))
     cost = method_cost(spec, {"target": index} if any(p.name == "target" for p in spec.params) else {}, machine)
