@@ -8,6 +8,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from engine.anatomy.hooks import first_tensor
 from engine.attribution.maps import colour_top, map_display
 from engine.core.errors import JobCancelled, MethodInputError
 from engine.attribution.gradients import class_score, gradient_network, score_gradient, unit_score
@@ -206,23 +207,35 @@ def test_integrated_gradients_are_complete():
         [f"{n} of 256 steps" for n in (64, 128, 192, 256)]
 
 
-def test_integrated_gradients_take_the_image_score_from_its_shown_predictions():
-    # The window computes a photo's features when it opens it; the completeness check then
-    # runs only the baseline, and its figures are those of a run without them.
+def test_integrated_gradients_take_known_scores_instead_of_running_the_image_and_baseline_again():
+    # The window computes a photo's features when it opens it, and a flat baseline is the same
+    # picture for every photo of a size: after a first run only the steps take passes, and
+    # the figures are those of a run that computed everything.
     model, image = tiny()
-    fresh, _ = run("integrated-gradients", MethodContext(model=model, image=image), target=2, steps=8)
-    ctx = MethodContext(model=model, image=image)
-    ctx.image_features()
-    calls = []
     network = gradient_network(model, unit_input(model, image))  # the fast copy, which the method runs
+    calls = []
     hook = network.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
     try:
+        fresh, _ = run("integrated-gradients", MethodContext(model=model, image=image), target=2, steps=8, batch=8)
+        assert calls == [1, 1, 8]  # the image, the baseline, then the eight steps
+        ctx = MethodContext(model=model, image=image)
+        ctx.image_features()
+        calls.clear()
         known, _ = run("integrated-gradients", ctx, target=2, steps=8, batch=8)
+        assert calls == [8]
+        calls.clear()
+        run("integrated-gradients", ctx, target=2, steps=8, batch=8, baseline="blur")
+        assert calls == [1, 8]  # a blurred photo is this photo's own
     finally:
         hook.remove()
-    assert calls == [1, 8]  # the baseline alone, then the eight steps
     for key in ("score", "baseline_score", "attribution_sum", "completeness_gap"):
         assert known.metrics[key] == pytest.approx(fresh.metrics[key], rel=1e-5, abs=1e-7)
+    with torch.no_grad():
+        list(model.module.parameters())[-1].add_(1.0)  # new weights in place (the head's bias): the kept logits go
+        black = first_tensor(model.module(model.preprocessing.normalise(torch.zeros(1, 3, SIZE, SIZE))))[0, 2]
+    again, _ = run("integrated-gradients", ctx, target=2, steps=8, batch=8)
+    assert again.metrics["baseline_score"] == pytest.approx(float(black), rel=1e-4, abs=1e-6)
+    assert again.metrics["baseline_score"] != pytest.approx(fresh.metrics["baseline_score"], rel=1e-3)
 
 
 def test_the_colour_scale_tops_out_at_the_99th_percentile_else_the_maximum_else_one():

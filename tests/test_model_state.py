@@ -195,6 +195,30 @@ def test_a_model_moved_to_another_device_gets_no_stale_copy():
     assert all(p.device.type == "meta" for p in moved.parameters())
 
 
+def test_a_model_with_nothing_to_fold_runs_itself_without_a_weights_check_or_a_sample(monkeypatch):
+    versions = counting(monkeypatch, "weights_version")
+    builds = counting(monkeypatch, "build_fast_copy")
+    norm_net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.GELU(), nn.Flatten(), nn.LazyLinear(4))
+    norm_net(torch.zeros(1, 3, 12, 12))
+    model = loaded(norm_net.eval().requires_grad_(False))
+    samples = []
+
+    def sample():
+        samples.append(1)
+        return torch.randn(1, 3, 12, 12)
+
+    for _ in range(3):
+        assert model.state.gradient_network(sample) is model.module
+        assert model.state.fast_copy(sample) is model.module
+    assert not model.state.could_fold
+    assert versions == builds == samples == []  # a GELU and a group norm: no copy could differ, whatever the weights
+    folding = loaded(trained(ConvNormNet()))
+    assert folding.state.could_fold
+    assert folding.state.gradient_network(sample) is not folding.module and len(samples) == 2  # built, then its backward tried
+    assert folding.state.gradient_network(sample) is not folding.module and len(samples) == 2  # kept: no sample made
+    assert len(builds) == 1 and len(versions) == 2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_model_moved_to_the_gpu_and_back_gets_a_copy_where_it_is():
     model = loaded(trained(ConvNormNet()))

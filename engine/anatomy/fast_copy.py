@@ -41,6 +41,7 @@ model's weights change.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -65,15 +66,27 @@ class FastCopy:
     folded: frozenset[str]
 
 
-def weights_version(module: nn.Module) -> tuple:
-    """Changes whenever any parameter or buffer of ``module`` does: written in place (loading
-    other weights, the sanity check's randomisation), replaced, or moved to another device
-    or dtype (``module.to`` swaps a parameter's data but keeps the object)."""
-    # One walk over the modules, reading their own tensors: ``parameters()`` and
-    # ``buffers()`` walk twice and build a name for each (3x slower; asked on every pass).
-    return tuple((id(t), t._version, t.data_ptr(), t.device, t.dtype)
-                 for sub in module.modules() for t in (*sub._parameters.values(), *sub._buffers.values())
+def weights_version(modules: Iterable[nn.Module]) -> tuple:
+    """Changes whenever any parameter or buffer of ``modules`` (a model's ``modules()``)
+    does: written in place (loading other weights, the sanity check's randomisation),
+    replaced, or moved to another device or dtype (``module.to`` swaps a parameter's data
+    but keeps the object; the new data is allocated while the old is alive, so its address
+    differs)."""
+    # Each module's own tensors, read from its dictionaries: ``parameters()`` and
+    # ``buffers()`` walk the tree twice and build a name for each (3x slower; asked on every pass).
+    return tuple((id(t), t._version, t.data_ptr(), t.device)
+                 for sub in modules for tensors in (sub._parameters, sub._buffers) for t in tensors.values()
                  if t is not None)
+
+
+def could_fold(module: nn.Module) -> bool:
+    """Whether a fast copy of ``module`` could differ from it at all: it has a batch norm to
+    fold or an activation to run in place. Read from the module tree alone, so a caller that
+    treats the tree as fixed (``ModelState``) asks once, and a model without either (ConvNeXt,
+    EdgeNeXt, transformers: layer norms and GELUs) pays no weights check on later passes."""
+    return any(isinstance(part, nn.BatchNorm2d)
+               or (isinstance(part, INPLACE_ACTIVATIONS) and getattr(part, "inplace", None) is False)
+               for part in module.modules())
 
 
 def can_have_fast_copy(module: nn.Module) -> bool:

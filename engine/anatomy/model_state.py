@@ -26,8 +26,10 @@ The fast copy depends on the weights: it is rebuilt when any parameter or buffer
 (``fast_copy.weights_version``: other weights loaded into the same module, the sanity
 check's randomisation, a move to another device or dtype). The networks with ReLU
 modules share their weights with the network they were made from, but a move to another
-device replaces a buffer object, so they follow the same version. Everything else
-depends on the architecture and the code only, so it stays.
+device replaces a buffer object, so they follow the same version. A model with nothing
+to fold or run in place (``fast_copy.could_fold``: no batch norm, no activation module)
+has no copy whatever its weights, and skips that check. Everything else depends on the
+architecture and the code only, so it stays.
 
 Thread safety: the GUI thread (the layer tree) and the engine thread (a method) may ask at
 the same moment. Each named thing has its own lock (one per key, made under a short
@@ -54,7 +56,7 @@ import torch
 from torch import nn
 
 from engine.anatomy.hooks import first_tensor
-from engine.anatomy.fast_copy import FastCopy, backward_works, build_fast_copy, weights_version
+from engine.anatomy.fast_copy import FastCopy, backward_works, build_fast_copy, could_fold, weights_version
 from engine.anatomy.layer_choice import depth_presets, read_tokens, score_layer
 from engine.anatomy.layouts import MAP, TOKENS, MapLayout, find_layouts, registers_of
 from engine.anatomy.layers import penultimate_layer
@@ -102,6 +104,14 @@ class ActivationBytes:
     largest: int  # the largest of them: what an inference pass holds at its peak, a few times over
 
 
+# A normalised input batch, or what makes one: a pass that needs no new fast copy never makes it.
+Sample = torch.Tensor | Callable[[], torch.Tensor]
+
+
+def _made(sample: Sample) -> torch.Tensor:
+    return sample if isinstance(sample, torch.Tensor) else sample()
+
+
 @dataclass
 class _FastCopyRecord:
     version: tuple  # fast_copy.weights_version of the model the copy was built from
@@ -146,6 +156,21 @@ class ModelState:
     def scripted(self) -> bool:
         """Whether the model holds TorchScript, which takes neither hooks nor copies."""
         return self._once("scripted", lambda: has_script_modules(self.module))
+
+    @property
+    def could_fold(self) -> bool:
+        """Whether the model has anything a fast copy would change (``fast_copy.could_fold``)."""
+        return self._once("could fold", lambda: could_fold(self.module))
+
+    def weights_version(self) -> tuple:
+        """``fast_copy.weights_version`` of the model, over its modules listed once (the tree
+        is fixed; the tensors they hold are read each time)."""
+        return weights_version(self._once("modules", lambda: tuple(self.module.modules())))
+
+    def for_these_weights(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, kept until any of the model's weights change (``weights_version``):
+        what depends on the weights as well as the architecture, as a flat picture's logits."""
+        return self._once(("weights", self.weights_version(), key), compute)
 
     def _forget_oldest(self) -> None:
         finished = [key for key, slot in self._slots.items() if slot.done and isinstance(key, tuple)]
@@ -255,31 +280,31 @@ class ModelState:
             depth_presets(self.module, self.layouts(), self.score_layer())))
 
     # -- the fast copy ----------------------------------------------------------------------
-    def _usable_copy(self, sample: torch.Tensor, layer: str | None) -> _FastCopyRecord | None:
+    def _usable_copy(self, sample: Sample, layer: str | None) -> _FastCopyRecord | None:
         """The record of the fast copy for the current weights, built on ``sample`` if there is
         none yet; None where the model itself must run (no copy, or ``layer`` was folded)."""
-        if self.module.training or self.scripted:  # ``can_have_fast_copy``, without walking the modules each pass
+        if self.module.training or self.scripted or not self.could_fold:  # without walking the modules each pass
             return None
-        version = weights_version(self.module)
+        version = self.weights_version()
         with self._fast_lock:
             if self._fast is None or self._fast.version != version:
-                self._fast = _FastCopyRecord(version, build_fast_copy(self.module, sample))
+                self._fast = _FastCopyRecord(version, build_fast_copy(self.module, _made(sample)))
             record = self._fast
         if record.copy is None or (layer is not None and layer in record.copy.folded):
             return None
         return record
 
-    def fast_copy(self, sample: torch.Tensor, layer: str | None = None) -> nn.Module:
+    def fast_copy(self, sample: Sample, layer: str | None = None) -> nn.Module:
         """The network to run for outputs only: the fast copy, or the model itself when it has
         none, or when ``layer`` (whose output the caller reads) is a convolution the copy
         folded its normalisation into.
 
-        ``sample`` (a normalised input batch) is what a new copy is built and checked on;
-        the copy stays until the weights change."""
+        ``sample`` (a normalised input batch, or what makes one: made only when needed) is
+        what a new copy is built and checked on; the copy stays until the weights change."""
         record = self._usable_copy(sample, layer)
         return self.module if record is None else record.copy.module
 
-    def gradient_network(self, sample: torch.Tensor, layer: str | None = None) -> nn.Module:
+    def gradient_network(self, sample: Sample, layer: str | None = None) -> nn.Module:
         """The network to take input gradients through: the fast copy where a backward pass
         through it works (tried once per copy, on ``sample``), else the model itself."""
         record = self._usable_copy(sample, layer)
@@ -287,7 +312,7 @@ class ModelState:
             return self.module
         with record.backward_lock:
             if record.backward_works is None:
-                record.backward_works = backward_works(record.copy.module, sample)
+                record.backward_works = backward_works(record.copy.module, _made(sample))
         return record.copy.module if record.backward_works else self.module
 
     # -- channels-last layout ---------------------------------------------------------------
@@ -338,7 +363,7 @@ class ModelState:
 
         return self._once("functional relus", find)
 
-    def relu_module_network(self, sample: torch.Tensor, layer: str | None = None) -> tuple[nn.Module, int]:
+    def relu_module_network(self, sample: Sample, layer: str | None = None) -> tuple[nn.Module, int]:
         """``gradient_network(sample, layer)`` with every ReLU it applies as a function made a
         ReLU module (``engine.anatomy.relus.with_relu_modules``: a twin sharing its weights),
         and how many were; the network itself, and 0, when it applies none.
@@ -346,13 +371,14 @@ class ModelState:
         Made once per network it is made from and weights version. Raises
         ``ReluRewriteError`` when torch.fx cannot rewrite a module (not kept: the next
         asker tries again)."""
+        sample = _made(sample)
         base = self.gradient_network(sample, layer)
         if self.scripted:
             return base, 0  # compiled code: neither its calls nor its ReLUs can be reached
         calls = self.functional_relus(sample)
         if not calls:
             return base, 0
-        version = weights_version(self.module)
+        version = self.weights_version()
         with self._relu_lock:
             kept_version, networks = self._relu_networks
             if kept_version != version:

@@ -26,3 +26,8 @@ def baseline_image(unit: torch.Tensor, kind: str, allowed: tuple[str, ...] = BAS
     if kind == "blur":
         return gaussian_blur(unit, BLUR_FRACTION * min(unit.shape[-2:]))
     return torch.full_like(unit, _FLAT[kind])
+
+
+def is_flat(kind: str) -> bool:
+    """Whether baseline ``kind`` is one colour: the same picture for every photo of a size."""
+    return kind in _FLAT

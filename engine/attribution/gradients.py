@@ -91,7 +91,7 @@ def gradient_network(model: LoadedModel, pixels: torch.Tensor, layer: str | None
     ``pixels`` is a sample input (0..1); the copy is made and checked on its first image.
     ``layer`` is the layer whose output the caller reads, if any.
     """
-    return model.state.gradient_network(gradient_sample(model, pixels), layer=layer)
+    return model.state.gradient_network(lambda: gradient_sample(model, pixels), layer=layer)
 
 
 def run_score(model: LoadedModel, pixels: torch.Tensor, score: Score, module: nn.Module | None = None) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 
 from engine.attribution.maps import accumulate_gradients, automatic_batch, map_display, map_metrics, refuse_blank, signed_map
 from engine.core.errors import MethodInputError
+from engine.anatomy.hooks import first_tensor
 from engine.attribution.gradients import class_score, gradient_network, run_score
 from engine.core.jobs import Progress, Result, within
 from engine.attribution import baselines
@@ -42,6 +43,19 @@ def baseline_image(unit: torch.Tensor, kind: str) -> torch.Tensor:
         return baselines.baseline_image(unit, kind, BASELINES)
     except ValueError as error:
         raise MethodInputError(str(error)) from None
+
+
+def baseline_logits(model, network, start: torch.Tensor, kind: str) -> torch.Tensor:
+    """The baseline's logits (a vector): a flat baseline is the same picture for every photo
+    of a size, so its logits are kept with the model until its weights change."""
+    def compute() -> torch.Tensor:
+        with torch.no_grad():
+            normalised = model.preprocessing.normalise(start)
+            return first_tensor(model.state.run_in_fast_layout(network, normalised))[0].float().cpu()
+
+    if not baselines.is_flat(kind):
+        return compute()
+    return model.state.for_these_weights(("flat baseline logits", kind, tuple(start.shape), str(start.device)), compute)
 
 
 def gauss_legendre(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,14 +85,14 @@ def run(ctx, p):
     yield Progress(0.0, f"{steps} steps from a {baseline} baseline, {batch} per pass")
     network = gradient_network(ctx.model, unit)
     # The image's score is on hand when its predictions were shown (the window shows them
-    # on opening it): then only the baseline takes a forward pass.
+    # on opening it), and a flat baseline's once the model has seen it at this size.
     known = ctx.features.peek(ctx.model, image)
-    with torch.no_grad():
-        if known is None:
-            image_score, baseline_score = (float(s) for s in run_score(ctx.model, torch.cat([unit, start]), score, network))
-        else:
-            image_score = float(known.logits[0, resolved["index"]])
-            baseline_score = float(run_score(ctx.model, start, score, network)[0])
+    if known is None:
+        with torch.no_grad():
+            image_score = float(run_score(ctx.model, unit, score, network)[0])
+    else:
+        image_score = float(known.logits[0, resolved["index"]])
+    baseline_score = float(baseline_logits(ctx.model, network, start, baseline)[resolved["index"]])
     integral, _ = yield from within(
         accumulate_gradients(ctx.model, network, on_path, weights, score, batch, ctx.cancel, "steps"), 0.02, 1.0)
     attribution = path * integral
