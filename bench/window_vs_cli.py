@@ -47,7 +47,9 @@ CASES = (
     ("dream", "dream", {"steps": 10}, "its defaults: 10 steps per octave, 3 octaves"),
     ("smoothgrad", "smoothgrad", {"samples": 10}, "10 samples"),
     ("integrated-gradients", "integrated-gradients", {"steps": 16}, "16 steps"),
+    ("rise", "rise", {"masks": 250}, "250 masks (a quarter of its default)"),
 )
+ONLY = os.environ.get("BENCH_CASES")  # a comma-separated subset of the rows' names: one method's check
 
 
 def _flags(values: dict) -> list[str]:
@@ -119,6 +121,8 @@ def run() -> list[Row]:
 
     rows = []
     for name, method_id, values, note in CASES:
+        if ONLY and name not in ONLY.split(","):
+            continue
         window_seconds(method_id, values)  # warm-up: first-use costs (a layer's trace, a fast copy) on neither side
         ours, reference, same = [], [], True
         for _ in range(REPEATS):
