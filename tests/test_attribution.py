@@ -213,21 +213,25 @@ def test_integrated_gradients_take_known_scores_instead_of_running_the_image_and
     # the figures are those of a run that computed everything.
     model, image = tiny()
     network = gradient_network(model, unit_input(model, image))  # the fast copy, which the method runs
+    assert network is not model.module
     calls = []
-    hook = network.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    hooks = [net.register_forward_pre_hook(lambda module, args, name=name: calls.append((name, args[0].shape[0])))
+             for name, net in (("model", model.module), ("copy", network))]
     try:
         fresh, _ = run("integrated-gradients", MethodContext(model=model, image=image), target=2, steps=8, batch=8)
-        assert calls == [1, 1, 8]  # the image, the baseline, then the eight steps
+        # The image's prediction (the model itself, as the window predicts), the baseline, the eight steps.
+        assert calls == [("model", 1), ("copy", 1), ("copy", 8)]
         ctx = MethodContext(model=model, image=image)
         ctx.image_features()
         calls.clear()
         known, _ = run("integrated-gradients", ctx, target=2, steps=8, batch=8)
-        assert calls == [8]
+        assert calls == [("copy", 8)]
         calls.clear()
         run("integrated-gradients", ctx, target=2, steps=8, batch=8, baseline="blur")
-        assert calls == [1, 8]  # a blurred photo is this photo's own
+        assert calls == [("copy", 1), ("copy", 8)]  # a blurred photo is this photo's own
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     for key in ("score", "baseline_score", "attribution_sum", "completeness_gap"):
         assert known.metrics[key] == pytest.approx(fresh.metrics[key], rel=1e-5, abs=1e-7)
     with torch.no_grad():

@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 from PIL import Image
 
+from engine.app.folder_run import run_on_folder
+from engine.app.session import Session
+from engine.core.jobs import drive
+from tests.conftest import make_tiny_model
 from tests.test_cli import cli
 
 
@@ -41,3 +46,45 @@ def test_a_folder_run_says_which_flags_go_together(capsys, photo_folder, tmp_pat
     assert code == 2 and "--out name one photo's files" in err
     code, _, err = cli(capsys, "run", "saliency", "--images", tmp_path / "none", "--out-dir", tmp_path / "o")
     assert code == 2 and "no such folder" in err
+
+
+def tiny_session() -> Session:
+    session = Session()
+    session.model = make_tiny_model(size=16)
+    return session
+
+
+def test_photos_are_predicted_a_group_to_a_pass_and_each_map_uses_its_own_class(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for number in range(5):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"square{number}.png")
+    Image.fromarray(rng.integers(0, 255, (16, 32, 3), dtype=np.uint8)).save(folder / "wide.png")
+    session = tiny_session()
+    session.model.state.gradient_network(torch.zeros(1, 3, 16, 16))  # built and checked (a pass of the model) beforehand
+    batches = []
+    hook = session.model.module.register_forward_pre_hook(lambda module, args: batches.append(tuple(args[0].shape)))
+    try:
+        run = drive(run_on_folder(session, "saliency", {}, folder, tmp_path / "out"))
+    finally:
+        hook.remove()
+    assert len(run.done) == 6
+    # One pass for the five squares, one for the wide photo; then each photo's gradient (the fast copy's).
+    assert sorted(batches) == [(1, 3, 16, 32), (5, 3, 16, 16)]
+    for name in run.done:
+        sidecar = json.loads((tmp_path / "out" / name).with_suffix(".json").read_text())
+        alone = Session()
+        alone.model = session.model
+        alone.open_image(str(folder / name))
+        assert sidecar["target"]["index"] == alone.top5()[0][0]  # the class the window shows for the photo
+
+
+def test_a_picture_that_cannot_be_written_fails_its_photo_only(tmp_path, photo_folder):
+    out = tmp_path / "out"
+    (out / "coffee.png").mkdir(parents=True)  # a folder where coffee's picture goes
+    run = drive(run_on_folder(tiny_session(), "saliency", {}, photo_folder, out))
+    assert run.done == ["cats/chelsea.png"]
+    failed = dict(run.failed)
+    assert "coffee.png" in failed and "folder" in failed["coffee.png"] and "broken.jpg" in failed
+    assert (out / "cats" / "chelsea.png").is_file() and not (out / "coffee.json").exists()

@@ -12,8 +12,15 @@ as File > Export writes one picture. Then:
 - ``OUT/contact-sheet.png`` shows every picture of the folder, captioned with its photo's
   name, and ``OUT/folder-run.json`` says what was done, skipped and failed, and why.
 
-Photos run one after another: each method's job already batches what it computes (masks,
-steps, samples) for the one photo.
+Photos are read in groups of ``PREDICT_BATCH``, and each group's predictions, from which
+a method picks a photo's class, are made in one pass per input size (1.4x the throughput
+of one photo a pass). The methods then run one photo after another: each job already
+batches what it computes (masks, steps, samples) for its photo.
+
+Each PNG is encoded on the same thread, between two photos' methods. On a thread of its
+own it would overlap the next method, but on two cores it takes a core from torch's
+two threads, and the method's pass then slowed from 39 to 89 ms (saliency, bundled model):
+the folder ran no faster.
 """
 
 from __future__ import annotations
@@ -25,10 +32,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from engine.anatomy.activations import PREDICT_BATCH, predict
 from engine.core.errors import ConvScopeError
 from engine.core.jobs import CancelToken, Progress, within
 from engine.data.datasets import open_dataset
-from engine.data.images import save_png, write_atomically
+from engine.data.images import load_image, save_png, write_atomically
 from engine.view.export import sidecar_path_for
 from engine.view.gallery import Tile, render_gallery
 
@@ -62,35 +70,64 @@ def run_on_folder(session, method_id: str, values: dict, folder, out_dir, cancel
     model loaded), exporting into ``out_dir``; returns the ``FolderRun``."""
     cancel = cancel or CancelToken()
     dataset = open_dataset(folder)
+    items = list(dataset)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = FolderRun(method_id)
-    names = [Path(item.path).relative_to(dataset.root).as_posix() for item in dataset]
+    names = [Path(item.path).relative_to(dataset.root).as_posix() for item in items]
     yield Progress(0.0, f"{method_id} on {len(names)} photos")
-    for number, (item, name) in enumerate(zip(dataset, names)):
+    for first in range(0, len(names), PREDICT_BATCH):
         cancel.check()
-        low, high = number / len(names), (number + 1) / len(names)
-        target = picture_path(out, name)
-        if target.exists() and sidecar_path_for(target).exists():
-            run.skipped.append(name)
-            continue
-        try:
-            session.open_image(item.path)
-            shown = yield from within(session.start(method_id, values, cancel), low, high)
-            session.show(shown)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            session.export(picture=target, overwrite=True, annotated=annotated)
-        except ConvScopeError as refusal:  # an unreadable photo, a refused map, a failed write: this photo only
-            run.failed.append((name, " ".join(str(refusal).split())))
-        else:
-            run.done.append(name)
-        yield Progress(high, f"{number + 1} of {len(names)} photos: {name}")
-    pictures = [(name, picture_path(out, name)) for name in names if picture_path(out, name).exists()]
+        group = _read_group(session, items, names, range(first, min(first + PREDICT_BATCH, len(names))), out, run)
+        for number, name, image in group:
+            cancel.check()
+            low, high = number / len(names), (number + 1) / len(names)
+            try:
+                session.use_image(image)
+                shown = yield from within(session.start(method_id, values, cancel), low, high)
+                session.show(shown)
+                target = picture_path(out, name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                session.export(picture=target, overwrite=True, annotated=annotated)
+            except ConvScopeError as refusal:  # a refused map, a failed write: this photo only
+                run.failed.append((name, _why(refusal)))
+            else:
+                run.done.append(name)
+            yield Progress(high, f"{number + 1} of {len(names)} photos: {name}")
+    have = set(run.done) | set(run.skipped)
+    pictures = [(name, picture_path(out, name)) for name in names if name in have]
     if pictures:
         run.contact_sheet = out / CONTACT_SHEET
         save_png(run.contact_sheet, contact_sheet(pictures), overwrite=True)
     write_atomically(out / RECORD, lambda fh: fh.write(json.dumps(run.as_dict(), indent=1).encode()), overwrite=True)
     return run
+
+
+def _read_group(session, items, names: list[str], numbers: range, out: Path, run: FolderRun) -> list[tuple]:
+    """The photos ``numbers`` still to run, read, with their predictions made in one pass per
+    input size and kept for the method (which picks its class from them): (number, name,
+    image). A photo done already is skipped, one that cannot be read is reported."""
+    group = []
+    for number in numbers:
+        name = names[number]
+        target = picture_path(out, name)
+        if target.exists() and sidecar_path_for(target).exists():
+            run.skipped.append(name)
+            continue
+        try:
+            group.append((number, name, load_image(items[number].path)))
+        except ConvScopeError as refusal:
+            run.failed.append((name, _why(refusal)))
+    model = session.model
+    if group and model is not None:
+        images = [image for _, _, image in group]
+        for image, logits in zip(images, predict(model, images)):
+            session.features.remember_logits(model, image, logits)
+    return group
+
+
+def _why(refusal: ConvScopeError) -> str:
+    return " ".join(str(refusal).split())
 
 
 def contact_sheet(pictures: list[tuple[str, Path]]) -> np.ndarray:

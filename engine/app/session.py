@@ -201,11 +201,17 @@ class Session:
         return str(self.device)
 
     def open_image(self, path: str) -> ImageInfo:
-        self.image = load_image(path)
+        self.use_image(load_image(path))
+        return self.image_info()
+
+    def use_image(self, image: LoadedImage) -> None:
+        """Make ``image`` (loaded already) the open photo, computing nothing about it: a folder
+        run, which shows no predictions or layer tree, has its photos' predictions made in
+        groups (``engine.anatomy.activations.predict``)."""
+        self.image = image
         self.comparison = None
         if self.machine is not None and self.machine.input_size != self._input_size():
             self.machine = None
-        return self.image_info()
 
     def image_info(self) -> ImageInfo:
         image = self._require_image()

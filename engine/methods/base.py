@@ -64,7 +64,7 @@ class MethodContext:
     def resolve_target(self, spec: str | int | None) -> dict:
         """{"index", "label"} of the requested class, or of the image's top-1."""
         if spec is None or str(spec).strip() == "":
-            index = int(self.image_features().logits[0].argmax())
+            index = int(self.features.logits(self.model, self.require_image())[0].argmax())
         else:
             index = resolve_class(self.model.labels, spec)
         return {"index": index, "label": self.model.labels[index]}

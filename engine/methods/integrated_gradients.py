@@ -28,7 +28,7 @@ import torch
 from engine.attribution.maps import accumulate_gradients, automatic_batch, map_display, map_metrics, refuse_blank, signed_map
 from engine.core.errors import MethodInputError
 from engine.anatomy.hooks import first_tensor
-from engine.attribution.gradients import class_score, gradient_network, run_score
+from engine.attribution.gradients import class_score, gradient_network
 from engine.core.jobs import Progress, Result, within
 from engine.attribution import baselines
 from engine.methods.params import BATCH, OVERLAY, TARGET, MethodSpec, Param
@@ -86,12 +86,7 @@ def run(ctx, p):
     network = gradient_network(ctx.model, unit)
     # The image's score is on hand when its predictions were shown (the window shows them
     # on opening it), and a flat baseline's once the model has seen it at this size.
-    known = ctx.features.peek(ctx.model, image)
-    if known is None:
-        with torch.no_grad():
-            image_score = float(run_score(ctx.model, unit, score, network)[0])
-    else:
-        image_score = float(known.logits[0, resolved["index"]])
+    image_score = float(ctx.features.logits(ctx.model, image)[0, resolved["index"]])
     baseline_score = float(baseline_logits(ctx.model, network, start, baseline)[resolved["index"]])
     integral, _ = yield from within(
         accumulate_gradients(ctx.model, network, on_path, weights, score, batch, ctx.cancel, "steps"), 0.02, 1.0)
