@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from engine.app.folder_run import run_on_folder
 from engine.app.session import Session
-from engine.core.jobs import drive
+from engine.core.jobs import CancelToken, drive
 from tests.conftest import make_tiny_model
 from tests.test_cli import cli
 
@@ -62,22 +63,28 @@ def test_photos_are_predicted_a_group_to_a_pass_and_each_map_uses_its_own_class(
         Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"square{number}.png")
     Image.fromarray(rng.integers(0, 255, (16, 32, 3), dtype=np.uint8)).save(folder / "wide.png")
     session = tiny_session()
-    session.model.state.gradient_network(torch.zeros(1, 3, 16, 16))  # built and checked (a pass of the model) beforehand
-    batches = []
-    hook = session.model.module.register_forward_pre_hook(lambda module, args: batches.append(tuple(args[0].shape)))
+    copy = session.model.state.gradient_network(torch.zeros(1, 3, 16, 16))  # built and checked beforehand
+    predictions, gradients = [], []
+    hooks = [net.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(tuple(args[0].shape)))
+             for net, seen in ((session.model.module, predictions), (copy, gradients))]
     try:
         run = drive(run_on_folder(session, "saliency", {}, folder, tmp_path / "out"))
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     assert len(run.done) == 6
-    # One pass for the five squares, one for the wide photo; then each photo's gradient (the fast copy's).
-    assert sorted(batches) == [(1, 3, 16, 32), (5, 3, 16, 16)]
+    # One pass for the five squares and one for the wide photo, to predict, then the same to take gradients.
+    assert sorted(predictions) == sorted(gradients) == [(1, 3, 16, 32), (5, 3, 16, 16)]
     for name in run.done:
         sidecar = json.loads((tmp_path / "out" / name).with_suffix(".json").read_text())
         alone = Session()
         alone.model = session.model
         alone.open_image(str(folder / name))
         assert sidecar["target"]["index"] == alone.top5()[0][0]  # the class the window shows for the photo
+        single = drive(alone.start("saliency", {}, CancelToken())).provenance
+        assert sidecar["image_path"] == single.image_path
+        for key in ("score", "max", "mean"):  # each photo's own map, as a run of it alone
+            assert sidecar["metrics"][key] == pytest.approx(single.metrics[key], rel=1e-5, abs=1e-7)
 
 
 def test_a_picture_that_cannot_be_written_fails_its_photo_only(tmp_path, photo_folder):

@@ -241,7 +241,7 @@ def test_a_method_states_its_parameters_once(spec):
     signature = inspect.signature(spec.run)
     assert list(signature.parameters) == ["ctx", "p"]
     assert all(parameter.default is inspect.Parameter.empty for parameter in signature.parameters.values())
-    source = inspect.getsource(inspect.getmodule(spec.run))
+    source = inspect.getsource(inspect.getmodule(spec.run_many or spec.run))  # run_many's run is params.one_photo
     assert re.findall(r"\bparams\s*=\s*(?!\()", source) == [], "Result.params is filled by MethodSpec.start"
     assert re.findall(r"\bparse_\w+\(", source) == [], "structured values are parsed by their Param's kind"
     defaults = spec.defaults()
@@ -398,3 +398,33 @@ def test_the_cli_exits_0_or_2_with_one_line_whatever_a_flag_says(case, text, cap
         assert len(out.strip().splitlines()) == 1
     else:
         assert out == "" and len(err.strip().splitlines()) == 1
+
+
+def test_photos_run_together_record_their_own_parameters_and_refusals():
+    from engine.core.jobs import Result
+    from engine.methods.params import MethodSpec, one_photo
+
+    def run_many(contexts, bound):
+        yield from ()
+        outcomes = []
+        for number, p in enumerate(bound):
+            p.record(target=number)  # each photo resolves its own class
+            outcomes.append(MethodInputError(f"photo {number} is blank") if number == 1 else Result(display=None, array=None))
+        return outcomes
+
+    spec = MethodSpec(id="pair", title="Pair", summary="", params=(Param("target", "int", None, "class"),),
+                      run=one_photo(run_many), run_many=run_many, gradients=False)
+    model = make_tiny_model()
+    first, blank, third = drive(spec.start_many([MethodContext(model=model, image=None) for _ in range(3)], {}))
+    assert first.params == {"target": 0} and third.params == {"target": 2}
+    assert isinstance(blank, MethodInputError)  # that photo's alone
+    assert drive(spec.start(MethodContext(model=model, image=None), {})).params == {"target": 0}  # a group of one
+
+    def refuse_all(contexts, bound):
+        yield from ()
+        return [MethodInputError("this photo is blank") for _ in contexts]
+
+    refusing = MethodSpec(id="blank", title="Blank", summary="", params=(), run=one_photo(refuse_all),
+                          run_many=refuse_all, gradients=False)
+    with pytest.raises(MethodInputError, match="this photo is blank"):  # one photo's refusal is its run's error
+        drive(refusing.start(MethodContext(model=model, image=None), {}))

@@ -14,8 +14,9 @@ as File > Export writes one picture. Then:
 
 Photos are read in groups of ``PREDICT_BATCH``, and each group's predictions, from which
 a method picks a photo's class, are made in one pass per input size (1.4x the throughput
-of one photo a pass). The methods then run one photo after another: each job already
-batches what it computes (masks, steps, samples) for its photo.
+of one photo a pass). A method with a ``run_many`` (saliency) then runs each group's photos of one input size
+in shared passes; the others run one photo after another, each job batching what it
+computes (masks, steps, samples) for its photo.
 
 Each PNG is encoded on the same thread, between two photos' methods. On a thread of its
 own it would overlap the next method, but on two cores it takes a core from torch's
@@ -37,6 +38,7 @@ from engine.core.errors import ConvScopeError
 from engine.core.jobs import CancelToken, Progress, within
 from engine.data.datasets import open_dataset
 from engine.data.images import load_image, save_png, write_atomically
+from engine.methods import METHODS
 from engine.view.export import sidecar_path_for
 from engine.view.gallery import Tile, render_gallery
 
@@ -76,24 +78,35 @@ def run_on_folder(session, method_id: str, values: dict, folder, out_dir, cancel
     run = FolderRun(method_id)
     names = [Path(item.path).relative_to(dataset.root).as_posix() for item in items]
     yield Progress(0.0, f"{method_id} on {len(names)} photos")
+    together = METHODS[method_id].run_many is not None
     for first in range(0, len(names), PREDICT_BATCH):
         cancel.check()
         group = _read_group(session, items, names, range(first, min(first + PREDICT_BATCH, len(names))), out, run)
-        for number, name, image in group:
-            cancel.check()
-            low, high = number / len(names), (number + 1) / len(names)
+        for photos in (_by_input_size(session.model, group) if together else [[photo] for photo in group]):
+            low, high = photos[0][0] / len(names), (photos[-1][0] + 1) / len(names)
             try:
-                session.use_image(image)
-                shown = yield from within(session.start(method_id, values, cancel), low, high)
-                session.show(shown)
-                target = picture_path(out, name)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                session.export(picture=target, overwrite=True, annotated=annotated)
-            except ConvScopeError as refusal:  # a refused map, a failed write: this photo only
-                run.failed.append((name, _why(refusal)))
-            else:
-                run.done.append(name)
-            yield Progress(high, f"{number + 1} of {len(names)} photos: {name}")
+                if len(photos) == 1:  # the method's own job, as one run in the window
+                    session.use_image(photos[0][2])
+                    outcomes = [(yield from within(session.start(method_id, values, cancel), low, high))]
+                else:
+                    job = session.start_many(method_id, values, [image for _, _, image in photos], cancel)
+                    outcomes = yield from within(job, low, high)
+            except ConvScopeError as refusal:  # a refused run (a blank map): these photos only
+                outcomes = [refusal] * len(photos)
+            for (number, name, image), outcome in zip(photos, outcomes):
+                try:
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                    session.use_image(image)
+                    session.show(outcome)
+                    target = picture_path(out, name)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    session.export(picture=target, overwrite=True, annotated=annotated)
+                except ConvScopeError as refusal:  # a refused map, a failed write: this photo only
+                    run.failed.append((name, _why(refusal)))
+                else:
+                    run.done.append(name)
+            yield Progress(high, f"{photos[-1][0] + 1} of {len(names)} photos: {photos[-1][1]}")
     have = set(run.done) | set(run.skipped)
     pictures = [(name, picture_path(out, name)) for name in names if name in have]
     if pictures:
@@ -124,6 +137,15 @@ def _read_group(session, items, names: list[str], numbers: range, out: Path, run
         for image, logits in zip(images, predict(model, images)):
             session.features.remember_logits(model, image, logits)
     return group
+
+
+def _by_input_size(model, group: list[tuple]) -> list[list[tuple]]:
+    """The group's photos with one model input size together, in the folder's order of
+    each size's first photo."""
+    sizes: dict[tuple[int, int], list[tuple]] = {}
+    for photo in group:
+        sizes.setdefault(model.preprocessing.input_size(*photo[2].size), []).append(photo)
+    return list(sizes.values())
 
 
 def _why(refusal: ConvScopeError) -> str:

@@ -284,14 +284,32 @@ class Session:
             self.machine = self.machine.with_ratios(self.model.state.run_ratios())
         return self.result_shown(method_id, result, bound)
 
-    def result_shown(self, method_id: str, result: Result, bound: dict | None = None) -> Shown:
-        """``result`` with its provenance: the current model, weights, device and image."""
+    def start_many(self, method_id: str, values: dict, images: list[LoadedImage], cancel: CancelToken) -> Job:
+        """The job that runs ``method_id`` on several photos of one input size together
+        (``MethodSpec.start_many``: a folder run's group). It returns, per photo, a
+        ``Shown`` with that photo's provenance, or the ConvScopeError that refused it."""
+        spec = METHODS[method_id]
+        model = self._require_model()
+        contexts = [MethodContext(model=model, image=image, cancel=cancel, features=self.features) for image in images]
+        job = spec.start_many(contexts, {name: value for name, value in values.items() if value is not None})
+        return self._each_shown(spec.id, images, job)
+
+    def _each_shown(self, method_id: str, images: list[LoadedImage], job: Job) -> Job:
+        outcomes = yield from job
+        return [outcome if isinstance(outcome, Exception) else self.result_shown(method_id, outcome, image=image)
+                for image, outcome in zip(images, outcomes)]
+
+    def result_shown(self, method_id: str, result: Result, bound: dict | None = None,
+                     image: LoadedImage | None = None) -> Shown:
+        """``result`` with its provenance: the current model, weights and device, and
+        ``image`` (default: the open one)."""
         return Shown(display=result.display, result=result,
                      provenance=self._provenance(method_id, params=result.params or bound or {}, layer=result.layer,
-                                                 target=result.target, metrics=result.metrics))
+                                                 target=result.target, metrics=result.metrics, image=image))
 
-    def _provenance(self, method: str, params: dict, layer=None, target=None, metrics=None) -> Provenance:
-        model, image = self.model, self.image
+    def _provenance(self, method: str, params: dict, layer=None, target=None, metrics=None,
+                    image: LoadedImage | None = None) -> Provenance:
+        model, image = self.model, image or self.image
         return Provenance(method=method, params=dict(params), layer=layer, target=target, metrics=dict(metrics or {}),
                           model=model.name if model else None, weights=model.weights if model else None,
                           image_path=image.path if image else None,

@@ -34,6 +34,7 @@ Speed (every attribution method takes its gradients this way):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable
 
 import numpy as np
@@ -51,6 +52,16 @@ def class_score(index: int) -> Score:
     tie the gradient to every other class as well."""
     def score(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return first_tensor(module(x))[:, index]
+
+    return score
+
+
+def class_scores(indices: Sequence[int]) -> Score:
+    """Each image's logit of its own class, ``indices[i]`` for row i (photos of a group,
+    each explaining its own top class)."""
+    def score(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        logits = first_tensor(module(x))
+        return logits.gather(1, torch.as_tensor(list(indices), device=logits.device).view(-1, 1))[:, 0]
 
     return score
 

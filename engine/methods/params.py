@@ -550,6 +550,11 @@ class MethodSpec:
     # a run of a gradient method takes none (Grad-CAM's Score-CAM variant).
     gradients: bool = True
     gradient_free: Mapping[str, Any] = field(default_factory=dict)
+    # Several photos of one input size in shared passes (a folder run's group, ``start_many``):
+    # run_many(contexts, one BoundParams each) yields events and returns, per photo, its
+    # Result or the ConvScopeError that refused it. Such a method's ``run`` is its group of
+    # one (``one_photo``), so both paths compute alike.
+    run_many: Callable[..., "Job"] | None = None
 
     def __post_init__(self) -> None:
         names = [param.name for param in self.params]
@@ -601,6 +606,35 @@ class MethodSpec:
         result = yield from self.run(ctx, bound)
         result.params = bound.recorded()
         return result
+
+    def start_many(self, contexts: Sequence, values: Mapping[str, Any] | None = None) -> "Job":
+        """The job that runs several photos' contexts (one model, one input size) together
+        (``run_many``); it returns each photo's Result, with its own recorded parameters,
+        or the ConvScopeError that refused that photo alone. Binding errors raise here."""
+        if self.run_many is None:
+            raise ValueError(f"{self.id} runs one photo at a time")
+        bound = [self.bind(values) for _ in contexts]
+        if contexts and self.needs_gradients(bound[0]):
+            contexts[0].require_gradients(self.id)
+        return self._many_job(contexts, bound)
+
+    def _many_job(self, contexts: Sequence, bound: list[BoundParams]) -> "Job":
+        outcomes = yield from self.run_many(contexts, bound)
+        for outcome, p in zip(outcomes, bound):
+            if not isinstance(outcome, Exception):
+                outcome.params = p.recorded()
+        return outcomes
+
+
+def one_photo(run_many: Callable[..., "Job"]) -> Callable[..., "Job"]:
+    """``run(ctx, p)`` of a method with a ``run_many``: the group of one photo."""
+    def run(ctx, p):
+        outcome, = yield from run_many([ctx], [p])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    return run
 
 
 # Bounds the optimisation methods share. A step size above LR_LIMIT (in the units of each

@@ -7,27 +7,51 @@ whole image, so it lies exactly over the picture.
 
 from __future__ import annotations
 
-from engine.attribution.maps import magnitude_map, map_display, map_metrics, refuse_blank
-from engine.attribution.gradients import class_score, gradient_network, score_gradient
+import torch
+
+from engine.attribution.maps import automatic_batch, magnitude_map, map_display, map_metrics, refuse_blank
+from engine.attribution.gradients import class_scores, gradient_network, score_gradient
+from engine.core.errors import MethodInputError
 from engine.core.jobs import Progress, Result
-from engine.methods.params import OVERLAY, TARGET, MethodSpec
+from engine.methods.params import OVERLAY, TARGET, MethodSpec, one_photo
 
 
-def run(ctx, p):
-    image = ctx.require_image()
-    resolved = ctx.resolve_target(p.target)
-    p.record(target=resolved["index"])
+def run_many(contexts, bound):
+    """The photos' maps (one model, one input size), as many to a backward pass as fit."""
+    model = contexts[0].model
+    resolved = []
+    for ctx, p in zip(contexts, bound):
+        ctx.require_image()
+        resolved.append(ctx.resolve_target(p.target))
+        p.record(target=resolved[-1]["index"])
+    yield Progress(0.2, f"gradient of '{resolved[0]['label']}'" if len(contexts) == 1
+                   else f"gradients of {len(contexts)} photos")
+    units = torch.cat([model.preprocessing.to_unit_tensor(ctx.image.image) for ctx in contexts])
+    network = gradient_network(model, units)
+    per_pass = automatic_batch(model, *units.shape[-2:])
+    outcomes = []
+    for first in range(0, len(contexts), per_pass):
+        contexts[0].cancel.check()
+        rows = range(first, min(first + per_pass, len(contexts)))
+        gradient, scores = score_gradient(model, units[first:rows.stop], class_scores([resolved[i]["index"] for i in rows]),
+                                          network)
+        for offset, row in enumerate(rows):
+            try:
+                outcomes.append(_result(contexts[row].image, bound[row], resolved[row], gradient[offset:offset + 1],
+                                        float(scores[offset])))
+            except MethodInputError as refusal:  # this photo's map is blank: the others stand
+                outcomes.append(refusal)
+    yield Progress(1.0, "done")
+    return outcomes
+
+
+def _result(image, p, resolved, gradient, score: float) -> Result:
     label = resolved["label"]
-    yield Progress(0.2, f"gradient of '{label}'")
-    unit = ctx.model.preprocessing.to_unit_tensor(image.image)
-    gradient, scores = score_gradient(ctx.model, unit, class_score(resolved["index"]), gradient_network(ctx.model, unit))
     saliency = magnitude_map(gradient)
     refuse_blank(saliency, f"the gradient of '{label}' is zero everywhere: nothing in this image changes its score")
     display = map_display(image, saliency, signed=False, overlay=p.overlay, legend=f"|d score({label}) / d pixel|",
                           note=f"saliency of '{label}' at {saliency.shape[1]}x{saliency.shape[0]}")
-    yield Progress(1.0, "done")
-    return Result(display=display, array=saliency, target=resolved,
-                  metrics={**map_metrics(saliency), "score": float(scores[0])})
+    return Result(display=display, array=saliency, target=resolved, metrics={**map_metrics(saliency), "score": score})
 
 
 SPEC = MethodSpec(
@@ -35,5 +59,6 @@ SPEC = MethodSpec(
     title="Saliency",
     summary="Which pixels the class score is most sensitive to: |d score / d pixel|, max over colour.",
     params=(TARGET, OVERLAY),
-    run=run,
+    run=one_photo(run_many),
+    run_many=run_many,
 )
