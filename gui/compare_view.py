@@ -8,10 +8,17 @@ table sorts by any column; clicking a map opens it on the canvas as its method s
 (then File > Export writes it as any result). Export figure writes the strip and the
 curves as one PNG, Export table the scores as CSV (``Session.export_comparison``).
 
+The pointing game needs boxes around the object: a drag on the photo left of the maps
+draws one (``gui.box_picker``), Load boxes file reads them as ``evaluate --boxes`` does.
+They are the session's, for the open photo; until there is one, pointing stays unticked
+and disabled. The maps are drawn with the boxes they were scored against.
+
 What the view holds is only what it shows: the comparison itself lives in the session.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
@@ -22,6 +29,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDialog,
                                QTableWidget, QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
 
 from engine.core.errors import ConvScopeError
+from gui.box_picker import BoxPicker
 
 # The attribution methods a comparison offers (those the engine has), and those ticked at first.
 OFFERED = ("saliency", "smoothgrad", "integrated-gradients", "gradcam", "guided-backprop", "guided-gradcam",
@@ -30,10 +38,13 @@ TICKED = ("saliency", "smoothgrad", "integrated-gradients", "gradcam", "guided-b
 SCORES = (("deletion", "Deletion (lower is better)", True), ("insertion", "Insertion (higher is better)", True),
           ("road", "ROAD: LeRF - MoRF (higher is better; slower)", False),
           ("randomisation", "Randomisation: like the map of a random model? (lower is better; each method runs twice)",
-           False))
-COLUMNS = ("Map", "Deletion", "Insertion", "ROAD", "Randomisation", "Beats the edges", "Note")
-METRIC_COLUMNS = {"deletion": 1, "insertion": 2, "road": 3, "randomisation": 4}
-BEATS, NOTE = 5, 6
+           False),
+          ("pointing", "Pointing game: does the map's peak fall on the object? (needs a box around it)", False))
+COLUMNS = ("Map", "Deletion", "Insertion", "ROAD", "Randomisation", "Pointing", "Beats the edges", "Note")
+METRIC_COLUMNS = {"deletion": 1, "insertion": 2, "road": 3, "randomisation": 4, "pointing": 5}
+BEATS, NOTE = 6, 7
+NEEDS_BOXES = ("Draw a box around the object on the photo (drag on it, left of the maps), or Load boxes file…, to "
+               "score the pointing game.")
 TILE = 150
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
             "#7f7f7f", "#aec7e8", "#ffbb78")
@@ -42,8 +53,8 @@ _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
 class _NumberItem(QTableWidgetItem):
     """A table cell that sorts by its number, empty cells last."""
 
-    def __init__(self, value: float | None) -> None:
-        super().__init__("" if value is None else f"{value:.3f}")
+    def __init__(self, value: float | None, text: str | None = None) -> None:
+        super().__init__(text if text is not None else "" if value is None else f"{value:.3f}")
         self.value = value
         self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
@@ -104,6 +115,26 @@ class CompareView(QDialog):
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
 
+        pictures = QHBoxLayout()
+        boxes = QVBoxLayout()
+        self.picker = BoxPicker(TILE)
+        self.picker.box_drawn.connect(self.add_box)
+        boxes.addWidget(self.picker)
+        self.boxes_label = QLabel()
+        self.boxes_label.setWordWrap(True)
+        self.boxes_label.setMaximumWidth(round(2.5 * TILE))
+        boxes.addWidget(self.boxes_label)
+        buttons = QHBoxLayout()
+        self.load_boxes_button = QPushButton("Load boxes file…", clicked=self.load_boxes)
+        self.load_boxes_button.setToolTip("boxes around the object from a CSV of image,x0,y0,x1,y1 rows (or JSON), "
+                                          "as python main.py evaluate --boxes reads them")
+        self.clear_boxes_button = QPushButton("Clear boxes", clicked=self.clear_boxes)
+        buttons.addWidget(self.load_boxes_button)
+        buttons.addWidget(self.clear_boxes_button)
+        buttons.addStretch(1)
+        boxes.addLayout(buttons)
+        boxes.addStretch(1)
+        pictures.addLayout(boxes)
         self.strip = QHBoxLayout()
         self.strip.addStretch(1)
         holder = QWidget()
@@ -111,7 +142,8 @@ class CompareView(QDialog):
         scroll = QScrollArea(widgetResizable=True)
         scroll.setWidget(holder)
         scroll.setMinimumHeight(TILE + 70)
-        layout.addWidget(scroll)
+        pictures.addWidget(scroll, 1)
+        layout.addLayout(pictures)
 
         plots = QHBoxLayout()
         self.plots = {kind: self._plot(kind) for kind in ("deletion", "insertion")}
@@ -137,6 +169,7 @@ class CompareView(QDialog):
         exports.addWidget(self.export_figure_button)
         exports.addWidget(self.export_table_button)
         layout.addLayout(exports)
+        self.show_boxes()
 
     def _plot(self, kind: str) -> pg.PlotWidget:
         plot = pg.PlotWidget(background="w")
@@ -168,6 +201,9 @@ class CompareView(QDialog):
             return
         if self.window.image_info is None:
             self.status.setText("Open a photo first (File > Open image).")
+            return
+        if "pointing" in metrics and not self.window.session.boxes:
+            self.status.setText(NEEDS_BOXES)
             return
         self.clear()
         steps, baseline = self.steps.value(), self.baseline.currentData()
@@ -201,9 +237,12 @@ class CompareView(QDialog):
         self._show_report(report)
         self._idle()
         beaten = [m.name for m in report.maps if report.beats_edges(m)]
+        pointed = [m.name for m in report.maps if not m.reference and m.scores.get("pointing") == 1.0]
+        scored = any("pointing" in m.scores for m in report.maps)
         self.status.setText(f"Scored for '{report.target['label']}'. "
                             + (f"Better than the edge map on every score: {', '.join(beaten)}."
                                if beaten else "No method beat the edge map on every score.")
+                            + (f" Peak on the object: {', '.join(pointed) or 'no method'}." if scored else "")
                             + " Click a map or double-click a row to open it.")
         self.export_figure_button.setEnabled(True)
         self.export_table_button.setEnabled(True)
@@ -222,15 +261,15 @@ class CompareView(QDialog):
         for scores in report.maps:
             if scores.name not in self._shown:
                 self._shown.append(scores.name)
-                self._add_map(scores, len(self._shown) - 1)
+                self._add_map(scores, len(self._shown) - 1, report.boxes)
         self._fill_table(report)
 
-    def _add_map(self, scores, index: int) -> None:
+    def _add_map(self, scores, index: int, boxes) -> None:
         from engine.evaluation.figure import map_tile, score_text
 
         colour = _COLOURS[index % len(_COLOURS)]
         if not scores.refused:
-            tile = np.ascontiguousarray(np.asarray(map_tile(scores, self.window.image_info.rgb)))
+            tile = np.ascontiguousarray(np.asarray(map_tile(scores, self.window.image_info.rgb, boxes)))
             image = QImage(tile.data, tile.shape[1], tile.shape[0], tile.strides[0], QImage.Format.Format_RGB888).copy()
             button = QToolButton(text=f"{scores.name}\n{score_text(scores)}")
             button.setIcon(QPixmap.fromImage(image).scaled(TILE, TILE, Qt.AspectRatioMode.KeepAspectRatio,
@@ -254,7 +293,9 @@ class CompareView(QDialog):
         for row, scores in enumerate(report.maps):
             self.table.setItem(row, 0, QTableWidgetItem(scores.name))
             for metric, column in METRIC_COLUMNS.items():
-                self.table.setItem(row, column, _NumberItem(scores.scores.get(metric)))
+                value = scores.scores.get(metric)
+                text = ("hit" if value else "miss") if metric == "pointing" and value is not None else None
+                self.table.setItem(row, column, _NumberItem(value, text))
             beats = report.beats_edges(scores)
             self.table.setItem(row, BEATS, QTableWidgetItem("" if beats is None else "yes" if beats else "no"))
             note = scores.refused or ("a reference map: it knows nothing of the model" if scores.reference else "")
@@ -274,6 +315,53 @@ class CompareView(QDialog):
         self.window.canvas.show_display(shown.display)
         self.window.say(f"{name}: from the comparison (File > Export writes it)")
 
+    # -- the boxes around the object -------------------------------------------------------------
+    def show_boxes(self) -> None:
+        """The open photo with the session's boxes; the pointing game offered only with some."""
+        info = self.window.image_info
+        boxes = self.window.session.boxes if info is not None and self.window.session is not None else ()
+        self.picker.set_photo(info.rgb if info is not None else None, boxes)
+        pointing = self.score_boxes["pointing"]
+        pointing.setEnabled(bool(boxes))
+        if not boxes:
+            pointing.setChecked(False)
+        pointing.setToolTip("1 (hit) when the map's largest value lies on a box around the object, within 15 pixels "
+                            "of the model's input" if boxes else NEEDS_BOXES)
+        self.clear_boxes_button.setEnabled(bool(boxes))
+        self.boxes_label.setText(
+            f"{len(boxes)} box{'es' if len(boxes) > 1 else ''} around the object: drag to add one" if boxes
+            else "Drag on the photo to draw a box around the object, for the pointing game.")
+
+    def add_box(self, box: tuple) -> None:
+        self._set_boxes(lambda session: session.set_boxes([*session.boxes, box]))
+
+    def load_boxes(self) -> None:
+        info = self.window.image_info
+        if info is None:
+            self.status.setText("Open a photo first (File > Open image).")
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Load the boxes around the object", str(Path(info.path).parent),
+                                              "Boxes (*.csv *.json);;All files (*)")
+        if path:
+            self._set_boxes(lambda session: session.load_boxes(path))
+
+    def clear_boxes(self) -> None:
+        self._set_boxes(lambda session: session.set_boxes([]))
+
+    def _set_boxes(self, change) -> None:
+        had = bool(self.window.session.boxes)
+        try:
+            boxes = change(self.window.session)
+        except ConvScopeError as error:
+            self.status.setText(f"No boxes: {error}")
+            return
+        self.show_boxes()
+        if boxes and not had:  # boxes are drawn for the pointing game: it is what the user asks for
+            self.score_boxes["pointing"].setChecked(True)
+        if boxes:
+            self.status.setText(f"{len(boxes)} box{'es' if len(boxes) > 1 else ''} around the object: Compare to "
+                                "score the pointing game.")
+
     # -- exporting --------------------------------------------------------------------------------
     def export_figure(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export the comparison", "comparison.png", "PNG image (*.png)")
@@ -291,4 +379,4 @@ class CompareView(QDialog):
         except ConvScopeError as error:
             QMessageBox.warning(self, "Export failed", str(error))
             return
-        self.status.setText(f"Exported {written[0]}")
+        self.status.setText(f"Exported {' and '.join(str(path) for path in written)}")

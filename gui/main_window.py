@@ -140,6 +140,8 @@ class MainWindow(QMainWindow):
 
     def _apply_image_info(self, info, box) -> None:
         self.image_info, self._box = info, box
+        if self.compare_view is not None:  # the new photo, with its boxes (none, for a photo just opened)
+            self.compare_view.show_boxes()
         self.recent.remember(info.path)
         self.setWindowTitle(f"ConvScope — {Path(info.path).name}")
         self.methods.show_prediction(info.top5)

@@ -308,3 +308,17 @@ def test_a_comparison_s_progress_follows_the_passes_each_part_makes():
     at = {event.message: event.fraction for event in events if event.message.endswith(": its map")}
     # RISE's 1,000 masks are most of the run; a gradient and the reference maps a sliver each
     assert at["rise: its map"] < 0.05 and at["reference: random: its map"] > 0.9
+
+
+def test_boxes_in_the_photos_pixels_are_drawn_in_each_displays_own():
+    from engine.evaluation.figure import boxed_display
+    from engine.view.display import MapOverPhoto, ScalarMap, TileGrid
+
+    photo_size, box = (200, 100), (20, 10, 60, 30)  # a 200x100 photo; x0, y0, x1, y1
+    over = MapOverPhoto(photo=np.zeros((100, 200, 3), np.uint8), values=np.zeros((7, 11), np.float32))
+    assert boxed_display(over, [box], photo_size).boxes == [(10, 20, 30, 60)]  # top, left, bottom, right
+    at_input = ScalarMap(values=np.zeros((50, 100), np.float32), boxes=[(1, 1, 2, 2)])
+    assert boxed_display(at_input, [box], photo_size).boxes == [(1, 1, 2, 2), (5, 10, 15, 30)]
+    grid = TileGrid(tiles=at_input, shape=(1, 1), tile_size=(50, 100))
+    assert boxed_display(grid, [box], photo_size) is grid  # no picture of the photo
+    assert boxed_display(over, [], photo_size) is over

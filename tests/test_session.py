@@ -280,3 +280,87 @@ def test_nothing_shown_is_nothing_to_export(bundled, tmp_path):
     session.model = bundled
     with pytest.raises(NothingToExportError, match="nothing to export"):
         session.export(picture=tmp_path / "x.png")
+
+
+# -- the photo's boxes around the object, for the pointing game ---------------------------------
+CENTRE_BOX = (200, 125, 250, 175)  # x0, y0, x1, y1 around the middle of the 451x300 photo
+CORNER_BOX = (0, 0, 40, 40)  # a hundred pixels and more from it
+
+
+def compared(session, boxes, metrics=("pointing",)):
+    session.set_boxes(boxes)
+    return drive(session.compare(("saliency",), metrics, CancelToken(), steps=4))
+
+
+def test_the_pointing_game_scores_the_maps_peak_against_the_photos_boxes(session):
+    # The centred reference map peaks in the middle of the photo: a hit on a box there, a miss in the corner.
+    report = compared(session, [CENTRE_BOX])
+    centre = next(m for m in report.maps if m.name == "reference: centre")
+    assert centre.scores["pointing"] == 1.0 and report.boxes == [CENTRE_BOX]
+    report = compared(session, [CORNER_BOX])
+    assert next(m for m in report.maps if m.name == "reference: centre").scores["pointing"] == 0.0
+    report = compared(session, [CORNER_BOX, CENTRE_BOX])  # any of the object's boxes
+    assert next(m for m in report.maps if m.name == "reference: centre").scores["pointing"] == 1.0
+
+
+def test_the_pointing_game_without_boxes_says_where_to_get_them(session):
+    session.set_boxes([])
+    with pytest.raises(MethodInputError, match="draw one on the photo, or load a boxes file"):
+        session.compare(("saliency",), ("deletion", "pointing"), CancelToken())
+
+
+def test_the_boxes_belong_to_the_photo(session, chelsea_path):
+    session.set_boxes([CENTRE_BOX])
+    session.open_image(chelsea_path)  # the same photo opened again is opened afresh
+    assert session.boxes == ()
+    with pytest.raises(MethodInputError, match="box 1: a box needs x1 > x0"):
+        session.set_boxes([(50, 50, 10, 60)])
+
+
+def test_the_photos_boxes_load_from_the_clis_boxes_file(session, tmp_path, monkeypatch):
+    from engine.evaluation import folder
+
+    table = tmp_path / "boxes.csv"
+    table.write_text("image,x0,y0,x1,y1\nchelsea.png,20,0,400,300\nother.png,1,1,9,9\nchelsea.png,1,2,3,4\n")
+    reader, read = folder.read_boxes, []
+    monkeypatch.setattr(folder, "read_boxes", lambda path: read.append(path) or reader(path))
+    assert session.load_boxes(table) == ((20, 0, 400, 300), (1, 2, 3, 4)) and read == [table]
+    listing = tmp_path / "boxes.json"
+    listing.write_text('{"data/chelsea.png": [[5, 6, 7, 8]], "chelsea.png": [[1, 1, 2, 2]]}')
+    assert session.load_boxes(listing) == ((5, 6, 7, 8),)  # the longer name of the photo's path first
+    table.write_text("image,x0,y0,x1,y1\nother.png,1,1,9,9\n")
+    with pytest.raises(MethodInputError, match="no boxes for chelsea.png: it has boxes for other.png"):
+        session.load_boxes(table)
+    assert session.boxes == ((5, 6, 7, 8),)  # a file that gave nothing left the boxes as they were
+
+
+def test_a_comparison_exports_with_its_boxes(session, tmp_path):
+    import dataclasses
+
+    from engine.evaluation.figure import comparison_figure
+    from engine.evaluation.folder import read_boxes
+    from engine.view.gallery import BOX
+
+    report = compared(session, [CORNER_BOX, CENTRE_BOX])
+    written = session.export_comparison(picture=tmp_path / "comparison.png", table=tmp_path / "comparison.csv")
+    assert [p.name for p in written] == ["comparison.png", "comparison.csv", "comparison.boxes.csv"]
+    assert read_boxes(written[2]) == {"chelsea.png": [CORNER_BOX, CENTRE_BOX]}  # what Load boxes and the CLI read
+    assert "pointing" in written[1].read_text().splitlines()[0]
+    # The figure is the one without boxes and their outlines: pixels of the boxes' colour on every tile
+    boxed = np.asarray(Image.open(written[0]))[..., :3].astype(int)
+    plain = comparison_figure(dataclasses.replace(report, boxes=[]), session.image.to_array()).astype(int)
+    outlined = np.abs(boxed - BOX).sum(-1) < np.abs(plain - BOX).sum(-1) - 80
+    assert outlined.sum() > 4 * 2 * 4 * 15  # four tiles, two boxes, four sides, a side tens of pixels long
+    columns = np.flatnonzero(outlined.any(axis=0))
+    assert np.sum(np.diff(columns) > 50) == 4 * 2 - 1  # in eight groups of columns: the two boxes of each tile
+    session.set_boxes([])
+    drive(session.compare(("saliency",), ("deletion",), CancelToken(), steps=4))
+    written = session.export_comparison(table=tmp_path / "plain.csv")
+    assert [p.name for p in written] == ["plain.csv"]  # no boxes, no boxes file
+
+
+def test_a_compared_map_opens_with_the_boxes_drawn(session):
+    report = compared(session, [CENTRE_BOX])
+    shown = session.open_compared("saliency")
+    assert shown.display.boxes == [(125, 200, 175, 250)]  # top, left, bottom, right over the photo
+    assert report.maps[0].result.display.boxes == []  # the method's own picture is left as it was

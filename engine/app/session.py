@@ -17,6 +17,7 @@ UI thread never reads the model while a job uses it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -143,6 +144,9 @@ class Session:
         self.device = resolve_device(device)
         self.shown: Shown | None = None
         self.comparison = None  # the ImageReport of the last comparison on this model and image
+        # Boxes around the object in the open photo, (x0, y0, x1, y1) in its pixels, for the
+        # pointing game; they belong to the photo. Replaced, never changed in place, as ``machine``.
+        self.boxes: tuple[tuple[float, float, float, float], ...] = ()
         # This machine's pace with the model at the image's size (``calibrate``); replaced,
         # never changed in place, so the window's thread may read it while a job runs.
         self.machine: Machine | None = None
@@ -210,6 +214,7 @@ class Session:
         groups (``engine.anatomy.activations.predict``)."""
         self.image = image
         self.comparison = None
+        self.boxes = ()
         if self.machine is not None and self.machine.input_size != self._input_size():
             self.machine = None
 
@@ -324,16 +329,42 @@ class Session:
         return other
 
     # -- comparing methods on the open image --------------------------------------------------
+    def set_boxes(self, boxes) -> tuple:
+        """Make ``boxes`` (x0, y0, x1, y1 in the open photo's pixels) its boxes around the object."""
+        from engine.evaluation.folder import parse_box
+
+        self._require_image()
+        self.boxes = tuple(parse_box(box, f"box {number}") for number, box in enumerate(boxes, start=1))
+        return self.boxes
+
+    def load_boxes(self, path) -> tuple:
+        """The open photo's boxes from a boxes file, as ``evaluate --boxes`` reads it
+        (``engine.evaluation.folder``): the rows under the photo's file name."""
+        from engine.evaluation.folder import photo_boxes, read_boxes
+
+        image = self._require_image()
+        found = read_boxes(path)
+        own = photo_boxes(found, image.path)
+        if own is None:
+            names = ", ".join(list(found)[:5]) + (", …" if len(found) > 5 else "")
+            raise MethodInputError(f"{Path(path).name} has no boxes for {Path(image.path).name}"
+                                   + (f": it has boxes for {names}" if found else ": it holds no boxes"))
+        return self.set_boxes(own)
+
     def compare(self, methods, metrics, cancel: CancelToken, baseline: str = "blur", steps: int = 50) -> Job:
         """The job that scores ``methods`` beside the reference maps on the open image
-        (``engine.evaluation.report.score_image``) for its top-1 class; it yields a frame per
-        map scored and returns the ``ImageReport``, which stays as ``comparison``."""
+        (``engine.evaluation.report.score_image``) for its top-1 class, against the photo's
+        ``boxes``; it yields a frame per map scored and returns the ``ImageReport``, which
+        stays as ``comparison``."""
         from engine.evaluation.report import score_image
 
         context = MethodContext(model=self._require_model(), image=self._require_image(), cancel=cancel,
                                 features=self.features)
-        return self._kept_comparison(score_image(context, tuple(methods), tuple(metrics), baseline=baseline,
-                                                 steps=steps))
+        if "pointing" in metrics and not self.boxes:
+            raise MethodInputError("the pointing game needs a box around the object: draw one on the photo, or load "
+                                   "a boxes file")
+        return self._kept_comparison(score_image(context, tuple(methods), tuple(metrics), boxes=list(self.boxes),
+                                                 baseline=baseline, steps=steps))
 
     def _kept_comparison(self, job: Job) -> Job:
         self.comparison = yield from job
@@ -345,11 +376,20 @@ class Session:
         scores = next((m for m in report.maps if m.name == name), None) if report else None
         if scores is None or scores.result is None:
             raise MethodInputError(f"the comparison has no map '{name}'")
-        return self.show(self.result_shown(name, scores.result, {}))
+        from engine.evaluation.figure import boxed_display
+
+        result = scores.result
+        if report.boxes:  # drawn on it as in the comparison, so an export of it shows them too
+            result = dataclasses.replace(result, display=boxed_display(result.display, report.boxes,
+                                                                       self._require_image().size))
+        return self.show(self.result_shown(name, result, {}))
 
     def export_comparison(self, picture=None, table=None, overwrite: bool = False) -> list[Path]:
-        """Write the comparison's figure (PNG) and its table (CSV), together."""
+        """Write the comparison's figure (PNG) and its table (CSV), together; beside the table,
+        the boxes it was scored against as a boxes file (``boxes_path_for``) that the Compare
+        view and ``evaluate --boxes`` read back."""
         from engine.evaluation.figure import comparison_csv, comparison_figure
+        from engine.evaluation.folder import boxes_csv
 
         if self.comparison is None:
             raise NothingToExportError("compare the methods first: nothing has been compared yet")
@@ -360,6 +400,9 @@ class Session:
         if table:
             text = comparison_csv(self.comparison)
             files.append((Path(table), lambda handle: handle.write(text.encode())))
+            if self.comparison.boxes:
+                boxes = boxes_csv({Path(self.comparison.image).name: self.comparison.boxes})
+                files.append((boxes_path_for(table), lambda handle: handle.write(boxes.encode())))
         try:
             return write_together(files, overwrite=overwrite)
         except OSError as error:
@@ -583,6 +626,12 @@ class Session:
         if self.shown is None:
             raise NothingToExportError("there is nothing to export yet")
         return self.shown
+
+
+def boxes_path_for(table) -> Path:
+    """Where a comparison's table puts its boxes: comparison.csv -> comparison.boxes.csv."""
+    table = Path(table)
+    return table.with_name(f"{table.stem}.boxes.csv")
 
 
 def _output_error(error: OSError) -> ConvScopeError:

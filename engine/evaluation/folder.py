@@ -61,18 +61,19 @@ def read_boxes(path: str | os.PathLike) -> dict[str, list[tuple[float, float, fl
             raise MethodInputError(f"{path.name} must map each image's name to a list of [x0, y0, x1, y1] boxes")
         for name, entries in found.items():
             for entry in entries if isinstance(entries, list) else [entries]:
-                boxes.setdefault(str(name), []).append(_box(entry, f"{path.name}, image {name}"))
+                boxes.setdefault(str(name), []).append(parse_box(entry, f"{path.name}, image {name}"))
         return boxes
     for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
         if not row or row[0].strip().startswith("#") or (number == 1 and row[0].strip().lower() == "image"):
             continue
         if len(row) != 5:
             raise MethodInputError(f"{path.name}, line {number}: expected image,x0,y0,x1,y1, found {len(row)} fields")
-        boxes.setdefault(row[0].strip(), []).append(_box(row[1:], f"{path.name}, line {number}"))
+        boxes.setdefault(row[0].strip(), []).append(parse_box(row[1:], f"{path.name}, line {number}"))
     return boxes
 
 
-def _box(entry, where: str) -> tuple[float, float, float, float]:
+def parse_box(entry, where: str) -> tuple[float, float, float, float]:
+    """Four numbers x0, y0, x1, y1 with x1 > x0 and y1 > y0 as a box, or an error saying ``where``."""
     try:
         x0, y0, x1, y1 = (float(value) for value in entry)
     except (TypeError, ValueError):
@@ -80,6 +81,28 @@ def _box(entry, where: str) -> tuple[float, float, float, float]:
     if not (x1 > x0 and y1 > y0):
         raise MethodInputError(f"{where}: a box needs x1 > x0 and y1 > y0")
     return x0, y0, x1, y1
+
+
+def photo_boxes(boxes: dict[str, list], path: str | os.PathLike) -> list | None:
+    """The boxes of the photo at ``path`` among ``read_boxes``'s, or None: those under the
+    longest name that ends its path, so ``cats/chelsea.png`` before ``chelsea.png``."""
+    parts = Path(path).parts
+    found, matched = None, 0
+    for name, own in boxes.items():
+        key = Path(name).parts
+        if len(key) > matched and parts[-len(key):] == key:
+            found, matched = own, len(key)
+    return found
+
+
+def boxes_csv(boxes: dict[str, list]) -> str:
+    """Image name -> its boxes as the CSV ``read_boxes`` reads back: a row per box."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "x0", "y0", "x1", "y1"])
+    for name, own in boxes.items():
+        writer.writerows([name, *(f"{value:.10g}" for value in box)] for box in own)
+    return buffer.getvalue()
 
 
 def evaluate_folder(model, folder, out_dir, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes_file=None,
@@ -115,7 +138,7 @@ def evaluate_folder(model, folder, out_dir, methods=DEFAULT_METHODS, metrics=DEF
             line = {"image": name, "error": str(exc)}
         else:
             ctx = MethodContext(model=model, image=image, cancel=cancel, features=features)
-            own = boxes.get(name) or boxes.get(item.name)
+            own = photo_boxes(boxes, item.path)
             asked = tuple(m for m in metrics if m != "pointing" or own)
             report = yield from within(score_image(ctx, methods, asked, own, target, baseline, steps), low, high)
             line = report_line(report, name)

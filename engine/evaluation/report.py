@@ -68,6 +68,9 @@ class ImageReport:
     image: str
     target: dict
     maps: list[MapScores]
+    # The boxes around the object the maps were scored against, (x0, y0, x1, y1) in the
+    # photo's pixels: drawn over the maps wherever the report is shown or exported.
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
 
     def edges(self) -> MapScores | None:
         return next((m for m in self.maps if m.name == reference_name("edges")), None)
@@ -131,6 +134,7 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
     if "pointing" in metrics and not boxes:
         raise MethodInputError("the pointing game needs boxes around the object in this image")
     image = ctx.require_image()
+    kept = [tuple(float(v) for v in box) for box in boxes or ()]
     resolved = ctx.resolve_target(target)
     index = resolved["index"]
     unit = ctx.model.preprocessing.to_unit_tensor(image.image)
@@ -159,7 +163,8 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
                 result = yield from within(_progress_only(spec.start(ctx, params)), low, low + half * share)
             except MethodInputError as refusal:
                 maps.append(MapScores(name, False, np.zeros((height, width), np.float32), refused=str(refusal)))
-                yield Frame(None, step=position + 1, metrics={"report": ImageReport(image.path, resolved, list(maps))})
+                yield Frame(None, step=position + 1,
+                            metrics={"report": ImageReport(image.path, resolved, list(maps), kept)})
                 continue
             scores = MapScores(name, False, input_map(result, height, width, name), result=result)
             display = result.display
@@ -187,9 +192,9 @@ def score_image(ctx, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, boxes=Non
                           low + split * share, low + share)
         maps.append(scores)
         # The report so far, with the map just scored: a window shows the curves as they come.
-        yield Frame(display, step=position + 1, metrics={"report": ImageReport(image.path, resolved, list(maps))})
+        yield Frame(display, step=position + 1, metrics={"report": ImageReport(image.path, resolved, list(maps), kept)})
     yield Progress(1.0, "scored")
-    return ImageReport(image=image.path, target=resolved, maps=maps)
+    return ImageReport(image=image.path, target=resolved, maps=maps, boxes=kept)
 
 
 BACKWARD_PASS = 3.0  # a forward and backward pass, in inference passes
