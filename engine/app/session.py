@@ -31,7 +31,7 @@ from engine.core.device import available_devices, resolve_device
 from engine.core.errors import (ConvScopeError, MethodInputError, NothingToExportError, OutputExistsError,
                                 OutputWriteError)
 from engine.core.jobs import CancelToken, Job, Result, Stopwatch
-from engine.data.images import LoadedImage, check_targets, image_from_array, load_image, write_together
+from engine.data.images import LoadedImage, check_targets, image_from_array, load_image, write_png, write_together
 from engine.methods import METHODS, MethodContext, MethodSpec, family_of
 from engine.methods.cost import Machine, predicted_seconds
 from engine.methods.registry import model_notes
@@ -396,7 +396,7 @@ class Session:
         files = []
         if picture:
             figure = image_from_array(comparison_figure(self.comparison, self._require_image().to_array()))
-            files.append((Path(picture), lambda handle: figure.save(handle, format="PNG")))
+            files.append((Path(picture), lambda handle: write_png(handle, figure)))
         if table:
             text = comparison_csv(self.comparison)
             files.append((Path(table), lambda handle: handle.write(text.encode())))

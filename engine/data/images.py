@@ -31,6 +31,11 @@ MAX_PIXELS = 120_000_000
 # model's input size or a few times it, and a 100 MP array would only cost memory.
 MAX_SIDE = 4096
 
+# zlib's level for the PNGs we write. Pillow's default, 6, took 113 ms for an exported
+# 819 x 536 figure (a map over a photo, colour bar, caption), most of a folder run's time
+# a photo; 4 took 41 ms for a file 0.6% larger (332 against 334 KB; level 1: 24 ms, 15% larger).
+PNG_COMPRESSION = 4
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -319,6 +324,11 @@ def _create_temporary_sibling(path: Path) -> tuple[int, Path]:
     return create_part_file(path)
 
 
+def write_png(handle, image: Image.Image) -> None:
+    """``image`` as PNG into the open binary ``handle``, at zlib level ``PNG_COMPRESSION``."""
+    image.save(handle, format="PNG", compress_level=PNG_COMPRESSION)
+
+
 def save_png(path: str | os.PathLike, rgb: np.ndarray, *, overwrite: bool = False) -> Path:
     image = image_from_array(rgb)
-    return write_atomically(path, lambda fh: image.save(fh, format="PNG"), overwrite=overwrite)
+    return write_atomically(path, lambda fh: write_png(fh, image), overwrite=overwrite)

@@ -29,7 +29,7 @@ import numpy as np
 import PIL
 
 from engine import __version__
-from engine.data.images import image_from_array, write_together
+from engine.data.images import image_from_array, write_png, write_together
 
 # Bumped whenever a sidecar key changes meaning, so readers can tell old files apart.
 SIDECAR_FORMAT = 1
@@ -198,7 +198,7 @@ def _encode_png(rgb: np.ndarray) -> bytes:
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 array to export, got shape {array.shape} and dtype {array.dtype}")
     buffer = io.BytesIO()
-    image_from_array(array).save(buffer, format="PNG")
+    write_png(buffer, image_from_array(array))
     return buffer.getvalue()
 
 
