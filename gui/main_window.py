@@ -53,6 +53,7 @@ class MainWindow(QMainWindow):
         self._guided = None  # the ModelInfo whose layer marks are shown (or could not be worked out)
         self.timm_dialog = None  # Model > timm model...: made on first use, kept with its filter
         self.compare_view = None  # Evaluate > Compare methods: made on first use, kept with its choices
+        self.folder_run_dialog = None  # what the last folder run made: made on first use, kept
 
         self.canvas = Canvas()
         self.setCentralWidget(self.canvas)
@@ -341,10 +342,13 @@ class MainWindow(QMainWindow):
             return run_on_folder(session.sibling(), method_id, values, photos, out, job.token)
 
         def finished(run) -> None:
-            failed = f"; {len(run.failed)} skipped: {run.failed[0][0]} ({run.failed[0][1]})" if run.failed else ""
-            before = f", {len(run.skipped)} done before" if run.skipped else ""
-            self.say(f"{self.panels[method_id].spec.title} on {len(run.done)} photos{before}{failed}. "
-                     f"Contact sheet: {run.contact_sheet}")
+            from gui.folder_run_dialog import FolderRunDialog, run_summary
+
+            title = self.panels[method_id].spec.title
+            self.say(run_summary(run, title))
+            if self.folder_run_dialog is None:
+                self.folder_run_dialog = FolderRunDialog(self)
+            self.folder_run_dialog.show_run(run, title, out)
 
         return self._submit("folder", folder_run, f"Running {self.panels[method_id].spec.title} on a folder", finished,
                             title="The folder run failed")

@@ -73,7 +73,7 @@ def test_a_refused_method_is_listed_with_its_reason_and_the_rest_is_scored(windo
     assert rows["saliency"] == ""
 
 
-def test_run_on_a_folder_keeps_the_photo_on_show(window, qtbot, tmp_path):
+def test_run_on_a_folder_keeps_the_photo_on_show_and_shows_its_contact_sheet(window, qtbot, tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     photos.mkdir()
     shutil.copy(sample_path("coffee"), photos / "coffee.png")
@@ -89,7 +89,18 @@ def test_run_on_a_folder_keeps_the_photo_on_show(window, qtbot, tmp_path):
     assert json.loads((out / "coffee.json").read_text())["method"] == "saliency"
     assert (out / "contact-sheet.png").exists()
     assert window.session.image.path == before  # the window's own session was left alone
-    assert "1 skipped: broken.jpg" in window.status.text.text()
+    qtbot.waitUntil(lambda: window.folder_run_dialog is not None and window.folder_run_dialog.isVisible(),
+                    timeout=TIMEOUT)
+    assert "Saliency on 1 photo; 1 skipped (see below)." in window.status.text.text()
+    dialog = window.folder_run_dialog
+    assert not dialog.sheet.pixmap().isNull()  # the contact sheet, shown
+    assert dialog.failures.isVisibleTo(dialog) and dialog.failures.toPlainText().startswith("broken.jpg ")
+    assert str(out) in dialog.summary.text()
+    opened = []
+    monkeypatch.setattr("gui.folder_run_dialog.QDesktopServices.openUrl", lambda url: opened.append(url.toLocalFile()))
+    dialog.open_folder.click()
+    assert opened == [str(out)]
+    dialog.close()
 
 
 def test_the_randomisation_score_has_its_column_when_ticked(window, qtbot):
