@@ -3,8 +3,8 @@ Run the current method on a folder) against the same session driven one photo at
 
 The folder: the nine sample photos at 640 x 480, each also mirrored (18 photos of one
 input size, as a camera's folder is). Ours: ``run_on_folder``, which reads the photos in
-groups, predicts each group in one pass and, for saliency, takes the group's gradients in
-one pass. The reference: what a script over the session API does, and what the folder
+groups, predicts each group in one pass and, for saliency and Grad-CAM, takes the group's
+gradients in one pass. The reference: what a script over the session API does, and what the folder
 run did before: for each photo ``open_image`` (its predictions and every layer's output,
 as the window computes them), the method, ``export``; then the contact sheet. Both write
 the same pictures, sidecars and sheet into a fresh folder each time; bundled model;

@@ -95,3 +95,33 @@ def test_a_picture_that_cannot_be_written_fails_its_photo_only(tmp_path, photo_f
     failed = dict(run.failed)
     assert "coffee.png" in failed and "folder" in failed["coffee.png"] and "broken.jpg" in failed
     assert (out / "cats" / "chelsea.png").is_file() and not (out / "coffee.json").exists()
+
+
+@pytest.mark.parametrize("variant", ["gradcam", "gradcam++", "scorecam"])
+def test_grad_cam_photos_of_one_size_share_a_pass_and_match_their_single_runs(tmp_path, variant):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for number in range(4):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"square{number}.png")
+    session = tiny_session()
+    passes = []
+    networks = {session.model.module, session.model.state.gradient_network(torch.zeros(1, 3, 16, 16))}
+    hooks = [net.register_forward_pre_hook(lambda module, args: passes.append(args[0].shape[0])) for net in networks]
+    try:
+        run = drive(run_on_folder(session, "gradcam", {"variant": variant}, folder, tmp_path / "out"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(run.done) == 4
+    # The predictions in one pass; then the four maps in one pass, or Score-CAM's passes photo by photo.
+    assert passes.count(4) == (1 if variant == "scorecam" else 2)
+    for name in run.done:
+        sidecar = json.loads((tmp_path / "out" / name).with_suffix(".json").read_text())
+        alone = Session()
+        alone.model = session.model
+        alone.open_image(str(folder / name))
+        single = drive(alone.start("gradcam", {"variant": variant}, CancelToken())).provenance
+        assert sidecar["params"] == single.params and sidecar["layer"] == single.layer
+        for key in ("score", "max", "mean"):
+            assert sidecar["metrics"][key] == pytest.approx(single.metrics[key], rel=1e-5, abs=1e-7)

@@ -14,8 +14,8 @@ as File > Export writes one picture. Then:
 
 Photos are read in groups of ``PREDICT_BATCH``, and each group's predictions, from which
 a method picks a photo's class, are made in one pass per input size (1.4x the throughput
-of one photo a pass). A method with a ``run_many`` (saliency) then runs each group's photos of one input size
-in shared passes; the others run one photo after another, each job batching what it
+of one photo a pass). A method with a ``run_many`` (saliency, Grad-CAM) then runs each group's photos of one
+input size in shared passes; the others run one photo after another, each job batching what it
 computes (masks, steps, samples) for its photo.
 
 Each PNG is encoded on the same thread, between two photos' methods. On a thread of its

@@ -23,47 +23,79 @@ still has a layout); a model without presets uses its last convolution's output.
 
 from __future__ import annotations
 
+import torch
+
 from engine.attribution.maps import (CAM_VARIANTS, automatic_batch, cam_layer, cam_of, grad_cam, layer_pass, map_display,
                            map_metrics, refuse_blank, score_cam_weights)
-from engine.attribution.gradients import class_score, gradient_network
-from engine.core.jobs import Progress, Result
-from engine.methods.params import CAM_LAYER, OVERLAY, TARGET, MethodSpec, Param
+from engine.attribution.gradients import class_score, class_scores, gradient_network
+from engine.core.errors import MethodInputError
+from engine.core.jobs import Progress, Result, within
+from engine.methods.params import CAM_LAYER, OVERLAY, TARGET, MethodSpec, Param, one_photo
 
 VARIANT_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM"}
 
 
-def run(ctx, p):
-    image = ctx.require_image()
-    resolved = ctx.resolve_target(p.target)
-    label = resolved["label"]
-    path = cam_layer(ctx, p.layer)
-    p.record(target=resolved["index"], layer=path)
-    variant = p.variant
+def run_many(contexts, bound):
+    """The photos' maps (one model, one input size, the same settings): the gradient
+    variants as many photos to a pass as fit, Score-CAM photo by photo (its passes are per
+    channel already)."""
+    model, cancel = contexts[0].model, contexts[0].cancel
+    resolved = []
+    for ctx, p in zip(contexts, bound):
+        ctx.require_image()
+        resolved.append(ctx.resolve_target(p.target))
+        path = cam_layer(ctx, p.layer)
+        p.record(target=resolved[-1]["index"], layer=path)
+    variant = bound[0].variant
     name = VARIANT_NAMES[variant]
-    yield Progress(0.1, f"{name} of '{label}' at {path}")
-    unit = ctx.model.preprocessing.to_unit_tensor(image.image).to(ctx.device)
+    yield Progress(0.1, f"{name} of '{resolved[0]['label']}' at {path}" if len(contexts) == 1
+                   else f"{name} of {len(contexts)} photos at {path}")
+    units = torch.cat([model.preprocessing.to_unit_tensor(ctx.image.image) for ctx in contexts]).to(model.device)
+    input_size = tuple(units.shape[-2:])
+    outcomes = []
     if variant == "scorecam":  # no gradient at all: the network for outputs only
-        network = ctx.model.state.fast_copy(ctx.model.preprocessing.normalise(unit), layer=path)
+        network = model.state.fast_copy(model.preprocessing.normalise(units[:1]), layer=path)
+        for row, found in enumerate(resolved):
+            unit = units[row:row + 1]
+            activation, _, _, scores = layer_pass(model, network, unit, path, class_score(found["index"]), gradient=False)
+            weights = yield from within(
+                score_cam_weights(model, network, unit, activation, found["index"],
+                                  automatic_batch(model, *input_size, backward=False), cancel),
+                row / len(resolved), (row + 1) / len(resolved))
+            cam, upsampled = cam_of(weights.view(1, -1, 1, 1).to(activation.dtype) * activation.detach(), input_size)
+            outcomes.append(_outcome(contexts[row].image, bound[row], found, path, name, cam[0], upsampled[0],
+                                     float(scores[0]), activation.shape[1]))
     else:
-        network = gradient_network(ctx.model, unit, layer=path)
-    activation, gradient, _, scores = layer_pass(ctx.model, network, unit, path, class_score(resolved["index"]),
-                                                 gradient=variant != "scorecam")
-    input_size = tuple(unit.shape[-2:])
-    if variant == "scorecam":
-        weights = yield from score_cam_weights(ctx.model, network, unit, activation, resolved["index"],
-                                               automatic_batch(ctx.model, *input_size, backward=False), ctx.cancel)
-        cam, upsampled = cam_of(weights.view(1, -1, 1, 1).to(activation.dtype) * activation.detach(), input_size)
-    else:
-        cam, upsampled = grad_cam(activation, gradient, input_size, variant)
-    values = upsampled[0].float().cpu().numpy()
-    refuse_blank(values, f"{name} of '{label}' at {path} is zero everywhere: no part of that layer's map raises the "
-                         f"score of '{label}'. Try the top class or an earlier layer")
-    grid, size = f"{cam.shape[1]}x{cam.shape[2]}", f"{values.shape[1]}x{values.shape[0]}"
+        network = gradient_network(model, units, layer=path)
+        per_pass = automatic_batch(model, *input_size)
+        for first in range(0, len(contexts), per_pass):
+            cancel.check()
+            rows = range(first, min(first + per_pass, len(contexts)))
+            activation, gradient, _, scores = layer_pass(model, network, units[first:rows.stop], path,
+                                                         class_scores([resolved[row]["index"] for row in rows]))
+            cam, upsampled = grad_cam(activation, gradient, input_size, variant)
+            for offset, row in enumerate(rows):
+                outcomes.append(_outcome(contexts[row].image, bound[row], resolved[row], path, name, cam[offset],
+                                         upsampled[offset], float(scores[offset]), activation.shape[1]))
+    yield Progress(1.0, "done")
+    return outcomes
+
+
+def _outcome(image, p, resolved, path: str, name: str, cam: torch.Tensor, upsampled: torch.Tensor, score: float,
+             channels: int) -> Result | MethodInputError:
+    """One photo's Result, or the refusal of its blank map (the other photos' stand)."""
+    label = resolved["label"]
+    values = upsampled.float().cpu().numpy()
+    try:
+        refuse_blank(values, f"{name} of '{label}' at {path} is zero everywhere: no part of that layer's map raises "
+                             f"the score of '{label}'. Try the top class or an earlier layer")
+    except MethodInputError as refusal:
+        return refusal
+    grid, size = f"{cam.shape[0]}x{cam.shape[1]}", f"{values.shape[1]}x{values.shape[0]}"
     display = map_display(image, values, signed=False, overlay=p.overlay, legend=f"{name} of '{label}'",
                           note=f"{name} of '{label}' at {path} ({grid}, upsampled to {size})")
-    metrics = {**map_metrics(values), "score": float(scores[0]), "layer_grid": [int(cam.shape[1]), int(cam.shape[2])],
-               "channels": int(activation.shape[1])}
-    yield Progress(1.0, "done")
+    metrics = {**map_metrics(values), "score": score, "layer_grid": [int(cam.shape[0]), int(cam.shape[1])],
+               "channels": int(channels)}
     return Result(display=display, array=values, target=resolved, layer=path, metrics=metrics)
 
 
@@ -78,6 +110,7 @@ SPEC = MethodSpec(
                   "(Chattopadhay et al. 2018), layercam (per position, Jiang et al. 2021), scorecam (the class "
                   "probability of the image masked by each channel, Wang et al. 2020; slower)", choices=CAM_VARIANTS),
             OVERLAY),
-    run=run,
+    run=one_photo(run_many),
+    run_many=run_many,
     gradient_free={"variant": "scorecam"},
 )
