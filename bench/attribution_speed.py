@@ -85,8 +85,10 @@ def run() -> list[Row]:
     else:
         captum = True
 
-    def ours(method: str, params: dict, on=model):
+    def ours(method: str, params: dict, on=model, shown: bool = False):
         ctx = MethodContext(model=on, image=image)
+        if shown:  # the photo on show: the window keeps its every layer's output from opening it
+            ctx.image_features()
         spec = METHODS[method]
         bound = spec.bind({"target": TARGET, **params})
         return lambda: drive(spec.start(ctx, bound))
@@ -95,6 +97,7 @@ def run() -> list[Row]:
         ("smoothgrad, 25 samples", ours("smoothgrad", {"samples": SAMPLES, "noise": NOISE})),
         ("integrated-gradients, 32 steps", ours("integrated-gradients", {"steps": STEPS})),
         ("gradcam, head.relu6", ours("gradcam", {})),
+        ("gradcam of the photo on show, head.relu6", ours("gradcam", {}, shown=True)),
         ("guided-backprop (ReLU copy)", ours("guided-backprop", {}, on=relu_model)),
         ("guided-gradcam (ReLU copy)", ours("guided-gradcam", {}, on=relu_model)),
         ("guided-backprop, resnet18", ours("guided-backprop", {}, on=resnet)),
@@ -145,6 +148,7 @@ def run() -> list[Row]:
         ({"all 25": smoothgrad(None), "8": smoothgrad(8)}, "NoiseTunnel(Saliency), nt_samples_batch_size"),
         ({"all 32": integrated(None), "8": integrated(8)}, "IntegratedGradients gausslegendre, internal_batch_size"),
         ({"": gradcam}, "LayerGradCam + interpolate bilinear"),
+        ({"": gradcam}, "LayerGradCam + interpolate bilinear (ours: the kept output through the head alone)"),
         ({"": guided}, "GuidedBackprop"),
         ({"": guided_gradcam}, "GuidedGradCam bilinear"),
         ({"": resnet_rule(GuidedBackprop)}, "GuidedBackprop"),

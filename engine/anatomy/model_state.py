@@ -14,6 +14,9 @@ about a model is kept anywhere else. What it holds:
 - which modules apply ReLU as a function, and the network guided backprop runs: the
   gradient network (the fast copy or the model) with those ReLUs made modules
   (``engine.anatomy.relus``), one per network it was made from;
+- the network after a layer as a module of its own (``layer_tail``), which turns the
+  layer's output, kept from the photo's forward pass, into the logits: Grad-CAM's
+  gradient from the head alone;
 - what each layer is good for: the recommended Grad-CAM layer, early/middle/late for a
   model without hand-picked presets, and the layers whose units see the whole image
   (``engine.anatomy.layer_choice``, ``engine.anatomy.whole_image``);
@@ -56,6 +59,7 @@ import torch
 from torch import nn
 
 from engine.anatomy.hooks import first_tensor
+from engine.anatomy.tail import layer_tail
 from engine.anatomy.fast_copy import FastCopy, backward_works, build_fast_copy, could_fold, weights_version
 from engine.anatomy.layer_choice import depth_presets, read_tokens, score_layer
 from engine.anatomy.layouts import MAP, TOKENS, MapLayout, find_layouts, registers_of
@@ -166,6 +170,12 @@ class ModelState:
         """``fast_copy.weights_version`` of the model, over its modules listed once (the tree
         is fixed; the tensors they hold are read each time)."""
         return weights_version(self._once("modules", lambda: tuple(self.module.modules())))
+
+    def layer_tail(self, path: str) -> nn.Module | None:
+        """The network after layer ``path`` as a module of its own, taking the layer's output
+        (``engine.anatomy.tail``); None where it cannot be cut there. Traced once per layer;
+        it shares the model's modules, so it follows their weights."""
+        return None if self.scripted else self._once(("tail", path), lambda: layer_tail(self.module, path))
 
     def for_these_weights(self, key: Hashable, compute: Callable[[], T]) -> T:
         """``compute()``, kept until any of the model's weights change (``weights_version``):

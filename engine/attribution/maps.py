@@ -34,6 +34,7 @@ from torch.nn import functional as F
 from engine.core.errors import MethodInputError
 from engine.attribution.gradients import Score, run_score, score_gradient
 from engine.anatomy.hooks import first_tensor, hooked
+from engine.anatomy.tail import tail_output
 from engine.attribution.guided import GuidedReLUs
 from engine.data.images import LoadedImage
 from engine.core.jobs import Progress
@@ -244,6 +245,19 @@ def layer_pass(model, module, pixels: torch.Tensor, path: str, score: Score, gui
     size = tuple(pixels.shape[-2:])
     activation, layer_gradient = (model.state.as_map(path, tensor, size) for tensor in (activation.detach(), layer_gradient))
     return activation, layer_gradient, input_gradient, scores.detach()
+
+
+def tail_pass(model, tail, output: torch.Tensor, path: str, score: Score, size: tuple[int, int]):
+    """``layer_pass`` from the layer's output computed already (the photo's features): the
+    score through the network's ``tail`` (``ModelState.layer_tail``), so no pass runs the
+    layers before it. Returns (A, dA, None, score values), A and dA as N x C x h x w maps."""
+    dtype = next(tail.parameters(), output).dtype
+    leaf = output.detach().to(model.device, dtype).requires_grad_(True)
+    with torch.enable_grad():
+        scores = score(lambda x: tail_output(tail, x), leaf)
+        layer_gradient, = torch.autograd.grad(scores.sum(), leaf)
+    activation, layer_gradient = (model.state.as_map(path, tensor, size) for tensor in (leaf.detach(), layer_gradient))
+    return activation, layer_gradient, None, scores.detach()
 
 
 @contextmanager

@@ -14,7 +14,10 @@ resolution (7x7 at the end of most ImageNet networks); it is bilinearly upsample
 model input's size, which covers the whole image, so the map lies over the picture
 (Captum: ``LayerGradCam(...).attribute(relu_attributions=True)`` then
 ``LayerAttribution.interpolate(..., "bilinear")``). One forward pass and a backward pass
-as far as the layer.
+as far as the layer. For the photo on show, whose every layer's output the window keeps, A is
+that kept output and the gradient runs through the network after the layer alone
+(``engine.anatomy.tail``), where the network can be cut there: no pass at all through the
+layers before it.
 
 ``--layer late`` (the default) is the model's preset for its last convolutional stage,
 the activated output of the last conv layer (the paper's choice: the deepest map that
@@ -26,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from engine.attribution.maps import (CAM_VARIANTS, automatic_batch, cam_layer, cam_of, grad_cam, layer_pass, map_display,
-                           map_metrics, refuse_blank, score_cam_weights)
+                           map_metrics, refuse_blank, score_cam_weights, tail_pass)
 from engine.attribution.gradients import class_score, class_scores, gradient_network
 from engine.core.errors import MethodInputError
 from engine.core.jobs import Progress, Result, within
@@ -65,6 +68,12 @@ def run_many(contexts, bound):
             cam, upsampled = cam_of(weights.view(1, -1, 1, 1).to(activation.dtype) * activation.detach(), input_size)
             outcomes.append(_outcome(contexts[row].image, bound[row], found, path, name, cam[0], upsampled[0],
                                      float(scores[0]), activation.shape[1]))
+    elif (known := _known_output(contexts, path)) is not None:  # the photo on show: its head alone
+        activation, gradient, _, scores = tail_pass(model, model.state.layer_tail(path), known, path,
+                                                    class_score(resolved[0]["index"]), input_size)
+        cam, upsampled = grad_cam(activation, gradient, input_size, variant)
+        outcomes.append(_outcome(contexts[0].image, bound[0], resolved[0], path, name, cam[0], upsampled[0],
+                                 float(scores[0]), activation.shape[1]))
     else:
         network = gradient_network(model, units, layer=path)
         per_pass = automatic_batch(model, *input_size)
@@ -79,6 +88,19 @@ def run_many(contexts, bound):
                                          upsampled[offset], float(scores[offset]), activation.shape[1]))
     yield Progress(1.0, "done")
     return outcomes
+
+
+def _known_output(contexts, path: str):
+    """Layer ``path``'s output for a lone photo whose every layer's output is kept (the
+    window keeps them for the photo on show), where the network can be cut after the layer;
+    else None."""
+    if len(contexts) != 1:
+        return None
+    ctx = contexts[0]
+    features = ctx.features.peek(ctx.model, ctx.image)
+    if features is None or path not in features.activations or ctx.model.state.layer_tail(path) is None:
+        return None
+    return features.activations[path]
 
 
 def _outcome(image, p, resolved, path: str, name: str, cam: torch.Tensor, upsampled: torch.Tensor, score: float,
