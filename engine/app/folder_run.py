@@ -13,9 +13,10 @@ as File > Export writes one picture. Then:
   name, and ``OUT/folder-run.json`` says what was done, skipped and failed, and why.
 
 Photos are read in groups of ``PREDICT_BATCH``, and each group's predictions, from which
-a method picks a photo's class, are made in one pass per input size (1.4x the throughput
-of one photo a pass). A method with a ``run_many`` (saliency, Grad-CAM) then runs each group's photos of one
-input size in shared passes; the others run one photo after another, each job batching what it
+a method picks a photo's class, are made in one pass per input size (without every
+layer's output, which the window keeps for the photo on show). A method with a
+``run_many`` (saliency, Grad-CAM) then runs each group's photos of one input size in
+shared passes; the others run one photo after another, each job batching what it
 computes (masks, steps, samples) for its photo.
 
 Each PNG is encoded on the same thread, between two photos' methods. On a thread of its
@@ -78,7 +79,7 @@ def run_on_folder(session, method_id: str, values: dict, folder, out_dir, cancel
     run = FolderRun(method_id)
     names = [Path(item.path).relative_to(dataset.root).as_posix() for item in items]
     yield Progress(0.0, f"{method_id} on {len(names)} photos")
-    together = METHODS[method_id].run_many is not None
+    together = getattr(METHODS.get(method_id), "run_many", None) is not None
     for first in range(0, len(names), PREDICT_BATCH):
         cancel.check()
         group = _read_group(session, items, names, range(first, min(first + PREDICT_BATCH, len(names))), out, run)

@@ -269,9 +269,7 @@ class Session:
         """The job that runs ``method_id`` with the ``values`` a form or the flags gave
         (None: the method's default). It yields the method's progress and frames and
         returns a ``Shown`` with its provenance. Bad values fail here, before any work."""
-        spec = METHODS.get(method_id)
-        if spec is None:
-            raise MethodInputError(f"unknown method '{method_id}'")
+        spec = _method(method_id)
         bound = spec.bind({name: value for name, value in values.items() if value is not None})
         context = MethodContext(model=self._require_model(), image=self.image, cancel=cancel, features=self.features)
         if spec.needs_image:
@@ -293,7 +291,7 @@ class Session:
         """The job that runs ``method_id`` on several photos of one input size together
         (``MethodSpec.start_many``: a folder run's group). It returns, per photo, a
         ``Shown`` with that photo's provenance, or the ConvScopeError that refused it."""
-        spec = METHODS[method_id]
+        spec = _method(method_id)
         model = self._require_model()
         contexts = [MethodContext(model=model, image=image, cancel=cancel, features=self.features) for image in images]
         job = spec.start_many(contexts, {name: value for name, value in values.items() if value is not None})
@@ -626,6 +624,13 @@ class Session:
         if self.shown is None:
             raise NothingToExportError("there is nothing to export yet")
         return self.shown
+
+
+def _method(method_id: str) -> MethodSpec:
+    spec = METHODS.get(method_id)
+    if spec is None:
+        raise MethodInputError(f"unknown method '{method_id}'")
+    return spec
 
 
 def boxes_path_for(table) -> Path:

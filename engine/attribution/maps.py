@@ -22,7 +22,6 @@ several maps, so that equal colours mean equal values across them.
 from __future__ import annotations
 
 import math
-
 import os
 from contextlib import contextmanager
 from typing import Generator

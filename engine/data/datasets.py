@@ -38,7 +38,7 @@ from PIL import Image
 
 from engine.core.errors import MethodInputError
 from engine.core.part_files import part_folder, remove_stale_parts
-from engine.data.images import IMAGE_SUFFIXES, PNG_COMPRESSION, load_image
+from engine.data.images import IMAGE_SUFFIXES, load_image, write_png
 
 if TYPE_CHECKING:  # torch is imported lazily, by the code paths that decode
     import torch
@@ -219,7 +219,7 @@ def render_digits(folder: Path) -> None:
             big = np.kron(image, np.ones((block, block), dtype=np.uint8))
             path = scratch / str(int(target)) / f"{index:04d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(big, "L").save(path, format="PNG", compress_level=PNG_COMPRESSION)
+            write_png(path, Image.fromarray(big, "L"))
         try:
             os.rename(scratch, folder)
         except OSError:

@@ -325,7 +325,7 @@ def _create_temporary_sibling(path: Path) -> tuple[int, Path]:
 
 
 def write_png(handle, image: Image.Image) -> None:
-    """``image`` as PNG into the open binary ``handle``, at zlib level ``PNG_COMPRESSION``."""
+    """``image`` as PNG into ``handle`` (an open binary file, or a path), at zlib level ``PNG_COMPRESSION``."""
     image.save(handle, format="PNG", compress_level=PNG_COMPRESSION)
 
 
