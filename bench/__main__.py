@@ -1,7 +1,8 @@
 """`python -m bench [NAME ...]`: every benchmark (or the named ones), one table, with versions.
 
-A benchmark is any module here with a ``run() -> list[Row]``; first_paint goes first
-because it measures a cold start.
+A benchmark is any module here with a ``run() -> list[Row]``, except the parts of one
+(``_name``, imported by the benchmark they belong to); first_paint goes first because it
+measures a cold start.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ NOT_BENCHMARKS = {"common", "__main__"}
 
 
 def benchmark_names() -> list[str]:
-    names = [info.name for info in pkgutil.iter_modules([str(Path(__file__).parent)]) if info.name not in NOT_BENCHMARKS]
+    names = [info.name for info in pkgutil.iter_modules([str(Path(__file__).parent)]) 
+             if info.name not in NOT_BENCHMARKS and not info.name.startswith("_")]
     return sorted(names, key=lambda name: (name != "first_paint", name))
 
 
