@@ -26,7 +26,7 @@ NOT_BENCHMARKS = {"common", "__main__"}
 
 
 def benchmark_names() -> list[str]:
-    names = [info.name for info in pkgutil.iter_modules([str(Path(__file__).parent)]) 
+    names = [info.name for info in pkgutil.iter_modules([str(Path(__file__).parent)])
              if info.name not in NOT_BENCHMARKS and not info.name.startswith("_")]
     return sorted(names, key=lambda name: (name != "first_paint", name))
 
