@@ -215,29 +215,37 @@ class ChannelTopK:
 
         A list that never left an entry out holds every folded row, so the merge is the
         exact top of all of them; one that did holds the exact top ``count`` only, and so
-        may not grow: the rows it left out might have ranked between.
+        may not grow: the rows it left out might have ranked between. Only channels where
+        some image beats the list's last keepable entry are merged: past a few thousand
+        images that is a few channels a batch, not all of them.
         """
         batch = len(rows)
         batch_keys = rank_keys(values, positions[None, :])
-        keys = np.concatenate([self.keys, batch_keys], axis=1)
+        room = np.where(self.truncated, self.count, KEPT)  # how long each list may be
+        last = np.take_along_axis(self.keys, np.maximum(room - 1, 0)[:, None], axis=1)[:, 0]
+        bar = np.where(self.count < room, _WORST, np.where(room > 0, last, np.uint64(0)))
+        merging = np.flatnonzero((batch_keys < bar[:, None]).any(axis=1))
+        limit = np.minimum(room, self.count + batch)[merging]
+        self.truncated = self.truncated | (self.count + batch > KEPT)
+        if not len(merging):
+            return
+        keys = np.concatenate([self.keys[merging], batch_keys[merging]], axis=1)
         pick = np.argpartition(keys, KEPT - 1, axis=1)[:, :KEPT]
         pick = np.take_along_axis(pick, np.argsort(np.take_along_axis(keys, pick, axis=1), axis=1), axis=1)
-
-        def merged(kept: np.ndarray, new: np.ndarray) -> np.ndarray:
-            new = np.broadcast_to(new, (self.channels, batch))
-            return np.take_along_axis(np.concatenate([kept, new], axis=1), pick, axis=1)
-
-        limit = np.where(self.truncated, self.count, np.minimum(KEPT, self.count + batch))
-        self.truncated = self.truncated | (self.count + batch > KEPT)
-        self.count = limit
         empty = np.arange(KEPT)[None, :] >= limit[:, None]
-        self.keys = merged(self.keys, batch_keys)
-        self.keys[empty] = _WORST
-        self.rows = merged(self.rows, rows[None, :])
-        self.rows[empty] = -1
-        self.values = merged(self.values, values)
-        self.y = merged(self.y, y)
-        self.x = merged(self.x, x)
+
+        def merge(name: str, new: np.ndarray, blank) -> None:
+            new = np.broadcast_to(new, (self.channels, batch))[merging]
+            kept = np.take_along_axis(np.concatenate([getattr(self, name)[merging], new], axis=1), pick, axis=1)
+            kept[empty] = blank
+            getattr(self, name)[merging] = kept
+
+        merge("keys", batch_keys, _WORST)
+        merge("rows", rows[None, :], -1)
+        merge("values", values, 0)
+        merge("y", y, 0)
+        merge("x", x, 0)
+        self.count[merging] = limit
 
     def _sort(self) -> None:
         order = np.argsort(self.keys, axis=1, kind="stable")
