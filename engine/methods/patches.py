@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from engine.data.channel_topk import KEEP
 from engine.data.datasets import open_dataset
 from engine.core.errors import MethodInputError
 from engine.data.extraction import extract, skipped_list, skipped_note
@@ -104,7 +105,7 @@ SPEC = MethodSpec(
         Param("layer", "layer", "middle", "a layer with a spatial map (convolution stages)"),
         Param("channels", "channels", "0-7", "channels to show: ranges and lists, e.g. 0-7 or 3,17,42",
               most=MAX_CHANNELS),
-        Param("top", "int", 8, "patches per channel", minimum=1, maximum=64),
+        Param("top", "int", 8, "patches per channel", minimum=1, maximum=KEEP),  # what the kept lists hold
     ),
     run=run,
     gradients=False,
