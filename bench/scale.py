@@ -13,7 +13,7 @@ def run() -> list[Row]:
     import importlib
 
     rows: list[Row] = []
-    for part in ("_scale_index", "_scale_embedding", "_scale_extraction"):
+    for part in ("_scale_index", "_scale_embedding", "_scale_extraction", "_scale_patches"):
         try:
             module = importlib.import_module(f"bench.{part}")
         except ModuleNotFoundError as exc:

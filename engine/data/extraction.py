@@ -18,6 +18,9 @@ What is stored per image (``kind``):
 - ``"channel-max"``: for each channel of a C x H x W map, its maximum and where it is;
   float32 rows of 3*C + 2 values ``[max_0..max_C-1, y_0.., x_0.., H, W]`` (read them
   with ``Extracted.channel_maxima()``). One scan serves every channel for ``patches``.
+  As each batch lands, it is also folded into each channel's running top list for the
+  dataset (``engine.data.channel_topk``), so ``Extracted.top_channel_maxima`` ranks
+  without reading the rows back.
 
 Every image enters the model as a ``size x size`` square (see ``engine.data.datasets``), so
 all maps of one layer have the same H x W, and (y, x) of a maximum is a position in
@@ -45,6 +48,7 @@ import torch
 from engine.data.datasets import (LOADER_VERSION, Dataset, DatasetItem, batch_to_input, iter_batches, load_square,
                        square_pixels)
 from engine.core.errors import MethodInputError
+from engine.data.channel_topk import ChannelTopK
 from engine.data.feature_store import FeatureStore, FillLock
 from engine.anatomy.hooks import forward_to, hooked
 from engine.core.jobs import CancelToken, Progress
@@ -69,6 +73,17 @@ class ChannelMaxima:
 
 
 @dataclass
+class ChannelRanking:
+    """Each channel's best images by its maximum, best first (ties: the dataset's order)."""
+
+    order: np.ndarray  # channels x top int64, positions in ``Extracted.items``/``paths``/``rows``
+    values: np.ndarray  # channels x top float32, the maxima
+    y: np.ndarray  # channels x top int64, row of each maximum in the layer's map
+    x: np.ndarray  # channels x top int64, column of each maximum
+    map_size: tuple[int, int]  # (H, W) of the layer's map
+
+
+@dataclass
 class Extracted:
     """The features of a dataset's readable images, one row per image.
 
@@ -86,6 +101,7 @@ class Extracted:
     store: FeatureStore
     failures: list[tuple[str, str]] = field(default_factory=list)
     computed: int = 0
+    channel_top: ChannelTopK | None = field(default=None, repr=False)  # kind "channel-max": the running top lists
     _vectors: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -140,13 +156,7 @@ class Extracted:
         ``channels`` picks columns (default: all); the store is read a block of rows at a
         time, so asking for a few channels of 100,000 images needs memory for those only.
         """
-        if self.kind != "channel-max":
-            raise ValueError(f"channel maxima need kind='channel-max'; these features are '{self.kind}'")
-        total = (self.store.dim or 2) - 2
-        count = total // 3
-        picked = np.arange(count) if channels is None else np.asarray(channels, dtype=np.int64).reshape(-1)
-        if len(picked) and (picked.min() < 0 or picked.max() >= count):
-            raise MethodInputError(f"channel must lie in 0 .. {count - 1}")
+        picked, count = self._channels(channels)
         columns = np.concatenate([picked, picked + count, picked + 2 * count, [3 * count, 3 * count + 1]])
         parts = [np.asarray(self.store.matrix(self.rows[start:start + _READ_ROWS])[:, columns], dtype=np.float32)
                  for start in range(0, len(self.rows), _READ_ROWS)]
@@ -155,6 +165,37 @@ class Extracted:
         size = (int(data[0, -2]), int(data[0, -1])) if len(data) else (0, 0)
         return ChannelMaxima(values=data[:, :n], y=data[:, n:2 * n].astype(np.int64),
                              x=data[:, 2 * n:3 * n].astype(np.int64), map_size=size)
+
+    def top_channel_maxima(self, channels: Sequence[int], top: int) -> ChannelRanking:
+        """For ``kind="channel-max"``: each channel's ``top`` images by their maximum, best first.
+
+        The order of ``channel_maxima`` sorted by value, ties kept in the dataset's order.
+        Read from the running top lists when they are complete for these images (always,
+        after an extraction that finished, unless ``top`` is above ``channel_topk.KEEP``);
+        otherwise ranked from every stored row.
+        """
+        picked, _count = self._channels(channels)
+        top = max(0, min(int(top), len(self)))
+        kept = self.channel_top.ranking(picked, top, self.indices, self.rows) if self.channel_top else None
+        if kept is not None:
+            order, values, y, x = kept
+            return ChannelRanking(order=order, values=values, y=y.astype(np.int64), x=x.astype(np.int64),
+                                  map_size=self.channel_top.map_size)
+        maxima = self.channel_maxima(picked)
+        order = np.argsort(-maxima.values, axis=0, kind="stable")[:top].T
+        return ChannelRanking(order=order, values=np.take_along_axis(maxima.values.T, order, axis=1),
+                              y=np.take_along_axis(maxima.y.T, order, axis=1),
+                              x=np.take_along_axis(maxima.x.T, order, axis=1), map_size=maxima.map_size)
+
+    def _channels(self, channels: Sequence[int] | None) -> tuple[np.ndarray, int]:
+        """The channels asked for (all when None), checked, and how many the layer has."""
+        if self.kind != "channel-max":
+            raise ValueError(f"channel maxima need kind='channel-max'; these features are '{self.kind}'")
+        count = ((self.store.dim or 2) - 2) // 3
+        picked = np.arange(count) if channels is None else np.asarray(channels, dtype=np.int64).reshape(-1)
+        if len(picked) and (picked.min() < 0 or picked.max() >= count):
+            raise MethodInputError(f"channel must lie in 0 .. {count - 1}")
+        return picked, count
 
 
 def extract(model: LoadedModel, dataset: Dataset, layer: str, *, kind: str = "avgpool", batch_size: int = 32,
@@ -212,11 +253,17 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, si
     """
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convscope-store")
     landing: list = []  # [(indices, future)] of the append in flight, at most one
-    lock = store.fill_lock(f"{dataset.name}\n{dataset.root}")
+    what = f"{dataset.name}\n{dataset.root}"
+    lock = store.fill_lock(what)
     try:
         items = dataset.items
         yield from _wait_for_another_extraction(lock, store, items, cancel)
         rows = store.lookup(items)
+        # Each channel's running top list: stored rows it has not seen are folded first, each
+        # new batch once its append has landed, so it never counts a row the store lacks.
+        channel_top = ChannelTopK.open(store, what) if kind == "channel-max" else None
+        if channel_top is not None:
+            yield from channel_top.catch_up(channel_top.follow(rows), rows, cancel)
         missing = np.flatnonzero(rows < 0)
         failures = list(dataset.failures)
         cached = len(items) - len(missing)
@@ -228,6 +275,9 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, si
             while landing:
                 indices, future = landing.pop()
                 rows[indices] = future.result()
+                if channel_top is not None:
+                    channel_top.fold(indices, rows[indices])
+                    channel_top.save_if_due()
 
         if total == 0:
             yield Progress(1.0, f"{len(items)} images, all cached")
@@ -248,9 +298,11 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, si
                 yield Progress(done / total, _progress_message(done, total, cached, computed,
                                                                time.perf_counter() - started))
             land()
+        if channel_top is not None:
+            channel_top.save()
         kept = np.flatnonzero(rows >= 0)
         return Extracted(dataset=dataset, layer=layer, kind=kind, indices=kept, rows=rows[kept], store=store,
-                         failures=failures, computed=computed)
+                         failures=failures, computed=computed, channel_top=channel_top)
     except BaseException:
         wait([future for _, future in landing])  # lands (or fails) before the store closes; the first error wins
         store.close()

@@ -139,8 +139,13 @@ class FeatureStore:
 
     def fill_lock(self, what: str) -> "FillLock":
         """The lock on filling this store with ``what`` (a dataset), shared by every process."""
+        return FillLock(self.dataset_path("fill", what, ".lock"))
+
+    def dataset_path(self, prefix: str, what: str, suffix: str) -> Path:
+        """The file of this store's folder that belongs to ``what`` (a dataset): one per dataset,
+        since several datasets may share a store."""
         digest = hashlib.sha256(what.encode("utf-8")).hexdigest()[:16]
-        return FillLock(self.folder / f"fill-{digest}.lock")
+        return self.folder / f"{prefix}-{digest}{suffix}"
 
     def close(self) -> None:
         with self._lock:

@@ -1,8 +1,8 @@
 """``patches``: maximally activating patches, one row per channel, as in the lecture.
 
 One scan of the dataset records, for every channel of the layer, each image's maximum
-and where it is (``extract(kind="channel-max")``). For each channel asked for, the top-k
-images are taken and cropped to the unit's receptive field around that maximum: the
+and where it is (``extract(kind="channel-max")``), and keeps each channel's top images
+as it goes. For each channel asked for, the top-k images are taken and cropped to the unit's receptive field around that maximum: the
 part of the picture the unit actually saw. A click on a patch opens its image with the
 field drawn as a box.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from engine.data.channel_topk import KEEP
 from engine.data.datasets import open_dataset
 from engine.core.errors import MethodInputError
 from engine.data.extraction import extract, skipped_list, skipped_note
@@ -38,27 +39,26 @@ def run(ctx, p):
 
     scan = yield from within(extract(ctx.model, data, path, kind="channel-max", cancel=ctx.cancel), 0.0, 0.9)
     try:
-        maxima = scan.channel_maxima(picked)
+        if not len(scan):
+            raise MethodInputError("no image of the dataset could be read")
+        best = scan.top_channel_maxima(picked, p.top)
         paths, failures = scan.paths, scan.failures
     finally:
         scan.close()
-    if not paths:
-        raise MethodInputError("no image of the dataset could be read")
     yield Progress(0.9, "cropping the patches")
 
-    top = min(p.top, len(paths))
+    top = best.order.shape[1]
     p.record(layer=path, top=top)
     rows, found, values = [], {}, np.zeros((len(picked), top), np.float32)
     cache: dict[str, Image.Image] = {}
     for column, channel in enumerate(picked):
         ctx.cancel.check()
-        order = np.argsort(-maxima.values[:, column], kind="stable")[:top]
         tiles, entries = [], []
-        for rank, index in enumerate(order):
+        for rank, index in enumerate(best.order[column]):
             image = cache.get(paths[index]) or cache.setdefault(paths[index], load_image(paths[index]).image)
-            y, x = int(maxima.y[index, column]), int(maxima.x[index, column])
+            y, x = int(best.y[column, rank]), int(best.x[column, rank])
             box = _in_picture(field.box(y, x), size, image.size)
-            value = float(maxima.values[index, column])
+            value = float(best.values[column, rank])
             tiles.append(Tile(crop_with_padding(image, box), path=paths[index], caption=f"{value:.3g}", box=_clipped(box, image.size)))
             entries.append({"path": paths[index], "value": value, "box": [round(v, 2) for v in _clipped(box, image.size)]})
             values[column, rank] = value
@@ -105,7 +105,7 @@ SPEC = MethodSpec(
         Param("layer", "layer", "middle", "a layer with a spatial map (convolution stages)"),
         Param("channels", "channels", "0-7", "channels to show: ranges and lists, e.g. 0-7 or 3,17,42",
               most=MAX_CHANNELS),
-        Param("top", "int", 8, "patches per channel", minimum=1, maximum=64),
+        Param("top", "int", 8, "patches per channel", minimum=1, maximum=KEEP),  # what the kept lists hold
     ),
     run=run,
     gradients=False,
