@@ -281,11 +281,11 @@ def save_map(path: str | os.PathLike, kept: TsneMap) -> None:
 
 
 def tsne_2d_large(rows: Rows, perplexity: float = 30.0, seed: int = 0, keep: str | os.PathLike | None = None,
-                  fit_points: int = TSNE_FIT_POINTS) -> Generator[Step, None, np.ndarray]:
+                  fit_points: int | None = None) -> Generator[Step, None, np.ndarray]:
     """t-SNE of more points than fit in a t-SNE: fit a seeded subsample, place the rest.
 
     PCA to 50 dimensions is fitted on every row (``fit_pca``), the map on ``fit_points``
-    of them (streamed as ``Step.layout`` while it settles), and every other point is
+    of them (default ``TSNE_FIT_POINTS``; streamed as ``Step.layout`` while it settles), and every other point is
     placed into the map ``PLACE_ROWS`` at a time. With ``keep`` (a file) the map and every
     placement are kept there and used the next time: only points not placed before are
     placed, so a dataset that grew costs its new images alone. A kept map is fitted again
@@ -296,7 +296,7 @@ def tsne_2d_large(rows: Rows, perplexity: float = 30.0, seed: int = 0, keep: str
         raise MethodInputError("t-SNE needs at least 4 images")
     settings = {"perplexity": float(perplexity), "seed": int(seed), "dim": int(rows.dim)}
     kept = load_map(keep, settings)
-    fit_count = min(rows.count, fit_points)
+    fit_count = min(rows.count, fit_points or TSNE_FIT_POINTS)
     if kept is not None and 2 * len(kept.fitted_ids) < fit_count:
         kept = None
     placed_at = kept.lookup(rows.ids) if kept is not None else np.full(rows.count, -1)
