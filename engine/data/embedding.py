@@ -86,8 +86,9 @@ class Rows:
         return cls(len(array), array.shape[1], lambda positions: np.asarray(array[positions], dtype=np.float32),
                    np.arange(len(array), dtype=np.int64))
 
-    def blocks(self, positions: np.ndarray | None = None, size: int = READ_ROWS):
-        """(positions, float32 rows) of ``positions`` (default: all), ``size`` at a time."""
+    def blocks(self, positions: np.ndarray | None = None, size: int | None = None):
+        """(positions, float32 rows) of ``positions`` (default: all), ``size`` (``READ_ROWS``) at a time."""
+        size = size or READ_ROWS
         positions = np.arange(self.count) if positions is None else np.asarray(positions, dtype=np.int64)
         for start in range(0, len(positions), size):
             chunk = positions[start:start + size]
