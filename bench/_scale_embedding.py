@@ -58,7 +58,8 @@ def rows() -> list[Row]:
                  f"{tsne['placed']:,} placed {tsne['place_s']:.0f} s; {tsne['agreement']:.1%} of placed points among "
                  f"their own cluster; peak {tsne['peak_mb']:.0f} MB"),
         Row(f"scatter of {count:,} points: show", scatter["show_s"], "s",
-            note=f"KD-tree, density and {scatter['shown']:,} points drawn; peak {scatter['peak_mb']:.0f} MB"),
+            note=f"{scatter['shown']:,} points drawn" + (" over the density, a KD-tree over all" if scatter["shown"] < count
+                                                           else "") + f"; peak {scatter['peak_mb']:.0f} MB"),
         Row(f"scatter of {count:,} points: redraw", scatter["redraw_s"], "s",
             note=f"a paint of the whole view {scatter['paint_s'] * 1000:.0f} ms; after a zoom, re-picking the "
                  f"points and density {scatter['zoom_s'] * 1000:.0f} ms"),
