@@ -131,7 +131,7 @@ def measure_tsne(features: np.ndarray) -> dict:
     try:
         while True:
             step = next(job)
-            phase = "place" if step.message.startswith("placing") else "fit" if step.layout is not None else "pca"
+            phase = "place" if step.message.startswith("placing") else "fit" if step.message.startswith("t-SNE") else "pca"
             marks.setdefault(phase, time.perf_counter())
             if step.positions is not None:
                 fitted = step.positions

@@ -308,6 +308,7 @@ def tsne_2d_large(rows: Rows, perplexity: float = 30.0, seed: int = 0, keep: str
         projection = yield from fit_pca(rows, PCA_DIMENSIONS, 0.0, pca_share)
         chosen = np.sort(np.random.default_rng(seed).choice(rows.count, fit_count, replace=False))
         reduced = project_rows(rows, projection, chosen).astype(np.float64)
+        yield Step(pca_share, f"t-SNE of {fit_count:,} points: their nearest neighbours")  # 10-30 s in one call
         job = _optimise_tsne(reduced, perplexity, seed)
         try:
             while True:
