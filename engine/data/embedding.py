@@ -47,11 +47,11 @@ CHUNK = 25
 EXACT_NEIGHBOURS = 10_000
 LARGE = 50_000  # past this many points: the chunked paths below
 READ_ROWS = 16_384  # rows read at a time: 80 MB of 1,280 float32 values
-# A fit of 50,000 points takes about 2 min on two busy cores (20,000: 44 s; fitting grows
-# about linearly), and placing the rest costs 0.23 ms a point, so a million points are
-# laid out in about 8 min. Held-out points of 20 clusters placed into a map of 20,000 land
-# among their own cluster's points (all 10 nearest map points of the same cluster, 10,000 of
-# 10,000 placed points; bench/_scale_embedding.py measures it at full size).
+# Fitting grows about linearly with the points (20,000: 44 s on two busy cores), placing
+# the rest costs 0.28 ms a point. Measured at 1,000,000 x 1,280 (bench/_scale_embedding.py):
+# PCA to 50 and the fit of 50,000 took 67 s, placing 950,000 took 267 s, and every placed
+# point of 20 clusters had its 10 nearest fitted points in its own cluster; a fit of 100,000
+# would add about a minute for no better placement.
 TSNE_FIT_POINTS = 50_000
 PLACE_ROWS = 10_000  # points placed into a map at a time
 # Placement: openTSNE's ``transform`` settings (perplexity 5, learning rate 0.1, exaggeration
