@@ -47,16 +47,42 @@ def scatter_picture(scatter: Scatter, width: int = 900, height: int = 640, radiu
         inner = np.array([right - left - 4 * radius, bottom - top - 4 * radius], dtype=np.float64)
         # y grows upwards in a plot and downwards in a picture
         placed = (xy - low) / span * inner
-        xs = left + 2 * radius + placed[:, 0]
-        ys = bottom - 2 * radius - placed[:, 1]
-        for x, y, group in zip(xs, ys, scatter.groups):
-            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour[group])
+        xs = np.rint(left + 2 * radius + placed[:, 0]).astype(np.int64)
+        ys = np.rint(bottom - 2 * radius - placed[:, 1]).astype(np.int64)
+        index = {name: i for i, name in enumerate(names)}
+        groups = np.fromiter((index[group] for group in scatter.groups), dtype=np.int64, count=len(xy))
+        picture = Image.fromarray(_stamp_discs(np.asarray(picture).copy(), xs, ys, groups, _rgb(
+            [colour[name] for name in names]), radius))
+        draw = ImageDraw.Draw(picture)
     for row, name in enumerate(legend):
         y = top + 6 + row * (FONT_SIZE + 6)
         x = right + 14
         draw.ellipse((x, y + 3, x + 8, y + 11), fill=colour[name])
         draw.text((x + 14, y), name, fill=TEXT, font=font)
     return np.asarray(picture)
+
+
+def _stamp_discs(canvas: np.ndarray, xs: np.ndarray, ys: np.ndarray, groups: np.ndarray, colours: np.ndarray,
+                 radius: int) -> np.ndarray:
+    """A disc of ``radius`` pixels at each (x, y) in its group's colour, later points on top.
+
+    One array assignment per pixel of the disc, over every point at once: a million points
+    take about a second, where drawing them one ellipse at a time took many.
+    """
+    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
+               if dx * dx + dy * dy <= radius * radius + radius]
+    rgb = colours[groups]
+    height, width = canvas.shape[:2]
+    for dy, dx in offsets:
+        y, x = ys + dy, xs + dx
+        inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+        # Fancy assignment keeps the last of repeated indices: draw order, as one ellipse after another.
+        canvas[y[inside], x[inside]] = rgb[inside]
+    return canvas
+
+
+def _rgb(hex_colours: list[str]) -> np.ndarray:
+    return np.array([[int(text[i:i + 2], 16) for i in (1, 3, 5)] for text in hex_colours], dtype=np.uint8).reshape(-1, 3)
 
 
 def bar_picture(values: np.ndarray, legend: str = "", width: int = 900, height: int = 360) -> np.ndarray:
