@@ -122,3 +122,15 @@ def test_cancel_while_placing_keeps_the_map_for_the_next_run(labelled_folder, mo
                    on_frame=events.append)
     assert result.array.shape == (9, 2) and np.isfinite(result.array).all()
     assert not any(isinstance(event, Frame) for event in events)  # the kept map: nothing fitted again
+
+
+def test_a_large_embedding_keeps_its_paths_in_a_csv_not_in_every_record(labelled_folder, monkeypatch):
+    import csv
+
+    result = drive(large_embed(monkeypatch, labelled_folder, algo="pca"))
+    assert "paths" not in result.metrics and "labels" not in result.metrics
+    with open(result.metrics["csv"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["path"] for row in rows) == sorted(result.display.paths)
+    coordinates = np.array([[float(row["x"]), float(row["y"])] for row in rows])
+    np.testing.assert_allclose(coordinates, result.array, rtol=1e-5, atol=1e-6)

@@ -63,8 +63,13 @@ def run(ctx, p):
     finally:
         features.close()
 
-    metrics = {"paths": paths, "labels": groups if color == "label" else labels, "colour": color,
-               "images": len(paths), "skipped": skipped_list(failures)}
+    metrics = {"colour": color, "images": len(paths), "skipped": skipped_list(failures)}
+    if len(paths) > LARGE:
+        # A million paths would make every record of this result (the CLI's line, an export's
+        # provenance) tens of megabytes: past LARGE they live in the coordinates' CSV only.
+        csv = csv or layout_file(features, data, p)
+    else:
+        metrics.update(paths=paths, labels=groups if color == "label" else labels)
     if csv:
         write_csv(csv, paths, groups, layout)
         metrics["csv"] = str(Path(csv).resolve())
@@ -137,6 +142,16 @@ def tsne_map_path(features, data, perplexity: float, seed: int) -> Path:
     what = json.dumps({"dataset": str(data.root), "name": data.name, "perplexity": float(perplexity), "seed": int(seed)},
                       sort_keys=True)
     return features.store.folder / "tsne-maps" / f"{hashlib.sha256(what.encode()).hexdigest()[:24]}.pickle"
+
+
+def layout_file(features, data, p) -> Path:
+    """Where a large embedding's coordinates are written when no CSV was asked for: beside
+    the store, one file per dataset and settings, each run replacing the last."""
+    what = json.dumps({"dataset": str(data.root), "name": data.name, "algo": p.algo, "perplexity": float(p.perplexity),
+                       "seed": int(p.seed)}, sort_keys=True)
+    path = features.store.folder / "layouts" / f"{hashlib.sha256(what.encode()).hexdigest()[:24]}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def grid_picture(layout: np.ndarray, paths: list[str], columns: int, rows: int, seed: int = 0):
