@@ -87,7 +87,7 @@ class Extracted:
     store: FeatureStore
     failures: list[tuple[str, str]] = field(default_factory=list)
     computed: int = 0
-    index_plan: IndexPlan = field(default_factory=IndexPlan)  # when ``nearest`` goes through a FAISS index
+    index_plan: IndexPlan | None = None  # when ``nearest`` goes through a FAISS index (None: DEFAULT_PLAN)
     _vectors: np.ndarray | None = field(default=None, repr=False)
     _indexes: dict[str, VectorIndex | None] = field(default_factory=dict, repr=False)  # metric -> index (None: scan)
 

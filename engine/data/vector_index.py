@@ -90,6 +90,9 @@ class IndexPlan:
         return "scan"
 
 
+DEFAULT_PLAN = IndexPlan()  # what ``Extracted.nearest`` follows unless given a plan of its own
+
+
 class VectorIndex:
     """A loaded FAISS index over ``rows`` of ``store``; ``search`` answers like ``nearest``."""
 
@@ -160,9 +163,10 @@ def load_index(store: FeatureStore, rows: np.ndarray, metric: str, kind: str, na
 
 
 def open_index(store: FeatureStore, rows: np.ndarray, metric: str = "l2", *, name: str = "",
-               plan: IndexPlan = IndexPlan(), kind: str | None = None, cancel: CancelToken | None = None,
+               plan: IndexPlan | None = None, kind: str | None = None, cancel: CancelToken | None = None,
                chunk_rows: int = CHUNK_ROWS) -> Generator[Progress, None, VectorIndex | None]:
-    """The index ``plan`` calls for over ``rows`` of ``store`` (``kind`` overrides it); a job.
+    """The index ``plan`` (default ``DEFAULT_PLAN``) calls for over ``rows`` of ``store``
+    (``kind`` overrides it); a job.
 
     Loads the saved one when it matches these rows, otherwise builds it from the store,
     ``chunk_rows`` at a time, and saves it; returns None for ``"scan"`` (no index).
@@ -171,7 +175,7 @@ def open_index(store: FeatureStore, rows: np.ndarray, metric: str = "l2", *, nam
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, not '{metric}'")
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-    kind = kind or plan.kind(len(rows))
+    kind = kind or (plan or DEFAULT_PLAN).kind(len(rows))
     if kind not in KINDS:
         raise ValueError(f"index kind must be one of {', '.join(KINDS)}, not '{kind}'")
     if kind == "scan" or len(rows) == 0:
@@ -190,8 +194,8 @@ def open_index(store: FeatureStore, rows: np.ndarray, metric: str = "l2", *, nam
         index = yield from _build_ivf(store, rows, metric, cancel, chunk_rows)
         meta.update(codes="sq8", nlist=int(index.nlist))
         yield Progress(-1.0, "choosing how many clusters a query visits")
-        meta["nprobe"], meta["tuned_recall_at_10"] = _tune_nprobe(store, rows, metric, index, plan.target_recall,
-                                                                  cancel)
+        meta["nprobe"], meta["tuned_recall_at_10"] = _tune_nprobe(store, rows, metric, index,
+                                                                  (plan or DEFAULT_PLAN).target_recall, cancel)
     cancel.check()
     meta["build_s"] = round(time.perf_counter() - started, 3)
     index_path, meta_path = _save(store, rows, metric, kind, name, index, meta)
