@@ -67,7 +67,7 @@ from engine.data.nearest import METRICS, candidate_pool, nearest, rerank
 FORMAT = 1
 KINDS = ("scan", "flat", "ivf")
 IVF_FROM = 300_000  # rows; see bench/_scale_index.py for the measures behind it
-CHUNK_ROWS = 16_384  # rows converted to float32 and added at a time: 80 MB at 1,280 features
+CHUNK_ROWS = 8_192  # rows converted to float32 and added at a time: 40 MB at 1,280 features
 TRAIN_PER_CLUSTER = 50  # k-means sample; FAISS warns below 39 per cluster
 KMEANS_ROUNDS, KMEANS_ITERATIONS = 4, 5  # 20 iterations, a cancel checked after every 5
 TUNING_QUERIES = 32
@@ -216,15 +216,23 @@ def _prefix(metric: str, name: str) -> str:
     return f"index-{metric}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:12]}-"
 
 
-def _prepared(vectors: np.ndarray, metric: str) -> np.ndarray:
+def _prepared(vectors: np.ndarray, metric: str, *, in_place: bool = False) -> np.ndarray:
     """float32 rows as the index holds them: unit length for cosine (a zero row stays zero,
     at distance 1 from everything as in ``nearest``), NaN and infinities as 0 (the exact
-    re-ranking puts such rows last, as the scan does)."""
-    out = np.nan_to_num(np.asarray(vectors, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    re-ranking puts such rows last, as the scan does). ``in_place``: ``vectors`` is a
+    float32 array of the caller's own, changed rather than copied (a chunk of a build)."""
+    out = np.asarray(vectors, dtype=np.float32) if in_place else np.array(vectors, dtype=np.float32)
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     if metric == "cosine":
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)
     return out
+
+
+def _float32_rows(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
+    """The rows as a new float32 array (never a view of the store's read-only maps)."""
+    out = store.matrix(rows, dtype=np.float32)
+    return out if out.flags.writeable and out.flags.owndata else np.array(out)
 
 
 def _faiss_metric(metric: str):
@@ -238,7 +246,7 @@ def _add_in_chunks(index, store: FeatureStore, rows: np.ndarray, metric: str, ca
     total = len(rows)
     for first in range(0, total, chunk_rows):
         cancel.check()
-        index.add(_prepared(store.matrix(rows[first:first + chunk_rows], dtype=np.float32), metric))
+        index.add(_prepared(_float32_rows(store, rows[first:first + chunk_rows]), metric, in_place=True))
         done = min(total, first + chunk_rows)
         yield Progress(start + (end - start) * done / total, f"indexing {done:,} of {total:,} vectors")
 
@@ -258,8 +266,10 @@ def _build_ivf(store, rows, metric, cancel, chunk_rows) -> Generator[Progress, N
     clusters = max(1, min(int(math.sqrt(total)), total // TRAIN_PER_CLUSTER or 1))
     picked = np.sort(np.random.default_rng(0).choice(total, min(total, TRAIN_PER_CLUSTER * clusters), replace=False))
     yield Progress(0.0, f"reading {len(picked):,} vectors to find {clusters:,} clusters")
-    sample = np.concatenate([_prepared(store.matrix(rows[picked[first:first + chunk_rows]], dtype=np.float32), metric)
-                             for first in range(0, len(picked), chunk_rows)])
+    sample = np.empty((len(picked), dim), dtype=np.float32)
+    for first in range(0, len(picked), chunk_rows):
+        chunk = _float32_rows(store, rows[picked[first:first + chunk_rows]])
+        sample[first:first + len(chunk)] = _prepared(chunk, metric, in_place=True)
     kmeans = faiss.Kmeans(dim, clusters, niter=KMEANS_ITERATIONS, seed=1234, spherical=metric == "cosine",
                           max_points_per_centroid=TRAIN_PER_CLUSTER, verbose=False)
     centroids = None
