@@ -219,6 +219,21 @@ def test_extracted_nearest_goes_through_the_index_past_the_plans_threshold(tmp_p
     store.close()
 
 
+def test_a_folder_that_cannot_take_the_index_still_answers(tmp_path, monkeypatch):
+    store = fill(tmp_path, 2_000)
+    rows = np.arange(2_000)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(vector_index, "write_together", full_disk)
+    index = drive(open_index(store, rows, "l2", kind="flat"))
+    queries = clustered(3, seed=15)
+    assert np.array_equal(index.search(queries, 10)[0], exact(store, rows, queries, "l2")[0])
+    assert index_names(store) == []
+    store.close()
+
+
 def test_without_faiss_the_message_says_what_to_install(tmp_path, monkeypatch):
     store = fill(tmp_path, 600)
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError

@@ -198,7 +198,13 @@ def open_index(store: FeatureStore, rows: np.ndarray, metric: str = "l2", *, nam
                                                                   (plan or DEFAULT_PLAN).target_recall, cancel)
     cancel.check()
     meta["build_s"] = round(time.perf_counter() - started, 3)
-    index_path, meta_path = _save(store, rows, metric, kind, name, index, meta)
+    index_path, meta_path = index_files(store, rows, metric, kind, name)
+    try:
+        _save(index_path, meta_path, index, meta)
+    except OSError:
+        # The index is a cache: a store folder that cannot take it (full, read-only) costs the
+        # next process a rebuild, not this query its answer.
+        return VectorIndex(store, rows, metric, index, meta, index_path)
     _remove_superseded(store.folder, _prefix(metric, name), keep={index_path.name, meta_path.name})
     return load_index(store, rows, metric, kind, name) or VectorIndex(store, rows, metric, index, meta, index_path)
 
@@ -315,11 +321,10 @@ def _recall(found: np.ndarray, exact: np.ndarray, own: int) -> float:
     return len(set(truth) & {p for p in found if p != own}) / max(1, len(truth))
 
 
-def _save(store, rows, metric, kind, name, index, meta) -> tuple[Path, Path]:
+def _save(index_path: Path, meta_path: Path, index, meta: dict) -> None:
     faiss = _faiss()
 
-    index_path, meta_path = index_files(store, rows, metric, kind, name)
-    remove_stale_parts(store.folder)  # what a build killed midway left
+    remove_stale_parts(index_path.parent)  # what a build killed midway left
     size = {}
 
     def write_index(handle) -> None:
@@ -333,7 +338,6 @@ def _save(store, rows, metric, kind, name, index, meta) -> tuple[Path, Path]:
 
     # The index goes into place before its description, so a meta file always has its index.
     write_together([(index_path, write_index), (meta_path, write_meta)], overwrite=True)
-    return index_path, meta_path
 
 
 def _remove_superseded(folder: Path, prefix: str, keep: set[str]) -> None:
