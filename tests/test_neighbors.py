@@ -57,6 +57,24 @@ def test_distances_are_the_exact_ones(photo_folder, metric):
         assert neighbour["distance"] == pytest.approx(by_path[neighbour["path"]], rel=1e-3, abs=1e-4)
 
 
+def test_through_the_faiss_index_the_neighbours_are_the_scans(photo_folder, monkeypatch):
+    import engine.data.vector_index as vector_index
+
+    model = make_tiny_model(size=32)
+    params = dict(dataset=str(photo_folder), layer="features.4", k=4, metric="cosine", space="feature",
+                  query=str(photo_folder / "photo" / "rocket.jpg"))
+    scanned = run(MethodContext(model=model, image=None), **params)
+    monkeypatch.setattr(vector_index, "DEFAULT_PLAN", vector_index.IndexPlan(flat_from=1))
+    messages = []
+    indexed = drive(METHODS["neighbors"].start(MethodContext(model=model, image=None), params),
+                    on_progress=lambda p: messages.append(p.message))
+    assert any(m.startswith("indexing") for m in messages)
+    assert indexed.metrics["neighbors"] == scanned.metrics["neighbors"]
+    features = drive(extract(model, open_dataset(str(photo_folder)), "features.4"))
+    assert sorted(p.suffix for p in features.store.folder.glob("index-cosine-*")) == [".faiss", ".json"]
+    features.close()
+
+
 def test_pixel_neighbours_of_a_digit_are_mostly_the_same_digit(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path))
     model = make_tiny_model(size=32)

@@ -51,8 +51,9 @@ from engine.core.errors import MethodInputError
 from engine.data.channel_topk import ChannelTopK
 from engine.data.feature_store import FeatureStore, FillLock
 from engine.anatomy.hooks import forward_to, hooked
-from engine.core.jobs import CancelToken, Progress
+from engine.core.jobs import CancelToken, Progress, drive
 from engine.anatomy.layers import find_module, is_hookable
+from engine.data.vector_index import IndexPlan, VectorIndex, open_index
 from engine.models.model import LoadedModel
 
 KINDS = {"avgpool": np.float16, "channel-max": np.float32}
@@ -102,7 +103,9 @@ class Extracted:
     failures: list[tuple[str, str]] = field(default_factory=list)
     computed: int = 0
     channel_top: ChannelTopK | None = field(default=None, repr=False)  # kind "channel-max": the running top lists
+    index_plan: IndexPlan | None = None  # when ``nearest`` goes through a FAISS index (None: DEFAULT_PLAN)
     _vectors: np.ndarray | None = field(default=None, repr=False)
+    _indexes: dict[str, VectorIndex | None] = field(default_factory=dict, repr=False)  # metric -> index (None: scan)
 
     @property
     def items(self) -> list[DatasetItem]:
@@ -135,19 +138,44 @@ class Extracted:
         """The vectors as a new array of ``dtype`` (float32 for scikit-learn and friends)."""
         return np.asarray(self.vectors, dtype=dtype)
 
+    def prepare_nearest(self, metric: str = "l2", cancel: CancelToken | None = None) -> Generator[Progress, None, None]:
+        """Load or build the neighbour index ``index_plan`` calls for at this many images; a job.
+
+        Nothing to do below the plan's threshold (``nearest`` scans). Past it, the first
+        query of a dataset (or of its changed rows) waits for a build that can take a
+        minute at 10^6 images: run this first to show its progress and let it be cancelled.
+        """
+        if metric not in self._indexes:
+            self._indexes[metric] = yield from open_index(self.store, self.rows, metric, name=self._index_owner,
+                                                          plan=self.index_plan, cancel=cancel)
+
     def nearest(self, query: np.ndarray, k: int = 10, metric: str = "l2") -> tuple[np.ndarray, np.ndarray]:
         """(positions, distances) of the ``k`` images nearest to ``query``, nearest first.
 
-        Positions index ``items``/``labels``/``vectors``. Scans the store's memory maps in
-        place (``engine.data.nearest.nearest``); ``query`` comes from ``image_vector``.
+        Positions index ``items``/``labels``/``vectors``; ``query`` comes from
+        ``image_vector``. Below ``index_plan``'s threshold this scans the store's memory
+        maps in place (``engine.data.nearest.nearest``), past it it asks the dataset's FAISS
+        index (``engine.data.vector_index``; built by ``prepare_nearest`` if not yet).
+        Distances are exact either way.
         """
+        if metric not in self._indexes:
+            drive(self.prepare_nearest(metric))
+        index = self._indexes[metric]
+        if index is not None:
+            return index.search(query, k)
         from engine.data.nearest import nearest
 
         return nearest(self.store.blocks(), query, k, metric, norms=self.store.norms(), subset=self.rows)
 
+    @property
+    def _index_owner(self) -> str:
+        """Who the rows belong to, as the store's fill lock names it: one index file per dataset."""
+        return f"{self.dataset.name}\n{self.dataset.root}"
+
     def close(self) -> None:
         """Release the store's files (also done when this object is garbage collected)."""
         self._vectors = None
+        self._indexes.clear()
         self.store.close()
 
     def channel_maxima(self, channels: Sequence[int] | None = None) -> ChannelMaxima:

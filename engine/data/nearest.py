@@ -69,7 +69,7 @@ def nearest(matrix: np.ndarray | Sequence[np.ndarray], query: np.ndarray, k: int
 
     query_norms = np.linalg.norm(queries, axis=1)
     dots = _unit_dots(blocks, queries, query_norms, norms)  # (total, Q): x . q / ||q||
-    pool = min(len(candidates_rows), max(4 * count, count + 64))
+    pool = candidate_pool(count, len(candidates_rows))
     indices = np.empty((len(queries), count), dtype=np.int64)
     distances = np.empty((len(queries), count), dtype=np.float32)
     chosen_norms = norms[candidates_rows]
@@ -82,15 +82,35 @@ def nearest(matrix: np.ndarray | Sequence[np.ndarray], query: np.ndarray, k: int
                 rough = 1.0 - np.where(chosen_norms > 0, dot / chosen_norms, 0.0)
         rough = np.where(np.isnan(rough), np.inf, rough)
         if pool < len(rough):
-            picked = np.argpartition(rough, pool - 1)[:pool]
+            picked = np.sort(np.argpartition(rough, pool - 1)[:pool])
         else:
             picked = np.arange(len(rough))
-        rows = _gather(blocks, offsets, candidates_rows[picked])
-        exact = _exact_distances(rows, vector, metric)
-        order = np.lexsort((picked, exact))[:count]  # ties: the earlier row first
+        order, distances[q] = rerank(blocks, candidates_rows[picked], vector, count, metric)
         indices[q] = picked[order]
-        distances[q] = exact[order]
     return (indices[0], distances[0]) if single else (indices, distances)
+
+
+def candidate_pool(count: int, available: int) -> int:
+    """How many candidates a rough first pass hands to ``rerank`` for ``count`` results:
+    enough that its rounding (float16 here, quantised codes in a FAISS index) cannot
+    push a true neighbour out."""
+    return min(available, max(4 * count, count + 64))
+
+
+def rerank(matrix: np.ndarray | Sequence[np.ndarray], rows: np.ndarray, query: np.ndarray, count: int,
+           metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``count`` of the candidate ``rows`` nearest to ``query`` by distances computed
+    exactly, in float64, from the rows themselves: ``(positions in rows, float32 distances)``.
+
+    ``matrix`` is what ``nearest`` takes (blocks stand for their concatenation); ``rows``
+    are row numbers in it, in ascending order, so ties go to the earlier row.
+    """
+    blocks = [matrix] if isinstance(matrix, np.ndarray) and matrix.ndim == 2 else list(matrix)
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    offsets = np.cumsum([0] + [len(block) for block in blocks])
+    exact = _exact_distances(_gather(blocks, offsets, rows), np.asarray(query, dtype=np.float64), metric)
+    order = np.lexsort((np.arange(len(rows)), exact))[:count]
+    return order, exact[order].astype(np.float32)
 
 
 def row_norms(matrix: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:

@@ -39,13 +39,17 @@ def run(ctx, p):
 
     found: dict[str, list[dict]] = {}
     for index, which in enumerate(spaces):
+        start, end = _share(index, len(spaces))
+        middle = start + EXTRACTION_SHARE * (end - start)
         if which == "feature":
-            features = yield from within(extract(ctx.model, data, path, cancel=ctx.cancel), *_share(index, len(spaces)))
+            features = yield from within(extract(ctx.model, data, path, cancel=ctx.cancel), start, middle)
             vector = image_vector(ctx.model, query_source, path)
         else:
-            features = yield from within(extract_pixels(data, cancel=ctx.cancel), *_share(index, len(spaces)))
+            features = yield from within(extract_pixels(data, cancel=ctx.cancel), start, middle)
             vector = _pixel_vector(query_source, query_image)
         try:
+            # A dataset past the index's threshold builds its FAISS index on its first query: shown and cancellable.
+            yield from within(features.prepare_nearest(metric, ctx.cancel), middle, end)
             found[which] = _nearest(features, vector, k, metric, exclude=query_path)
             failures = features.failures
         finally:
@@ -66,6 +70,9 @@ def run(ctx, p):
             f"(averaged over space), pixels: {PIXEL_SIDE}x{PIXEL_SIDE} RGB; click an image to open it{skipped_note(failures)}")
     return Result(display=Gallery(rgb=mosaic, regions=regions, note=note),
                   array=np.array([n["distance"] for n in main], dtype=np.float32), layer=path, metrics=metrics)
+
+
+EXTRACTION_SHARE = 0.9  # of each space's progress; the rest is the neighbour index (none for a small dataset)
 
 
 def _share(index: int, count: int) -> tuple[float, float]:
