@@ -177,7 +177,7 @@ def _pipeline(source: ModelSource, layer: str, kind: str, size: int, fingerprint
     def batches(items: list[DatasetItem], missing: np.ndarray) -> Iterator[ComputedBatch]:
         listed = [{"index": int(i), "path": items[int(i)].path} for i in missing]
         blocks = max(1, -(-len(listed) // batch_size))
-        pool = workers or _default_workers(ray, gpus_per_worker)
+        pool = min(workers or _default_workers(ray, gpus_per_worker), blocks)  # a worker per batch at most
         on_gpu = gpus_per_worker > 0
         # On CPUs both stages ask for one CPU, so Ray Data fuses them into one actor: decode
         # and model share its core, and pixels never cross the object store. A GPU worker
