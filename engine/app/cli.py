@@ -441,7 +441,7 @@ def _extract(args) -> int:
     if args.engine == "ray":
         from engine.data import ray_extraction
 
-        ray_extraction.import_ray()  # how to install it, before the model and the dataset load
+        ray_extraction.connect(args.address, workers)  # a missing Ray or a silent address, before the model loads
     dataset = open_dataset(args.dataset)
     model = _load_model(args)
     layer = resolve_layer(model.module, args.layer, model.presets, model.state.output_shapes())

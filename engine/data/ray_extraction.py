@@ -107,6 +107,8 @@ def connect(address: str | None = None, workers: int | None = None) -> None:
     """
     ray = import_ray()
     _quiet(ray)
+    if address:
+        _check_reachable(address)
     if ray.is_initialized():
         return
     # Ray's core logs at error level, for every Ray Data actor pool, that its constructor
@@ -114,7 +116,6 @@ def connect(address: str | None = None, workers: int | None = None) -> None:
     # Set to fatal, Ray says so once, at info level, when it starts. A user's setting wins.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if address:
-        _check_reachable(address)
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     else:
         ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, logging_level=logging.ERROR,
@@ -164,13 +165,14 @@ def extract_on_ray(model: LoadedModel, source: ModelSource, dataset: Dataset, la
     connect(address, workers)
     store = open_feature_store(model, layer, kind, store_root)
     rows = _pipeline(source, layer, kind, model.preprocessing.size, weights_fingerprint(model.module), batch_size,
-                     workers, gpus_per_worker)
+                     workers, gpus_per_worker, cancel)
     return (yield from _fill_store(store, dataset, layer, kind, rows, cancel))
 
 
 def _pipeline(source: ModelSource, layer: str, kind: str, size: int, fingerprint: str, batch_size: int,
-              workers: int | None, gpus_per_worker: float):
-    """The Ray source of computed batches for ``_fill_store``."""
+              workers: int | None, gpus_per_worker: float, cancel: CancelToken):
+    """The Ray source of computed batches for ``_fill_store``; ``cancel`` is checked before
+    waiting for each result batch, so a cancelled run asks the pipeline for nothing more."""
     ray = import_ray()
     batch_size = max(1, int(batch_size))
 
@@ -190,7 +192,7 @@ def _pipeline(source: ModelSource, layer: str, kind: str, size: int, fingerprint
                                                     "fingerprint": fingerprint, "device": "cuda" if on_gpu else "cpu"}))
         results = data.iter_batches(batch_size=None, batch_format="numpy")
         try:
-            for result in _reported(results):
+            for result in _reported(results, cancel):
                 ok = result["message"] == ""
                 failures = [(items[int(i)].path, str(message))
                             for i, message in zip(result["index"][~ok], result["message"][~ok])]
@@ -211,13 +213,15 @@ def _default_workers(ray, gpus_per_worker: float) -> int:
     return max(1, int(resources.get("CPU", 1)))
 
 
-def _reported(results: Iterator[dict]) -> Iterator[dict]:
-    """``results`` with a worker's ConvScope error raised as itself, in its own words, and
-    any other pipeline failure as one line that says it came from Ray."""
+def _reported(results: Iterator[dict], cancel: CancelToken) -> Iterator[dict]:
+    """``results`` until ``cancel`` is set, with a worker's ConvScope error raised as itself,
+    in its own words, and any other pipeline failure as one line that says it came from Ray."""
     from ray.exceptions import RayError
 
     try:
-        yield from results
+        for result in results:
+            yield result
+            cancel.check()
     except RayError as exc:
         cause = _convscope_cause(exc)
         if cause is not None:
