@@ -9,7 +9,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_process()
     argv = list(sys.argv[1:] if argv is None else argv)
     # engine.app.cli.COMMANDS, written out: importing the CLI imports torch, which the window loads later.
-    if argv and argv[0] in ("models", "layers", "classify", "run", "evaluate"):
+    if argv and argv[0] in ("models", "layers", "classify", "run", "evaluate", "extract"):
         from engine.app.cli import main as cli_main
 
         return cli_main(argv)

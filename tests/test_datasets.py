@@ -349,3 +349,31 @@ def test_unusual_files_still_go_through_the_safe_loader(tmp_path):
     palette = load_square(tmp_path / "palette.png", 16).astype(int)
     reference = square_pixels(Image.fromarray(data.chelsea()), 16).astype(int)
     assert np.abs(palette - reference).mean() < 8  # the same cat, through a 256-colour palette
+
+
+def test_a_list_file_names_images_with_labels_after_a_tab_or_a_comma(tmp_path):
+    for name in ("a.png", "b.png", "c,d.png", "e.png"):
+        save(tmp_path / "pics" / name, data.camera(), (8, 8))
+    elsewhere = save(tmp_path / "other" / "f.png", data.camera(), (8, 8))
+    listed = tmp_path / "pics" / "list.csv"
+    listed.write_text("path,label\n"  # column names, skipped
+                      "a.png\tcat\n"
+                      "# a comment\n\n"
+                      "b.png,dog\n"
+                      "c,d.png\n"  # a comma inside a name: the whole line names a file
+                      '"e.png",bird\n'
+                      f"{elsewhere}\n"
+                      "a.png,again\n"  # listed twice: counted once, with its first label
+                      "gone.png,cat\n")
+    dataset = open_dataset(listed)
+    assert [Path(p).name for p in dataset.paths] == ["a.png", "b.png", "c,d.png", "e.png", "f.png"]
+    assert dataset.labels == ["cat", "dog", None, "bird", None]
+    assert all(Path(p).is_absolute() for p in dataset.paths) and dataset.root == tmp_path.resolve()
+    assert [(Path(p).name, "line 10 of list.csv" in why) for p, why in dataset.failures] == [("gone.png", True)]
+
+
+def test_a_list_naming_no_readable_image_is_refused_clearly(tmp_path):
+    listed = tmp_path / "list.txt"
+    listed.write_text("missing.png\n")
+    with pytest.raises(MethodInputError, match="names no image that can be read: missing.png"):
+        open_dataset(listed)

@@ -7,6 +7,7 @@
     python main.py classify --image PATH [--model NAME]
     python main.py run METHOD --image PATH [--layer L] [--target T] [--out F.png] [--save-array F.npy] ...
     python main.py evaluate --images DIR --out DIR [--methods LIST] [--metrics LIST] [--boxes FILE]
+    python main.py extract --dataset DIR|LIST --layer L [--kind avgpool|channel-max] [--engine local|ray] ...
 
 Bad input exits with status 2 and one line on stderr; nothing here imports Qt.
 """
@@ -22,12 +23,18 @@ from pathlib import Path
 from engine.core.errors import ConvScopeError, JobCancelled
 from engine.methods.params import Param
 
-COMMANDS = ("models", "layers", "classify", "run", "evaluate")
+COMMANDS = ("models", "layers", "classify", "run", "evaluate", "extract")
 # The CLI's own numbers, read and bounded as the methods' parameters are. A layer listing
 # runs one forward pass at the size asked for; 2048 px is the largest picture any method makes.
 LAYERS_SIZE = Param("size", "int", None, "input size (default: the model's)", minimum=1, maximum=2048)
 FPS = Param("fps", "float", 12.0, "frames per second of --animation", above=0.0, maximum=120.0)
 STEPS = Param("steps", "int", 50, "steps of the deletion and insertion curves", minimum=2, maximum=10000)
+BATCH_SIZE = Param("batch_size", "int", 32, "images per forward pass", minimum=1, maximum=4096)
+WORKERS = Param("workers", "int", None, "local: decoding threads (default: one per core, at most 8); ray: workers "
+                "holding a model each (default: every CPU of the Ray instance, or its GPUs / --gpus-per-worker)",
+                minimum=1)
+GPUS_PER_WORKER = Param("gpus_per_worker", "float", 0.0, "with --engine ray: GPUs each worker runs its model on "
+                        "(0: CPUs; 0.5: two workers share a GPU)", minimum=0.0, maximum=64.0)
 ANNOTATE = Param("annotate", "bool", True, "draw the colour bar and a caption strip (method, target, layer) around "
                  "--out's picture; --no-annotate writes the bare picture")
 
@@ -89,6 +96,30 @@ def build_parser() -> argparse.ArgumentParser:
                           help="what deletion puts in place of removed pixels, and insertion starts from")
     evaluate.add_argument("--steps", default=None, help=f"{STEPS.help} (default: {STEPS.default})")
 
+    extract = commands.add_parser("extract", help="compute a layer's features for every image of a dataset into the "
+                                  "feature store neighbors, embed and patches read; resumes where a run stopped")
+    _add_model_options(extract)
+    extract.add_argument("--dataset", required=True,
+                         help="a folder of images (subfolder names become labels), a list file (.txt, .csv, .tsv, "
+                              ".lst: an image path a line, relative to the list, optionally a tab or comma and its "
+                              "label), or digits / samples")
+    extract.add_argument("--layer", required=True,
+                         help="a layer path (see `layers`), or early, middle, late, penultimate")
+    extract.add_argument("--kind", default="avgpool", choices=_extraction().KINDS,
+                         help="avgpool: each channel's mean (what neighbors and embed read); channel-max: each "
+                              "channel's maximum and where it is (what patches reads)")
+    extract.add_argument("--engine", default="local", choices=("local", "ray"),
+                         help="local: this process; ray: a Ray Data pipeline, on this machine or the cluster at "
+                              "--address (needs pip install 'convscope[scale]')")
+    extract.add_argument("--address", default=None,
+                         help="with --engine ray: the Ray cluster (host:port, ray://host:port, or auto for the one "
+                              "`ray start` began here); default: a Ray instance on this machine")
+    extract.add_argument(WORKERS.flag, dest=WORKERS.name, default=None, help=WORKERS.help)
+    extract.add_argument(GPUS_PER_WORKER.flag, dest=GPUS_PER_WORKER.name, default=None,
+                         help=f"{GPUS_PER_WORKER.help} (default: 0)")
+    extract.add_argument(BATCH_SIZE.flag, dest=BATCH_SIZE.name, default=None,
+                         help=f"{BATCH_SIZE.help} (default: {BATCH_SIZE.default})")
+
     run = commands.add_parser("run", help="run a visualisation method")
     methods = run.add_subparsers(dest="method", required=True, parser_class=_Parser, metavar="METHOD")
     for spec in METHODS.values():
@@ -134,6 +165,12 @@ def _evaluation():
     from engine.evaluation import report
 
     return report
+
+
+def _extraction():
+    from engine.data import extraction
+
+    return extraction
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +223,8 @@ def _dispatch(args) -> int:
         return _run_method(args, *_bind_flags(args))  # flags bound before the model loads
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "extract":
+        return _extract(args)
     from engine.anatomy.activations import compute_features
     from engine.data.images import load_image
 
@@ -318,15 +357,16 @@ def _load_into(session, args, seed) -> None:
         torch.manual_seed(seed)
 
 
-def _progress_printer():
-    """A progress callback for a long job over a folder: one line on stderr, rewritten, with the time left."""
+def _progress_printer(own_eta: bool = True):
+    """A progress callback for a long job over a folder: one line on stderr, rewritten, with
+    the time left (``own_eta`` False: the job's messages say it already)."""
     from engine.core.eta import Eta, duration_text
 
     eta = Eta()
 
     def show(progress) -> None:
         eta.update(progress.fraction)
-        left = eta.seconds_left()
+        left = eta.seconds_left() if own_eta else None
         print(f"\r{progress.fraction:4.0%} {progress.message}" + (f", {duration_text(left)} left" if left else "")
               + "\033[K", end="", file=sys.stderr, flush=True)
 
@@ -380,6 +420,50 @@ def _evaluate(args) -> int:
     print(json.dumps({"photos": summary["photos"], "unreadable": len(summary["unreadable"]),
                       "summary": str(out / SUMMARY), "report": str(out / REPORT), "beats_edges": summary["beats_edges"],
                       "maps": summary["maps"]}))
+    return 0
+
+
+def _extract(args) -> int:
+    """``extract``: the features of a dataset into the feature store; the last line is JSON."""
+    from engine.anatomy.layers import resolve_layer
+    from engine.core.jobs import CancelToken, drive
+    from engine.data.datasets import open_dataset
+    from engine.models.registry import BUNDLED_MODEL
+
+    extraction = _extraction()
+    batch_size = BATCH_SIZE.coerce(args.batch_size)
+    workers = WORKERS.coerce(args.workers)
+    gpus = GPUS_PER_WORKER.coerce(args.gpus_per_worker)
+    if args.engine == "local" and (args.address or gpus):
+        named = [flag for flag, value in (("--address", args.address), (GPUS_PER_WORKER.flag, gpus)) if value]
+        raise ConvScopeError(f"{' and '.join(named)} {'go' if len(named) > 1 else 'goes'} with --engine ray; "
+                             f"the local engine runs on --device")
+    if args.engine == "ray":
+        from engine.data import ray_extraction
+
+        ray_extraction.connect(args.address, workers)  # a missing Ray or a silent address, before the model loads
+    dataset = open_dataset(args.dataset)
+    model = _load_model(args)
+    layer = resolve_layer(model.module, args.layer, model.presets, model.state.output_shapes())
+    cancel = CancelToken()
+    if args.engine == "ray":
+        source = ray_extraction.ModelSource.of(args.model or BUNDLED_MODEL, args.weights, args.trust)
+        job = ray_extraction.extract_on_ray(model, source, dataset, layer, kind=args.kind, batch_size=batch_size,
+                                            cancel=cancel, address=args.address, workers=workers,
+                                            gpus_per_worker=gpus)
+    else:
+        job = extraction.extract(model, dataset, layer, kind=args.kind, batch_size=batch_size, cancel=cancel,
+                                 workers=workers)
+    result = drive(job, on_progress=_progress_printer(own_eta=False))
+    print(file=sys.stderr)
+    try:
+        for path, why in result.failures:
+            print(f"skipped {path}: {why}", file=sys.stderr)
+        print(json.dumps({"store": str(result.store.folder), "model": model.name, "layer": layer, "kind": args.kind,
+                          "engine": args.engine, "rows": len(result), "computed": result.computed,
+                          "cached": len(result) - result.computed, "skipped": len(result.failures)}))
+    finally:
+        result.close()
     return 0
 
 

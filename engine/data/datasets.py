@@ -19,6 +19,14 @@ Labels come from folder names: when images sit in subfolders of the root, the fi
 subfolder's name is their label (``root/cat/x.jpg`` and ``root/cat/2020/y.jpg`` are both
 "cat"); images directly in the root have no label (None).
 
+A list file (``.txt``, ``.csv``, ``.tsv`` or ``.lst``) names the images instead: one path
+a line, relative to the list's folder or absolute, optionally followed by its label after
+a tab or a comma (``cats/1.jpg<TAB>cat``, ``cats/1.jpg,cat``; a comma inside a path is
+fine when the whole line names a file, or in CSV quotes). Blank lines and lines starting
+with ``#`` are skipped, and so is a first line of column names (``path,label``). The
+images keep the list's order; a listed file that is missing is reported among the
+dataset's failures, and a file listed twice counts once.
+
 Built-in sets, usable offline: ``"samples"`` (scikit-image's sample photos, the ones
 ``engine.data.samples`` lists) and ``"digits"`` (scikit-learn's 1,797 labelled 8x8 digits,
 rendered once to 64x64 PNGs in the cache, labels "0" to "9").
@@ -26,6 +34,7 @@ rendered once to 64x64 PNGs in the cache, labels "0" to "9").
 
 from __future__ import annotations
 
+import csv
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +53,8 @@ if TYPE_CHECKING:  # torch is imported lazily, by the code paths that decode
     import torch
 
 BUILTIN_DATASETS = ("samples", "digits")
+LIST_SUFFIXES = (".txt", ".csv", ".tsv", ".lst")  # a file of image paths, one a line
+_LIST_HEADERS = ("path", "file", "filename", "image", "image_path")  # a first line naming the columns
 # Bump when the way pixels are decoded or resized changes: it is part of every feature
 # store's key, so stale features are never reused.
 # 2: PyTorch's bicubic instead of Pillow's (a grey level apart, rarely two), JPEGs drafted
@@ -109,19 +120,22 @@ class Dataset:
 
 
 def open_dataset(spec: str | os.PathLike) -> Dataset:
-    """List a dataset: a folder (searched recursively) or a built-in name.
+    """List a dataset: a folder (searched recursively), a list file or a built-in name.
 
     A plain string equal to a built-in name ("samples", "digits") opens that set; write
     "./digits" for a folder of that name. Raises ``MethodInputError`` for a missing
-    folder, a file, or a folder without any image.
+    folder, another kind of file, a folder without any image, or a list naming none.
     """
     if isinstance(spec, str) and spec in BUILTIN_DATASETS:
         return _open_samples() if spec == "samples" else _open_digits()
     root = Path(spec).expanduser()
     if not root.exists():
         raise MethodInputError(f"no such folder: {root}")
+    if root.is_file() and root.suffix.lower() in LIST_SUFFIXES:
+        return _open_list(root.resolve())
     if not root.is_dir():
-        raise MethodInputError(f"{root} is a file; a dataset is a folder of images (subfolder names become labels)")
+        raise MethodInputError(f"{root} is a file; a dataset is a folder of images (subfolder names become labels) "
+                               f"or a list of image paths ({', '.join(LIST_SUFFIXES)})")
     root = root.resolve()
     items, failures = _scan(root)
     if not items and failures and failures[0][0] == str(root):
@@ -165,6 +179,61 @@ def _scan(root: Path) -> tuple[list[DatasetItem], list[tuple[str, str]]]:
                 failures.append((entry.path, f"{entry.name} cannot be read: {exc.strerror or exc}"))
     found.sort(key=lambda pair: pair[0])
     return [item for _, item in found], failures
+
+
+def _open_list(path: Path) -> Dataset:
+    """The images a list file names (see the module's docstring for its lines).
+
+    The dataset's root is the deepest folder holding every listed image, so each one has
+    a path relative to it (a folder run names its outputs by it).
+    """
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise MethodInputError(f"the image list {path} cannot be read: {why}") from None
+    items: list[DatasetItem] = []
+    failures: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, label = _list_entry(line, path.parent)
+        target = os.path.abspath(path.parent / Path(name).expanduser())
+        if number == 1 and name.lower() in _LIST_HEADERS and not os.path.exists(target):
+            continue
+        if target in seen:
+            continue
+        seen.add(target)
+        try:
+            stat = os.stat(target)
+            if not os.path.isfile(target):
+                raise IsADirectoryError(21, "it is a folder, not an image")
+        except OSError as exc:
+            failures.append((target, f"{os.path.basename(target)} (line {number} of {path.name}) cannot be read: "
+                                     f"{exc.strerror or exc}"))
+            continue
+        items.append(DatasetItem(target, label, stat.st_size, stat.st_mtime_ns))
+    if not items:
+        why = f": {failures[0][1]}" if failures else ""
+        if len(failures) > 1:
+            why += f" (and {len(failures) - 1} more)"
+        raise MethodInputError(f"the image list {path} names no image that can be read{why}")
+    root = Path(os.path.commonpath([os.path.dirname(item.path) for item in items]))
+    return Dataset(root=root, name=path.name, items=items, failures=failures)
+
+
+def _list_entry(line: str, folder: Path) -> tuple[str, str | None]:
+    """(path, label or None) of one line of an image list."""
+    if "\t" in line:
+        name, label = line.split("\t", 1)
+    elif "," in line and not os.path.isfile(folder / line):
+        fields = next(csv.reader([line]))
+        name, label = fields[0], fields[1] if len(fields) > 1 else ""
+    else:
+        name, label = line, ""
+    return name.strip(), label.strip() or None
 
 
 def _item(path: Path, label: str | None) -> DatasetItem:

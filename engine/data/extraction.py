@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generator, Sequence
+from typing import Generator, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -237,17 +237,39 @@ def extract(model: LoadedModel, dataset: Dataset, layer: str, *, kind: str = "av
     in the store. ``store_root`` defaults to ``<cache>/features``; ``workers`` is the
     number of decoding threads (default: one per core).
     """
-    if kind not in KINDS:
-        raise MethodInputError(f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
-    find_module(model.module, layer)  # a clear message for a wrong layer, before any work
+    check_layer_and_kind(model, layer, kind)
     cancel = cancel or CancelToken()
     dtype = _input_dtype(model.module)
 
     def rows_of(pixels: torch.Tensor) -> np.ndarray:
         return layer_rows(model, layer, kind, batch_to_input(pixels, model.preprocessing, model.device, dtype), cancel)
 
-    store = FeatureStore.open(store_root, feature_key(model, layer, kind), dtype=KINDS[kind])
-    return (yield from _fill_store(store, dataset, layer, kind, model.preprocessing.size, rows_of, batch_size, cancel, workers))
+    store = open_feature_store(model, layer, kind, store_root)
+    source = local_batches(model.preprocessing.size, rows_of, batch_size, cancel, workers)
+    return (yield from _fill_store(store, dataset, layer, kind, source, cancel))
+
+
+def check_layer_and_kind(model: LoadedModel, layer: str, kind: str) -> None:
+    """A clear message for an unknown kind or a wrong layer, before any work."""
+    if kind not in KINDS:
+        raise MethodInputError(f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
+    find_module(model.module, layer)
+
+
+def open_feature_store(model: LoadedModel, layer: str, kind: str,
+                       store_root: str | os.PathLike | None = None) -> FeatureStore:
+    """The store that holds ``model``'s rows of ``kind`` at ``layer``, whichever engine computes them."""
+    return FeatureStore.open(store_root, feature_key(model, layer, kind), dtype=KINDS[kind])
+
+
+def local_batches(size: int, rows_of, batch_size: int, cancel: CancelToken, workers: int | None):
+    """The local source of computed batches for ``_fill_store``: this process's decoding
+    threads (``iter_batches``) and ``rows_of`` (N x 3 x size x size uint8 pixels to N rows)."""
+    def source(items: list[DatasetItem], missing: np.ndarray) -> Iterator[ComputedBatch]:
+        for batch in iter_batches(items, missing, size, batch_size=batch_size, cancel=cancel, workers=workers):
+            yield ComputedBatch(batch.indices, batch.failures, rows_of(batch.pixels) if batch.indices else None)
+
+    return source
 
 
 def extract_pixels(dataset: Dataset, *, side: int = PIXEL_SIDE, batch_size: int = 256, cancel: CancelToken | None = None,
@@ -263,15 +285,29 @@ def extract_pixels(dataset: Dataset, *, side: int = PIXEL_SIDE, batch_size: int 
     def rows_of(pixels: torch.Tensor) -> np.ndarray:
         return pixels.reshape(len(pixels), -1).float().div_(255).numpy()
 
-    return (yield from _fill_store(store, dataset, "pixels", "pixels", side, rows_of, batch_size,
-                                   cancel or CancelToken(), workers))
+    cancel = cancel or CancelToken()
+    return (yield from _fill_store(store, dataset, "pixels", "pixels",
+                                   local_batches(side, rows_of, batch_size, cancel, workers), cancel))
 
 
-def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, size: int, rows_of, batch_size: int,
-                cancel: CancelToken, workers: int | None) -> Generator[Progress, None, Extracted]:
-    """The one extraction loop: look every file up, compute rows for the missing ones a
-    batch at a time (``rows_of`` turns N x 3 x size x size uint8 pixels into N rows), and
-    append each batch to ``store``, so a cancel keeps finished work.
+class ComputedBatch(NamedTuple):
+    """What a source of computed batches hands ``_fill_store``: the rows of some dataset
+    files (``vectors[j]`` belongs to ``items[indices[j]]``; None when ``indices`` is
+    empty) and the files of the batch that could not be read, as (path, message)."""
+
+    indices: list[int]
+    failures: list[tuple[str, str]]
+    vectors: np.ndarray | None
+
+
+def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, source,
+                cancel: CancelToken) -> Generator[Progress, None, Extracted]:
+    """The one extraction loop: look every file up, have ``source`` compute rows for the
+    missing ones a batch at a time, and append each batch to ``store``, so a cancel keeps
+    finished work. ``source(items, missing)`` iterates ``ComputedBatch``es covering the
+    positions ``missing`` of ``items`` in any order: this process's threads and model
+    (``local_batches``) or a Ray Data pipeline (``engine.data.ray_extraction``). It is a
+    generator, closed when the loop ends however it ends, so a pipeline stops with it.
 
     Appends run on a writer thread while the model works on the next batch: each one
     waits for its file writes to reach the disk (fsync), 10-20 ms a batch that would
@@ -283,6 +319,7 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, si
     landing: list = []  # [(indices, future)] of the append in flight, at most one
     what = f"{dataset.name}\n{dataset.root}"
     lock = store.fill_lock(what)
+    batches = None  # the source's iterator, once there is work for it
     try:
         items = dataset.items
         yield from _wait_for_another_extraction(lock, store, items, cancel)
@@ -313,13 +350,13 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, si
             yield Progress(0.0, f"0 of {total} images" + (f" ({cached} cached)" if cached else ""))
             started = time.perf_counter()
             done = 0
-            for batch in iter_batches(items, missing, size, batch_size=batch_size, cancel=cancel, workers=workers):
+            batches = source(items, missing)
+            for batch in batches:
                 failures.extend(batch.failures)
                 if batch.indices:
-                    vectors = rows_of(batch.pixels)
                     land()
                     landing.append((batch.indices, writer.submit(store.append, [items[i] for i in batch.indices],
-                                                                 vectors)))
+                                                                 batch.vectors)))
                     computed += len(batch.indices)
                 done += len(batch.indices) + len(batch.failures)
                 cancel.check()  # a cancelled run still keeps this batch: its append lands below
@@ -336,6 +373,8 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, si
         store.close()
         raise
     finally:
+        if batches is not None:
+            batches.close()  # stops a pipeline the loop left early (cancelled or failed)
         writer.shutdown(wait=True)
         lock.release()  # after the last append has landed, so whoever waits finds every row there
 
