@@ -18,6 +18,17 @@ def choose_dataset_folder(parent) -> str:
     return QFileDialog.getExistingDirectory(parent, "Open a folder of images (subfolders become labels)", str(Path.home()))
 
 
+# The suffixes engine.data.datasets.LIST_SUFFIXES reads, written out: this module loads before the engine.
+IMAGE_LIST_FILTER = "Lists of image paths (*.txt *.csv *.tsv *.lst);;All files (*)"
+
+
+def choose_image_list(parent) -> str:
+    """A file naming a dataset's images, one path a line (a label after a tab or comma)."""
+    path, _ = QFileDialog.getOpenFileName(parent, "Open a list of image paths (one a line, a label after a tab or comma)",
+                                          str(Path.home()), IMAGE_LIST_FILTER)
+    return path
+
+
 WEIGHTS_FILTER = "State dicts (*.pt *.pth *.bin *.safetensors);;All files (*)"
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 MODEL_FILE_FILTER = ("Models (*.pt *.pth *.ts *.pkl *.onnx *.py);;PyTorch models (*.pt *.pth *.ts *.pkl);;"

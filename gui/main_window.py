@@ -215,6 +215,11 @@ class MainWindow(QMainWindow):
         if folder:
             self.use_dataset(folder)
 
+    def open_image_list_dialog(self) -> None:
+        listed = dialogs.choose_image_list(self)
+        if listed:
+            self.use_dataset(listed)
+
     def use_dataset(self, spec: str) -> JobHandle | None:
         """Point every dataset method at ``spec`` and say what it holds."""
         self.methods.set_dataset(spec)

@@ -44,6 +44,7 @@ class Menus:
         self.model_menu.addSeparator()
         dataset_menu = bar.addMenu("&Dataset")
         self._action(dataset_menu, "Open dataset &folder…", window.open_dataset_dialog)
+        self._action(dataset_menu, "Open image &list…", window.open_image_list_dialog)
         self.browse_action = self._action(dataset_menu, "&Browse…", lambda: dataset_browser.browse_dataset(window),
                                           QKeySequence("Ctrl+B"))
         self._action(dataset_menu, "scikit-image &sample photos", lambda: window.use_dataset("samples"))

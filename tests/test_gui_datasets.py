@@ -1,6 +1,6 @@
 """Dataset methods in the window: galleries and scatters that open what is clicked."""
 
-from PySide6.QtWidgets import QFileDialog
+from PySide6.QtWidgets import QFileDialog, QPushButton
 
 TIMEOUT = 120_000
 
@@ -66,3 +66,33 @@ def test_an_empty_folder_is_a_message(qtbot, window, tmp_path):
     with qtbot.waitSignal(window.worker.job_failed, timeout=TIMEOUT):
         window.use_dataset(str(empty))
     assert "nothing-here" in window.last_error and "Traceback" not in window.last_error
+
+
+def test_an_image_list_from_the_dataset_menu_feeds_the_dataset_methods(qtbot, window, tmp_path, monkeypatch):
+    from engine.data.samples import sample_paths
+    from gui import dialogs
+
+    photos = sorted(sample_paths().items())[:4]
+    listed = tmp_path / "photos.csv"
+    listed.write_text("".join(f"{path},{'cat' if name == 'chelsea' else 'other'}\n" for name, path in photos))
+    monkeypatch.setattr(dialogs, "choose_image_list", lambda parent: str(listed))
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        dataset_menu = next(action.menu() for action in window.menuBar().actions() if action.text() == "&Dataset")
+        next(action for action in dataset_menu.actions() if action.text() == "Open image &list…").trigger()
+    assert window.status_text.text() == "photos.csv: 4 images in 2 labels"
+    result = run_panel(qtbot, window, "neighbors", k=2)  # the field holds the list now
+    assert result.metrics["images"] == 4
+    assert {n["path"] for n in result.metrics["neighbors"]} <= {str(path) for _name, path in photos}
+
+
+def test_the_dataset_fields_browse_offers_a_folder_or_a_list(qtbot, window, tmp_path, monkeypatch):
+    from gui import dialogs
+
+    picker = window.select_method("embed").editors["dataset"]
+    menu = picker.findChild(QPushButton).menu()
+    assert [action.text() for action in menu.actions()] == ["Folder of images…", "List of image paths…"]
+    listed = tmp_path / "few.txt"
+    listed.write_text("a.png\n")
+    monkeypatch.setattr(dialogs, "choose_image_list", lambda parent: str(listed))
+    menu.actions()[1].trigger()
+    assert window.panels["embed"].values()["dataset"] == str(listed)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-                               QPushButton, QSpinBox, QVBoxLayout, QWidget)
+                               QMenu, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from engine.core.errors import MethodInputError, ParamError, in_field_words
 from gui.estimate_label import EstimateLabel
@@ -469,7 +469,7 @@ class MethodPanel(QWidget):
 
 
 class DatasetPicker(QWidget):
-    """A dataset: a built-in name, a folder typed or pasted, or one chosen with Browse."""
+    """A dataset: a built-in name, a folder or list file typed or pasted, or one chosen with Browse."""
 
     BUILT_IN = ("samples", "digits")
 
@@ -479,7 +479,10 @@ class DatasetPicker(QWidget):
         self.box.setEditable(True)
         self.box.addItems(self.BUILT_IN)
         browse = QPushButton("Browse…")
-        browse.clicked.connect(self.browse)
+        choices = QMenu(browse)
+        choices.addAction("Folder of images…", self.browse)
+        choices.addAction("List of image paths…", self.browse_list)
+        browse.setMenu(choices)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.box, 1)
@@ -491,6 +494,13 @@ class DatasetPicker(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Open a folder of images")
         if folder:
             self.setCurrentText(folder)
+
+    def browse_list(self) -> None:
+        from gui.dialogs import choose_image_list
+
+        listed = choose_image_list(self)
+        if listed:
+            self.setCurrentText(listed)
 
     def currentText(self) -> str:  # noqa: N802 - the QComboBox-like interface the panel reads
         return self.box.currentText()
