@@ -171,10 +171,11 @@ class Session:
 
     @staticmethod
     def describe_dataset(spec: str) -> str:
-        """One line on what a dataset holds (the listing only: nothing is decoded)."""
+        """One line on what a dataset holds (the listing only: nothing is decoded). Listed
+        afresh: what the user opens is the folder as it is now, for every method after."""
         from engine.data.datasets import open_dataset
 
-        dataset = open_dataset(spec)
+        dataset = open_dataset(spec, fresh=True)
         classes = dataset.classes
         labelled = f" in {len(classes)} labels" if classes else " (no subfolders, so no labels)"
         skipped = f"; {len(dataset.failures)} could not be listed" if dataset.failures else ""

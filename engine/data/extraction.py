@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,8 +47,8 @@ from typing import Generator, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from engine.data.datasets import (LOADER_VERSION, Dataset, DatasetItem, batch_to_input, iter_batches, load_square,
-                       square_pixels)
+from engine.data.datasets import (KEEP_LISTING_FROM, LOADER_VERSION, Dataset, DatasetItem, batch_to_input,
+                                  iter_batches, load_square, square_pixels)
 from engine.core.errors import MethodInputError
 from engine.data.channel_topk import ChannelTopK
 from engine.data.feature_store import FeatureStore, FillLock
@@ -323,7 +325,7 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, so
     try:
         items = dataset.items
         yield from _wait_for_another_extraction(lock, store, items, cancel)
-        rows = store.lookup(items)
+        rows = _lookup(store, items)
         # Each channel's running top list: stored rows it has not seen are folded first, each
         # new batch once its append has landed, so it never counts a row the store lacks.
         channel_top = ChannelTopK.open(store, what) if kind == "channel-max" else None
@@ -365,6 +367,7 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, so
             land()
         if channel_top is not None:
             channel_top.save()
+        _remember_rows(store, items, rows)
         kept = np.flatnonzero(rows >= 0)
         return Extracted(dataset=dataset, layer=layer, kind=kind, indices=kept, rows=rows[kept], store=store,
                          failures=failures, computed=computed, channel_top=channel_top)
@@ -377,6 +380,36 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, so
             batches.close()  # stops a pipeline the loop left early (cancelled or failed)
         writer.shutdown(wait=True)
         lock.release()  # after the last append has landed, so whoever waits finds every row there
+
+
+# The rows of a kept listing (``datasets.KEEP_LISTING_FROM``): looking up a million files
+# in the store's index takes 2-3 s, and the answer cannot change while the store's row
+# count does not (rows are only ever appended) and the listing is the same object.
+_KEPT_ROWS = 4
+_known_rows: "OrderedDict[tuple[str, int], tuple[list, int, np.ndarray]]" = OrderedDict()
+_known_rows_lock = threading.Lock()
+
+
+def _lookup(store: FeatureStore, items: list[DatasetItem]) -> np.ndarray:
+    """``store.lookup(items)``, from memory when this listing's rows are known for the store as it is."""
+    with _known_rows_lock:
+        known = _known_rows.get((str(store.folder), id(items)))
+    if known is not None and known[0] is items and known[1] == len(store):
+        return known[2].copy()
+    rows = store.lookup(items)
+    _remember_rows(store, items, rows)
+    return rows
+
+
+def _remember_rows(store: FeatureStore, items: list[DatasetItem], rows: np.ndarray) -> None:
+    if len(items) < KEEP_LISTING_FROM:
+        return
+    with _known_rows_lock:
+        key = (str(store.folder), id(items))
+        _known_rows[key] = (items, len(store), rows.copy())  # the list itself: its id stays its own
+        _known_rows.move_to_end(key)
+        while len(_known_rows) > _KEPT_ROWS:
+            _known_rows.popitem(last=False)
 
 
 def _wait_for_another_extraction(lock: FillLock, store: FeatureStore, items: list[DatasetItem],
