@@ -32,7 +32,6 @@ Why the lists stay right:
 
 from __future__ import annotations
 
-import os
 import time
 import zipfile
 from pathlib import Path
@@ -42,6 +41,7 @@ import numpy as np
 
 from engine.core.jobs import CancelToken, Progress
 from engine.data.feature_store import FeatureStore
+from engine.data.images import write_atomically
 
 KEEP = 64  # the most images a query may ask for per channel: the maximum of patches' "top"
 MARGIN = 32  # spare entries per channel, dropped one by one as files in the list change
@@ -269,19 +269,11 @@ class ChannelTopK:
         old file or the new one."""
         if not self._changed:
             return
-        scratch = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
         folded = self.folded[:len(self.store)]  # only committed rows are ever folded
-        try:
-            with open(scratch, "wb") as handle:
-                np.savez(handle, format=np.int64(FORMAT), values=self.values, rows=self.rows, y=self.y, x=self.x,
-                         count=self.count, truncated=self.truncated, map_size=np.asarray(self.map_size, np.int64),
-                         folded=np.packbits(folded), folded_rows=np.int64(len(folded)))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(scratch, self.path)
-        except BaseException:
-            scratch.unlink(missing_ok=True)
-            raise
+        write_atomically(self.path, lambda handle: np.savez(
+            handle, format=np.int64(FORMAT), values=self.values, rows=self.rows, y=self.y, x=self.x, count=self.count,
+            truncated=self.truncated, map_size=np.asarray(self.map_size, np.int64), folded=np.packbits(folded),
+            folded_rows=np.int64(len(folded))), overwrite=True)
         self._saved_at = time.monotonic()
         self._changed = False
 
