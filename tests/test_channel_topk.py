@@ -77,7 +77,7 @@ def on_disk(model, root) -> tuple[int, int]:
     """(rows committed to the store, rows the saved lists have folded) for dataset ``root``."""
     dataset = open_dataset(root)
     with FeatureStore.open(None, feature_key(model, LAYER, "channel-max"), dtype=np.float32) as store:
-        return len(store), int(ChannelTopK.open(store, f"{dataset.name}\n{dataset.root}").folded.sum())
+        return len(store), int(ChannelTopK.open(store, dataset.identity).folded.sum())
 
 
 def test_keys_order_as_the_negated_stable_sort():

@@ -147,7 +147,7 @@ def test_waiting_for_another_process_reports_progress_and_can_be_cancelled(folde
     store_root = tmp_path / "features"
     with FeatureStore.open(store_root, feature_key(model, "features.4", "avgpool"), dtype=np.float16) as store:
         dataset = open_dataset(folder)
-        held = store.fill_lock(f"{dataset.name}\n{dataset.root}")  # as another process would hold it
+        held = store.fill_lock(dataset.identity)  # as another process would hold it
         assert held.acquire()
         cancel = CancelToken()
         messages = []

@@ -119,6 +119,12 @@ class Dataset:
     def paths(self) -> list[str]:
         return [item.path for item in self.items]
 
+    @property
+    def identity(self) -> str:
+        """What names this dataset's own files beside a feature store (its fill lock, top
+        lists and neighbour index): a store serves every dataset of its model and layer."""
+        return f"{self.name}\n{self.root}"
+
 
 # A folder of at least this many images keeps its listing (see ``open_dataset``): listing
 # stats every file, 0.6 s per 100,000 here, so a million-image folder took 6 s before each

@@ -148,7 +148,7 @@ class Extracted:
         minute at 10^6 images: run this first to show its progress and let it be cancelled.
         """
         if metric not in self._indexes:
-            self._indexes[metric] = yield from open_index(self.store, self.rows, metric, name=self._index_owner,
+            self._indexes[metric] = yield from open_index(self.store, self.rows, metric, name=self.dataset.identity,
                                                           plan=self.index_plan, cancel=cancel)
 
     def nearest(self, query: np.ndarray, k: int = 10, metric: str = "l2") -> tuple[np.ndarray, np.ndarray]:
@@ -168,11 +168,6 @@ class Extracted:
         from engine.data.nearest import nearest
 
         return nearest(self.store.blocks(), query, k, metric, norms=self.store.norms(), subset=self.rows)
-
-    @property
-    def _index_owner(self) -> str:
-        """Who the rows belong to, as the store's fill lock names it: one index file per dataset."""
-        return f"{self.dataset.name}\n{self.dataset.root}"
 
     def close(self) -> None:
         """Release the store's files (also done when this object is garbage collected)."""
@@ -319,8 +314,7 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, so
     """
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convscope-store")
     landing: list = []  # [(indices, future)] of the append in flight, at most one
-    what = f"{dataset.name}\n{dataset.root}"
-    lock = store.fill_lock(what)
+    lock = store.fill_lock(dataset.identity)
     batches = None  # the source's iterator, once there is work for it
     try:
         items = dataset.items
@@ -328,7 +322,7 @@ def _fill_store(store: FeatureStore, dataset: Dataset, layer: str, kind: str, so
         rows = _lookup(store, items)
         # Each channel's running top list: stored rows it has not seen are folded first, each
         # new batch once its append has landed, so it never counts a row the store lacks.
-        channel_top = ChannelTopK.open(store, what) if kind == "channel-max" else None
+        channel_top = ChannelTopK.open(store, dataset.identity) if kind == "channel-max" else None
         if channel_top is not None:
             yield from channel_top.catch_up(channel_top.follow(rows), rows, cancel)
         missing = np.flatnonzero(rows < 0)
