@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from engine.core.errors import ConvScopeError, JobCancelled
-from engine.methods.params import Param
+from engine.methods.params import DATASET, Param
 
 COMMANDS = ("models", "layers", "classify", "run", "evaluate", "extract")
 # The CLI's own numbers, read and bounded as the methods' parameters are. A layer listing
@@ -99,10 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract = commands.add_parser("extract", help="compute a layer's features for every image of a dataset into the "
                                   "feature store neighbors, embed and patches read; resumes where a run stopped")
     _add_model_options(extract)
-    extract.add_argument("--dataset", required=True,
-                         help="a folder of images (subfolder names become labels), a list file (.txt, .csv, .tsv, "
-                              ".lst: an image path a line, relative to the list, optionally a tab or comma and its "
-                              "label), or digits / samples")
+    extract.add_argument("--dataset", required=True, help=DATASET.help)
     extract.add_argument("--layer", required=True,
                          help="a layer path (see `layers`), or early, middle, late, penultimate")
     extract.add_argument("--kind", default="avgpool", choices=_extraction().KINDS,

@@ -657,7 +657,8 @@ SEED = Param("seed", "int", 0, "random seed; the same seed gives the same result
 FEATURE_LAYER = Param("layer", "layer", "penultimate",
                       "the feature layer, averaged over space; penultimate is what feeds the classifier")
 DATASET = Param("dataset", "dataset", "samples", "a folder of images (subfolders become labels), a list file of image "
-                "paths (.txt, .csv, .tsv, .lst; a label after a tab or comma), or 'samples' / 'digits'")
+                "paths (.txt, .csv, .tsv, .lst; relative to the list; a label after a tab or comma), or 'samples' / "
+                "'digits'")
 # What the attribution methods share.
 OVERLAY = Param("overlay", "bool", True, "draw the map over the photo; off: the map on its own")
 # At most 1024 images a pass: the samples and steps it splits are at most 1000 anyway.
