@@ -2,8 +2,8 @@
 
 One scan of the dataset records, for every channel of the layer, each image's maximum
 and where it is (``extract(kind="channel-max")``), and keeps each channel's top images
-as it goes. For each channel asked for, the top-k images are taken and cropped to the unit's receptive field around that maximum: the
-part of the picture the unit actually saw. A click on a patch opens its image with the
+as it goes. For each channel asked for, the top-k images are taken and cropped to the
+unit's receptive field around that maximum: the part of the picture the unit actually saw. A click on a patch opens its image with the
 field drawn as a box.
 """
 
