@@ -236,10 +236,9 @@ def extract(model: LoadedModel, dataset: Dataset, layer: str, *, kind: str = "av
     """
     check_layer_and_kind(model, layer, kind)
     cancel = cancel or CancelToken()
-    dtype = _input_dtype(model.module)
 
     def rows_of(pixels: torch.Tensor) -> np.ndarray:
-        return layer_rows(model, layer, kind, batch_to_input(pixels, model.preprocessing, model.device, dtype), cancel)
+        return pixel_rows(model, layer, kind, pixels, cancel)
 
     store = open_feature_store(model, layer, kind, store_root)
     source = local_batches(model.preprocessing.size, rows_of, batch_size, cancel, workers)
@@ -460,6 +459,13 @@ def _cancellable(module: torch.nn.Module, cancel: CancelToken):
         yield
 
 
+def pixel_rows(model: LoadedModel, layer: str, kind: str, pixels: torch.Tensor,
+               cancel: CancelToken | None = None) -> np.ndarray:
+    """The stored rows of a batch of N x 3 x size x size uint8 squares, as every engine computes them."""
+    return layer_rows(model, layer, kind, batch_to_input(pixels, model.preprocessing, model.device,
+                                                         _input_dtype(model.module)), cancel)
+
+
 def layer_rows(model: LoadedModel, layer: str, kind: str, x: torch.Tensor,
                cancel: CancelToken | None = None) -> np.ndarray:
     """The stored rows (``summarise``) of a normalised input batch ``x`` at ``layer``,
@@ -505,9 +511,7 @@ def image_vector(model: LoadedModel, image, layer: str, kind: str = "avgpool") -
         square = load_square(image, size)
     else:
         square = square_pixels(getattr(image, "image", image), size)
-    pixels = torch.from_numpy(square).permute(2, 0, 1)[None].contiguous()
-    x = batch_to_input(pixels, model.preprocessing, model.device, _input_dtype(model.module))
-    row = layer_rows(model, layer, kind, x)[0]
+    row = pixel_rows(model, layer, kind, torch.from_numpy(square).permute(2, 0, 1)[None].contiguous())[0]
     if KINDS[kind] == np.float16:
         row = np.clip(row, -65504, 65504)
     return row.astype(KINDS[kind]).astype(np.float32)

@@ -15,8 +15,8 @@ source of computed rows differs: a Ray Data pipeline of
 3. the layer's rows (``map_batches`` of ``_LayerRowsWorker``, an actor pool of ``workers``
    actors, ``gpus_per_worker`` GPUs each when asked): each actor loads the model from a
    ``ModelSource`` (what ``load_model`` was given, picklable; a model file that runs code
-   needs its trust passed on explicitly) and runs ``layer_rows`` on ``batch_to_input``, the
-   local engine's functions, so the rows agree with it to float rounding.
+   needs its trust passed on explicitly) and runs ``pixel_rows``, the local engine's
+   function, so the rows agree with it to float rounding.
 
 On CPUs Ray Data fuses 2 and 3 into one actor stage, so decoded pixels do not cross the
 object store; with GPUs, decoding runs as CPU tasks that feed the GPU actors. Either way
@@ -43,8 +43,8 @@ import numpy as np
 from engine.core.errors import ConvScopeError, first_line
 from engine.core.jobs import CancelToken, Progress
 from engine.data.datasets import Dataset, DatasetItem
-from engine.data.extraction import (ComputedBatch, Extracted, _fill_store, _input_dtype, check_layer_and_kind,
-                                    open_feature_store, weights_fingerprint)
+from engine.data.extraction import (ComputedBatch, Extracted, _fill_store, check_layer_and_kind, open_feature_store,
+                                    pixel_rows, weights_fingerprint)
 from engine.models.model import LoadedModel
 
 INSTALL_HINT = "pip install 'convscope[scale]' (or pip install 'ray[data]')"
@@ -266,7 +266,6 @@ class _LayerRowsWorker:
                                  f"(from {source.weights_path or 'its default weights'}): every node needs the "
                                  f"same model files at the same paths")
         self.layer, self.kind = layer, kind
-        self.dtype = _input_dtype(self.model.module)
         size = self.model.preprocessing.size
         # One image through the layer: builds the fast copy before the first batch, and
         # gives the row width that a batch of unreadable files alone is padded to.
@@ -282,8 +281,4 @@ class _LayerRowsWorker:
     def _rows(self, pixels: np.ndarray) -> np.ndarray:
         import torch
 
-        from engine.data.datasets import batch_to_input
-        from engine.data.extraction import layer_rows
-
-        x = batch_to_input(torch.from_numpy(pixels), self.model.preprocessing, self.model.device, self.dtype)
-        return layer_rows(self.model, self.layer, self.kind, x)
+        return pixel_rows(self.model, self.layer, self.kind, torch.from_numpy(pixels))
