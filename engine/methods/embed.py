@@ -139,19 +139,19 @@ def store_rows(features) -> Rows:
 def tsne_map_path(features, data, perplexity: float, seed: int) -> Path:
     """Where the t-SNE map of this dataset's features is kept: beside the store, so it goes
     when the store goes; one map per dataset and settings (a store serves every dataset)."""
-    what = json.dumps({"dataset": str(data.root), "name": data.name, "perplexity": float(perplexity), "seed": int(seed)},
-                      sort_keys=True)
-    return features.store.folder / "tsne-maps" / f"{hashlib.sha256(what.encode()).hexdigest()[:24]}.pickle"
+    return _beside_store(features, data, "tsne-maps", "pickle", perplexity=float(perplexity), seed=int(seed))
 
 
 def layout_file(features, data, p) -> Path:
     """Where a large embedding's coordinates are written when no CSV was asked for: beside
     the store, one file per dataset and settings, each run replacing the last."""
-    what = json.dumps({"dataset": str(data.root), "name": data.name, "algo": p.algo, "perplexity": float(p.perplexity),
-                       "seed": int(p.seed)}, sort_keys=True)
-    path = features.store.folder / "layouts" / f"{hashlib.sha256(what.encode()).hexdigest()[:24]}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return _beside_store(features, data, "layouts", "csv", algo=p.algo, perplexity=float(p.perplexity), seed=int(p.seed))
+
+
+def _beside_store(features, data, folder: str, suffix: str, **settings) -> Path:
+    """A file of this dataset's, named by a digest of the dataset and ``settings``, in ``folder`` of its store."""
+    what = json.dumps({"dataset": str(data.root), "name": data.name, **settings}, sort_keys=True)
+    return features.store.folder / folder / f"{hashlib.sha256(what.encode()).hexdigest()[:24]}.{suffix}"
 
 
 def grid_picture(layout: np.ndarray, paths: list[str], columns: int, rows: int, seed: int = 0):
