@@ -80,3 +80,21 @@ def test_the_rows_of_a_kept_listing_are_looked_up_once_while_the_store_is_unchan
     third = extraction._lookup(store, dataset.items)
     assert len(lookups) == 2 and third[2] == 2
     store.close()
+
+
+def test_a_large_list_file_is_kept_until_it_or_a_listed_images_folder_changes(large, monkeypatch, tmp_path):
+    import time
+
+    reads = []
+    real = datasets._open_list
+    monkeypatch.setattr(datasets, "_open_list", lambda path: reads.append(path) or real(path))
+    listed = tmp_path / "photos.txt"
+    listed.write_text("".join(f"{path}\n" for path in sorted(map(str, large.rglob("*.png")))))
+    first = open_dataset(listed)
+    assert open_dataset(listed) is first and len(reads) == 1
+    (large / "cat" / "0.png").rename(large / "cat" / "renamed.png")  # a listed image's folder changed
+    assert len(open_dataset(listed).failures) == 1 and len(reads) == 2
+    time.sleep(0.01)
+    listed.write_text(listed.read_text().replace(str(large / "cat" / "0.png"), str(large / "cat" / "renamed.png")))
+    again = open_dataset(listed)
+    assert len(reads) == 3 and not again.failures and len(again) == 4

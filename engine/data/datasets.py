@@ -142,20 +142,20 @@ def open_dataset(spec: str | os.PathLike, *, fresh: bool = False) -> Dataset:
     "./digits" for a folder of that name. Raises ``MethodInputError`` for a missing
     folder, another kind of file, a folder without any image, or a list naming none.
 
-    A folder of ``KEEP_LISTING_FROM`` images or more is listed again only when one of its
-    folders changed (a file added, removed or renamed: its modification time moves), or
-    when ``fresh``: checking a million images' folders takes milliseconds where listing
-    them takes seconds. An image rewritten in place under the same name is then seen at
-    the next ``fresh`` listing (the window's Dataset > Open makes one).
+    A dataset of ``KEEP_LISTING_FROM`` images or more is listed again only when one of its
+    folders changed (a file added, removed or renamed: its modification time moves; for a
+    list, the list file or a folder holding a listed image), or when ``fresh``: checking a
+    million images' folders takes milliseconds where listing them takes seconds. An image
+    rewritten in place under the same name is then seen at the next ``fresh`` listing (the
+    window's Dataset > Open makes one).
     """
     if isinstance(spec, str) and spec in BUILTIN_DATASETS:
         return _open_samples() if spec == "samples" else _open_digits()
     root = Path(spec).expanduser()
     if not root.exists():
         raise MethodInputError(f"no such folder: {root}")
-    if root.is_file() and root.suffix.lower() in LIST_SUFFIXES:
-        return _open_list(root.resolve())
-    if not root.is_dir():
+    listed = root.is_file() and root.suffix.lower() in LIST_SUFFIXES
+    if not listed and not root.is_dir():
         raise MethodInputError(f"{root} is a file; a dataset is a folder of images (subfolder names become labels) "
                                f"or a list of image paths ({', '.join(LIST_SUFFIXES)})")
     root = root.resolve()
@@ -163,6 +163,14 @@ def open_dataset(spec: str | os.PathLike, *, fresh: bool = False) -> Dataset:
         kept = _kept_listing(root)
         if kept is not None:
             return kept
+    if listed:
+        list_mtime_ns = root.stat().st_mtime_ns  # before reading it: an edit meanwhile is seen next time
+        dataset = _open_list(root)
+        if len(dataset) >= KEEP_LISTING_FROM:
+            folders = sorted({os.path.dirname(item.path) for item in dataset.items})
+            _keep_listing(root, dataset, ((str(root), list_mtime_ns),
+                                          *((folder, os.stat(folder).st_mtime_ns) for folder in folders)))
+        return dataset
     items, failures, folders = _scan(root)
     if not items and failures and failures[0][0] == str(root):
         raise MethodInputError(failures[0][1])
@@ -171,24 +179,29 @@ def open_dataset(spec: str | os.PathLike, *, fresh: bool = False) -> Dataset:
         raise MethodInputError(f"{root} holds no images (looked for {suffixes} in it and its subfolders)")
     dataset = Dataset(root=root, name=root.name or str(root), items=items, failures=failures)
     if len(items) >= KEEP_LISTING_FROM:
-        with _kept_lock:
-            _kept[root] = (folders, dataset)
-            _kept.move_to_end(root)
-            while len(_kept) > _KEPT_LISTINGS:
-                _kept.popitem(last=False)
+        _keep_listing(root, dataset, folders)
     return dataset
 
 
-def _kept_listing(root: Path) -> Dataset | None:
-    """The kept listing of ``root`` while none of its folders has changed since."""
+def _keep_listing(spec: Path, dataset: Dataset, watched: tuple[tuple[str, int], ...]) -> None:
+    """Keep ``dataset`` as the listing of ``spec`` while every watched path keeps its modification time."""
     with _kept_lock:
-        kept = _kept.get(root)
+        _kept[spec] = (watched, dataset)
+        _kept.move_to_end(spec)
+        while len(_kept) > _KEPT_LISTINGS:
+            _kept.popitem(last=False)
+
+
+def _kept_listing(spec: Path) -> Dataset | None:
+    """The kept listing of ``spec`` (a folder or list file) while no path it watches has changed since."""
+    with _kept_lock:
+        kept = _kept.get(spec)
     if kept is None:
         return None
-    folders, dataset = kept
-    for folder, mtime_ns in folders:
+    watched, dataset = kept
+    for path, mtime_ns in watched:
         try:
-            if os.stat(folder).st_mtime_ns != mtime_ns:
+            if os.stat(path).st_mtime_ns != mtime_ns:
                 return None
         except OSError:
             return None
