@@ -152,3 +152,70 @@ def test_extraction_through_the_fast_copy_reads_every_layer_as_the_model_does(ar
             expected = summarise(forward_to(net, layer, x.clone()), "avgpool", layer)
         got = layer_rows(model, layer, "avgpool", x.clone())
         assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max()), layer
+
+
+# -- patch convolutions ------------------------------------------------------------------------
+@pytest.mark.parametrize("channels, patch, size, layout", [
+    (3, (4, 4), (16, 16), torch.contiguous_format),
+    (3, (4, 4), (16, 16), torch.channels_last),
+    (1, (2, 3), (13, 17), torch.contiguous_format),  # the right and bottom edges are in no patch
+    (4, (16, 16), (40, 33), torch.channels_last),
+])
+def test_a_patch_convolution_gives_the_convolution_s_output_and_input_gradient(channels, patch, size, layout):
+    from engine.anatomy.fast_copy import PatchConv2d, cuts_pixels_into_patches
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(channels, 6, patch, stride=patch).double()
+    assert cuts_pixels_into_patches(conv)
+    patches = PatchConv2d(channels, 6, patch, stride=patch).double()
+    patches.load_state_dict(conv.state_dict())
+    x = torch.randn(2, channels, *size, dtype=torch.float64).contiguous(memory_format=layout)
+    upstream = torch.randn_like(conv(x))
+    expected_x, got_x = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    expected, got = conv(expected_x), patches(got_x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)  # the model's own convolution runs forward
+    expected_gradient, = torch.autograd.grad(expected, expected_x, upstream)
+    got_gradient, = torch.autograd.grad(got, got_x, upstream)
+    torch.testing.assert_close(got_gradient, expected_gradient, rtol=1e-12, atol=1e-12)
+    assert not got_gradient[..., size[0] // patch[0] * patch[0]:, :].any()  # rows no patch covered get no gradient
+    assert not got_gradient[..., size[1] // patch[1] * patch[1]:].any()
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(40, 80, 2, stride=2), nn.Conv2d(3, 8, 4, stride=4, padding=1),
+                                  nn.Conv2d(3, 8, 3, stride=2), nn.Conv2d(3, 8, 1), nn.Conv2d(3, 6, 2, stride=2, groups=3)])
+def test_only_a_convolution_tiling_an_image_s_few_channels_is_a_patch_convolution(conv):
+    from engine.anatomy.fast_copy import cuts_pixels_into_patches
+
+    assert not cuts_pixels_into_patches(conv)  # between stages, padded, overlapping, pointwise, grouped
+
+
+class PatchNet(nn.Module):
+    """A ViT-like stem (4x4 patches of the pixels), then 2x2 patches of 8 channels: no norm, no ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)
+        self.act = nn.GELU()
+        self.merge = nn.Conv2d(8, 16, 2, stride=2)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.merge(self.act(self.stem(x))).mean(dim=(2, 3)))
+
+
+def test_the_fast_copy_of_a_patch_stem_takes_the_model_s_input_gradient():
+    from engine.anatomy.fast_copy import PatchConv2d
+    from engine.attribution.gradients import class_score, gradient_network, score_gradient
+
+    torch.manual_seed(0)
+    net = PatchNet().eval()
+    model = loaded(net, size=24)
+    assert model.state.could_speed_up  # the patch stem alone is worth a copy
+    unit = torch.rand(2, 3, 24, 36)
+    network = gradient_network(model, unit)
+    assert network is not net and type(network.stem) is PatchConv2d and type(network.merge) is nn.Conv2d
+    assert type(net.stem) is nn.Conv2d  # the model keeps its own
+    assert network.stem.weight is net.stem.weight  # the weights are shared, not copied
+    got, _ = score_gradient(model, unit, class_score(2), network)
+    expected, _ = score_gradient(model, unit, class_score(2), net)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)

@@ -210,10 +210,10 @@ def test_a_model_with_nothing_to_fold_runs_itself_without_a_weights_check_or_a_s
     for _ in range(3):
         assert model.state.gradient_network(sample) is model.module
         assert model.state.fast_copy(sample) is model.module
-    assert not model.state.could_fold
+    assert not model.state.could_speed_up
     assert versions == builds == samples == []  # a GELU and a group norm: no copy could differ, whatever the weights
     folding = loaded(trained(ConvNormNet()))
-    assert folding.state.could_fold
+    assert folding.state.could_speed_up
     assert folding.state.gradient_network(sample) is not folding.module and len(samples) == 2  # built, then its backward tried
     assert folding.state.gradient_network(sample) is not folding.module and len(samples) == 2  # kept: no sample made
     assert len(builds) == 1 and len(versions) == 2

@@ -4,8 +4,9 @@ A ``LoadedModel`` owns one (``loaded_model.state``), made with it and freed with
 about a model is kept anywhere else. What it holds:
 
 - the fast copy (``engine.anatomy.fast_copy``: batch norms folded into their convolutions,
-  activations in place), which of its convolutions were folded, whether input gradients
-  can be taken through it, and whether the model takes channels-last input;
+  activations in place, patch convolutions with a faster backward), which of its
+  convolutions were folded, whether input gradients can be taken through it, and whether
+  the model takes channels-last input;
 - per input size: every module's output shape and receptive field (one traced pass,
   ``engine.anatomy.layer_tree.trace_model``) and the layer tree built from them; the
   tiling of DeepDream and the patches' boxes read the same fields the tree shows;
@@ -30,8 +31,8 @@ The fast copy depends on the weights: it is rebuilt when any parameter or buffer
 check's randomisation, a move to another device or dtype). The networks with ReLU
 modules share their weights with the network they were made from, but a move to another
 device replaces a buffer object, so they follow the same version. A model with nothing
-to fold or run in place (``fast_copy.could_fold``: no batch norm, no activation module)
-has no copy whatever its weights, and skips that check. Everything else depends on the
+to change (``fast_copy.could_speed_up``: no batch norm, no activation module, no patch
+convolution) has no copy whatever its weights, and skips that check. Everything else depends on the
 architecture and the code only, so it stays.
 
 Thread safety: the GUI thread (the layer tree) and the engine thread (a method) may ask at
@@ -60,7 +61,7 @@ from torch import nn
 
 from engine.anatomy.hooks import first_tensor
 from engine.anatomy.tail import layer_tail
-from engine.anatomy.fast_copy import FastCopy, backward_works, build_fast_copy, could_fold, weights_version
+from engine.anatomy.fast_copy import FastCopy, backward_works, build_fast_copy, could_speed_up, weights_version
 from engine.anatomy.layer_choice import depth_presets, read_tokens, score_layer
 from engine.anatomy.layouts import MAP, TOKENS, MapLayout, find_layouts, registers_of
 from engine.anatomy.layers import penultimate_layer
@@ -162,9 +163,9 @@ class ModelState:
         return self._once("scripted", lambda: has_script_modules(self.module))
 
     @property
-    def could_fold(self) -> bool:
-        """Whether the model has anything a fast copy would change (``fast_copy.could_fold``)."""
-        return self._once("could fold", lambda: could_fold(self.module))
+    def could_speed_up(self) -> bool:
+        """Whether the model has anything a fast copy would change (``fast_copy.could_speed_up``)."""
+        return self._once("could speed up", lambda: could_speed_up(self.module))
 
     def weights_version(self) -> tuple:
         """``fast_copy.weights_version`` of the model, over its modules listed once (the tree
@@ -293,7 +294,7 @@ class ModelState:
     def _usable_copy(self, sample: Sample, layer: str | None) -> _FastCopyRecord | None:
         """The record of the fast copy for the current weights, built on ``sample`` if there is
         none yet; None where the model itself must run (no copy, or ``layer`` was folded)."""
-        if self.module.training or self.scripted or not self.could_fold:  # without walking the modules each pass
+        if self.module.training or self.scripted or not self.could_speed_up:  # without walking the modules each pass
             return None
         version = self.weights_version()
         with self._fast_lock:
