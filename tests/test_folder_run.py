@@ -27,10 +27,13 @@ def test_a_method_runs_on_every_photo_skips_a_broken_one_and_resumes(capsys, pho
         sidecar = json.loads((out / f"{name}.json").read_text())
         assert sidecar["method"] == "saliency" and sidecar["image_path"].endswith(f"{name.split('/')[-1]}.png")
         assert np.asarray(Image.open(out / f"{name}.png")).std() > 10
-    # The same picture as a single run of the same photo writes
+    # The picture a single run of the same photo writes, but for the few pixels at a ReLU6's
+    # kink: the single run's map is the model's own gradient (its photo's kept graph), the
+    # folder run's the fast copy's, whose folded norms round differently
     single = tmp_path / "single.png"
     assert cli(capsys, "run", "saliency", "--image", photo_folder / "coffee.png", "--out", single)[0] == 0
-    np.testing.assert_array_equal(np.asarray(Image.open(single)), np.asarray(Image.open(out / "coffee.png")))
+    alone, in_folder = (np.asarray(Image.open(path)).astype(int) for path in (single, out / "coffee.png"))
+    assert np.abs(alone - in_folder).max() <= 4 and (alone != in_folder).mean() < 1e-3
     sheet = np.asarray(Image.open(out / "contact-sheet.png"))
     assert sheet.shape[1] >= 2 * 200
     (out / "coffee.png").unlink()  # as if the run had stopped before coffee
