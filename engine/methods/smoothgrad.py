@@ -35,9 +35,12 @@ def run(ctx, p):
     generator = ctx.generator(p.seed)
 
     def noisy(start: int, count: int) -> torch.Tensor:
-        # One draw per sample, in order: the same noise whatever the batch size.
-        draws = torch.stack([torch.randn(unit.shape[1:], generator=generator) for _ in range(count)])
-        return unit + noise * draws.to(ctx.device)
+        # One draw per sample, in order: the same noise whatever the batch size. Drawn into
+        # the batch itself, which becomes the noisy images in place: no copies of it.
+        draws = torch.empty((count, *unit.shape[1:]))
+        for sample in draws:
+            sample.normal_(generator=generator)
+        return draws.to(ctx.device).mul_(noise).add_(unit)
 
     weights = torch.full((samples,), 1.0 / samples)
     yield Progress(0.0, f"{samples} noisy copies of the image, {batch} per pass")
