@@ -219,3 +219,44 @@ def test_the_fast_copy_of_a_patch_stem_takes_the_model_s_input_gradient():
     got, _ = score_gradient(model, unit, class_score(2), network)
     expected, _ = score_gradient(model, unit, class_score(2), net)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+class LinearNormNet(nn.Module):
+    """Tokens through LeViT's LinearNorm (a linear, then a 1-D batch norm of its output
+    features over every token), and a norm of a linear's output along the wrong dimension."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 6, 3, stride=3)
+        self.linear = nn.Linear(6, 8, bias=False)
+        self.norm = nn.BatchNorm1d(8)
+        self.mixing = nn.Linear(6, 5)
+        self.across = nn.BatchNorm1d(4)  # over (batch, tokens=4, features): dimension 1 is the tokens
+        self.head = nn.Linear(8 + 5, 4)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)  # batch x 4 x 6
+        features = self.linear(tokens)
+        features = self.norm(features.flatten(0, 1)).reshape_as(features)
+        mixed = self.across(self.mixing(tokens))
+        return self.head(torch.cat([features, mixed], dim=2).mean(dim=1))
+
+
+def test_a_linear_s_batch_norm_over_its_features_is_folded_into_it():
+    torch.manual_seed(0)
+    net = LinearNormNet()
+    with torch.no_grad():
+        for norm in (net.norm, net.across):
+            norm.running_mean.uniform_(-2, 2)
+            norm.running_var.uniform_(0.5, 4)
+            norm.weight.uniform_(0.5, 2)
+            norm.bias.uniform_(-1, 1)
+    net.eval()
+    x = torch.randn(3, 3, 6, 6)
+    model = loaded(net, size=6)
+    twin = model.state.fast_copy(x[:1])
+    assert isinstance(twin.norm, nn.Identity) and twin.linear.bias is not None  # the norm's shift is the new bias
+    assert isinstance(twin.across, nn.BatchNorm1d)  # it normalises the tokens, not the linear's features
+    assert model.state.fast_copy(x[:1], layer="linear") is net  # its output would be the norm's
+    with torch.inference_mode():
+        torch.testing.assert_close(twin(x), net(x), rtol=0, atol=1e-5)

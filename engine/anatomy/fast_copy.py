@@ -5,7 +5,9 @@ are needed, many times over.
 
 - every eval-mode ``BatchNorm2d`` that directly normalises a ``Conv2d``'s output is folded
   into that convolution's weight and bias (``torch.nn.utils.fusion.fuse_conv_bn_weights``,
-  in double precision) and replaced by an identity, and
+  in double precision) and replaced by an identity, as is every ``BatchNorm1d`` over a
+  ``Linear``'s output features (LeViT's attention and MLP layers: its integrated gradients
+  went from 0.99-1.03x Captum's speed to 1.08-1.16x), and
 - activation modules that can run in place (ReLU, ReLU6, Hardtanh, ...) do so,
 
 which saves the memory passes those layers make: about 20% of a forward of the bundled
@@ -53,7 +55,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from engine.anatomy.hooks import first_tensor, hooked
 from engine.anatomy.twin import has_script_modules, module_twin
@@ -92,7 +94,7 @@ def could_speed_up(module: nn.Module) -> bool:
     alone, so a caller that treats the tree as fixed (``ModelState``) asks once, and a model
     with none of them (PoolFormer-like networks of group norms and GELUs) pays no weights
     check on later passes."""
-    return any(isinstance(part, nn.BatchNorm2d)
+    return any(isinstance(part, (nn.BatchNorm2d, nn.BatchNorm1d))
                or (isinstance(part, INPLACE_ACTIVATIONS) and getattr(part, "inplace", None) is False)
                or cuts_pixels_into_patches(part)
                for part in module.modules())
@@ -190,11 +192,11 @@ def _output(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _fold(module: nn.Module, sample: torch.Tensor, layout: torch.memory_format) -> FastCopy | None:
     twin = module_twin(module)  # shares every parameter and buffer; copies only the module objects
-    pairs = _conv_bn_pairs(twin, sample)
+    pairs = _norm_pairs(twin, sample)
     names = {id(part): name for name, part in twin.named_modules()}
     parents = {id(child): (parent, name) for parent in twin.modules() for name, child in parent.named_children()}
-    for conv, norm in pairs:
-        _fold_pair(conv, norm, layout)
+    for layer, norm in pairs:
+        _fold_pair(layer, norm, layout)
         parent, name = parents[id(norm)]
         setattr(parent, name, nn.Identity())
     changed = bool(pairs)
@@ -205,44 +207,58 @@ def _fold(module: nn.Module, sample: torch.Tensor, layout: torch.memory_format) 
         elif cuts_pixels_into_patches(part):
             part.__class__ = PatchConv2d  # the twin's own module object: the model's stays a Conv2d
             changed = True
-    return FastCopy(twin, frozenset(names[id(conv)] for conv, _ in pairs)) if changed else None
+    return FastCopy(twin, frozenset(names[id(layer)] for layer, _ in pairs)) if changed else None
 
 
-def _conv_bn_pairs(model: nn.Module, sample: torch.Tensor) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
-    """(conv, norm) where the norm's input was exactly the conv's output, each conv once."""
-    produced: dict[int, nn.Conv2d] = {}
-    keep_alive: list[torch.Tensor] = []  # so that no output's id is reused during the pass
-    pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
+def _norm_pairs(model: nn.Module, sample: torch.Tensor) -> list[tuple[nn.Module, nn.Module]]:
+    """(layer, norm) where the norm normalises exactly the layer's output, each layer once: a
+    ``BatchNorm2d`` taking a ``Conv2d``'s output, or a ``BatchNorm1d`` taking a ``Linear``'s
+    output with its rows flattened into one batch (LeViT's ``LinearNorm``), which normalises
+    the linear's output features."""
+    produced: dict[int, nn.Module] = {}  # conv output's id -> conv
+    linear_outputs: dict[tuple, nn.Module] = {}  # (address, elements, features) -> linear
+    keep_alive: list[torch.Tensor] = []  # so that no output's id or memory is reused during the pass
+    pairs: list[tuple[nn.Module, nn.Module]] = []
     consumers: dict[int, int] = {}
 
-    def after_conv(conv, inputs, output):
-        if isinstance(output, torch.Tensor):
-            produced[id(output)] = conv
-            keep_alive.append(output)
+    def after_layer(layer, inputs, output):
+        if not isinstance(output, torch.Tensor):
+            return
+        keep_alive.append(output)
+        if isinstance(layer, nn.Conv2d):
+            produced[id(output)] = layer
+        elif output.is_contiguous():
+            linear_outputs[(output.data_ptr(), output.numel(), output.shape[-1])] = layer
 
     def before_norm(norm, inputs):
-        conv = produced.get(id(inputs[0])) if inputs and isinstance(inputs[0], torch.Tensor) else None
-        if conv is not None:
-            consumers[id(conv)] = consumers.get(id(conv), 0) + 1
-            pairs.append((conv, norm))
+        x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+        if x is None:
+            return
+        if isinstance(norm, nn.BatchNorm2d):
+            layer = produced.get(id(x))
+        else:  # a BatchNorm1d normalises dimension 1: the features only of a 2-D input
+            layer = linear_outputs.get((x.data_ptr(), x.numel(), x.shape[-1])) if x.dim() == 2 else None
+        if layer is not None:
+            consumers[id(layer)] = consumers.get(id(layer), 0) + 1
+            pairs.append((layer, norm))
 
-    with hooked(forward=((part, after_conv) for part in model.modules() if isinstance(part, nn.Conv2d)),
+    with hooked(forward=((part, after_layer) for part in model.modules() if isinstance(part, (nn.Conv2d, nn.Linear))),
                 pre=((part, before_norm) for part in model.modules()
-                     if isinstance(part, nn.BatchNorm2d) and _foldable(part))):
+                     if isinstance(part, (nn.BatchNorm2d, nn.BatchNorm1d)) and _foldable(part))):
         with torch.inference_mode():
             _output(model, sample)
     # A module called more than once (shared between places) is left alone.
     counts: dict[int, int] = {}
-    for conv, norm in pairs:
+    for layer, norm in pairs:
         counts[id(norm)] = counts.get(id(norm), 0) + 1
-    return [(conv, norm) for conv, norm in pairs if consumers[id(conv)] == 1 and counts[id(norm)] == 1]
+    return [(layer, norm) for layer, norm in pairs if consumers[id(layer)] == 1 and counts[id(norm)] == 1]
 
 
 def _foldable(norm: nn.BatchNorm2d) -> bool:
     return not norm.training and norm.track_running_stats and norm.running_mean is not None
 
 
-def _fold_pair(conv: nn.Conv2d, norm: nn.BatchNorm2d, layout: torch.memory_format) -> None:
+def _fold_pair(layer: nn.Module, norm: nn.Module, layout: torch.memory_format) -> None:
     # In double precision, rounded once to the weights' dtype. Folding in float gives logits
     # as close to the model's, but its weights round differently, and a unit at a ReLU6's
     # kink may then fall the other way: the bundled model's saliency map of the square cat
@@ -250,12 +266,15 @@ def _fold_pair(conv: nn.Conv2d, norm: nn.BatchNorm2d, layout: torch.memory_forma
     def wide(tensor: torch.Tensor | None) -> torch.Tensor | None:
         return None if tensor is None else tensor.detach().double()
 
+    fuse = fuse_conv_bn_weights if isinstance(layer, nn.Conv2d) else fuse_linear_bn_weights
     with torch.no_grad():
-        weight, bias = fuse_conv_bn_weights(wide(conv.weight), wide(conv.bias), wide(norm.running_mean),
-                                            wide(norm.running_var), norm.eps, wide(norm.weight), wide(norm.bias))
-    dtype = conv.weight.dtype
-    conv.weight = nn.Parameter(weight.detach().to(dtype).contiguous(memory_format=layout), requires_grad=False)
-    conv.bias = nn.Parameter(bias.detach().to(dtype), requires_grad=False)
+        weight, bias = fuse(wide(layer.weight), wide(layer.bias), wide(norm.running_mean), wide(norm.running_var),
+                            norm.eps, wide(norm.weight), wide(norm.bias))
+    dtype = layer.weight.dtype
+    weight = weight.detach().to(dtype)
+    layer.weight = nn.Parameter(weight.contiguous(memory_format=layout) if weight.dim() == 4 else weight,
+                                requires_grad=False)
+    layer.bias = nn.Parameter(bias.detach().to(dtype), requires_grad=False)
 
 
 def _agrees(model: nn.Module, twin: nn.Module, sample: torch.Tensor, tolerance: float) -> bool:

@@ -3,7 +3,7 @@
 A ``LoadedModel`` owns one (``loaded_model.state``), made with it and freed with it; nothing
 about a model is kept anywhere else. What it holds:
 
-- the fast copy (``engine.anatomy.fast_copy``: batch norms folded into their convolutions,
+- the fast copy (``engine.anatomy.fast_copy``: batch norms folded into the layers before them,
   activations in place, patch convolutions with a faster backward), which of its
   convolutions were folded, whether input gradients can be taken through it, and whether
   the model takes channels-last input;
