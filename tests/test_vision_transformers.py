@@ -265,3 +265,50 @@ def test_torchvisions_vit_penultimate_rows_are_the_class_token_its_head_reads(ch
     with torch.no_grad():
         tokens, _ = raw_output(model, model.preprocessing.to_unit_tensor(chelsea.image), "encoder.layers.encoder_layer_11")
     np.testing.assert_allclose(picked, tokens[0, 1:].mean(dim=0).numpy(), rtol=1e-4, atol=1e-5)
+
+
+# -- the fast copy's cut to the class tokens -------------------------------------------------------
+def small_vit(cls=None, **kwargs):
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    module = (cls or VisionTransformer)(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=5,
+                                         dynamic_img_size=True, **kwargs).eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    labels = [str(i) for i in range(5)]
+    return LoadedModel(name="small vit", module=module, preprocessing=preprocessing_of(module, {"input_size": (3, 32, 32)}),
+                       labels=labels, weights="random")
+
+
+@pytest.mark.parametrize("distilled", [False, True])
+def test_a_class_token_vit_s_fast_copy_runs_its_last_mlp_on_the_class_tokens_alone(distilled):
+    from timm.models.deit import VisionTransformerDistilled
+
+    from engine.attribution.gradients import class_score, gradient_network, score_gradient
+
+    model = small_vit(VisionTransformerDistilled) if distilled else small_vit()
+    pixels = torch.rand(3, 3, 32, 40)  # a 4x5 grid
+    network = gradient_network(model, pixels)
+    last = network.blocks[1]
+    assert type(last).__name__ == "ClassTokenBlock" and last.kept_tokens == (2 if distilled else 1)
+    assert type(model.module.blocks[1]).__name__ == "Block"  # the model's own block runs whole
+    seen = []
+    handle = last.mlp.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].shape[1]))
+    got, got_scores = score_gradient(model, pixels, class_score(3), network)
+    handle.remove()
+    assert seen == [last.kept_tokens]  # not 1 + 20 tokens
+    expected, expected_scores = score_gradient(model, pixels, class_score(3), model.module)
+    torch.testing.assert_close(got_scores, expected_scores, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
+    sample = model.preprocessing.normalise(pixels[:1])
+    for layer in ("blocks.1.mlp.fc1", "blocks.1", "norm"):  # their outputs hold the class tokens only
+        assert model.state.fast_copy(sample, layer=layer) is model.module
+    for layer in ("blocks.1.norm1", "blocks.1.attn", "fc_norm", "head"):  # as the model's
+        assert model.state.fast_copy(sample, layer=layer) is network
+
+
+def test_a_vit_that_averages_its_patch_tokens_is_not_cut():
+    model = small_vit(global_pool="avg", class_token=False)
+    network = model.state.fast_copy(model.preprocessing.normalise(torch.rand(1, 3, 32, 32)))
+    assert type(network.blocks[1]).__name__ == "Block"

@@ -293,7 +293,8 @@ class ModelState:
     # -- the fast copy ----------------------------------------------------------------------
     def _usable_copy(self, sample: Sample, layer: str | None) -> _FastCopyRecord | None:
         """The record of the fast copy for the current weights, built on ``sample`` if there is
-        none yet; None where the model itself must run (no copy, or ``layer`` was folded)."""
+        none yet; None where the model itself must run (no copy, or ``layer``'s output is
+        altered in it)."""
         if self.module.training or self.scripted or not self.could_speed_up:  # without walking the modules each pass
             return None
         version = self.weights_version()
@@ -301,14 +302,14 @@ class ModelState:
             if self._fast is None or self._fast.version != version:
                 self._fast = _FastCopyRecord(version, build_fast_copy(self.module, _made(sample)))
             record = self._fast
-        if record.copy is None or (layer is not None and layer in record.copy.folded):
+        if record.copy is None or (layer is not None and layer in record.copy.altered):
             return None
         return record
 
     def fast_copy(self, sample: Sample, layer: str | None = None) -> nn.Module:
         """The network to run for outputs only: the fast copy, or the model itself when it has
-        none, or when ``layer`` (whose output the caller reads) is a convolution the copy
-        folded its normalisation into.
+        none, or when ``layer`` (whose output the caller reads) has another output in the
+        copy (a layer its normalisation was folded into, a layer cut to the class tokens).
 
         ``sample`` (a normalised input batch, or what makes one: made only when needed) is
         what a new copy is built and checked on; the copy stays until the weights change."""
