@@ -260,3 +260,53 @@ def test_a_linear_s_batch_norm_over_its_features_is_folded_into_it():
     assert model.state.fast_copy(x[:1], layer="linear") is net  # its output would be the norm's
     with torch.inference_mode():
         torch.testing.assert_close(twin(x), net(x), rtol=0, atol=1e-5)
+
+
+class NormActNet(nn.Module):
+    """timm's ConvNormAct shape: a convolution, then a BatchNormAct2d (the norm, then its activation)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = norm
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.head(self.bn(self.conv(x)).mean(dim=(2, 3)))
+
+
+def _with_statistics(net: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-2, 2)
+        net.bn.running_var.uniform_(0.5, 4)
+        net.bn.weight.uniform_(0.5, 2)
+        net.bn.bias.uniform_(-1, 1)
+    return net.eval()
+
+
+def test_timm_s_norm_with_its_activation_is_folded_and_its_activation_kept():
+    from timm.layers import BatchNormAct2d
+
+    net = _with_statistics(NormActNet(BatchNormAct2d(6, act_layer=nn.ReLU)))
+    x = torch.randn(2, 3, 12, 12)
+    model = loaded(net)
+    twin = model.state.fast_copy(x[:1])
+    assert twin is not net and isinstance(twin.bn.act, nn.ReLU) and not isinstance(twin.bn, nn.BatchNorm2d)
+    assert model.state.fast_copy(x[:1], layer="bn.act") is twin  # the activation's path still names it
+    with torch.inference_mode():
+        torch.testing.assert_close(twin(x), net(x), rtol=0, atol=1e-5)
+        assert (net.bn(net.conv(x)) >= 0).all() and (net.bn(net.conv(x)) == 0).any()  # the ReLU mattered
+
+
+class ScaledNorm(nn.BatchNorm2d):
+    """A batch norm whose forward does more than normalise: not folded, whatever its class says."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_a_batch_norm_subclass_of_unknown_forward_is_not_folded():
+    net = _with_statistics(NormActNet(ScaledNorm(6)))
+    twin = loaded(net).state.fast_copy(torch.randn(1, 3, 12, 12))
+    assert twin is net or isinstance(twin.bn, ScaledNorm)
