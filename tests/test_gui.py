@@ -449,3 +449,20 @@ def test_a_results_first_and_last_losses_read_as_one_change():
                              "style_loss_last": 43.39, "tv_loss_last": 0.0, "steps": 40, "mixed": True,
                              "psnr_last": 20.4, "size": [385, 256]})
     assert summarise(result) == "loss 846.7 → 43.77; style loss 846.7 → 43.39; steps 40; psnr last 20.4"
+
+
+def test_the_window_s_saliency_of_the_photo_on_show_is_a_backward_pass_through_its_kept_graph(qtbot, window,
+                                                                                             monkeypatch):
+    from engine.methods import saliency
+
+    features = window.session.features.peek(window.session.model, window.session.image)
+    assert features is not None and features.graph is not None  # recorded when the photo opened, on the engine thread
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a forward pass was run")
+
+    monkeypatch.setattr(saliency, "score_gradient", no_pass)
+    panel = window.select_method("saliency")
+    with qtbot.waitSignal(window.worker.job_finished, timeout=TIMEOUT):
+        panel.run_button.click()
+    assert window.session.shown.method == "saliency" and isinstance(window.canvas.display, MapOverPhoto)
