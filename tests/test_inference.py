@@ -32,13 +32,19 @@ class ViewNet(ConvNormNet):
         return self.head(features[:, :, :1, :1].contiguous().view(len(x), -1)) + features.view(len(x), -1)[:, :4]
 
 
+def _randomise_statistics(*norms: nn.Module) -> None:
+    """Statistics and affine weights far from 0/1, so a folded and an unfolded layer differ clearly."""
+    with torch.no_grad():
+        for norm in norms:
+            norm.running_mean.uniform_(-2, 2)
+            norm.running_var.uniform_(0.5, 4)
+            norm.weight.uniform_(0.5, 2)
+            norm.bias.uniform_(-1, 1)
+
+
 def _trained(net: nn.Module) -> nn.Module:
     torch.manual_seed(0)
-    with torch.no_grad():  # statistics far from 0/1, so a folded and an unfolded conv differ clearly
-        net.norm.running_mean.uniform_(-2, 2)
-        net.norm.running_var.uniform_(0.5, 4)
-        net.norm.weight.uniform_(0.5, 2)
-        net.norm.bias.uniform_(-1, 1)
+    _randomise_statistics(net.norm)
     return net.eval()
 
 
@@ -245,12 +251,7 @@ class LinearNormNet(nn.Module):
 def test_a_linear_s_batch_norm_over_its_features_is_folded_into_it():
     torch.manual_seed(0)
     net = LinearNormNet()
-    with torch.no_grad():
-        for norm in (net.norm, net.across):
-            norm.running_mean.uniform_(-2, 2)
-            norm.running_var.uniform_(0.5, 4)
-            norm.weight.uniform_(0.5, 2)
-            norm.bias.uniform_(-1, 1)
+    _randomise_statistics(net.norm, net.across)
     net.eval()
     x = torch.randn(3, 3, 6, 6)
     model = loaded(net, size=6)
@@ -277,11 +278,7 @@ class NormActNet(nn.Module):
 
 def _with_statistics(net: nn.Module) -> nn.Module:
     torch.manual_seed(0)
-    with torch.no_grad():
-        net.bn.running_mean.uniform_(-2, 2)
-        net.bn.running_var.uniform_(0.5, 4)
-        net.bn.weight.uniform_(0.5, 2)
-        net.bn.bias.uniform_(-1, 1)
+    _randomise_statistics(net.bn)
     return net.eval()
 
 
