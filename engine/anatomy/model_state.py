@@ -32,7 +32,8 @@ check's randomisation, a move to another device or dtype). The networks with ReL
 modules share their weights with the network they were made from, but a move to another
 device replaces a buffer object, so they follow the same version. A model with nothing
 to change (``fast_copy.could_speed_up``: no batch norm, no activation module, no patch
-convolution) has no copy whatever its weights, and skips that check. Everything else depends on the
+convolution, no linear layer on a machine whose matrix products outpace its convolutions)
+has no copy whatever its weights, and skips that check. Everything else depends on the
 architecture and the code only, so it stays.
 
 Thread safety: the GUI thread (the layer tree) and the engine thread (a method) may ask at
