@@ -23,7 +23,9 @@ EfficientNet-Lite0 on the CPU; and
 - where this machine's convolutions outpace its matrix products, a linear layer applied at
   every position or token (a transformer's, a ConvNeXt's MLP) runs its big products as 1x1
   convolutions (``engine.anatomy.linear_as_convolution``: Swin-tiny, ViT-tiny and Mixer
-  1.10-1.21x faster forward and backward over 16 photos on this project's EPYC).
+  1.10-1.21x faster forward and backward over 16 photos on this project's EPYC); and
+- ConvNeXt-V2's global response norm computes by one scale a channel, its gradient in
+  three passes instead of eight (``engine.anatomy.response_norm``).
 
 The copy shares every parameter it does not change with the model, so it costs the memory
 of the folded convolutions' weights only.
@@ -69,6 +71,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 from engine.anatomy.class_tokens import cut_to_class_tokens
 from engine.anatomy.hooks import first_tensor, hooked
 from engine.anatomy.linear_as_convolution import LinearAsConvolution, convolution_outpaces_matmul
+from engine.anatomy.response_norm import is_response_norm, response_norm_by_scale
 from engine.anatomy.twin import has_script_modules, module_twin
 
 INPLACE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid,
@@ -106,15 +109,15 @@ def weights_version(modules: Iterable[nn.Module]) -> tuple:
 
 def could_speed_up(module: nn.Module) -> bool:
     """Whether a fast copy of ``module`` could differ from it at all: it has a batch norm to
-    fold, an activation to run in place, pixels cut into patches, or a linear layer where
-    convolutions are the faster (``convolution_outpaces_matmul``). Read from the module
+    fold, an activation to run in place, pixels cut into patches, a global response norm, or
+    a linear layer where convolutions are the faster (``convolution_outpaces_matmul``). Read from the module
     tree and the machine alone, so a caller that treats the tree as fixed (``ModelState``)
     asks once, and a model with none of them (a network of group norms, GELUs and 1x1
     convolutions on a machine whose matrix products are fast) pays no weights check on
     later passes."""
     return any(isinstance(part, (nn.BatchNorm2d, nn.BatchNorm1d))
                or (isinstance(part, INPLACE_ACTIVATIONS) and getattr(part, "inplace", None) is False)
-               or cuts_pixels_into_patches(part)
+               or cuts_pixels_into_patches(part) or is_response_norm(part)
                or (type(part) is nn.Linear and convolution_outpaces_matmul())
                for part in module.modules())
 
@@ -230,6 +233,9 @@ def _fold(module: nn.Module, sample: torch.Tensor, layout: torch.memory_format) 
             changed = True
         elif cuts_pixels_into_patches(part):
             part.__class__ = PatchConv2d  # the twin's own module object: the model's stays a Conv2d
+            changed = True
+        elif is_response_norm(part):
+            response_norm_by_scale(part)
             changed = True
     return FastCopy(twin, frozenset(names[id(layer)] for layer, _ in pairs) | cut) if changed else None
 
