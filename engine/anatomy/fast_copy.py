@@ -110,11 +110,11 @@ def weights_version(modules: Iterable[nn.Module]) -> tuple:
 def could_speed_up(module: nn.Module) -> bool:
     """Whether a fast copy of ``module`` could differ from it at all: it has a batch norm to
     fold, an activation to run in place, pixels cut into patches, a global response norm, or
-    a linear layer where convolutions are the faster (``convolution_outpaces_matmul``). Read from the module
-    tree and the machine alone, so a caller that treats the tree as fixed (``ModelState``)
-    asks once, and a model with none of them (a network of group norms, GELUs and 1x1
-    convolutions on a machine whose matrix products are fast) pays no weights check on
-    later passes."""
+    a linear layer where convolutions are the faster (``convolution_outpaces_matmul``).
+    Read from the module tree and the machine alone, so a caller that treats the tree as
+    fixed (``ModelState``) asks once, and a model with none of them (a network of group
+    norms, GELUs and 1x1 convolutions on a machine whose matrix products are fast) pays no
+    weights check on later passes."""
     return any(isinstance(part, (nn.BatchNorm2d, nn.BatchNorm1d))
                or (isinstance(part, INPLACE_ACTIVATIONS) and getattr(part, "inplace", None) is False)
                or cuts_pixels_into_patches(part) or is_response_norm(part)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import statistics
+import threading
 import time
 
 import torch
@@ -57,12 +58,20 @@ class LinearAsConvolution(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
-@functools.cache
+_PROBE_LOCK = threading.Lock()  # two threads probing at once would time each other
+
+
 def convolution_outpaces_matmul() -> bool:
     """Whether a product the size of a transformer's over a batch of photos (2048 rows,
     256 -> 512 features), forward and input gradient, is ``REQUIRED_GAIN`` times faster as a
     convolution than as a matrix product here (1.15-1.23x on the EPYC). About 80 ms, once a
     process, besides the BLAS's own start-up on its first product."""
+    with _PROBE_LOCK:
+        return _probe()
+
+
+@functools.cache
+def _probe() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     generator = torch.Generator().manual_seed(0)
