@@ -5,9 +5,9 @@ PyTorch runs ``F.linear`` on the CPU through the BLAS (Intel's MKL in the offici
 and convolutions through oneDNN. On some processors MKL takes a slower path than oneDNN
 does: on the AMD EPYC this project is measured on (2 cores), a transformer's linear layers
 over 16 photos' tokens, forward and input gradient, run 1.02-1.40x faster as convolutions
-(Swin-tiny's twelve shapes 1.13x together, ViT-tiny's 1.12x, ConvNeXt-atto's 1.20x), and a
-forward and backward pass of the whole network 1.12x (Swin-tiny), 1.10x (ViT-tiny) and
-1.21x (Mixer-S/16) faster. Which is faster is the machine's fact, not the model's, so it
+(Swin-tiny's twelve shapes 1.13x together, ViT-tiny's 1.12x, a ConvNeXt MLP's at atto's
+widths 1.20x), and a forward and backward pass of the whole network 1.12x (Swin-tiny),
+1.10x (ViT-tiny) and 1.21x (Mixer-S/16) faster. Which is faster is the machine's fact, not the model's, so it
 is measured once a process (``convolution_outpaces_matmul``).
 
 A small product gains nothing: the convolution's fixed cost (about 0.1 ms) outweighs it
