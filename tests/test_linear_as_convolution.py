@@ -57,9 +57,43 @@ def test_a_small_product_or_a_double_runs_the_linear_itself(monkeypatch, shape, 
     assert torch.equal(twin(x), linear(x))
 
 
-def test_without_onednn_the_machine_keeps_its_matrix_products(monkeypatch):
-    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-    assert linear_as_convolution._probe.__wrapped__() is False
+@pytest.mark.parametrize("vendor, onednn, mkl, expected", [
+    ("AuthenticAMD", True, True, True),  # MKL off its fastest paths, oneDNN on them
+    ("GenuineIntel", True, True, False),
+    ("", True, True, False),  # unknown: the matrix products stay
+    ("AuthenticAMD", False, True, False),  # no oneDNN: the convolutions would be slower still
+    ("AuthenticAMD", True, False, False),  # another BLAS
+])
+def test_convolutions_are_taken_for_mkl_on_a_processor_not_intel_s(monkeypatch, vendor, onednn, mkl, expected):
+    monkeypatch.setattr(linear_as_convolution, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: onednn)
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
+    assert linear_as_convolution.convolution_outpaces_matmul() is expected
+
+
+@pytest.fixture
+def fresh_vendor():
+    linear_as_convolution.cpu_vendor.cache_clear()
+    yield
+    linear_as_convolution.cpu_vendor.cache_clear()
+
+
+def test_the_processor_s_maker_is_read_from_linux_s_cpuinfo(monkeypatch, tmp_path, fresh_vendor):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n\nprocessor\t: 1\n"
+                    "vendor_id\t: AuthenticAMD\n")
+    monkeypatch.setattr(linear_as_convolution, "CPUINFO", str(info))
+    assert linear_as_convolution.cpu_vendor() == "AuthenticAMD"
+
+
+@pytest.mark.parametrize("processor, vendor", [("AMD64 Family 25 Model 1 Stepping 1, AuthenticAMD", "AuthenticAMD"),
+                                               ("Intel64 Family 6 Model 85 Stepping 7, GenuineIntel", "GenuineIntel"),
+                                               ("arm", "")])
+def test_without_cpuinfo_the_maker_is_read_from_the_processor_s_name(monkeypatch, tmp_path, fresh_vendor, processor,
+                                                                      vendor):
+    monkeypatch.setattr(linear_as_convolution, "CPUINFO", str(tmp_path / "absent"))
+    monkeypatch.setattr(linear_as_convolution.platform, "processor", lambda: processor)  # as Windows names it
+    assert linear_as_convolution.cpu_vendor() == vendor
 
 
 class TokenNet(nn.Module):

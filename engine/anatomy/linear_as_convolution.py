@@ -6,9 +6,9 @@ and convolutions through oneDNN. On some processors MKL takes a slower path than
 does: on the AMD EPYC this project is measured on (2 cores), a transformer's linear layers
 over 16 photos' tokens, forward and input gradient, run 1.02-1.40x faster as convolutions
 (Swin-tiny's twelve shapes 1.13x together, ViT-tiny's 1.12x, a ConvNeXt MLP's at atto's
-widths 1.20x), and a forward and backward pass of the whole network 1.12x (Swin-tiny),
-1.10x (ViT-tiny) and 1.21x (Mixer-S/16) faster. Which is faster is the machine's fact, not the model's, so it
-is measured once a process (``convolution_outpaces_matmul``).
+widths 1.20x), and a forward and backward pass of the whole network 1.10-1.13x (Swin-tiny),
+1.04-1.10x (ViT-tiny) and 1.21x (Mixer-S/16) faster. Which is faster is the machine's
+fact, not the model's (``convolution_outpaces_matmul``).
 
 A small product gains nothing: the convolution's fixed cost (about 0.1 ms) outweighs it
 for one photo's 77-295 tokens (0.7-0.96x). ``LinearAsConvolution`` therefore takes the
@@ -18,9 +18,7 @@ convolution only for at least ``MIN_ROWS`` rows and ``MIN_PRODUCTS`` multiplicat
 from __future__ import annotations
 
 import functools
-import statistics
-import threading
-import time
+import platform
 
 import torch
 from torch import nn
@@ -28,8 +26,6 @@ from torch.nn import functional as F
 
 MIN_ROWS = 256
 MIN_PRODUCTS = 1 << 26  # rows x in x out: a 1176 x 384 -> 192 product of Swin's second stage is 1.06x, 4704 x 96 -> 96 equal
-# How much faster the convolution must be on the probe for it to be taken: a margin over the timing's noise.
-REQUIRED_GAIN = 1.05
 
 
 def takes_convolution(x: torch.Tensor, layer: nn.Linear) -> bool:
@@ -58,37 +54,37 @@ class LinearAsConvolution(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
-_PROBE_LOCK = threading.Lock()  # two threads probing at once would time each other
-
-
-def convolution_outpaces_matmul() -> bool:
-    """Whether a product the size of a transformer's over a batch of photos (2048 rows,
-    256 -> 512 features), forward and input gradient, is ``REQUIRED_GAIN`` times faster as a
-    convolution than as a matrix product here (1.15-1.23x on the EPYC). About 80 ms, once a
-    process, besides the BLAS's own start-up on its first product."""
-    with _PROBE_LOCK:
-        return _probe()
+INTEL = "GenuineIntel"
+CPUINFO = "/proc/cpuinfo"  # Linux's
 
 
 @functools.cache
-def _probe() -> bool:
-    if not torch.backends.mkldnn.is_available():
+def cpu_vendor() -> str:
+    """The processor's maker as its CPUID names it ("GenuineIntel", "AuthenticAMD"), or ""
+    where it cannot be read."""
+    try:
+        with open(CPUINFO, encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    processor = platform.processor()  # Windows: "AMD64 Family 25 Model 1 Stepping 1, AuthenticAMD"
+    return processor.rsplit(",", 1)[1].strip() if "," in processor else ""
+
+
+def convolution_outpaces_matmul() -> bool:
+    """Whether this machine's matrix products are MKL's on a processor not Intel's, while its
+    convolutions are oneDNN's: MKL is known to take its fastest (AVX-512) paths on Intel's
+    processors only, oneDNN takes them on any processor with the instructions.
+
+    Decided by the processor, not by timing: a probe's timing in a fresh process (one
+    product, 2048 x 256 -> 512, forward and input gradient, medians of five) measured the
+    convolution 0.999-1.22x as fast on the EPYC, a spread too wide to decide on, while the
+    networks themselves gained 1.04-1.21x in every run. On an Intel processor the matrix
+    products stay.
+    """
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkl.is_available()):
         return False
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2048, 256, generator=generator)
-    weight, bias = torch.randn(512, 256, generator=generator), torch.randn(512, generator=generator)
-
-    def pass_through(linear) -> float:
-        start = time.perf_counter()
-        inputs = x.detach().requires_grad_(True)
-        out = linear(inputs, weight, bias)
-        torch.autograd.grad(out, inputs, torch.ones_like(out))
-        return time.perf_counter() - start
-
-    times: dict[object, list[float]] = {F.linear: [], linear_by_convolution: []}
-    for round_ in range(6):
-        for linear, taken in times.items():
-            seconds = pass_through(linear)
-            if round_:  # the first is the warm-up: oneDNN picks its kernels there
-                taken.append(seconds)
-    return statistics.median(times[F.linear]) >= REQUIRED_GAIN * statistics.median(times[linear_by_convolution])
+    vendor = cpu_vendor()
+    return bool(vendor) and vendor != INTEL
