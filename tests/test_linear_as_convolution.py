@@ -41,13 +41,13 @@ def test_a_big_product_as_a_convolution_is_the_linear_s_output_and_input_gradien
     out, grad = _output_and_input_gradient(twin, x, upstream)
     expected_out, expected_grad = _output_and_input_gradient(linear, x, upstream)
     assert convolved == [1]
-    assert out.shape == expected_out.shape and out.is_contiguous()  # the 1x1 image is channels-last: no copy made
+    assert out.shape == expected_out.shape and out.is_contiguous()  # laid out as F.linear lays it out
     torch.testing.assert_close(out, expected_out, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape, dtype", [((2, 100, 96), torch.float32),  # too few rows
-                                          ((300, 96), torch.float64)])  # oneDNN's convolutions are for floats
+                                          ((300, 96), torch.float64)])  # the convolution only for float32
 def test_a_small_product_or_a_double_runs_the_linear_itself(monkeypatch, shape, dtype):
     torch.manual_seed(0)
     linear = nn.Linear(96, 2400).to(dtype)
