@@ -20,6 +20,8 @@ import sys
 import torch
 from torch import nn
 
+from engine.anatomy.twin import rewrite_forward
+
 
 def cut_to_class_tokens(twin: nn.Module) -> frozenset[str]:
     """Cut ``twin``'s last block to its class tokens where ``twin`` is such a transformer;
@@ -33,7 +35,7 @@ def cut_to_class_tokens(twin: nn.Module) -> frozenset[str]:
     last = twin.blocks[index]
     if type(last) is not vit.Block:
         return frozenset()
-    last.__class__ = _class_token_block(vit.Block)  # the twin's own module object: the model's block stays whole
+    rewrite_forward(last, "ClassTokenBlock", _class_token_forward)  # the model's block stays whole
     last.kept_tokens = twin.num_prefix_tokens
     path = f"blocks.{index}"
     mlp_side = {f"{path}.{name}" for name in ("norm2", "ls2", "drop_path2")}
@@ -41,16 +43,8 @@ def cut_to_class_tokens(twin: nn.Module) -> frozenset[str]:
     return frozenset({"blocks", path, "norm", *mlp_side})
 
 
-_CLASS_TOKEN_BLOCKS: dict[type, type] = {}
-
-
-def _class_token_block(block: type) -> type:
+def _class_token_forward(self, x: torch.Tensor, **attention) -> torch.Tensor:
     """timm's ``Block`` with its MLP side on the first ``kept_tokens`` tokens only."""
-    if block not in _CLASS_TOKEN_BLOCKS:
-        def forward(self, x: torch.Tensor, **attention) -> torch.Tensor:
-            x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), **attention)))
-            x = x[:, :self.kept_tokens]
-            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-
-        _CLASS_TOKEN_BLOCKS[block] = type("ClassTokenBlock", (block,), {"forward": forward})
-    return _CLASS_TOKEN_BLOCKS[block]
+    x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), **attention)))
+    x = x[:, :self.kept_tokens]
+    return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))

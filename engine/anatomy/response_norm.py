@@ -26,6 +26,8 @@ import sys
 import torch
 from torch import nn
 
+from engine.anatomy.twin import rewrite_forward
+
 
 def is_response_norm(part: nn.Module) -> bool:
     grn = sys.modules.get("timm.layers.grn")  # not imported: no model has one
@@ -56,17 +58,12 @@ class _ResponseNormFunction(torch.autograd.Function):
         return torch.addcmul(grad * scale, x, through_norm), None, None, None, None, None
 
 
-_BY_SCALE: dict[type, type] = {}
-
-
 def response_norm_by_scale(part: nn.Module) -> None:
     """Make ``part`` (a twin's ``GlobalResponseNorm``) compute by scale, in place."""
-    kind = type(part)
-    if kind not in _BY_SCALE:
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            shape = self.wb_shape
-            return _ResponseNormFunction.apply(x, self.weight.detach().view(shape), self.bias.detach().view(shape),
-                                               self.spatial_dim, self.channel_dim, self.eps)
+    rewrite_forward(part, "ResponseNormByScale", _by_scale)
 
-        _BY_SCALE[kind] = type("ResponseNormByScale", (kind,), {"forward": forward})
-    part.__class__ = _BY_SCALE[kind]
+
+def _by_scale(self, x: torch.Tensor) -> torch.Tensor:
+    shape = self.wb_shape
+    return _ResponseNormFunction.apply(x, self.weight.detach().view(shape), self.bias.detach().view(shape),
+                                       self.spatial_dim, self.channel_dim, self.eps)
